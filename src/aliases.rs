@@ -1,0 +1,130 @@
+//! The aliases file (`etc/aliases`), in the format of sendmail and Postfix:
+//! `name: target, target`, `#` comments, continuation lines that start
+//! with white space. A target is a local user or a remote address.
+//! Parsing is pure; `load` is the one function that reads a file.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Aliases {
+    /// Lower-cased alias name -> targets as written.
+    pub map: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasError {
+    pub line: usize,
+    pub what: String,
+}
+
+impl fmt::Display for AliasError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.what)
+    }
+}
+
+impl Aliases {
+    pub fn parse(text: &str) -> Result<Aliases, AliasError> {
+        // Join continuation lines first, remembering where each entry began.
+        let mut entries: Vec<(usize, String)> = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if raw.starts_with([' ', '\t']) {
+                match entries.last_mut() {
+                    Some((_, e)) => {
+                        e.push(' ');
+                        e.push_str(trimmed);
+                    }
+                    None => {
+                        return Err(AliasError {
+                            line: n + 1,
+                            what: "continuation line without an entry".into(),
+                        })
+                    }
+                }
+            } else {
+                entries.push((n + 1, trimmed.to_string()));
+            }
+        }
+        let mut map = HashMap::new();
+        for (line, e) in entries {
+            let err = |what: String| AliasError { line, what };
+            let (name, targets) = e
+                .split_once(':')
+                .ok_or_else(|| err("expected 'name: target, ...'".into()))?;
+            let name = name.trim().to_ascii_lowercase();
+            if !crate::config::valid_user_name(&name) {
+                return Err(err(format!("'{name}' is not a usable alias name")));
+            }
+            let targets: Vec<String> = targets
+                .split(',')
+                .map(|t| {
+                    t.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string()
+                })
+                .filter(|t| !t.is_empty())
+                .collect();
+            if targets.is_empty() {
+                return Err(err(format!("alias '{name}' has no target")));
+            }
+            for t in &targets {
+                if t.contains('@') {
+                    crate::address::Mailbox::parse(t)
+                        .map_err(|x| err(format!("bad target '{t}': {x}")))?;
+                } else if !crate::config::valid_user_name(t) {
+                    return Err(err(format!("bad target '{t}': not a user name or address")));
+                }
+            }
+            if map.insert(name.clone(), targets).is_some() {
+                return Err(err(format!("alias '{name}' is defined twice")));
+            }
+        }
+        Ok(Aliases { map })
+    }
+
+    /// Reads the file; a missing file is an empty table.
+    pub fn load(path: &Path) -> Result<Aliases, String> {
+        match std::fs::read_to_string(path) {
+            Ok(t) => {
+                Aliases::parse(&t).map_err(|e| format!("{}:{}: {}", path.display(), e.line, e.what))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Aliases::default()),
+            Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(&name.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_parse_with_comments_and_continuations() {
+        let a =
+            Aliases::parse("# x\npostmaster: root\nstaff: alice,\n  bob, carol@remote.example\n")
+                .unwrap();
+        assert_eq!(a.map["postmaster"], vec!["root"]);
+        assert_eq!(a.map["staff"], vec!["alice", "bob", "carol@remote.example"]);
+        assert!(a.contains("Staff"));
+    }
+
+    #[test]
+    fn broken_aliases_are_refused_with_a_line() {
+        assert_eq!(Aliases::parse("a: b\nnocolon\n").unwrap_err().line, 2);
+        assert!(Aliases::parse("../x: root\n").is_err());
+        assert!(Aliases::parse("x: ../root\n").is_err());
+        assert!(Aliases::parse("x:\n").is_err());
+        assert!(Aliases::parse("x: a\nx: b\n").is_err());
+    }
+}

@@ -1,0 +1,556 @@
+//! Reads `satchel.conf`: `key = value` lines in the style of Postfix's
+//! main.cf, `#` comments, lists separated by commas (or white space).
+//! Every setting has a default that runs unprivileged from a checkout; an
+//! unknown key or a bad value is an error naming `FILE:LINE`.
+//!
+//! Also owns the two small tables the policy needs at the edge: the local
+//! user list (optionally the accounts of /etc/passwd) and the alias names
+//! of the aliases file. Never talks to the network.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the configuration is looked for when neither `-c` nor
+/// `$SATCHEL_CONFIG` names one.
+pub const SYSTEM_CONFIG: &str = "/etc/satchel/satchel.conf";
+
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub what: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file, self.line, self.what)
+        } else {
+            write!(f, "{}: {}", self.file, self.what)
+        }
+    }
+}
+
+/// An IP network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let a = a.trim_start_matches('[').trim_end_matches(']');
+        let addr: IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 client on an IPv6 socket shows up as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages (`None` = built-in defaults).
+    pub source: Option<PathBuf>,
+    pub listen: Vec<SocketAddr>,
+    /// True when `listen` was not set: a missing IPv6 loopback is then no error.
+    pub listen_is_default: bool,
+    pub hostname: String,
+    pub spool_dir: PathBuf,
+    pub local_domains: Vec<String>,
+    /// Names of local users; `@passwd` stands for the accounts of /etc/passwd.
+    pub local_users: Vec<String>,
+    pub aliases_file: PathBuf,
+    pub relay_networks: Vec<Cidr>,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub message_size_limit: u64,
+    pub max_recipients: usize,
+    pub max_hops: usize,
+    pub max_errors: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub greet_pause: Duration,
+    pub shutdown_timeout: Duration,
+    pub vrfy: bool,
+    pub log_level: log::LevelFilter,
+}
+
+/// The system's host name, as the kernel knows it.
+pub fn system_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let hostname = system_hostname();
+        Config {
+            source: None,
+            listen: vec![
+                "127.0.0.1:2525".parse().expect("literal"),
+                "[::1]:2525".parse().expect("literal"),
+            ],
+            listen_is_default: true,
+            local_domains: vec!["localhost".into(), hostname.clone()],
+            hostname,
+            spool_dir: PathBuf::from("./var/spool"),
+            local_users: vec!["@passwd".into()],
+            aliases_file: PathBuf::from("./etc/aliases"),
+            relay_networks: vec![
+                Cidr::parse("127.0.0.0/8").expect("literal"),
+                Cidr::parse("::1/128").expect("literal"),
+            ],
+            max_connections: 100,
+            max_connections_per_ip: 10,
+            // RFC 1870 SIZE; Postfix's message_size_limit is 10240000.
+            message_size_limit: 10 * 1024 * 1024,
+            // RFC 5321 §4.5.3.1.8: at least 100 recipients must be buffered.
+            max_recipients: 100,
+            max_hops: 50,
+            max_errors: 20,
+            // RFC 5321 §4.5.3.2.7 (server timeout: 5 minutes) and §4.5.3.2.5
+            // (DATA block: 3 minutes).
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            greet_pause: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(30),
+            vrfy: false,
+            log_level: log::LevelFilter::Info,
+        }
+    }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `10`, `10s`, `5m`, `1h`, `2d`; a bare number is seconds (as in Postfix).
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&v[..i], &v[i..]),
+        None => (v, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let mult = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 604_800.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(n * mult))
+}
+
+/// `10485760`, `10k`, `10M`, `1G` (binary multiples).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let (num, mult) = match v.chars().last()? {
+        'k' | 'K' => (&v[..v.len() - 1], 1u64 << 10),
+        'm' | 'M' => (&v[..v.len() - 1], 1 << 20),
+        'g' | 'G' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Some(true),
+        "no" | "false" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// A local user name must be usable as a directory name under `mail_dir`
+/// and nothing else: no `/`, no leading `.`, no control characters.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+=".contains(c))
+}
+
+impl Config {
+    /// Finds and loads the configuration: `-c FILE`, else `$SATCHEL_CONFIG`,
+    /// else the system file if it exists, else the built-in defaults.
+    pub fn locate(explicit: Option<&str>) -> Result<Config, ConfigError> {
+        if let Some(f) = explicit {
+            return Config::load(Path::new(f));
+        }
+        if let Ok(f) = std::env::var("SATCHEL_CONFIG") {
+            if !f.is_empty() {
+                return Config::load(Path::new(&f));
+            }
+        }
+        if Path::new(SYSTEM_CONFIG).exists() {
+            return Config::load(Path::new(SYSTEM_CONFIG));
+        }
+        Ok(Config::default())
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            what: format!("cannot read: {e}"),
+        })?;
+        let mut c = Config::parse(&text, &path.display().to_string())?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Parses configuration text; `file` names it in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let mut domains_set = false;
+        let mut seen = HashSet::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = n + 1;
+            let err = |what: String| ConfigError {
+                file: file.to_string(),
+                line,
+                what,
+            };
+            let content = raw.trim();
+            if content.is_empty() || content.starts_with('#') {
+                continue;
+            }
+            let (key, value) = content
+                .split_once('=')
+                .ok_or_else(|| err(format!("expected 'key = value', found '{content}'")))?;
+            let key = key.trim();
+            let value = value.trim();
+            if !seen.insert(key.to_string()) {
+                return Err(err(format!("'{key}' is set twice")));
+            }
+            let bad = |what: &str| err(format!("bad value for {key}: '{value}' ({what})"));
+            let count = |min: usize| {
+                value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n >= min)
+                    .ok_or_else(|| bad(&format!("expected a whole number >= {min}")))
+            };
+            let duration = || {
+                parse_duration(value).ok_or_else(|| bad("expected a time such as 300s, 5m or 1h"))
+            };
+            match key {
+                "listen" => {
+                    let mut addrs = Vec::new();
+                    for a in list(value) {
+                        addrs.push(a.parse::<SocketAddr>().map_err(|_| {
+                            bad(&format!("'{a}' is not ADDRESS:PORT or [IPv6]:PORT"))
+                        })?);
+                    }
+                    if addrs.is_empty() {
+                        return Err(bad("at least one address is needed"));
+                    }
+                    c.listen = addrs;
+                    c.listen_is_default = false;
+                }
+                "hostname" => {
+                    if value.is_empty()
+                        || !value
+                            .chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || ".-".contains(ch))
+                    {
+                        return Err(bad("expected a host name"));
+                    }
+                    c.hostname = value.to_string();
+                }
+                "spool_dir" => {
+                    c.spool_dir = non_empty_path(value).ok_or_else(|| bad("expected a path"))?
+                }
+                "aliases_file" => {
+                    c.aliases_file = non_empty_path(value).ok_or_else(|| bad("expected a path"))?
+                }
+                "local_domains" => {
+                    c.local_domains = list(value)
+                        .into_iter()
+                        .map(|d| d.to_ascii_lowercase())
+                        .collect();
+                    domains_set = true;
+                }
+                "local_users" => {
+                    let users = list(value);
+                    if let Some(u) = users
+                        .iter()
+                        .find(|u| *u != "@passwd" && !valid_user_name(u))
+                    {
+                        return Err(bad(&format!("'{u}' is not a usable user name")));
+                    }
+                    c.local_users = users.into_iter().map(|u| u.to_ascii_lowercase()).collect();
+                }
+                "relay_networks" => {
+                    let mut nets = Vec::new();
+                    for a in list(value) {
+                        nets.push(
+                            Cidr::parse(&a).ok_or_else(|| {
+                                bad(&format!("'{a}' is not an address or network"))
+                            })?,
+                        );
+                    }
+                    c.relay_networks = nets;
+                }
+                "max_connections" => c.max_connections = count(1)?,
+                "max_connections_per_ip" => c.max_connections_per_ip = count(1)?,
+                "message_size_limit" => {
+                    c.message_size_limit =
+                        parse_size(value).filter(|&n| n >= 1024).ok_or_else(|| {
+                            bad("expected a size of at least 1024, such as 10485760 or 10M")
+                        })?
+                }
+                "max_recipients" => c.max_recipients = count(1)?,
+                "max_hops" => c.max_hops = count(1)?,
+                "max_errors" => c.max_errors = count(1)?,
+                "command_timeout" => c.command_timeout = duration()?,
+                "data_timeout" => c.data_timeout = duration()?,
+                "greet_pause" => c.greet_pause = duration()?,
+                "shutdown_timeout" => c.shutdown_timeout = duration()?,
+                "vrfy" => c.vrfy = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?,
+                "log_level" => {
+                    c.log_level = value
+                        .parse()
+                        .map_err(|_| bad("expected off, error, warn, info, debug or trace"))?
+                }
+                _ => return Err(err(format!("unknown setting '{key}'"))),
+            }
+        }
+        if !domains_set {
+            c.local_domains = vec!["localhost".into(), c.hostname.to_ascii_lowercase()];
+        }
+        for (name, d) in [
+            ("command_timeout", c.command_timeout),
+            ("data_timeout", c.data_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    line: 0,
+                    what: format!("{name} must not be 0"),
+                });
+            }
+        }
+        Ok(c)
+    }
+
+    /// The effective settings, in the file's own syntax.
+    pub fn render(&self) -> String {
+        let join = |v: &[String]| v.join(", ");
+        let secs = |d: Duration| {
+            if d.subsec_millis() == 0 {
+                format!("{}s", d.as_secs())
+            } else {
+                format!("{}ms", d.as_millis())
+            }
+        };
+        let mut s = String::new();
+        let mut kv = |k: &str, v: String| s.push_str(&format!("{k} = {v}\n"));
+        kv(
+            "listen",
+            self.listen
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        kv("hostname", self.hostname.clone());
+        kv("spool_dir", self.spool_dir.display().to_string());
+        kv("local_domains", join(&self.local_domains));
+        kv("local_users", join(&self.local_users));
+        kv("aliases_file", self.aliases_file.display().to_string());
+        kv(
+            "relay_networks",
+            self.relay_networks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        kv("max_connections", self.max_connections.to_string());
+        kv(
+            "max_connections_per_ip",
+            self.max_connections_per_ip.to_string(),
+        );
+        kv("message_size_limit", self.message_size_limit.to_string());
+        kv("max_recipients", self.max_recipients.to_string());
+        kv("max_hops", self.max_hops.to_string());
+        kv("max_errors", self.max_errors.to_string());
+        kv("command_timeout", secs(self.command_timeout));
+        kv("data_timeout", secs(self.data_timeout));
+        kv("greet_pause", secs(self.greet_pause));
+        kv("shutdown_timeout", secs(self.shutdown_timeout));
+        kv("vrfy", if self.vrfy { "yes" } else { "no" }.into());
+        kv("log_level", self.log_level.to_string().to_ascii_lowercase());
+        s
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    pub fn may_relay(&self, ip: IpAddr) -> bool {
+        self.relay_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+fn non_empty_path(v: &str) -> Option<PathBuf> {
+    (!v.is_empty()).then(|| PathBuf::from(v))
+}
+
+/// The accounts of /etc/passwd that can receive mail (valid names only).
+pub fn passwd_users(passwd: &str) -> impl Iterator<Item = String> + '_ {
+    passwd
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|u| valid_user_name(u))
+        .map(|u| u.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_run_from_a_checkout() {
+        let c = Config::parse("", "x").unwrap();
+        assert_eq!(c.listen[0], "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(c.spool_dir, PathBuf::from("./var/spool"));
+        assert!(c.is_local_domain("localhost"));
+        assert!(c.is_local_domain(&c.hostname.clone()));
+        assert_eq!(c.message_size_limit, 10 * 1024 * 1024);
+        assert_eq!(c.max_recipients, 100);
+        assert_eq!(c.max_connections, 100);
+        assert_eq!(c.command_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn settings_parse_with_comments_and_lists() {
+        let c = Config::parse(
+            "# comment\nlisten = 127.0.0.1:25, [::1]:25\nhostname = mx.example\n\
+             local_users = alice bob\nrelay_networks = 10.0.0.0/8, ::1\nmessage_size_limit = 1M\n\
+             command_timeout = 5m\nvrfy = yes\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.local_domains, vec!["localhost", "mx.example"]);
+        assert_eq!(c.local_users, vec!["alice", "bob"]);
+        assert!(c.may_relay("10.1.2.3".parse().unwrap()));
+        assert!(c.may_relay("::1".parse().unwrap()));
+        assert!(!c.may_relay("11.0.0.1".parse().unwrap()));
+        assert_eq!(c.message_size_limit, 1 << 20);
+        assert_eq!(c.command_timeout, Duration::from_secs(300));
+        assert!(c.vrfy);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let e = Config::parse("hostname = a\n\nfrobnicate = 1\n", "etc/x.conf").unwrap_err();
+        assert_eq!(e.to_string(), "etc/x.conf:3: unknown setting 'frobnicate'");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            "listen = nowhere",
+            "max_connections = 0",
+            "max_connections = many",
+            "message_size_limit = 12Q",
+            "relay_networks = 10.0.0.0/33",
+            "command_timeout = soon",
+            "vrfy = maybe",
+            "local_users = ../etc",
+            "log_level = loud",
+            "hostname",
+        ] {
+            assert!(Config::parse(bad, "x").is_err(), "{bad}");
+        }
+        assert!(
+            Config::parse("vrfy = yes\nvrfy = no\n", "x").is_err(),
+            "duplicates"
+        );
+    }
+
+    #[test]
+    fn render_parses_back_to_the_same_settings() {
+        let c = Config::parse("hostname = mx.example\ngreet_pause = 500ms\n", "x").unwrap();
+        let again = Config::parse(&c.render(), "x").unwrap();
+        assert_eq!(again.render(), c.render());
+    }
+
+    #[test]
+    fn cidr_matching_includes_v4_mapped_v6() {
+        let n = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(n.contains("127.9.9.9".parse().unwrap()));
+        assert!(n.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!n.contains("128.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn user_names_cannot_escape_the_mail_directory() {
+        for bad in ["../x", "a/b", ".hidden", "", "a\0b", "a b"] {
+            assert!(!valid_user_name(bad), "{bad:?}");
+        }
+        assert!(valid_user_name("alice.smith-2"));
+    }
+}

@@ -1,0 +1,444 @@
+//! The thin loop that joins one byte stream (a TCP socket, or stdin/stdout
+//! under inetd) to `smtp::session` and the spool: it reads CRLF lines with
+//! the RFC 5321 size limits, feeds them to the session, streams DATA through
+//! the decoder into a spool entry, and writes replies, flushing only when no
+//! pipelined input is waiting (RFC 2920 §3.1). Protocol decisions are the
+//! session's; this module only moves bytes and keeps time.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::envelope::{escape, Envelope, RcptState, Recipient};
+use crate::policy::LocalPolicy;
+use crate::smtp::data::DataDecoder;
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::smtp::session::{Client, DataEnd, Event, Session, SessionConfig, Transaction};
+use crate::spool::Spool;
+use crate::time;
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+
+/// Everything a session needs that outlives it.
+pub struct Context {
+    pub cfg: Config,
+    pub session: SessionConfig,
+    pub policy: LocalPolicy,
+    pub spool: Spool,
+    /// Set when the server is stopping: sessions say 421 at the next command.
+    pub shutdown: AtomicBool,
+    /// Told the ID of each queued message (the delivery scheduler's wake-up).
+    pub on_queued: Option<crossbeam_channel::Sender<String>>,
+}
+
+impl Context {
+    pub fn new(cfg: Config, policy: LocalPolicy, spool: Spool) -> Context {
+        let session = SessionConfig {
+            hostname: cfg.hostname.clone(),
+            message_size_limit: cfg.message_size_limit,
+            max_recipients: cfg.max_recipients,
+            max_errors: cfg.max_errors,
+            max_hops: cfg.max_hops,
+            vrfy: cfg.vrfy,
+        };
+        Context {
+            cfg,
+            session,
+            policy,
+            spool,
+            shutdown: AtomicBool::new(false),
+            on_queued: None,
+        }
+    }
+}
+
+/// What the connection loop needs of its transport beyond reading.
+pub trait Control {
+    fn set_read_timeout(&self, d: Duration) -> io::Result<()>;
+    /// True if the client sent something within `pause` (before our greeting).
+    fn talks_early(&self, pause: Duration) -> bool;
+}
+
+impl Control for std::net::TcpStream {
+    fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
+        std::net::TcpStream::set_read_timeout(self, Some(d))
+    }
+
+    fn talks_early(&self, pause: Duration) -> bool {
+        let mut b = [0u8; 1];
+        if pause.is_zero() {
+            if self.set_nonblocking(true).is_err() {
+                return false;
+            }
+            let r = self.peek(&mut b);
+            let _ = self.set_nonblocking(false);
+            return matches!(r, Ok(n) if n > 0);
+        }
+        if std::net::TcpStream::set_read_timeout(self, Some(pause)).is_err() {
+            return false;
+        }
+        matches!(self.peek(&mut b), Ok(n) if n > 0)
+    }
+}
+
+/// One line as the reader found it.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line without its CRLF.
+    Ok(Vec<u8>),
+    /// Longer than the limit; the rest up to LF was discarded.
+    TooLong,
+    /// Ended in LF without CR.
+    BareLf,
+    Eof,
+}
+
+/// Reads one line, never holding more than `max` octets of it.
+fn read_line<R: BufRead>(r: &mut R, max: usize) -> io::Result<Line> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        if !too_long {
+            if line.len() + chunk.len() > max {
+                too_long = true;
+                line.clear();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let n = chunk.len();
+        r.consume(n);
+        if found {
+            if too_long {
+                return Ok(Line::TooLong);
+            }
+            line.pop(); // LF
+            if line.pop() != Some(b'\r') {
+                return Ok(Line::BareLf);
+            }
+            return Ok(Line::Ok(line));
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Runs one SMTP session to its end. `in_data` is raised while a DATA
+/// transfer is in progress (a stopping server waits for those).
+pub fn run<R: Read, W: Write>(
+    input: R,
+    mut output: W,
+    ctl: &dyn Control,
+    client: Client,
+    ctx: &Context,
+    in_data: &AtomicBool,
+) {
+    let peer = match client.ip {
+        Some(ip) => format!("[{ip}]"),
+        None => "localhost".to_string(),
+    };
+    let mut session = Session::new(ctx.session.clone(), &ctx.policy, client.clone());
+    let mut reader = BufReader::with_capacity(16 * 1024, input);
+    let mut out = Vec::with_capacity(1024);
+
+    // RFC 5321 §3.1 / §4.3.1: nothing may arrive before the greeting.
+    if ctl.talks_early(ctx.cfg.greet_pause) {
+        let r = session.early_talker();
+        log::info!("reject: early talker from {peer}: {}", r.one_line());
+        let _ = output.write_all(&r.to_wire());
+        return;
+    }
+    session.greeting().write_to(&mut out);
+    'session: loop {
+        if reader.buffer().is_empty() {
+            if output.write_all(&out).and_then(|_| output.flush()).is_err() {
+                break;
+            }
+            out.clear();
+            if ctx.shutdown.load(Ordering::SeqCst) {
+                shutting_down(ctx).write_to(&mut out);
+                break;
+            }
+        }
+        let _ = ctl.set_read_timeout(ctx.cfg.command_timeout);
+        let line = match read_line(&mut reader, MAX_COMMAND_LINE) {
+            Ok(l) => l,
+            Err(e) if is_timeout(&e) => {
+                log::info!("timeout after {} commands from {peer}", session.commands());
+                session.timeout_reply().write_to(&mut out);
+                break;
+            }
+            Err(_) => break,
+        };
+        let event = match line {
+            Line::Eof => {
+                if ctx.shutdown.load(Ordering::SeqCst) {
+                    shutting_down(ctx).write_to(&mut out);
+                }
+                break;
+            }
+            Line::TooLong => session.line_too_long(),
+            Line::BareLf => Event::Close(session.bare_lf()),
+            Line::Ok(l) => {
+                let verb = verb_of(&l);
+                let ev = session.command(&l);
+                log_reject(&peer, &verb, &ev);
+                ev
+            }
+        };
+        match event {
+            Event::Reply(r) => r.write_to(&mut out),
+            Event::Close(r) => {
+                r.write_to(&mut out);
+                break;
+            }
+            Event::Data(txn) => {
+                in_data.store(true, Ordering::SeqCst);
+                let keep_going = receive_data(
+                    &mut reader,
+                    &mut output,
+                    &mut out,
+                    ctl,
+                    &mut session,
+                    ctx,
+                    &txn,
+                    &peer,
+                );
+                in_data.store(false, Ordering::SeqCst);
+                if !keep_going {
+                    break 'session;
+                }
+            }
+        }
+    }
+    let _ = output.write_all(&out).and_then(|_| output.flush());
+    log::info!("disconnect from {peer} commands={}", session.commands());
+}
+
+fn shutting_down(ctx: &Context) -> Reply {
+    Reply::new(
+        421,
+        Enhanced(4, 3, 2),
+        format!("{} Service shutting down", ctx.cfg.hostname),
+    )
+}
+
+fn verb_of(line: &[u8]) -> String {
+    let end = line
+        .iter()
+        .position(|&b| b == b' ')
+        .unwrap_or(line.len())
+        .min(16);
+    String::from_utf8_lossy(&line[..end]).to_ascii_uppercase()
+}
+
+fn log_reject(peer: &str, verb: &str, ev: &Event) {
+    if let Event::Reply(r) | Event::Close(r) = ev {
+        if r.code >= 400 {
+            log::info!(
+                "reject: {} from {peer}: {}",
+                escape(verb),
+                escape(&r.one_line())
+            );
+        }
+    }
+}
+
+/// The DATA phase: 354, stream into the spool, commit, reply. Returns false
+/// when the connection must end (time-out, EOF, write error).
+fn receive_data<R: Read, W: Write>(
+    reader: &mut BufReader<R>,
+    output: &mut W,
+    out: &mut Vec<u8>,
+    ctl: &dyn Control,
+    session: &mut Session,
+    ctx: &Context,
+    txn: &Transaction,
+    peer: &str,
+) -> bool {
+    let mut incoming = match ctx.spool.create() {
+        Ok(i) => i,
+        Err(e) => {
+            log::warn!(
+                "warning: spool {}: cannot create message file: {e}",
+                ctx.spool.root().display()
+            );
+            if let Event::Reply(r) | Event::Close(r) = session.data_unavailable() {
+                r.write_to(out);
+            }
+            return true;
+        }
+    };
+    let arrival = time::unix_now();
+    let (go_ahead, received) = session.data_opened(&incoming.id, &time::rfc5322(arrival));
+    go_ahead.write_to(out);
+    if output.write_all(out).and_then(|_| output.flush()).is_err() {
+        return false;
+    }
+    out.clear();
+    incoming.write(received.as_bytes());
+
+    let mut decoder = DataDecoder::new(ctx.cfg.message_size_limit);
+    let mut content = Vec::with_capacity(64 * 1024);
+    let _ = ctl.set_read_timeout(ctx.cfg.data_timeout);
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) => {
+                if is_timeout(&e) {
+                    log::info!("{}: timeout during DATA from {peer}", incoming.id);
+                    session.timeout_reply().write_to(out);
+                }
+                return false; // incoming is dropped: nothing is queued
+            }
+        };
+        if buf.is_empty() {
+            log::info!("{}: lost connection during DATA from {peer}", incoming.id);
+            return false;
+        }
+        let (used, done) = decoder.feed(buf, &mut content);
+        reader.consume(used);
+        if !content.is_empty() {
+            incoming.write(&content);
+            content.clear();
+        }
+        if done {
+            break;
+        }
+    }
+
+    let end = DataEnd {
+        defect: decoder.defect(),
+        received_headers: decoder.received_headers(),
+    };
+    if let Err(ev) = session.data_ended(end) {
+        log_reject(peer, "DATA", &ev);
+        return write_event(ev, out);
+    }
+    let id = incoming.id.clone();
+    let mut env = Envelope {
+        id: id.clone(),
+        created: arrival,
+        client: peer
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        helo: txn.helo.clone(),
+        protocol: txn.protocol.to_string(),
+        body: match txn.params.body {
+            crate::smtp::command::BodyType::SevenBit => "7BIT".into(),
+            crate::smtp::command::BodyType::EightBitMime => "8BITMIME".into(),
+        },
+        smtputf8: txn.params.smtputf8,
+        size: 0,
+        from: txn.from.clone(),
+        attempts: 0,
+        next_attempt: 0,
+        rcpts: txn
+            .rcpts
+            .iter()
+            .map(|r| Recipient {
+                addr: r.clone(),
+                state: RcptState::Pending,
+            })
+            .collect(),
+    };
+    match incoming.commit(&mut env) {
+        Ok(()) => {
+            log::info!("{id}: client={peer}, helo=<{}>", escape(&txn.helo));
+            log::info!(
+                "{id}: from={}, size={}, nrcpt={} (queue active)",
+                env.from,
+                env.size,
+                env.rcpts.len()
+            );
+            if let Some(tx) = &ctx.on_queued {
+                let _ = tx.try_send(id.clone());
+            }
+            write_event(session.queued(&id), out)
+        }
+        Err(e) => {
+            log::warn!("warning: {id}: cannot queue message: {e}");
+            let ev = session.queue_failed();
+            log_reject(peer, "DATA", &ev);
+            write_event(ev, out)
+        }
+    }
+}
+
+fn write_event(ev: Event, out: &mut Vec<u8>) -> bool {
+    match ev {
+        Event::Reply(r) => {
+            r.write_to(out);
+            true
+        }
+        Event::Close(r) => {
+            r.write_to(out);
+            false
+        }
+        Event::Data(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn lines(input: &[u8], max: usize) -> Vec<Line> {
+        let mut r = BufReader::with_capacity(7, Cursor::new(input.to_vec()));
+        let mut v = Vec::new();
+        loop {
+            let l = read_line(&mut r, max).unwrap();
+            let eof = l == Line::Eof;
+            v.push(l);
+            if eof {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn lines_end_only_at_crlf() {
+        assert_eq!(
+            lines(b"HELO a\r\nNOOP\nQUIT\r\n", 512),
+            vec![
+                Line::Ok(b"HELO a".to_vec()),
+                Line::BareLf,
+                Line::Ok(b"QUIT".to_vec()),
+                Line::Eof
+            ]
+        );
+    }
+
+    #[test]
+    fn overlong_lines_are_discarded_up_to_their_end() {
+        let mut input = vec![b'x'; 600];
+        input.extend_from_slice(b"\r\nNOOP\r\n");
+        assert_eq!(
+            lines(&input, 512),
+            vec![Line::TooLong, Line::Ok(b"NOOP".to_vec()), Line::Eof]
+        );
+        let mut exact = vec![b'x'; 510];
+        exact.extend_from_slice(b"\r\n");
+        assert_eq!(
+            lines(&exact, 512),
+            vec![Line::Ok(vec![b'x'; 510]), Line::Eof]
+        );
+    }
+}

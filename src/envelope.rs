@@ -1,0 +1,379 @@
+//! The envelope of a queued message and its text encoding.
+//!
+//! An envelope is small, human-readable UTF-8: one `key value` per line,
+//! starting with `version 1` and ending with `end` (like Postfix's required
+//! END record: a file without it is damaged and is never acted upon).
+//! Free text (HELO names, remote replies) is escaped so that a value is
+//! always one line: `\` and control octets become `\xNN`.
+//!
+//! ```text
+//! version 1
+//! id 0005F3A1B2C3D4E5
+//! created 1795917257
+//! client 192.0.2.1
+//! helo client.example
+//! protocol ESMTP
+//! body 8BITMIME
+//! smtputf8 no
+//! size 812
+//! from <a@example.org>
+//! attempts 0
+//! next-attempt 1795917257
+//! rcpt pending <c@example.net>
+//! rcpt failed <e@example.net> 550 5.1.1 User unknown
+//! end
+//! ```
+//!
+//! No I/O: text in, text out. The spool writes and reads the files.
+
+use std::fmt;
+
+use crate::address::{ForwardPath, ReversePath};
+
+pub const VERSION: u32 = 1;
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptState {
+    /// Not yet tried, or due for another try.
+    Pending,
+    /// Tried, failed temporarily; the text is the last reason.
+    Deferred(String),
+    /// Delivered; the text is the accepting reply.
+    Sent(String),
+    /// Failed for good; the text is the reason (a bounce is owed).
+    Failed(String),
+}
+
+impl RcptState {
+    fn keyword(&self) -> &'static str {
+        match self {
+            RcptState::Pending => "pending",
+            RcptState::Deferred(_) => "deferred",
+            RcptState::Sent(_) => "sent",
+            RcptState::Failed(_) => "failed",
+        }
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            RcptState::Pending => "",
+            RcptState::Deferred(t) | RcptState::Sent(t) | RcptState::Failed(t) => t,
+        }
+    }
+
+    /// True while delivery still has to be attempted.
+    pub fn is_open(&self) -> bool {
+        matches!(self, RcptState::Pending | RcptState::Deferred(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub addr: ForwardPath,
+    pub state: RcptState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: String,
+    /// Arrival, seconds since the epoch.
+    pub created: u64,
+    /// Client IP address, or `localhost` for local submission.
+    pub client: String,
+    pub helo: String,
+    pub protocol: String,
+    /// `7BIT` or `8BITMIME` (RFC 6152).
+    pub body: String,
+    pub smtputf8: bool,
+    /// Message file size in octets.
+    pub size: u64,
+    pub from: ReversePath,
+    pub attempts: u32,
+    /// Seconds since the epoch; 0 = now.
+    pub next_attempt: u64,
+    pub rcpts: Vec<Recipient>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeError {
+    pub line: usize,
+    pub what: String,
+}
+
+impl fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.what)
+    }
+}
+
+/// `\` and control octets as `\xNN`, so a value stays on one line.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '\\' || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn unescape(s: &str) -> Result<String, &'static str> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            let hex = s.get(i + 2..i + 4).filter(|_| b.get(i + 1) == Some(&b'x'));
+            let v = hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad escape")?;
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "invalid UTF-8")
+}
+
+/// Splits `<path> rest` at the end of the path, honouring quoted local parts.
+fn split_path(s: &str) -> (&str, &str) {
+    let b = s.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => {
+                let rest = s[i + 1..].strip_prefix(' ').unwrap_or(&s[i + 1..]);
+                return (&s[..=i], rest);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (s, "")
+}
+
+impl Envelope {
+    /// True when no recipient needs another attempt.
+    pub fn is_done(&self) -> bool {
+        self.rcpts.iter().all(|r| !r.state.is_open())
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::with_capacity(256 + 64 * self.rcpts.len());
+        let mut kv = |k: &str, v: &str| {
+            s.push_str(k);
+            s.push(' ');
+            s.push_str(v);
+            s.push('\n');
+        };
+        kv("version", &VERSION.to_string());
+        kv("id", &self.id);
+        kv("created", &self.created.to_string());
+        kv("client", &escape(&self.client));
+        kv("helo", &escape(&self.helo));
+        kv("protocol", &escape(&self.protocol));
+        kv("body", &escape(&self.body));
+        kv("smtputf8", if self.smtputf8 { "yes" } else { "no" });
+        kv("size", &self.size.to_string());
+        kv("from", &self.from.to_string());
+        kv("attempts", &self.attempts.to_string());
+        kv("next-attempt", &self.next_attempt.to_string());
+        for r in &self.rcpts {
+            let mut v = format!("{} {}", r.state.keyword(), r.addr);
+            if !r.state.text().is_empty() {
+                v.push(' ');
+                v.push_str(&escape(r.state.text()));
+            }
+            kv("rcpt", &v);
+        }
+        s.push_str("end\n");
+        s
+    }
+
+    pub fn parse(text: &str) -> Result<Envelope, EnvelopeError> {
+        let mut e = Envelope {
+            id: String::new(),
+            created: 0,
+            client: String::new(),
+            helo: String::new(),
+            protocol: String::new(),
+            body: "7BIT".into(),
+            smtputf8: false,
+            size: 0,
+            from: ReversePath::Null,
+            attempts: 0,
+            next_attempt: 0,
+            rcpts: Vec::new(),
+        };
+        let mut version = false;
+        let mut from = false;
+        let mut ended = false;
+        for (n, line) in text.lines().enumerate() {
+            let err = |what: &str| EnvelopeError {
+                line: n + 1,
+                what: what.to_string(),
+            };
+            if ended {
+                return Err(err("data after 'end'"));
+            }
+            if line == "end" {
+                ended = true;
+                continue;
+            }
+            let (key, value) = line
+                .split_once(' ')
+                .ok_or_else(|| err("expected 'key value'"))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| err("bad number"));
+            let txt = |v: &str| unescape(v).map_err(err);
+            match key {
+                "version" if !version && n == 0 => {
+                    if num(value)? != u64::from(VERSION) {
+                        return Err(err("unsupported version"));
+                    }
+                    version = true;
+                }
+                _ if !version => return Err(err("first line must be 'version'")),
+                "id" => {
+                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        return Err(err("bad id"));
+                    }
+                    e.id = value.to_string();
+                }
+                "created" => e.created = num(value)?,
+                "client" => e.client = txt(value)?,
+                "helo" => e.helo = txt(value)?,
+                "protocol" => e.protocol = txt(value)?,
+                "body" => e.body = txt(value)?,
+                "smtputf8" => e.smtputf8 = value == "yes",
+                "size" => e.size = num(value)?,
+                "from" => {
+                    e.from =
+                        ReversePath::parse(value).map_err(|x| err(&format!("bad sender: {x}")))?;
+                    from = true;
+                }
+                "attempts" => {
+                    e.attempts = u32::try_from(num(value)?).map_err(|_| err("bad number"))?
+                }
+                "next-attempt" => e.next_attempt = num(value)?,
+                "rcpt" => {
+                    let (state, rest) = value.split_once(' ').ok_or_else(|| err("bad rcpt"))?;
+                    let (path, text) = split_path(rest);
+                    let addr = ForwardPath::parse(path)
+                        .map_err(|x| err(&format!("bad recipient: {x}")))?;
+                    let text = txt(text)?;
+                    let state = match state {
+                        "pending" => RcptState::Pending,
+                        "deferred" => RcptState::Deferred(text),
+                        "sent" => RcptState::Sent(text),
+                        "failed" => RcptState::Failed(text),
+                        _ => return Err(err("bad recipient state")),
+                    };
+                    e.rcpts.push(Recipient { addr, state });
+                }
+                _ => return Err(err("unknown key")),
+            }
+        }
+        let at_end = text.lines().count() + 1;
+        let err = |what: &str| EnvelopeError {
+            line: at_end,
+            what: what.to_string(),
+        };
+        if !ended {
+            return Err(err("no 'end' line: the envelope is incomplete"));
+        }
+        if e.id.is_empty() || !from || e.rcpts.is_empty() {
+            return Err(err("missing id, from or rcpt"));
+        }
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            id: "0005F3A1B2C3D4E5".into(),
+            created: 1_795_917_257,
+            client: "192.0.2.1".into(),
+            helo: "weird\r\nhelo\\name".into(),
+            protocol: "ESMTP".into(),
+            body: "8BITMIME".into(),
+            smtputf8: false,
+            size: 812,
+            from: ReversePath::parse("<a@example.org>").unwrap(),
+            attempts: 2,
+            next_attempt: 1_795_917_557,
+            rcpts: vec![
+                Recipient {
+                    addr: ForwardPath::parse("<c@example.net>").unwrap(),
+                    state: RcptState::Pending,
+                },
+                Recipient {
+                    addr: ForwardPath::parse("<\"odd > name\"@example.net>").unwrap(),
+                    state: RcptState::Failed("550 5.1.1 User unknown".into()),
+                },
+                Recipient {
+                    addr: ForwardPath::Postmaster,
+                    state: RcptState::Sent("250 ok".into()),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips_through_text() {
+        let e = sample();
+        let text = e.to_text();
+        assert!(text.starts_with("version 1\n"));
+        assert!(text.ends_with("\nend\n"));
+        assert!(
+            text.contains("helo weird\\x0D\\x0Ahelo\\x5Cname\n"),
+            "{text}"
+        );
+        assert_eq!(Envelope::parse(&text), Ok(e));
+    }
+
+    #[test]
+    fn envelope_without_end_is_damaged() {
+        let text = sample().to_text().replace("end\n", "");
+        assert!(Envelope::parse(&text).unwrap_err().what.contains("end"));
+    }
+
+    #[test]
+    fn truncated_envelope_is_damaged_at_every_cut() {
+        let text = sample().to_text();
+        for cut in 0..text.len() - 1 {
+            if let Some(t) = text.get(..cut) {
+                assert!(Envelope::parse(t).is_err(), "cut at {cut} parsed");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_are_refused() {
+        assert!(Envelope::parse("version 2\nend\n").is_err());
+        let t = sample().to_text().replace("size 812", "colour blue");
+        assert!(Envelope::parse(&t).is_err());
+    }
+
+    #[test]
+    fn open_recipients_decide_done() {
+        let mut e = sample();
+        assert!(!e.is_done());
+        e.rcpts[0].state = RcptState::Sent("250".into());
+        assert!(e.is_done());
+    }
+}

@@ -1,0 +1,18 @@
+//! satchel: a small, dependable SMTP mail transfer agent (RFC 5321).
+//!
+//! Pure modules (no sockets, no files): `address`, `smtp`, `envelope`,
+//! `time`, and the parsers of `config` and `aliases`. Edges: `spool`,
+//! `conn`, `server`, `policy` (reads /etc/passwd and the aliases file).
+
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod aliases;
+pub mod config;
+pub mod conn;
+pub mod envelope;
+pub mod policy;
+pub mod server;
+pub mod smtp;
+pub mod spool;
+pub mod time;

@@ -1,0 +1,283 @@
+//! The accept loop and the session pool. One listener thread per listen
+//! address hands each connection over a crossbeam channel to a bounded pool
+//! of session threads (spawned on demand, at most `max_connections`, kept
+//! for reuse). A connection beyond the limit, or beyond the per-client-IP
+//! limit, hears `421` at once and is closed: the thread count never grows
+//! without bound. SIGTERM/SIGINT stop the listeners, close idle sessions,
+//! and wait (bounded) for transactions in DATA to finish.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::conn::{self, Context};
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::smtp::session::Client;
+
+/// Session threads need little stack: buffers live on the heap.
+const SESSION_STACK: usize = 256 * 1024;
+
+struct Job {
+    stream: TcpStream,
+    peer: SocketAddr,
+}
+
+/// Book-keeping shared by listeners, workers and the signal thread.
+struct Pool {
+    active: AtomicUsize,
+    spawned: Mutex<usize>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections, so a stopping server can close the idle ones.
+    open: Mutex<HashMap<u64, (TcpStream, Arc<AtomicBool>)>>,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Binds every listen address. With the default settings a host without
+/// IPv6 simply has no `[::1]` listener; a configured address that cannot
+/// be bound is an error.
+pub fn bind(ctx: &Context) -> Result<Vec<TcpListener>, String> {
+    let mut listeners = Vec::new();
+    for addr in &ctx.cfg.listen {
+        match TcpListener::bind(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) if ctx.cfg.listen_is_default && addr.is_ipv6() => {
+                log::info!("not listening on {addr}: {e}");
+            }
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+    if listeners.is_empty() {
+        return Err("no address to listen on".into());
+    }
+    Ok(listeners)
+}
+
+/// Serves until SIGTERM or SIGINT; returns once sessions have finished or
+/// `shutdown_timeout` has passed.
+pub fn serve(ctx: Arc<Context>, listeners: Vec<TcpListener>) -> Result<(), String> {
+    let pool = Arc::new(Pool {
+        active: AtomicUsize::new(0),
+        spawned: Mutex::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        open: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(0),
+    });
+    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    let mut local_addrs = Vec::new();
+    let mut handles = Vec::new();
+    for l in listeners {
+        let addr = l.local_addr().map_err(|e| e.to_string())?;
+        log::info!("listening on {addr}");
+        local_addrs.push(addr);
+        let (ctx, pool, tx, rx) = (ctx.clone(), pool.clone(), tx.clone(), rx.clone());
+        let h = thread::Builder::new()
+            .name(format!("listen {addr}"))
+            .spawn(move || accept_loop(l, ctx, pool, tx, rx))
+            .map_err(|e| e.to_string())?;
+        handles.push(h);
+    }
+    drop(tx);
+
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let stopper = {
+        let (ctx, pool) = (ctx.clone(), pool.clone());
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut signals = signals;
+                if let Some(sig) = signals.forever().next() {
+                    log::info!("signal {sig} received: stopping");
+                    stop(&ctx, &pool, &local_addrs);
+                }
+            })
+            .map_err(|e| e.to_string())?
+    };
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = stopper.join();
+    let deadline = Instant::now() + ctx.cfg.shutdown_timeout;
+    while pool.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let left = pool.active.load(Ordering::SeqCst);
+    if left > 0 {
+        log::warn!(
+            "stopped with {left} session(s) still open; unfinished messages were not acknowledged"
+        );
+    } else {
+        log::info!("stopped");
+    }
+    Ok(())
+}
+
+/// Stops accepting, and closes the read side of every session that is not
+/// in the middle of DATA: those see end-of-file, say 421 and end.
+fn stop(ctx: &Context, pool: &Pool, addrs: &[SocketAddr]) {
+    ctx.shutdown.store(true, Ordering::SeqCst);
+    for a in addrs {
+        // Wake the blocked accept() with a connection of our own.
+        let mut wake = *a;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(if wake.is_ipv4() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+    }
+    for (stream, in_data) in lock(&pool.open).values() {
+        if !in_data.load(Ordering::SeqCst) {
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+}
+
+fn refuse(mut stream: TcpStream, reply: Reply) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = stream.write_all(&reply.to_wire());
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn accept_loop(
+    l: TcpListener,
+    ctx: Arc<Context>,
+    pool: Arc<Pool>,
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+) {
+    let cfg = &ctx.cfg;
+    loop {
+        let (stream, peer) = match l.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                if ctx.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("warning: accept: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if ctx.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        let ip = peer.ip();
+        if pool.active.load(Ordering::SeqCst) >= cfg.max_connections {
+            log::warn!(
+                "warning: connection limit {} reached: refusing [{ip}]",
+                cfg.max_connections
+            );
+            refuse(
+                stream,
+                Reply::new(
+                    421,
+                    Enhanced(4, 3, 2),
+                    format!("{} Error: too many connections", cfg.hostname),
+                ),
+            );
+            continue;
+        }
+        // Like Postfix's smtpd_client_event_limit_exceptions, clients in
+        // relay_networks are exempt from the per-address limit.
+        if !cfg.may_relay(ip) {
+            let mut per_ip = lock(&pool.per_ip);
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= cfg.max_connections_per_ip {
+                drop(per_ip);
+                log::warn!("warning: too many connections from [{ip}]");
+                refuse(
+                    stream,
+                    Reply::new(
+                        421,
+                        Enhanced(4, 7, 0),
+                        format!(
+                            "{} Error: too many connections from your address",
+                            cfg.hostname
+                        ),
+                    ),
+                );
+                continue;
+            }
+            *n += 1;
+        }
+        let active = pool.active.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            // Every active connection has a thread: spawn when there are fewer.
+            let mut spawned = lock(&pool.spawned);
+            if *spawned < active {
+                let (ctx, pool2, rx) = (ctx.clone(), pool.clone(), rx.clone());
+                match thread::Builder::new()
+                    .name("smtpd".into())
+                    .stack_size(SESSION_STACK)
+                    .spawn(move || worker(rx, ctx, pool2))
+                {
+                    Ok(_) => *spawned += 1,
+                    Err(e) => log::warn!("warning: cannot start a session thread: {e}"),
+                }
+            }
+        }
+        if tx.send(Job { stream, peer }).is_err() {
+            return;
+        }
+    }
+}
+
+fn worker(rx: Receiver<Job>, ctx: Arc<Context>, pool: Arc<Pool>) {
+    while let Ok(job) = rx.recv() {
+        let ip = job.peer.ip();
+        let id = pool.next_conn.fetch_add(1, Ordering::SeqCst);
+        let in_data = Arc::new(AtomicBool::new(false));
+        if let Ok(clone) = job.stream.try_clone() {
+            lock(&pool.open).insert(id, (clone, in_data.clone()));
+        }
+        log::info!("connect from [{ip}]");
+        let _ = job.stream.set_write_timeout(Some(ctx.cfg.command_timeout));
+        let _ = job.stream.set_nodelay(true);
+        let client = Client {
+            ip: Some(ip),
+            may_relay: ctx.cfg.may_relay(ip),
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            conn::run(
+                &job.stream,
+                &job.stream,
+                &job.stream,
+                client,
+                &ctx,
+                &in_data,
+            );
+        }));
+        if result.is_err() {
+            log::error!("error: session with [{ip}] panicked; connection closed");
+        }
+        let _ = job.stream.shutdown(Shutdown::Both);
+        lock(&pool.open).remove(&id);
+        if !ctx.cfg.may_relay(ip) {
+            let mut per_ip = lock(&pool.per_ip);
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        pool.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,822 @@
+//! The server side of the SMTP dialogue (RFC 5321) as a state machine:
+//! a command line in -> an `Event` out (a reply to send, a reply and close,
+//! or "open a spool entry and start DATA"). It decides every reply code and
+//! the relay policy, but never touches a socket or a file: the connection
+//! loop in `conn` feeds it lines and carries out its events, and the spool
+//! is the connection loop's business.
+
+use std::net::IpAddr;
+
+use super::command::{self, Command, MailParams};
+use super::data::Defect;
+use super::reply::{Enhanced, Reply};
+use crate::address::{ForwardPath, Mailbox, ReversePath};
+
+/// What the session needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub message_size_limit: u64,
+    pub max_recipients: usize,
+    pub max_errors: usize,
+    pub max_hops: usize,
+    pub vrfy: bool,
+}
+
+/// How the policy classifies a recipient mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptClass {
+    /// In a local domain, and the user (or alias) exists.
+    LocalKnown,
+    /// In a local domain, but nobody of that name.
+    LocalUnknown,
+    /// Any other domain: relaying.
+    Remote,
+}
+
+/// Answers the questions of the relay and recipient policy (backed by the
+/// configuration and the aliases file at the edge; by a table in tests).
+pub trait Policy {
+    fn classify(&self, rcpt: &Mailbox) -> RcptClass;
+}
+
+/// The connected client, as the edge found it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// `None` for a local session (inetd on a pipe, sendmail -bs).
+    pub ip: Option<IpAddr>,
+    /// In `relay_networks` (or, later, authenticated).
+    pub may_relay: bool,
+}
+
+/// A transaction ready for DATA: everything the envelope needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub helo: String,
+    pub protocol: &'static str,
+    pub from: ReversePath,
+    pub params: MailParams,
+    pub rcpts: Vec<ForwardPath>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Send the reply and read on.
+    Reply(Reply),
+    /// Send the reply, then close the connection.
+    Close(Reply),
+    /// Open a spool entry for this transaction, then call `data_opened`
+    /// (or `data_unavailable` when the spool refuses).
+    Data(Transaction),
+}
+
+#[derive(Debug, Clone)]
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+/// The transaction state: each variant carries exactly its data.
+#[derive(Debug)]
+enum State {
+    /// Greeted, no HELO/EHLO yet.
+    Fresh,
+    /// After HELO/EHLO, between transactions.
+    Ready(Helo),
+    /// After MAIL.
+    Mail(Helo, ReversePath, MailParams),
+    /// After at least one accepted RCPT.
+    Rcpt(Helo, ReversePath, MailParams, Vec<ForwardPath>),
+    /// DATA accepted by us; the connection loop owns the data phase.
+    Data(Helo, Transaction),
+}
+
+pub struct Session<'p> {
+    cfg: SessionConfig,
+    policy: &'p dyn Policy,
+    client: Client,
+    state: State,
+    errors: usize,
+    commands: usize,
+}
+
+/// What the DATA decoder found once the end of data was read.
+#[derive(Debug, Clone, Copy)]
+pub struct DataEnd {
+    pub defect: Option<Defect>,
+    pub received_headers: usize,
+}
+
+fn ok(code: u16, e: Enhanced, text: &str) -> Event {
+    Event::Reply(Reply::new(code, e, text))
+}
+
+impl<'p> Session<'p> {
+    pub fn new(cfg: SessionConfig, policy: &'p dyn Policy, client: Client) -> Session<'p> {
+        Session {
+            cfg,
+            policy,
+            client,
+            state: State::Fresh,
+            errors: 0,
+            commands: 0,
+        }
+    }
+
+    /// RFC 5321 §4.2: the 220 greeting.
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(220, format!("{} ESMTP satchel", self.cfg.hostname))
+    }
+
+    /// §4.5.3.2: what an idle client hears before we close.
+    pub fn timeout_reply(&self) -> Reply {
+        Reply::new(
+            421,
+            Enhanced(4, 4, 2),
+            format!("{} Error: timeout exceeded", self.cfg.hostname),
+        )
+    }
+
+    /// For a line over the 512-octet limit (§4.5.3.1.4).
+    pub fn line_too_long(&mut self) -> Event {
+        self.error(Reply::new(500, Enhanced(5, 5, 2), "Error: line too long"))
+    }
+
+    /// For a command line holding a bare CR.
+    pub fn bare_cr(&mut self) -> Event {
+        self.error(Reply::new(
+            500,
+            Enhanced(5, 5, 2),
+            "Error: bare <CR> received",
+        ))
+    }
+
+    /// A bare LF in a command: the peer's line ends are not SMTP's, so we
+    /// cannot tell where its commands end (the smuggling family); close.
+    pub fn bare_lf(&self) -> Reply {
+        Reply::new(
+            521,
+            Enhanced(5, 5, 2),
+            format!("{} Error: bare <LF> received", self.cfg.hostname),
+        )
+    }
+
+    /// RFC 5321 §3.1: a client must wait for the greeting.
+    pub fn early_talker(&self) -> Reply {
+        Reply::new(
+            554,
+            Enhanced(5, 5, 1),
+            format!("{} Error: SMTP protocol synchronization", self.cfg.hostname),
+        )
+    }
+
+    /// Number of commands seen (for the `disconnect` log line).
+    pub fn commands(&self) -> usize {
+        self.commands
+    }
+
+    /// True while a transaction has been started (MAIL .. end of DATA).
+    pub fn in_transaction(&self) -> bool {
+        matches!(
+            self.state,
+            State::Mail(..) | State::Rcpt(..) | State::Data(..)
+        )
+    }
+
+    fn error(&mut self, r: Reply) -> Event {
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            return Event::Close(Reply::new(
+                421,
+                Enhanced(4, 7, 0),
+                format!("{} Error: too many errors", self.cfg.hostname),
+            ));
+        }
+        Event::Reply(r)
+    }
+
+    /// Counts a reply: 4xx/5xx replies count towards `max_errors`.
+    fn answer(&mut self, ev: Event) -> Event {
+        match ev {
+            Event::Reply(r) if r.code >= 400 => self.error(r),
+            other => other,
+        }
+    }
+
+    fn helo(&self) -> Option<Helo> {
+        match &self.state {
+            State::Fresh => None,
+            State::Ready(h) | State::Mail(h, ..) | State::Rcpt(h, ..) | State::Data(h, _) => {
+                Some(h.clone())
+            }
+        }
+    }
+
+    /// One command line, CRLF removed.
+    pub fn command(&mut self, line: &[u8]) -> Event {
+        self.commands += 1;
+        let ev = match command::parse(line) {
+            Ok(cmd) => self.dispatch(cmd),
+            Err(r) => Event::Reply(r),
+        };
+        self.answer(ev)
+    }
+
+    fn dispatch(&mut self, cmd: Command) -> Event {
+        match cmd {
+            Command::Helo(name) => self.hello(name, false),
+            Command::Ehlo(name) => self.hello(name, true),
+            Command::Mail(from, params) => self.mail(from, params),
+            Command::Rcpt(to) => self.rcpt(to),
+            Command::Data => self.data(),
+            Command::Rset => {
+                // §4.1.1.5: RSET aborts the transaction, keeps the HELO.
+                if let Some(h) = self.helo() {
+                    self.state = State::Ready(h);
+                }
+                ok(250, Enhanced(2, 0, 0), "Ok")
+            }
+            Command::Noop => ok(250, Enhanced(2, 0, 0), "Ok"),
+            Command::Quit => Event::Close(Reply::new(221, Enhanced(2, 0, 0), "Bye")),
+            Command::Vrfy(arg) => self.vrfy(&arg),
+            // §3.5.2/§7.3: EXPN may be disabled for privacy.
+            Command::Expn(_) => ok(502, Enhanced(5, 5, 1), "Error: EXPN not supported"),
+            Command::Help(_) => Event::Reply(Reply {
+                code: 214,
+                enhanced: Some(Enhanced(2, 0, 0)),
+                lines: vec![
+                    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP".into(),
+                    "See RFC 5321; send mail with MAIL FROM:<you> RCPT TO:<them> DATA".into(),
+                ],
+            }),
+            // Seams for RFC 3207 and RFC 4954: not offered by this build.
+            Command::StartTls | Command::Auth(_) => {
+                ok(502, Enhanced(5, 5, 1), "Error: command not implemented")
+            }
+        }
+    }
+
+    fn hello(&mut self, name: String, extended: bool) -> Event {
+        // §4.1.4: EHLO/HELO in the middle of a transaction resets it.
+        self.state = State::Ready(Helo { name, extended });
+        if !extended {
+            return Event::Reply(Reply::plain(250, self.cfg.hostname.clone()));
+        }
+        let lines = vec![
+            self.cfg.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.cfg.message_size_limit),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "HELP".into(),
+        ];
+        Event::Reply(Reply {
+            code: 250,
+            enhanced: None,
+            lines,
+        })
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) -> Event {
+        let helo = match &self.state {
+            State::Fresh => return ok(503, Enhanced(5, 5, 1), "Error: send HELO/EHLO first"),
+            State::Ready(h) => h.clone(),
+            _ => return ok(503, Enhanced(5, 5, 1), "Error: nested MAIL command"),
+        };
+        // RFC 1870 §6.2: a declared size above the limit is refused at once.
+        if params.size.is_some_and(|s| s > self.cfg.message_size_limit) {
+            return ok(
+                552,
+                Enhanced(5, 3, 4),
+                "Message size exceeds fixed maximum message size",
+            );
+        }
+        // RFC 6531 §3.4: non-ASCII addresses need the SMTPUTF8 parameter.
+        if !params.smtputf8 && !from.is_ascii() {
+            return ok(
+                553,
+                Enhanced(5, 6, 7),
+                "Non-ASCII sender address needs SMTPUTF8",
+            );
+        }
+        self.state = State::Mail(helo, from, params);
+        ok(250, Enhanced(2, 1, 0), "Ok")
+    }
+
+    fn rcpt(&mut self, to: ForwardPath) -> Event {
+        let (helo, from, params, mut rcpts) = match std::mem::replace(&mut self.state, State::Fresh)
+        {
+            State::Mail(h, f, p) => (h, f, p, Vec::new()),
+            State::Rcpt(h, f, p, r) => (h, f, p, r),
+            other => {
+                self.state = other;
+                return ok(503, Enhanced(5, 5, 1), "Error: need MAIL command");
+            }
+        };
+        let verdict = self.check_rcpt(&to, &params, rcpts.len());
+        if verdict.is_positive() && !rcpts.contains(&to) {
+            rcpts.push(to);
+        }
+        self.state = if rcpts.is_empty() {
+            State::Mail(helo, from, params)
+        } else {
+            State::Rcpt(helo, from, params, rcpts)
+        };
+        Event::Reply(verdict)
+    }
+
+    fn check_rcpt(&self, to: &ForwardPath, params: &MailParams, count: usize) -> Reply {
+        // §4.5.3.1.10: too many recipients is a temporary failure.
+        if count >= self.cfg.max_recipients {
+            return Reply::new(452, Enhanced(4, 5, 3), "Error: too many recipients");
+        }
+        if !params.smtputf8 && !to.is_ascii() {
+            return Reply::new(
+                553,
+                Enhanced(5, 6, 7),
+                "Non-ASCII recipient address needs SMTPUTF8",
+            );
+        }
+        let mailbox = match to {
+            // §4.5.1: <postmaster> must always be accepted.
+            ForwardPath::Postmaster => return Reply::new(250, Enhanced(2, 1, 5), "Ok"),
+            ForwardPath::Mailbox(m) => m,
+        };
+        match self.policy.classify(mailbox) {
+            RcptClass::LocalKnown => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
+            RcptClass::LocalUnknown => Reply::new(
+                550,
+                Enhanced(5, 1, 1),
+                format!("<{mailbox}>: Recipient address rejected: User unknown in local recipient table"),
+            ),
+            RcptClass::Remote if self.client.may_relay => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
+            RcptClass::Remote => {
+                Reply::new(554, Enhanced(5, 7, 1), format!("<{mailbox}>: Relay access denied"))
+            }
+        }
+    }
+
+    fn data(&mut self) -> Event {
+        match std::mem::replace(&mut self.state, State::Fresh) {
+            State::Rcpt(helo, from, params, rcpts) => {
+                let protocol = match (params.smtputf8, helo.extended) {
+                    (true, _) => "UTF8SMTP",
+                    (false, true) => "ESMTP",
+                    (false, false) => "SMTP",
+                };
+                let txn = Transaction {
+                    helo: helo.name.clone(),
+                    protocol,
+                    from,
+                    params,
+                    rcpts,
+                };
+                self.state = State::Data(helo, txn.clone());
+                Event::Data(txn)
+            }
+            other => {
+                let text = match other {
+                    State::Mail(..) => "Error: need RCPT command",
+                    _ => "Error: need MAIL command",
+                };
+                self.state = other;
+                ok(503, Enhanced(5, 5, 1), text)
+            }
+        }
+    }
+
+    fn vrfy(&self, arg: &str) -> Event {
+        if !self.cfg.vrfy {
+            // §3.5.3: 252 when we will not verify but will accept.
+            return ok(
+                252,
+                Enhanced(2, 5, 2),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            );
+        }
+        let arg = arg.trim_start_matches('<').trim_end_matches('>');
+        let candidate = if arg.contains('@') {
+            arg.to_string()
+        } else {
+            format!("{arg}@localhost")
+        };
+        match Mailbox::parse(&candidate) {
+            Ok(m) => match self.policy.classify(&m) {
+                RcptClass::LocalKnown => ok(250, Enhanced(2, 1, 5), &format!("<{m}>")),
+                RcptClass::LocalUnknown => {
+                    ok(550, Enhanced(5, 1, 1), &format!("<{m}>: User unknown"))
+                }
+                RcptClass::Remote => ok(
+                    252,
+                    Enhanced(2, 5, 2),
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                ),
+            },
+            Err(e) => ok(501, Enhanced(5, 1, 3), &format!("Bad address syntax: {e}")),
+        }
+    }
+
+    /// The spool entry is open: 354, and the `Received:` header to write
+    /// first (RFC 5321 §4.4). `date` is an RFC 5322 date-time.
+    pub fn data_opened(&self, queue_id: &str, date: &str) -> (Reply, String) {
+        let reply = Reply::plain(354, "End data with <CR><LF>.<CR><LF>");
+        let header = match &self.state {
+            State::Data(_, txn) => self.received_header(txn, queue_id, date),
+            _ => String::new(),
+        };
+        (reply, header)
+    }
+
+    /// The spool could not open an entry (disk full, permissions).
+    pub fn data_unavailable(&mut self) -> Event {
+        self.finish_transaction();
+        self.answer(ok(
+            452,
+            Enhanced(4, 3, 1),
+            "Error: insufficient system storage",
+        ))
+    }
+
+    /// End of data was read: may the message be committed? `Ok` means the
+    /// connection loop should commit it and then call `queued` or
+    /// `queue_failed`; `Err` is the refusal to send.
+    pub fn data_ended(&mut self, end: DataEnd) -> Result<(), Event> {
+        let refusal = match end.defect {
+            Some(Defect::TooBig) => Some(Reply::new(
+                552,
+                Enhanced(5, 3, 4),
+                "Error: message file too big",
+            )),
+            // RFC 5321 §2.3.8: lines end with CRLF only; a message that
+            // does otherwise is refused whole (smuggling defence).
+            Some(Defect::BareNewline) => Some(Reply::new(
+                550,
+                Enhanced(5, 6, 0),
+                "Error: message contains bare <CR> or <LF>; lines must end with <CR><LF>",
+            )),
+            Some(Defect::LineTooLong) => Some(Reply::new(
+                550,
+                Enhanced(5, 6, 0),
+                "Error: message line longer than 1000 octets (RFC 5321 4.5.3.1.6)",
+            )),
+            None if end.received_headers >= self.cfg.max_hops => {
+                Some(Reply::new(554, Enhanced(5, 4, 6), "Error: too many hops"))
+            }
+            None => None,
+        };
+        match refusal {
+            Some(r) => {
+                self.finish_transaction();
+                Err(self.answer(Event::Reply(r)))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The message is on disk: 250 (RFC 5321 §4.1.1.4, and our promise).
+    pub fn queued(&mut self, queue_id: &str) -> Event {
+        self.finish_transaction();
+        ok(250, Enhanced(2, 0, 0), &format!("Ok: queued as {queue_id}"))
+    }
+
+    /// Committing failed: the client must try again later.
+    pub fn queue_failed(&mut self) -> Event {
+        self.finish_transaction();
+        self.answer(ok(
+            452,
+            Enhanced(4, 3, 1),
+            "Error: insufficient system storage",
+        ))
+    }
+
+    fn finish_transaction(&mut self) {
+        if let Some(h) = self.helo() {
+            self.state = State::Ready(h);
+        }
+    }
+
+    fn received_header(&self, txn: &Transaction, queue_id: &str, date: &str) -> String {
+        // RFC 5321 §4.4 time-stamp line; RFC 3848 "with" keywords. The HELO
+        // name is the client's text: only printable ASCII reaches the header.
+        let helo: String = txn
+            .helo
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() && c != '(' && c != ')' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        let client = match self.client.ip {
+            Some(IpAddr::V4(a)) => format!("[{a}]"),
+            Some(IpAddr::V6(a)) => format!("[IPv6:{a}]"),
+            None => "localhost".to_string(),
+        };
+        let mut h = format!(
+            "Received: from {helo} ({client})\r\n\tby {} (satchel) with {} id {queue_id}",
+            self.cfg.hostname, txn.protocol
+        );
+        // Like Postfix, name the recipient only when there is exactly one.
+        if let [ForwardPath::Mailbox(m)] = txn.rcpts.as_slice() {
+            h.push_str(&format!("\r\n\tfor <{m}>"));
+        }
+        h.push_str(&format!("; {date}\r\n"));
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Table;
+    impl Policy for Table {
+        fn classify(&self, m: &Mailbox) -> RcptClass {
+            if m.domain.is_name("local.test") {
+                if m.local == "alice" || m.local == "bob" {
+                    RcptClass::LocalKnown
+                } else {
+                    RcptClass::LocalUnknown
+                }
+            } else {
+                RcptClass::Remote
+            }
+        }
+    }
+
+    fn cfg() -> SessionConfig {
+        SessionConfig {
+            hostname: "mx.local.test".into(),
+            message_size_limit: 1000,
+            max_recipients: 3,
+            max_errors: 20,
+            max_hops: 50,
+            vrfy: false,
+        }
+    }
+
+    fn session(may_relay: bool) -> Session<'static> {
+        Session::new(
+            cfg(),
+            &Table,
+            Client {
+                ip: Some("192.0.2.9".parse().unwrap()),
+                may_relay,
+            },
+        )
+    }
+
+    fn code(ev: &Event) -> u16 {
+        match ev {
+            Event::Reply(r) | Event::Close(r) => r.code,
+            Event::Data(_) => 0,
+        }
+    }
+
+    fn run(s: &mut Session, line: &str) -> u16 {
+        code(&s.command(line.as_bytes()))
+    }
+
+    #[test]
+    fn mail_before_helo_is_rejected_with_503() {
+        let mut s = session(false);
+        assert_eq!(run(&mut s, "MAIL FROM:<a@b.test>"), 503);
+    }
+
+    #[test]
+    fn rcpt_before_mail_is_rejected_with_503() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 503);
+    }
+
+    #[test]
+    fn data_before_mail_or_rcpt_is_rejected_with_503() {
+        let mut s = session(false);
+        assert_eq!(run(&mut s, "DATA"), 503);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "DATA"), 503);
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(run(&mut s, "DATA"), 503);
+        assert_eq!(run(&mut s, "RCPT TO:<nobody@local.test>"), 550);
+        assert_eq!(run(&mut s, "DATA"), 503, "no valid recipients");
+    }
+
+    #[test]
+    fn nested_mail_is_rejected_with_503() {
+        let mut s = session(false);
+        run(&mut s, "HELO c");
+        assert_eq!(run(&mut s, "MAIL FROM:<a@b.test>"), 250);
+        assert_eq!(run(&mut s, "MAIL FROM:<a@b.test>"), 503);
+    }
+
+    #[test]
+    fn rset_and_ehlo_abort_the_transaction() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(run(&mut s, "RSET"), 250);
+        assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 503);
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        run(&mut s, "EHLO again");
+        assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 503);
+    }
+
+    #[test]
+    fn full_transaction_reaches_data_and_resets_after_queueing() {
+        let mut s = session(false);
+        assert_eq!(s.greeting().code, 220);
+        run(&mut s, "EHLO client.test");
+        run(&mut s, "MAIL FROM:<a@b.test> BODY=8BITMIME");
+        assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 250);
+        match s.command(b"DATA") {
+            Event::Data(t) => {
+                assert_eq!(t.rcpts.len(), 1);
+                assert_eq!(t.protocol, "ESMTP");
+            }
+            e => panic!("{e:?}"),
+        }
+        let (r, hdr) = s.data_opened("ABC123", "Sun, 29 Nov 2026 01:02:03 +0000");
+        assert_eq!(r.code, 354);
+        assert_eq!(
+            hdr,
+            "Received: from client.test ([192.0.2.9])\r\n\tby mx.local.test (satchel) with ESMTP id ABC123\r\n\tfor <alice@local.test>; Sun, 29 Nov 2026 01:02:03 +0000\r\n"
+        );
+        assert!(s
+            .data_ended(DataEnd {
+                defect: None,
+                received_headers: 0
+            })
+            .is_ok());
+        let ev = s.queued("ABC123");
+        assert_eq!(
+            ev,
+            Event::Reply(Reply::new(250, Enhanced(2, 0, 0), "Ok: queued as ABC123"))
+        );
+        assert_eq!(
+            run(&mut s, "MAIL FROM:<>"),
+            250,
+            "a new transaction may start"
+        );
+    }
+
+    #[test]
+    fn ehlo_advertises_the_extensions() {
+        let mut s = session(false);
+        let Event::Reply(r) = s.command(b"EHLO c") else {
+            panic!()
+        };
+        for ext in [
+            "PIPELINING",
+            "SIZE 1000",
+            "8BITMIME",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "HELP",
+        ] {
+            assert!(r.lines.iter().any(|l| l == ext), "{ext} missing");
+        }
+    }
+
+    #[test]
+    fn declared_size_above_limit_is_552() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "MAIL FROM:<a@b.test> SIZE=1001"), 552);
+        assert_eq!(run(&mut s, "MAIL FROM:<a@b.test> SIZE=1000"), 250);
+    }
+
+    #[test]
+    fn relay_is_denied_to_outsiders_and_allowed_to_relay_networks() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(run(&mut s, "RCPT TO:<x@foreign.test>"), 554);
+        assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 250);
+        let mut s = session(true);
+        run(&mut s, "EHLO c");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(run(&mut s, "RCPT TO:<x@foreign.test>"), 250);
+    }
+
+    #[test]
+    fn relay_tricks_are_not_local_users() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(run(&mut s, "RCPT TO:<x%foreign.test@local.test>"), 550);
+        assert_eq!(run(&mut s, "RCPT TO:<\"x@foreign.test\"@local.test>"), 550);
+        assert_eq!(run(&mut s, "RCPT TO:<@local.test:x@foreign.test>"), 554);
+        assert_eq!(run(&mut s, "RCPT TO:<x@foreign.test@local.test>"), 501);
+        assert_eq!(run(&mut s, "RCPT TO:<x@[192.0.2.1]>"), 554);
+    }
+
+    #[test]
+    fn postmaster_is_always_accepted() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(run(&mut s, "RCPT TO:<postmaster>"), 250);
+    }
+
+    #[test]
+    fn recipients_beyond_the_limit_get_452() {
+        let mut s = session(true);
+        run(&mut s, "EHLO c");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        for i in 0..3 {
+            assert_eq!(run(&mut s, &format!("RCPT TO:<u{i}@r.test>")), 250);
+        }
+        assert_eq!(run(&mut s, "RCPT TO:<u9@r.test>"), 452);
+    }
+
+    #[test]
+    fn non_ascii_address_needs_smtputf8() {
+        let mut s = session(true);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "MAIL FROM:<jörg@b.test>"), 553);
+        assert_eq!(run(&mut s, "MAIL FROM:<jörg@b.test> SMTPUTF8"), 250);
+        assert_eq!(run(&mut s, "RCPT TO:<ü@r.test>"), 250);
+        assert!(matches!(s.command(b"DATA"), Event::Data(t) if t.protocol == "UTF8SMTP"));
+    }
+
+    #[test]
+    fn data_defects_map_to_refusals() {
+        for (defect, want) in [
+            (Some(Defect::TooBig), 552),
+            (Some(Defect::BareNewline), 550),
+            (Some(Defect::LineTooLong), 550),
+        ] {
+            let mut s = session(false);
+            run(&mut s, "EHLO c");
+            run(&mut s, "MAIL FROM:<a@b.test>");
+            run(&mut s, "RCPT TO:<alice@local.test>");
+            s.command(b"DATA");
+            let r = s.data_ended(DataEnd {
+                defect,
+                received_headers: 0,
+            });
+            assert_eq!(r.err().map(|e| code(&e)), Some(want));
+            assert_eq!(run(&mut s, "MAIL FROM:<a@b.test>"), 250);
+        }
+    }
+
+    #[test]
+    fn too_many_hops_is_554() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        run(&mut s, "RCPT TO:<alice@local.test>");
+        s.command(b"DATA");
+        let r = s.data_ended(DataEnd {
+            defect: None,
+            received_headers: 50,
+        });
+        assert_eq!(r.err().map(|e| code(&e)), Some(554));
+    }
+
+    #[test]
+    fn vrfy_defaults_to_252_and_expn_to_502() {
+        let mut s = session(false);
+        assert_eq!(run(&mut s, "VRFY alice"), 252);
+        assert_eq!(run(&mut s, "EXPN staff"), 502);
+        let mut c = cfg();
+        c.vrfy = true;
+        let mut s = Session::new(
+            c,
+            &Table,
+            Client {
+                ip: None,
+                may_relay: false,
+            },
+        );
+        assert_eq!(run(&mut s, "VRFY <alice@local.test>"), 250);
+        assert_eq!(run(&mut s, "VRFY <carol@local.test>"), 550);
+    }
+
+    #[test]
+    fn twenty_errors_close_the_session_with_421() {
+        let mut s = session(false);
+        for _ in 0..19 {
+            assert_eq!(run(&mut s, "BOGUS"), 500);
+        }
+        assert!(matches!(s.command(b"BOGUS"), Event::Close(r) if r.code == 421));
+    }
+
+    #[test]
+    fn quit_closes_with_221() {
+        let mut s = session(false);
+        assert!(matches!(s.command(b"QUIT"), Event::Close(r) if r.code == 221));
+    }
+
+    #[test]
+    fn starttls_and_auth_are_not_offered_yet() {
+        let mut s = session(false);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "STARTTLS"), 502);
+        assert_eq!(run(&mut s, "AUTH PLAIN"), 502);
+    }
+}

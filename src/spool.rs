@@ -1,0 +1,479 @@
+//! The spool: the only thing the receiving and delivering halves share.
+//! It owns the directory layout, queue IDs, the crash protocol and the one
+//! audited atomic-write function. It never talks to the network and knows
+//! nothing of SMTP.
+//!
+//! ```text
+//! spool/tmp/<id>       envelopes being written (locked by their writer)
+//! spool/msg/<id>       message bytes, `Received:` first; written once, never changed
+//! spool/queue/<id>     envelope of a waiting message; its rename into place is the commit
+//! spool/active/<id>    envelope claimed by a delivery thread
+//! spool/corrupt/<id>   envelopes that failed to parse, kept for a human
+//! ```
+//!
+//! ## Receiving: the crash protocol
+//!
+//! | step | action                                          | a crash after it leaves            | recovery at start                       |
+//! |------|-------------------------------------------------|------------------------------------|-----------------------------------------|
+//! | 1    | create `msg/<id>` (O_EXCL), lock it, write data | a locked-then-unlocked `msg/<id>`  | no envelope anywhere: orphan, removed   |
+//! | 2    | fsync `msg/<id>`                                 | same                               | same                                    |
+//! | 3    | write `tmp/<id>`, fsync it                       | orphan `msg/<id>`, a `tmp/<id>`    | both removed                            |
+//! | 4    | fsync `msg/` (the entry of step 1 is durable)   | same                               | same                                    |
+//! | 5    | rename `tmp/<id>` -> `queue/<id>`               | the rename may or may not persist  | queued, or orphan removed (no 250 sent) |
+//! | 6    | fsync `queue/`                                  | a queued message                   | found by the scan                       |
+//! | 7    | unlock; reply `250 Ok: queued as <id>`          | a queued message                   | found by the scan                       |
+//!
+//! A 250 is sent only after step 6, so an acknowledged message is on disk
+//! with its envelope. Nothing is half-visible: without an envelope in
+//! `queue/` (or `active/`) a message file is not a message. The writer
+//! holds an advisory lock on `msg/<id>` from step 1 to step 7, so another
+//! process's recovery (an inetd-mode session or a queue runner sharing the
+//! spool) never takes a live transaction for an orphan.
+//!
+//! Envelope updates during delivery go through `write_atomic` (write to
+//! `tmp/`, fsync, rename over the old file, fsync the directory): a crash
+//! leaves either the old or the new envelope, never a mix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::envelope::Envelope;
+
+/// Spool sub-directories, created at open.
+const DIRS: [&str; 5] = ["tmp", "msg", "queue", "active", "corrupt"];
+
+/// A queue ID: 16 upper-case hex digits, the microseconds since the epoch
+/// at arrival (strictly increasing within a process), so IDs sort by
+/// arrival and stay unique across restarts. A clash with another process
+/// is caught by the exclusive create and retried with the next value.
+pub type QueueId = String;
+
+static LAST_ID: Mutex<u64> = Mutex::new(0);
+
+fn next_id_value() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let mut last = LAST_ID.lock().unwrap_or_else(|p| p.into_inner());
+    *last = now.max(*last + 1);
+    *last
+}
+
+/// True for strings that can be queue IDs (and so safe as file names).
+pub fn is_queue_id(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+#[derive(Debug)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+/// Where a listed envelope was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    Queued,
+    Active,
+}
+
+/// What start-up recovery found and did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub tmp_removed: usize,
+    pub orphans_removed: usize,
+    pub requeued: usize,
+    pub queued: usize,
+}
+
+/// Writes `bytes` to `path` atomically and durably: a locked temporary file
+/// in `tmp/`, fsync, rename over `path`, fsync of `path`'s directory.
+/// The one place where the spool replaces a file.
+pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
+    let tmp = tmp_dir.join(name);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.lock()?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Spool {
+    /// Opens (creating when needed) the spool at `root`.
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        for d in DIRS {
+            fs::create_dir_all(root.join(d))?;
+        }
+        Ok(Spool {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn msg_path(&self, id: &str) -> PathBuf {
+        self.root.join("msg").join(id)
+    }
+
+    /// Starts a new message: creates `msg/<id>` exclusively and locks it.
+    pub fn create(&self) -> io::Result<Incoming> {
+        for _ in 0..100 {
+            let id = format!("{:016X}", next_id_value());
+            let path = self.msg_path(&id);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => {
+                    if let Err(e) = f.lock() {
+                        let _ = fs::remove_file(&path);
+                        return Err(e);
+                    }
+                    return Ok(Incoming {
+                        id,
+                        path,
+                        root: self.root.clone(),
+                        file: Some(BufWriter::with_capacity(64 * 1024, f)),
+                        written: 0,
+                        error: None,
+                        committed: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("could not allocate a unique queue ID"))
+    }
+
+    /// Start-up recovery: removes dead temporary files and orphaned message
+    /// files, moves `active/` envelopes back to `queue/`, and counts what is
+    /// queued. Entries locked by a live writer are left alone.
+    pub fn recover(&self) -> io::Result<Recovery> {
+        let mut r = Recovery::default();
+        for name in list_names(&self.dir("tmp"))? {
+            let p = self.dir("tmp").join(&name);
+            if unlocked(&p) {
+                fs::remove_file(&p)?;
+                r.tmp_removed += 1;
+            }
+        }
+        for id in list_names(&self.dir("active"))? {
+            fs::rename(self.dir("active").join(&id), self.dir("queue").join(&id))?;
+            r.requeued += 1;
+        }
+        if r.requeued > 0 {
+            sync_dir(&self.dir("queue"))?;
+        }
+        for id in list_names(&self.dir("msg"))? {
+            if self.has_envelope(&id) {
+                r.queued += 1;
+                continue;
+            }
+            let p = self.msg_path(&id);
+            // Locked = a transaction in progress in another process.
+            if unlocked(&p) && !self.has_envelope(&id) {
+                fs::remove_file(&p)?;
+                r.orphans_removed += 1;
+            }
+        }
+        Ok(r)
+    }
+
+    fn has_envelope(&self, id: &str) -> bool {
+        ["queue", "active"]
+            .iter()
+            .any(|d| self.dir(d).join(id).exists())
+    }
+
+    /// Every envelope in `queue/` and `active/`, sorted by ID (arrival).
+    /// Damaged envelopes are returned as errors naming the file.
+    pub fn list(&self) -> io::Result<Vec<Result<(QueueState, Envelope), String>>> {
+        let mut out = Vec::new();
+        for (dir, state) in [
+            ("queue", QueueState::Queued),
+            ("active", QueueState::Active),
+        ] {
+            for id in list_names(&self.dir(dir))? {
+                let p = self.dir(dir).join(&id);
+                let item = match fs::read_to_string(&p) {
+                    Ok(t) => Envelope::parse(&t)
+                        .map(|e| (state, e))
+                        .map_err(|e| format!("{}: {e}", p.display())),
+                    // Moved between listing and reading: delivered or claimed meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => Err(format!("{}: {e}", p.display())),
+                };
+                out.push((id, item));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().map(|(_, i)| i).collect())
+    }
+}
+
+/// True when nobody holds the advisory lock on `p` (or it vanished).
+fn unlocked(p: &Path) -> bool {
+    match File::open(p) {
+        Ok(f) => f.try_lock().is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn list_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if let Ok(name) = e.file_name().into_string() {
+            v.push(name);
+        }
+    }
+    Ok(v)
+}
+
+/// A message being received. Dropping it without `commit` removes it.
+#[derive(Debug)]
+pub struct Incoming {
+    pub id: QueueId,
+    path: PathBuf,
+    root: PathBuf,
+    file: Option<BufWriter<File>>,
+    written: u64,
+    error: Option<io::Error>,
+    committed: bool,
+}
+
+impl Incoming {
+    /// Appends message bytes. The first error is kept and reported by
+    /// `commit`; later writes are skipped, so a full disk costs nothing more.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(f) = self.file.as_mut() {
+            match f.write_all(bytes) {
+                Ok(()) => self.written += bytes.len() as u64,
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Makes the message durable and queues it with `env` (steps 2 to 6 of
+    /// the crash protocol). Only after `Ok` may the client hear 250.
+    pub fn commit(mut self, env: &mut Envelope) -> io::Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let mut f = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("already closed"))?;
+        f.flush()?;
+        let file = f.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        env.id = self.id.clone();
+        env.size = self.written;
+        let tmp = self.root.join("tmp").join(&self.id);
+        let result = (|| {
+            let mut t = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            t.lock()?;
+            t.write_all(env.to_text().as_bytes())?;
+            t.sync_all()?;
+            sync_dir(&self.root.join("msg"))?;
+            fs::rename(&tmp, self.root.join("queue").join(&self.id))?;
+            sync_dir(&self.root.join("queue"))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+            return result; // Drop removes the message file.
+        }
+        self.committed = true;
+        drop(file); // releases the lock (step 7)
+        Ok(())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::{ForwardPath, ReversePath};
+    use crate::envelope::{RcptState, Recipient};
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "satchel-spool-{tag}-{}-{}",
+            std::process::id(),
+            next_id_value()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: String::new(),
+            created: 1,
+            client: "127.0.0.1".into(),
+            helo: "c".into(),
+            protocol: "ESMTP".into(),
+            body: "7BIT".into(),
+            smtputf8: false,
+            size: 0,
+            from: ReversePath::parse("<a@b.test>").unwrap(),
+            attempts: 0,
+            next_attempt: 0,
+            rcpts: vec![Recipient {
+                addr: ForwardPath::parse("<c@d.test>").unwrap(),
+                state: RcptState::Pending,
+            }],
+        }
+    }
+
+    #[test]
+    fn queue_ids_are_unique_and_sorted() {
+        let ids: Vec<String> = (0..1000)
+            .map(|_| format!("{:016X}", next_id_value()))
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(ids, sorted);
+        assert!(ids.iter().all(|i| is_queue_id(i)));
+    }
+
+    #[test]
+    fn committed_message_is_listed_with_its_bytes() {
+        let d = tempdir("commit");
+        let s = Spool::open(&d).unwrap();
+        let mut inc = s.create().unwrap();
+        let id = inc.id.clone();
+        inc.write(b"Subject: x\r\n\r\nbody\r\n");
+        let mut env = envelope();
+        inc.commit(&mut env).unwrap();
+        assert_eq!(
+            fs::read(s.msg_path(&id)).unwrap(),
+            b"Subject: x\r\n\r\nbody\r\n"
+        );
+        let listed = s.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        let (state, e) = listed[0].as_ref().unwrap();
+        assert_eq!(*state, QueueState::Queued);
+        assert_eq!(e.id, id);
+        assert_eq!(e.size, 20);
+        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn dropped_message_leaves_nothing_behind() {
+        let d = tempdir("drop");
+        let s = Spool::open(&d).unwrap();
+        let mut inc = s.create().unwrap();
+        inc.write(b"partial");
+        drop(inc);
+        assert_eq!(fs::read_dir(s.dir("msg")).unwrap().count(), 0);
+        assert!(s.list().unwrap().is_empty());
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn recovery_removes_orphans_but_not_live_transactions() {
+        let d = tempdir("recover");
+        let s = Spool::open(&d).unwrap();
+        fs::write(s.dir("tmp").join("junk"), b"x").unwrap();
+        fs::write(s.msg_path("0000000000000001"), b"orphan").unwrap();
+        let live = s.create().unwrap(); // locked by this process
+        let mut done = s.create().unwrap();
+        done.write(b"kept");
+        done.commit(&mut envelope()).unwrap();
+        fs::write(
+            s.dir("active").join("0000000000000002"),
+            envelope().to_text(),
+        )
+        .unwrap();
+        fs::write(s.msg_path("0000000000000002"), b"claimed").unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!(
+            r,
+            Recovery {
+                tmp_removed: 1,
+                orphans_removed: 1,
+                requeued: 1,
+                queued: 2
+            }
+        );
+        assert!(
+            s.msg_path(&live.id).exists(),
+            "a locked file belongs to a live writer"
+        );
+        assert!(s.dir("queue").join("0000000000000002").exists());
+        drop(live);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn write_errors_surface_at_commit_and_leave_nothing() {
+        let d = tempdir("fail");
+        let s = Spool::open(&d).unwrap();
+        let mut inc = s.create().unwrap();
+        inc.write(b"data");
+        // Make the commit's rename into queue/ impossible.
+        fs::remove_dir(s.dir("queue")).unwrap();
+        fs::write(s.dir("queue"), b"not a directory").unwrap();
+        let id = inc.id.clone();
+        assert!(inc.commit(&mut envelope()).is_err());
+        assert!(!s.msg_path(&id).exists());
+        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn write_atomic_replaces_whole_files() {
+        let d = tempdir("atomic");
+        let s = Spool::open(&d).unwrap();
+        let target = s.dir("queue").join("X");
+        write_atomic(&s.dir("tmp"), &target, b"one").unwrap();
+        write_atomic(&s.dir("tmp"), &target, b"two").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(d).unwrap();
+    }
+}
