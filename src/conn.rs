@@ -148,10 +148,7 @@ pub fn run<R: Read, W: Write>(
     ctx: &Context,
     in_data: &AtomicBool,
 ) {
-    let peer = match client.ip {
-        Some(ip) => format!("[{ip}]"),
-        None => "localhost".to_string(),
-    };
+    let peer = peer_name(&client);
     let mut session = Session::new(ctx.session.clone(), &ctx.policy, client.clone());
     let mut reader = BufReader::with_capacity(16 * 1024, input);
     let mut out = Vec::with_capacity(1024);
@@ -217,7 +214,6 @@ pub fn run<R: Read, W: Write>(
                     &mut session,
                     ctx,
                     &txn,
-                    &peer,
                 );
                 in_data.store(false, Ordering::SeqCst);
                 if !keep_going {
@@ -228,6 +224,14 @@ pub fn run<R: Read, W: Write>(
     }
     let _ = output.write_all(&out).and_then(|_| output.flush());
     log::info!("disconnect from {peer} commands={}", session.commands());
+}
+
+/// `[192.0.2.1]` for logs, or `localhost` for a local session.
+fn peer_name(client: &Client) -> String {
+    match client.ip {
+        Some(ip) => format!("[{ip}]"),
+        None => "localhost".to_string(),
+    }
 }
 
 fn shutting_down(ctx: &Context) -> Reply {
@@ -269,8 +273,8 @@ fn receive_data<R: Read, W: Write>(
     session: &mut Session,
     ctx: &Context,
     txn: &Transaction,
-    peer: &str,
 ) -> bool {
+    let peer = &peer_name(session.client());
     let mut incoming = match ctx.spool.create() {
         Ok(i) => i,
         Err(e) => {
@@ -326,7 +330,7 @@ fn receive_data<R: Read, W: Write>(
         defect: decoder.defect(),
         received_headers: decoder.received_headers(),
     };
-    if let Err(ev) = session.data_ended(end) {
+    if let Some(ev) = session.data_ended(end) {
         log_reject(peer, "DATA", &ev);
         return write_event(ev, out);
     }

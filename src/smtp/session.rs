@@ -142,15 +142,6 @@ impl<'p> Session<'p> {
         self.error(Reply::new(500, Enhanced(5, 5, 2), "Error: line too long"))
     }
 
-    /// For a command line holding a bare CR.
-    pub fn bare_cr(&mut self) -> Event {
-        self.error(Reply::new(
-            500,
-            Enhanced(5, 5, 2),
-            "Error: bare <CR> received",
-        ))
-    }
-
     /// A bare LF in a command: the peer's line ends are not SMTP's, so we
     /// cannot tell where its commands end (the smuggling family); close.
     pub fn bare_lf(&self) -> Reply {
@@ -168,6 +159,11 @@ impl<'p> Session<'p> {
             Enhanced(5, 5, 1),
             format!("{} Error: SMTP protocol synchronization", self.cfg.hostname),
         )
+    }
+
+    /// The client this session serves.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Number of commands seen (for the `disconnect` log line).
@@ -438,10 +434,10 @@ impl<'p> Session<'p> {
         ))
     }
 
-    /// End of data was read: may the message be committed? `Ok` means the
+    /// End of data was read: may the message be committed? `None` means the
     /// connection loop should commit it and then call `queued` or
-    /// `queue_failed`; `Err` is the refusal to send.
-    pub fn data_ended(&mut self, end: DataEnd) -> Result<(), Event> {
+    /// `queue_failed`; `Some` is the refusal to send instead.
+    pub fn data_ended(&mut self, end: DataEnd) -> Option<Event> {
         let refusal = match end.defect {
             Some(Defect::TooBig) => Some(Reply::new(
                 552,
@@ -468,9 +464,9 @@ impl<'p> Session<'p> {
         match refusal {
             Some(r) => {
                 self.finish_transaction();
-                Err(self.answer(Event::Reply(r)))
+                Some(self.answer(Event::Reply(r)))
             }
-            None => Ok(()),
+            None => None,
         }
     }
 
@@ -650,7 +646,7 @@ mod tests {
                 defect: None,
                 received_headers: 0
             })
-            .is_ok());
+            .is_none());
         let ev = s.queued("ABC123");
         assert_eq!(
             ev,
@@ -759,7 +755,7 @@ mod tests {
                 defect,
                 received_headers: 0,
             });
-            assert_eq!(r.err().map(|e| code(&e)), Some(want));
+            assert_eq!(r.map(|e| code(&e)), Some(want));
             assert_eq!(run(&mut s, "MAIL FROM:<a@b.test>"), 250);
         }
     }
@@ -775,7 +771,7 @@ mod tests {
             defect: None,
             received_headers: 50,
         });
-        assert_eq!(r.err().map(|e| code(&e)), Some(554));
+        assert_eq!(r.map(|e| code(&e)), Some(554));
     }
 
     #[test]

@@ -1,0 +1,293 @@
+//! Shared helpers for the whole-program tests: a satchel process on an
+//! ephemeral loopback port with its own spool, and a minimal SMTP client
+//! that can bind to any 127.0.0.0/8 address to play an outside host.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_satchel");
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "satchel-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub struct Server {
+    pub dir: TempDir,
+    pub port: u16,
+    pub conf: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Server {
+    /// Writes a config (the defaults for a test host plus `extra` lines)
+    /// and starts `satchel serve`, waiting until it accepts connections.
+    pub fn start(extra: &str) -> Server {
+        let dir = TempDir::new("srv");
+        let port = free_port();
+        let conf = dir.0.join("satchel.conf");
+        let spool = dir.0.join("spool");
+        let mut text = format!(
+            "listen = 127.0.0.1:{port}\nhostname = mx.satchel.test\nspool_dir = {}\n\
+             local_domains = satchel.test\naliases_file = {}\nlog_level = info\n",
+            spool.display(),
+            dir.0.join("aliases").display()
+        );
+        let has = |k: &str| extra.lines().any(|l| l.trim_start().starts_with(k));
+        if !has("local_users") {
+            text.push_str("local_users = alice, bob\n");
+        }
+        if !has("relay_networks") {
+            text.push_str("relay_networks = 127.0.0.1/32\n");
+        }
+        text.push_str(extra);
+        fs::write(&conf, text).expect("write config");
+        let mut s = Server {
+            dir,
+            port,
+            conf,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let want = format!("listening on 127.0.0.1:{}", self.port);
+        let before = self.log().matches(&want).count();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("log"))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start satchel");
+        self.child = Some(child);
+        // Wait for this start's "listening on" line (without connecting,
+        // so no probe session takes a slot of the pool).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log().matches(&want).count() == before {
+            assert!(
+                Instant::now() < deadline,
+                "satchel did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.0.join("spool")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let st = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(st.success());
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Queue IDs with an envelope in queue/.
+    pub fn queued(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.spool().join("queue"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn message(&self, id: &str) -> Vec<u8> {
+        fs::read(self.spool().join("msg").join(id)).unwrap_or_default()
+    }
+
+    pub fn envelope(&self, id: &str) -> String {
+        fs::read_to_string(self.spool().join("queue").join(id)).unwrap_or_default()
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(&self.conf)
+            .output()
+            .expect("run satchel")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A line-oriented SMTP client for tests.
+pub struct Client {
+    pub r: BufReader<TcpStream>,
+    pub w: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(s)
+    }
+
+    /// Connects from a chosen loopback source address (an "outside" host).
+    pub fn connect_from(addr: SocketAddr, from: [u8; 4]) -> Client {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddr::from((from, 0)).into())
+            .expect("bind source");
+        sock.connect(&addr.into()).expect("connect");
+        Client::from_stream(sock.into())
+    }
+
+    pub fn from_stream(s: TcpStream) -> Client {
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Client {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).expect("write");
+    }
+
+    pub fn line(&mut self, l: &str) {
+        self.send(format!("{l}\r\n").as_bytes());
+    }
+
+    /// Reads one (possibly multi-line) reply: (code, all text lines joined by \n).
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut text = Vec::new();
+        loop {
+            let mut l = String::new();
+            let n = self.r.read_line(&mut l).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            assert!(l.ends_with("\r\n"), "reply line without CRLF: {l:?}");
+            let code: u16 = l[..3].parse().expect("reply code");
+            text.push(l[4..].trim_end().to_string());
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return (code, text.join("\n"));
+            }
+        }
+    }
+
+    pub fn cmd(&mut self, l: &str) -> (u16, String) {
+        self.line(l);
+        self.reply()
+    }
+
+    /// Reads until the server closes; returns what came.
+    pub fn rest(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.r.read_to_string(&mut s);
+        s
+    }
+
+    /// Greeting + EHLO.
+    pub fn hello(&mut self) {
+        assert_eq!(self.reply().0, 220);
+        assert_eq!(self.cmd("EHLO client.test").0, 250);
+    }
+
+    /// A whole transaction; returns the final reply of DATA.
+    pub fn mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> (u16, String) {
+        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).0, 250);
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert_eq!(r.0, 250, "RCPT {t}: {r:?}");
+        }
+        assert_eq!(self.cmd("DATA").0, 354);
+        self.send(body);
+        self.send(b".\r\n");
+        self.reply()
+    }
+}
+
+/// The queue ID out of `250 2.0.0 Ok: queued as <ID>`.
+pub fn queue_id(text: &str) -> String {
+    text.rsplit(' ').next().expect("id").to_string()
+}
+
+pub fn read(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_default()
+}
