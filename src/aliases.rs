@@ -103,6 +103,64 @@ impl Aliases {
     pub fn contains(&self, name: &str) -> bool {
         self.map.contains_key(&name.to_ascii_lowercase())
     }
+
+    /// Expands `name` recursively into local users and remote addresses.
+    /// A name that is not an alias is itself a local user; an alias that
+    /// names itself (`root: root, x@y`) means "and also my own mailbox".
+    /// A cycle (`a: b`, `b: a`) is an error, as is nesting deeper than 20.
+    pub fn expand(&self, name: &str) -> Result<Vec<Target>, String> {
+        let mut out = Vec::new();
+        let mut path = Vec::new();
+        self.expand_into(&name.to_ascii_lowercase(), &mut path, &mut out)?;
+        Ok(out)
+    }
+
+    fn expand_into(
+        &self,
+        name: &str,
+        path: &mut Vec<String>,
+        out: &mut Vec<Target>,
+    ) -> Result<(), String> {
+        let Some(targets) = self.map.get(name) else {
+            push_unique(out, Target::Local(name.to_string()));
+            return Ok(());
+        };
+        if path.iter().any(|p| p == name) {
+            return Err(format!("alias loop: {} -> {name}", path.join(" -> ")));
+        }
+        if path.len() >= 20 {
+            return Err(format!("aliases nested too deeply at '{name}'"));
+        }
+        path.push(name.to_string());
+        for t in targets {
+            if t.contains('@') {
+                if let Ok(m) = crate::address::Mailbox::parse(t) {
+                    push_unique(out, Target::Remote(m));
+                }
+            } else if t.eq_ignore_ascii_case(name) {
+                push_unique(out, Target::Local(name.to_string()));
+            } else {
+                self.expand_into(&t.to_ascii_lowercase(), path, out)?;
+            }
+        }
+        path.pop();
+        Ok(())
+    }
+}
+
+/// Where an alias leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A local user (a mailbox under `mail_dir`).
+    Local(String),
+    /// An address that is delivered like any other (relayed when remote).
+    Remote(crate::address::Mailbox),
+}
+
+fn push_unique(out: &mut Vec<Target>, t: Target) {
+    if !out.contains(&t) {
+        out.push(t);
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +175,25 @@ mod tests {
         assert_eq!(a.map["postmaster"], vec!["root"]);
         assert_eq!(a.map["staff"], vec!["alice", "bob", "carol@remote.example"]);
         assert!(a.contains("Staff"));
+    }
+
+    #[test]
+    fn aliases_expand_recursively_with_loops_detected() {
+        let a = Aliases::parse("postmaster: root\nroot: root, admin@remote.test\nstaff: postmaster, bob, bob\nx: y\ny: x\n").unwrap();
+        let remote = crate::address::Mailbox::parse("admin@remote.test").unwrap();
+        assert_eq!(
+            a.expand("STAFF").unwrap(),
+            vec![
+                Target::Local("root".into()),
+                Target::Remote(remote),
+                Target::Local("bob".into())
+            ]
+        );
+        assert_eq!(
+            a.expand("alice").unwrap(),
+            vec![Target::Local("alice".into())]
+        );
+        assert!(a.expand("x").unwrap_err().contains("loop"));
     }
 
     #[test]

@@ -114,6 +114,26 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub vrfy: bool,
     pub log_level: log::LevelFilter,
+    pub mail_dir: PathBuf,
+    pub mailbox_format: crate::local::MailboxFormat,
+    pub delivery_threads: usize,
+    pub queue_run_interval: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_queue_lifetime: Duration,
+    /// Zero = no delay warnings.
+    pub delay_warning_time: Duration,
+    pub destination_concurrency_limit: usize,
+    /// Empty = the nameservers of /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    pub relay_port: u16,
+    pub relayhost: Option<crate::relay::Relayhost>,
+    pub connect_timeout: Duration,
+    pub relay_timeout: Duration,
+    /// Per-query DNS time-out (two tries per server).
+    pub dns_timeout: Duration,
+    /// Keep mail queued and do not deliver (like Postfix's defer_transports).
+    pub defer_delivery: bool,
 }
 
 /// The system's host name, as the kernel knows it.
@@ -161,6 +181,24 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             vrfy: false,
             log_level: log::LevelFilter::Info,
+            mail_dir: PathBuf::from("./var/mail"),
+            mailbox_format: crate::local::MailboxFormat::Maildir,
+            delivery_threads: 4,
+            queue_run_interval: Duration::from_secs(60),
+            min_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(3600),
+            // RFC 5321 §4.5.4.1: give up after 4-5 days.
+            max_queue_lifetime: Duration::from_secs(5 * 86_400),
+            delay_warning_time: Duration::ZERO,
+            destination_concurrency_limit: 10,
+            dns_servers: Vec::new(),
+            relay_port: 25,
+            relayhost: None,
+            // RFC 5321 §4.5.3.2: 5 minutes per command; connect as Postfix (30 s).
+            connect_timeout: Duration::from_secs(30),
+            relay_timeout: Duration::from_secs(300),
+            dns_timeout: Duration::from_secs(5),
+            defer_delivery: false,
         }
     }
 }
@@ -367,6 +405,59 @@ impl Config {
                         .parse()
                         .map_err(|_| bad("expected off, error, warn, info, debug or trace"))?
                 }
+                "mail_dir" => {
+                    c.mail_dir = non_empty_path(value).ok_or_else(|| bad("expected a path"))?
+                }
+                "mailbox_format" => {
+                    c.mailbox_format = match value {
+                        "maildir" => crate::local::MailboxFormat::Maildir,
+                        "mbox" => crate::local::MailboxFormat::Mbox,
+                        _ => return Err(bad("expected maildir or mbox")),
+                    }
+                }
+                "delivery_threads" => c.delivery_threads = count(1)?,
+                "queue_run_interval" => c.queue_run_interval = duration()?,
+                "min_backoff" => c.min_backoff = duration()?,
+                "max_backoff" => c.max_backoff = duration()?,
+                "max_queue_lifetime" => c.max_queue_lifetime = duration()?,
+                "delay_warning_time" => c.delay_warning_time = duration()?,
+                "destination_concurrency_limit" => c.destination_concurrency_limit = count(1)?,
+                "dns_servers" => {
+                    let mut v = Vec::new();
+                    for a in list(value) {
+                        let addr = a
+                            .parse::<SocketAddr>()
+                            .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                            .map_err(|_| {
+                                bad(&format!("'{a}' is not an address or ADDRESS:PORT"))
+                            })?;
+                        v.push(addr);
+                    }
+                    c.dns_servers = v;
+                }
+                "relay_port" => {
+                    c.relay_port = value
+                        .parse()
+                        .ok()
+                        .filter(|&p: &u16| p > 0)
+                        .ok_or_else(|| bad("expected a port number"))?
+                }
+                "relayhost" => {
+                    c.relayhost = if value.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            crate::relay::Relayhost::parse(value, 25)
+                                .ok_or_else(|| bad("expected [host]:port, host:port or host"))?,
+                        )
+                    }
+                }
+                "connect_timeout" => c.connect_timeout = duration()?,
+                "relay_timeout" => c.relay_timeout = duration()?,
+                "dns_timeout" => c.dns_timeout = duration()?,
+                "defer_delivery" => {
+                    c.defer_delivery = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
+                }
                 _ => return Err(err(format!("unknown setting '{key}'"))),
             }
         }
@@ -436,6 +527,47 @@ impl Config {
         kv("shutdown_timeout", secs(self.shutdown_timeout));
         kv("vrfy", if self.vrfy { "yes" } else { "no" }.into());
         kv("log_level", self.log_level.to_string().to_ascii_lowercase());
+        kv("mail_dir", self.mail_dir.display().to_string());
+        kv(
+            "mailbox_format",
+            match self.mailbox_format {
+                crate::local::MailboxFormat::Maildir => "maildir".into(),
+                crate::local::MailboxFormat::Mbox => "mbox".into(),
+            },
+        );
+        kv("delivery_threads", self.delivery_threads.to_string());
+        kv("queue_run_interval", secs(self.queue_run_interval));
+        kv("min_backoff", secs(self.min_backoff));
+        kv("max_backoff", secs(self.max_backoff));
+        kv("max_queue_lifetime", secs(self.max_queue_lifetime));
+        kv("delay_warning_time", secs(self.delay_warning_time));
+        kv(
+            "destination_concurrency_limit",
+            self.destination_concurrency_limit.to_string(),
+        );
+        kv(
+            "dns_servers",
+            self.dns_servers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        kv("relay_port", self.relay_port.to_string());
+        kv(
+            "relayhost",
+            self.relayhost
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        );
+        kv("connect_timeout", secs(self.connect_timeout));
+        kv("relay_timeout", secs(self.relay_timeout));
+        kv("dns_timeout", secs(self.dns_timeout));
+        kv(
+            "defer_delivery",
+            if self.defer_delivery { "yes" } else { "no" }.into(),
+        );
         s
     }
 

@@ -353,12 +353,14 @@ fn receive_data<R: Read, W: Write>(
         from: txn.from.clone(),
         attempts: 0,
         next_attempt: 0,
+        warned: false,
         rcpts: txn
             .rcpts
             .iter()
             .map(|r| Recipient {
                 addr: r.clone(),
                 state: RcptState::Pending,
+                expanded: false,
             })
             .collect(),
     };

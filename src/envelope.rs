@@ -72,6 +72,9 @@ impl RcptState {
 pub struct Recipient {
     pub addr: ForwardPath,
     pub state: RcptState,
+    /// Produced by alias expansion: delivered as is, never expanded again.
+    /// Written with the key `expanded` instead of `rcpt`.
+    pub expanded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,8 @@ pub struct Envelope {
     pub attempts: u32,
     /// Seconds since the epoch; 0 = now.
     pub next_attempt: u64,
+    /// A delay warning was sent (`delay_warning_time`).
+    pub warned: bool,
     pub rcpts: Vec<Recipient>,
 }
 
@@ -189,13 +194,16 @@ impl Envelope {
         kv("from", &self.from.to_string());
         kv("attempts", &self.attempts.to_string());
         kv("next-attempt", &self.next_attempt.to_string());
+        if self.warned {
+            kv("warned", "yes");
+        }
         for r in &self.rcpts {
             let mut v = format!("{} {}", r.state.keyword(), r.addr);
             if !r.state.text().is_empty() {
                 v.push(' ');
                 v.push_str(&escape(r.state.text()));
             }
-            kv("rcpt", &v);
+            kv(if r.expanded { "expanded" } else { "rcpt" }, &v);
         }
         s.push_str("end\n");
         s
@@ -214,6 +222,7 @@ impl Envelope {
             from: ReversePath::Null,
             attempts: 0,
             next_attempt: 0,
+            warned: false,
             rcpts: Vec::new(),
         };
         let mut version = false;
@@ -266,7 +275,8 @@ impl Envelope {
                     e.attempts = u32::try_from(num(value)?).map_err(|_| err("bad number"))?
                 }
                 "next-attempt" => e.next_attempt = num(value)?,
-                "rcpt" => {
+                "warned" => e.warned = value == "yes",
+                "rcpt" | "expanded" => {
                     let (state, rest) = value.split_once(' ').ok_or_else(|| err("bad rcpt"))?;
                     let (path, text) = split_path(rest);
                     let addr = ForwardPath::parse(path)
@@ -279,7 +289,11 @@ impl Envelope {
                         "failed" => RcptState::Failed(text),
                         _ => return Err(err("bad recipient state")),
                     };
-                    e.rcpts.push(Recipient { addr, state });
+                    e.rcpts.push(Recipient {
+                        addr,
+                        state,
+                        expanded: key == "expanded",
+                    });
                 }
                 _ => return Err(err("unknown key")),
             }
@@ -316,18 +330,22 @@ mod tests {
             from: ReversePath::parse("<a@example.org>").unwrap(),
             attempts: 2,
             next_attempt: 1_795_917_557,
+            warned: true,
             rcpts: vec![
                 Recipient {
                     addr: ForwardPath::parse("<c@example.net>").unwrap(),
                     state: RcptState::Pending,
+                    expanded: false,
                 },
                 Recipient {
                     addr: ForwardPath::parse("<\"odd > name\"@example.net>").unwrap(),
                     state: RcptState::Failed("550 5.1.1 User unknown".into()),
+                    expanded: true,
                 },
                 Recipient {
                     addr: ForwardPath::Postmaster,
                     state: RcptState::Sent("250 ok".into()),
+                    expanded: false,
                 },
             ],
         }

@@ -8,10 +8,15 @@
 
 pub mod address;
 pub mod aliases;
+pub mod bounce;
 pub mod config;
 pub mod conn;
+pub mod delivery;
+pub mod dns;
 pub mod envelope;
+pub mod local;
 pub mod policy;
+pub mod relay;
 pub mod server;
 pub mod smtp;
 pub mod spool;

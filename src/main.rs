@@ -4,6 +4,8 @@
 //! satchel serve [-c FILE]          run the SMTP server in the foreground
 //! satchel check-config [-c FILE]   validate and print the effective settings
 //! satchel queue list [-c FILE]     mailq-style listing of the spool
+//! satchel queue flush [-c FILE]    ask the running server to retry everything now
+//! satchel queue delete ID [-c FILE]
 //! ```
 
 #![forbid(unsafe_code)]
@@ -14,9 +16,11 @@ use std::sync::Arc;
 
 use satchel::config::Config;
 use satchel::conn::Context;
+use satchel::delivery::{self, Deliverer};
+use satchel::dns::{DnsResolver, Resolver};
 use satchel::envelope::RcptState;
 use satchel::policy::LocalPolicy;
-use satchel::spool::{QueueState, Spool};
+use satchel::spool::{is_queue_id, QueueState, Spool};
 use satchel::{server, time};
 
 /// Exit status for a bad configuration or bad usage.
@@ -24,7 +28,9 @@ const EXIT_CONFIG: u8 = 2;
 
 const USAGE: &str = "usage: satchel serve [-c FILE]
        satchel check-config [-c FILE]
-       satchel queue list [-c FILE]";
+       satchel queue list [-c FILE]
+       satchel queue flush [-c FILE]
+       satchel queue delete ID [-c FILE]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
         ["serve"] => serve(cfg),
         ["check-config"] => check_config(&cfg),
         ["queue", "list"] | ["queue"] => queue_list(&cfg),
+        ["queue", "flush"] => queue_flush(&cfg),
+        ["queue", "delete", id] => queue_delete(&cfg, id),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(EXIT_CONFIG)
@@ -96,6 +104,13 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before recovery: a second server on the same spool must not touch it.
+    let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    if let Err(e) = delivery::control_socket(&cfg.spool_dir, ctl_tx) {
+        log::error!("fatal: {e}");
+        return ExitCode::FAILURE;
+    }
     match spool.recover() {
         Ok(r) => log::info!(
             "spool {}: {} queued, {} requeued from active, {} temporary and {} orphaned files removed",
@@ -110,7 +125,15 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let ctx = Context::new(cfg, policy, spool);
+    let resolver = match resolver(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("fatal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ctx = Context::new(cfg.clone(), policy.clone(), spool.clone());
+    ctx.on_queued = Some(wake_tx.clone());
     let listeners = match server::bind(&ctx) {
         Ok(l) => l,
         Err(e) => {
@@ -118,10 +141,98 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cfg.defer_delivery {
+        log::info!("defer_delivery = yes: mail is queued, not delivered");
+    } else {
+        let deliverer = Arc::new(Deliverer::new(cfg, spool, policy, resolver, wake_tx));
+        if let Err(e) = delivery::start(deliverer, wake_rx, ctl_rx) {
+            log::error!("fatal: cannot start delivery: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     match server::serve(Arc::new(ctx), listeners) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("fatal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// DNS: the configured servers, else those of /etc/resolv.conf.
+fn resolver(cfg: &Config) -> Result<Box<dyn Resolver>, String> {
+    let timeout = cfg.dns_timeout;
+    if !cfg.dns_servers.is_empty() {
+        return Ok(Box::new(DnsResolver::new(
+            cfg.dns_servers.clone(),
+            timeout,
+            2,
+        )));
+    }
+    match DnsResolver::from_resolv_conf(std::path::Path::new("/etc/resolv.conf")) {
+        Ok(r) => Ok(Box::new(r)),
+        // With a smarthost by IP address no DNS is needed at all.
+        Err(e)
+            if cfg
+                .relayhost
+                .as_ref()
+                .is_some_and(|r| r.host.parse::<std::net::IpAddr>().is_ok()) =>
+        {
+            log::info!("no DNS ({e}); all mail goes to the relayhost");
+            Ok(Box::new(DnsResolver::new(Vec::new(), timeout, 1)))
+        }
+        Err(e) => Err(format!("DNS: {e} (set dns_servers)")),
+    }
+}
+
+fn open_spool(cfg: &Config) -> Result<Spool, ExitCode> {
+    Spool::open(&cfg.spool_dir).map_err(|e| {
+        eprintln!("satchel: spool {}: {e}", cfg.spool_dir.display());
+        ExitCode::FAILURE
+    })
+}
+
+fn queue_flush(cfg: &Config) -> ExitCode {
+    match delivery::request_flush(&cfg.spool_dir) {
+        Ok(answer) if answer == "ok" => {
+            println!("queue flush requested");
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("satchel: server answered: {answer}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "satchel: no running server answers on {}: {e}",
+                delivery::control_path(&cfg.spool_dir).display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn queue_delete(cfg: &Config, id: &str) -> ExitCode {
+    let spool = match open_spool(cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    if !is_queue_id(id) {
+        eprintln!("satchel: '{id}' is not a queue ID");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if spool.dir("active").join(id).exists() {
+        eprintln!("satchel: {id} is being delivered right now; try again in a moment");
+        return ExitCode::FAILURE;
+    }
+    match std::fs::remove_file(spool.dir("queue").join(id)) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(spool.msg_path(id));
+            println!("{id}: deleted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("satchel: {id}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -142,12 +253,9 @@ fn check_config(cfg: &Config) -> ExitCode {
 
 /// A listing in the style of Postfix's mailq.
 fn queue_list(cfg: &Config) -> ExitCode {
-    let spool = match Spool::open(&cfg.spool_dir) {
+    let spool = match open_spool(cfg) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("satchel: spool {}: {e}", cfg.spool_dir.display());
-            return ExitCode::FAILURE;
-        }
+        Err(c) => return c,
     };
     let items = match spool.list() {
         Ok(i) => i,

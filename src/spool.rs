@@ -70,7 +70,7 @@ pub fn is_queue_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
 }
@@ -360,9 +360,11 @@ mod tests {
             from: ReversePath::parse("<a@b.test>").unwrap(),
             attempts: 0,
             next_attempt: 0,
+            warned: false,
             rcpts: vec![Recipient {
                 addr: ForwardPath::parse("<c@d.test>").unwrap(),
                 state: RcptState::Pending,
+                expanded: false,
             }],
         }
     }

@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod dns;
+pub mod fake;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_satchel");
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -37,6 +40,20 @@ impl Drop for TempDir {
     }
 }
 
+/// A port free on every one of `ips` (so several hosts can share it).
+pub fn shared_port(ips: &[[u8; 4]]) -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if ips
+            .iter()
+            .all(|ip| TcpListener::bind(SocketAddr::from((*ip, port))).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no shared free port");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -47,6 +64,7 @@ pub fn free_port() -> u16 {
 
 pub struct Server {
     pub dir: TempDir,
+    pub ip: [u8; 4],
     pub port: u16,
     pub conf: PathBuf,
     pub child: Option<Child>,
@@ -56,37 +74,57 @@ impl Server {
     /// Writes a config (the defaults for a test host plus `extra` lines)
     /// and starts `satchel serve`, waiting until it accepts connections.
     pub fn start(extra: &str) -> Server {
-        let dir = TempDir::new("srv");
-        let port = free_port();
-        let conf = dir.0.join("satchel.conf");
-        let spool = dir.0.join("spool");
-        let mut text = format!(
-            "listen = 127.0.0.1:{port}\nhostname = mx.satchel.test\nspool_dir = {}\n\
-             local_domains = satchel.test\naliases_file = {}\nlog_level = info\n",
-            spool.display(),
-            dir.0.join("aliases").display()
-        );
-        let has = |k: &str| extra.lines().any(|l| l.trim_start().starts_with(k));
-        if !has("local_users") {
-            text.push_str("local_users = alice, bob\n");
-        }
-        if !has("relay_networks") {
-            text.push_str("relay_networks = 127.0.0.1/32\n");
-        }
-        text.push_str(extra);
-        fs::write(&conf, text).expect("write config");
-        let mut s = Server {
-            dir,
-            port,
-            conf,
-            child: None,
-        };
+        Server::start_at([127, 0, 0, 1], free_port(), extra)
+    }
+
+    /// A server on `ip:port`; `extra` lines override the test defaults
+    /// (hostname mx.satchel.test, local domain satchel.test, users alice
+    /// and bob, relaying for 127.0.0.1 only, delivery deferred, no DNS).
+    pub fn start_at(ip: [u8; 4], port: u16, extra: &str) -> Server {
+        let mut s = Server::prepare_at(ip, port, extra);
         s.spawn();
         s
     }
 
+    /// Writes the configuration without starting (to add files first).
+    pub fn prepare_at(ip: [u8; 4], port: u16, extra: &str) -> Server {
+        let dir = TempDir::new("srv");
+        let conf = dir.0.join("satchel.conf");
+        let spool = dir.0.join("spool");
+        let has = |k: &str| extra.lines().any(|l| l.trim_start().starts_with(k));
+        let mut text = format!(
+            "listen = {}:{port}\nspool_dir = {}\nmail_dir = {}\naliases_file = {}\nlog_level = info\n",
+            std::net::Ipv4Addr::from(ip),
+            spool.display(),
+            dir.0.join("mail").display(),
+            dir.0.join("aliases").display()
+        );
+        for (key, default) in [
+            ("hostname", "mx.satchel.test"),
+            ("local_domains", "satchel.test"),
+            ("local_users", "alice, bob"),
+            ("relay_networks", "127.0.0.1/32"),
+            ("defer_delivery", "yes"),
+            // Port 9 on loopback: nobody answers; no query leaves the machine.
+            ("dns_servers", "127.0.0.1:9"),
+        ] {
+            if !has(key) {
+                text.push_str(&format!("{key} = {default}\n"));
+            }
+        }
+        text.push_str(extra);
+        fs::write(&conf, text).expect("write config");
+        Server {
+            dir,
+            ip,
+            port,
+            conf,
+            child: None,
+        }
+    }
+
     pub fn spawn(&mut self) {
-        let want = format!("listening on 127.0.0.1:{}", self.port);
+        let want = format!("listening on {}", self.addr());
         let before = self.log().matches(&want).count();
         let log = fs::OpenOptions::new()
             .create(true)
@@ -116,7 +154,33 @@ impl Server {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::from((self.ip, self.port))
+    }
+
+    pub fn mail_dir(&self) -> PathBuf {
+        self.dir.0.join("mail")
+    }
+
+    /// Waits (bounded) until `cond` holds; panics with the log otherwise.
+    pub fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Files in a user's Maildir new/.
+    pub fn maildir(&self, user: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.mail_dir().join(user).join("new"))
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
     pub fn spool(&self) -> PathBuf {

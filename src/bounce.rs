@@ -1,0 +1,216 @@
+//! Builds delivery status notifications (RFC 3464, carried in RFC 6522's
+//! `multipart/report`): a plain-text explanation, a
+//! `message/delivery-status` part, and the original headers as
+//! `text/rfc822-headers`. Used for bounces (`Action: failed`) and delay
+//! warnings (`Action: delayed`). Pure: bytes in, bytes out; queueing the
+//! result (from the null reverse-path `<>`) is `delivery`'s job.
+
+use crate::time;
+
+/// RFC 3462/6522: how much of the original header section is returned.
+const MAX_RETURNED_HEADERS: usize = 64 * 1024;
+
+/// One recipient to report on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Address without angle brackets.
+    pub recipient: String,
+    /// RFC 3463 status, such as `5.1.1`.
+    pub status: String,
+    /// The remote reply or the local reason, one line.
+    pub diagnostic: String,
+    /// The host that gave the reply, when one did.
+    pub remote_mta: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    Delayed,
+}
+
+pub struct Notice<'a> {
+    pub action: Action,
+    pub hostname: &'a str,
+    pub queue_id: &'a str,
+    /// Original sender, without angle brackets (the notice's `To:`).
+    pub to: &'a str,
+    pub arrival: u64,
+    pub now: u64,
+    pub reports: &'a [Report],
+    /// The original message (only its header section is returned).
+    pub original: &'a [u8],
+}
+
+/// The RFC 3463 status of a reply text, or a generic one from its code.
+pub fn status_of(reply_text: &str, permanent: bool) -> String {
+    let mut words = reply_text.split_whitespace();
+    let _code = words.next();
+    if let Some(w) = words.next() {
+        let parts: Vec<&str> = w.split('.').collect();
+        if parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return w.to_string();
+        }
+    }
+    if permanent { "5.0.0" } else { "4.0.0" }.to_string()
+}
+
+/// The header section of a message: up to and including the empty line.
+pub fn header_section(msg: &[u8]) -> &[u8] {
+    let end = msg
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(msg.len());
+    &msg[..end.min(MAX_RETURNED_HEADERS)]
+}
+
+/// Keeps a line of peer text safe inside a header-like field.
+fn clean(s: &str) -> String {
+    s.chars()
+        .take(900)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+pub fn build(n: &Notice) -> Vec<u8> {
+    let boundary = format!("{}.{}/{}", n.queue_id, n.now, n.hostname);
+    let (subject, intro) = match n.action {
+        Action::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. The reasons are below.\r\n",
+        ),
+        Action::Delayed => (
+            "Delayed Mail (still being retried)",
+            "This is a warning only: your message has not yet been delivered\r\nto the recipients below. Delivery will be retried; you do not\r\nneed to send it again.\r\n",
+        ),
+    };
+    let mut m = String::new();
+    m.push_str(&format!(
+        "From: MAILER-DAEMON@{} (Mail Delivery System)\r\n",
+        n.hostname
+    ));
+    m.push_str(&format!("To: <{}>\r\n", n.to));
+    m.push_str(&format!("Subject: {subject}\r\n"));
+    m.push_str(&format!("Date: {}\r\n", time::rfc5322(n.now)));
+    m.push_str(&format!(
+        "Message-ID: <{}.{}@{}>\r\n",
+        n.queue_id, n.now, n.hostname
+    ));
+    // RFC 3834: an automatic response; nobody should answer it.
+    m.push_str("Auto-Submitted: auto-replied\r\n");
+    m.push_str("MIME-Version: 1.0\r\n");
+    m.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
+    ));
+    m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+
+    m.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
+    m.push_str(&format!(
+        "This is the mail system at host {}.\r\n\r\n{intro}\r\n",
+        n.hostname
+    ));
+    for r in n.reports {
+        m.push_str(&format!(
+            "<{}>: {}\r\n",
+            clean(&r.recipient),
+            clean(&r.diagnostic)
+        ));
+    }
+    m.push_str("\r\n");
+
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
+    ));
+    m.push_str(&format!("Reporting-MTA: dns; {}\r\n", n.hostname));
+    m.push_str(&format!("X-Satchel-Queue-ID: {}\r\n", n.queue_id));
+    m.push_str(&format!("Arrival-Date: {}\r\n", time::rfc5322(n.arrival)));
+    for r in n.reports {
+        m.push_str("\r\n");
+        m.push_str(&format!(
+            "Final-Recipient: rfc822; {}\r\n",
+            clean(&r.recipient)
+        ));
+        m.push_str(&format!(
+            "Action: {}\r\n",
+            match n.action {
+                Action::Failed => "failed",
+                Action::Delayed => "delayed",
+            }
+        ));
+        m.push_str(&format!("Status: {}\r\n", clean(&r.status)));
+        if let Some(mta) = &r.remote_mta {
+            m.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
+        }
+        let kind = if r.remote_mta.is_some() {
+            "smtp"
+        } else {
+            "x-satchel"
+        };
+        m.push_str(&format!(
+            "Diagnostic-Code: {kind}; {}\r\n",
+            clean(&r.diagnostic)
+        ));
+    }
+    m.push_str("\r\n");
+
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    ));
+    let mut out = m.into_bytes();
+    let headers = header_section(n.original);
+    out.extend_from_slice(headers);
+    if !headers.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_comes_from_the_enhanced_code_or_the_class() {
+        assert_eq!(status_of("550 5.1.1 User unknown", true), "5.1.1");
+        assert_eq!(status_of("550 User unknown", true), "5.0.0");
+        assert_eq!(status_of("451 try later", false), "4.0.0");
+    }
+
+    #[test]
+    fn a_bounce_has_the_three_parts_of_rfc_3464() {
+        let reports = vec![Report {
+            recipient: "bob@remote.test".into(),
+            status: "5.1.1".into(),
+            diagnostic: "550 5.1.1 <bob@remote.test>: User unknown".into(),
+            remote_mta: Some("mx.remote.test".into()),
+        }];
+        let original = b"Subject: hello\r\nFrom: a@b\r\n\r\nsecret body\r\n";
+        let b = build(&Notice {
+            action: Action::Failed,
+            hostname: "mx.local.test",
+            queue_id: "ABC",
+            to: "a@b",
+            arrival: 0,
+            now: 60,
+            reports: &reports,
+            original,
+        });
+        let s = String::from_utf8(b).unwrap();
+        assert!(s.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(s.contains(
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.local.test\r\n"
+        ));
+        assert!(s.contains("Final-Recipient: rfc822; bob@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.remote.test\r\n"));
+        assert!(
+            s.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: a@b\r\n")
+        );
+        assert!(!s.contains("secret body"), "only the headers are returned");
+        assert!(!s.replace("\r\n", "").contains('\n'), "CRLF only");
+    }
+}

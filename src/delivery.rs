@@ -1,0 +1,734 @@
+//! The delivering half: a scheduler thread and a bounded pool of delivery
+//! threads working from the spool.
+//!
+//! The scheduler keeps the due time of every queued message in memory
+//! (built by one scan at start), is woken over a channel when a session
+//! queues a message (so the first attempt starts at once), rescans the
+//! queue every `queue_run_interval` for messages queued by other processes,
+//! and claims a due message by renaming `queue/<id>` to `active/<id>`
+//! (atomic: one message, one thread). A delivery thread expands aliases,
+//! delivers local recipients into mailboxes and remote ones through
+//! `relay`, records every recipient's state in the envelope, bounces what
+//! failed for good (RFC 3464, from `<>`), and then either removes the
+//! message or returns it to `queue/` with the next attempt time
+//! (exponential backoff from `min_backoff` to `max_backoff`; after
+//! `max_queue_lifetime` the remaining recipients bounce, RFC 5321 §4.5.4.1).
+//!
+//! The one unavoidable duplicate: a remote server answers 250 to the final
+//! dot and satchel crashes before the envelope update reaches the disk. On
+//! restart the recipient is still pending and the message is sent again
+//! (RFC 1047 describes the same window on the remote side). Every other
+//! crash point loses nothing and repeats nothing that was recorded.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use crate::aliases::Target;
+use crate::bounce::{self, Action, Notice, Report};
+use crate::config::Config;
+use crate::dns::Resolver;
+use crate::envelope::{Envelope, RcptState, Recipient};
+use crate::local;
+use crate::policy::LocalPolicy;
+use crate::relay::{self, Outcome, RelayConfig};
+use crate::spool::{is_queue_id, write_atomic, Spool};
+use crate::time::unix_now;
+
+/// Stack for delivery threads (buffers are on the heap).
+const DELIVERY_STACK: usize = 256 * 1024;
+
+/// What the delivery threads share.
+pub struct Deliverer {
+    pub cfg: Config,
+    pub spool: Spool,
+    pub policy: LocalPolicy,
+    pub resolver: Box<dyn Resolver>,
+    /// Wakes the scheduler for a newly queued message (bounces too).
+    pub wake: Sender<String>,
+    /// Connections in progress per destination domain.
+    domains: Mutex<HashMap<String, usize>>,
+}
+
+/// Requests to the scheduler from the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Retry everything now (`satchel queue flush`).
+    Flush,
+}
+
+impl Deliverer {
+    pub fn new(
+        cfg: Config,
+        spool: Spool,
+        policy: LocalPolicy,
+        resolver: Box<dyn Resolver>,
+        wake: Sender<String>,
+    ) -> Deliverer {
+        Deliverer {
+            cfg,
+            spool,
+            policy,
+            resolver,
+            wake,
+            domains: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            hostname: self.cfg.hostname.clone(),
+            port: self.cfg.relay_port,
+            relayhost: self.cfg.relayhost.clone(),
+            connect_timeout: self.cfg.connect_timeout,
+            command_timeout: self.cfg.relay_timeout,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts the scheduler and the delivery pool; they run until the process ends.
+pub fn start(
+    d: Arc<Deliverer>,
+    wake_rx: Receiver<String>,
+    ctl_rx: Receiver<Control>,
+) -> io::Result<()> {
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<String>(d.cfg.delivery_threads);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(String, Option<u64>)>();
+    for n in 0..d.cfg.delivery_threads {
+        let (d, job_rx, done_tx) = (d.clone(), job_rx.clone(), done_tx.clone());
+        thread::Builder::new().name(format!("delivery {n}")).stack_size(DELIVERY_STACK).spawn(move || {
+            while let Ok(id) = job_rx.recv() {
+                let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver_message(&d, &id)))
+                    .unwrap_or_else(|_| {
+                        log::error!("error: {id}: delivery panicked; the message stays in active/ until restart");
+                        None
+                    });
+                let _ = done_tx.send((id, next));
+            }
+        })?;
+    }
+    thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || scheduler(&d, &wake_rx, &ctl_rx, &job_tx, &done_rx))?;
+    Ok(())
+}
+
+/// Due times of queued messages, in memory.
+#[derive(Default)]
+struct Schedule {
+    due: BTreeSet<(u64, String)>,
+    at: HashMap<String, u64>,
+}
+
+impl Schedule {
+    fn set(&mut self, id: String, t: u64) {
+        if let Some(old) = self.at.insert(id.clone(), t) {
+            self.due.remove(&(old, id.clone()));
+        }
+        self.due.insert((t, id));
+    }
+
+    fn pop_due(&mut self, now: u64) -> Option<String> {
+        let first = self.due.first()?.clone();
+        if first.0 > now {
+            return None;
+        }
+        self.due.remove(&first);
+        self.at.remove(&first.1);
+        Some(first.1)
+    }
+}
+
+/// Adds the messages in `queue/` that the schedule does not know yet.
+fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
+    let Ok(rd) = fs::read_dir(d.spool.dir("queue")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Ok(id) = e.file_name().into_string() else {
+            continue;
+        };
+        if s.at.contains_key(&id) || in_flight.contains(&id) || !is_queue_id(&id) {
+            continue;
+        }
+        match fs::read_to_string(e.path()).map(|t| Envelope::parse(&t)) {
+            Ok(Ok(env)) => s.set(id, env.next_attempt),
+            Ok(Err(err)) => {
+                log::warn!("warning: {id}: damaged envelope ({err}); moved to corrupt/");
+                let _ = fs::rename(e.path(), d.spool.dir("corrupt").join(&id));
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn scheduler(
+    d: &Deliverer,
+    wake_rx: &Receiver<String>,
+    ctl_rx: &Receiver<Control>,
+    job_tx: &Sender<String>,
+    done_rx: &Receiver<(String, Option<u64>)>,
+) {
+    let mut s = Schedule::default();
+    let mut in_flight = HashSet::new();
+    scan(d, &mut s, &in_flight);
+    let interval = d.cfg.queue_run_interval;
+    let mut next_scan = std::time::Instant::now() + interval;
+    loop {
+        let now = unix_now();
+        while in_flight.len() < d.cfg.delivery_threads {
+            let Some(id) = s.pop_due(now) else { break };
+            // The claim: whoever renames first owns the message.
+            match fs::rename(
+                d.spool.dir("queue").join(&id),
+                d.spool.dir("active").join(&id),
+            ) {
+                Ok(()) => {
+                    in_flight.insert(id.clone());
+                    if job_tx.send(id).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted, or taken by another runner
+                Err(e) => log::warn!("warning: {id}: cannot claim: {e}"),
+            }
+        }
+        let until_due = s
+            .due
+            .first()
+            .map(|(t, _)| Duration::from_secs(t.saturating_sub(now)));
+        let until_scan = next_scan.saturating_duration_since(std::time::Instant::now());
+        let mut wait = until_scan;
+        if in_flight.len() < d.cfg.delivery_threads {
+            if let Some(u) = until_due {
+                wait = wait.min(u);
+            }
+        }
+        select! {
+            recv(wake_rx) -> id => match id {
+                Ok(id) if !in_flight.contains(&id) => s.set(id, 0),
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            recv(done_rx) -> r => if let Ok((id, next)) = r {
+                in_flight.remove(&id);
+                if let Some(t) = next {
+                    s.set(id, t);
+                }
+            },
+            recv(ctl_rx) -> c => match c {
+                Ok(Control::Flush) => {
+                    scan(d, &mut s, &in_flight);
+                    let ids: Vec<String> = s.at.keys().cloned().collect();
+                    log::info!("flush: {} queued message(s) due now", ids.len());
+                    for id in ids {
+                        s.set(id, 0);
+                    }
+                }
+                Err(_) => return,
+            },
+            default(wait) => {}
+        }
+        if std::time::Instant::now() >= next_scan {
+            scan(d, &mut s, &in_flight);
+            next_scan = std::time::Instant::now() + interval;
+        }
+    }
+}
+
+/// The path of the control socket in the spool.
+pub fn control_path(spool: &Path) -> PathBuf {
+    spool.join("control")
+}
+
+/// Listens on `spool/control` for `flush` requests. Refuses to start when
+/// another live server already answers there.
+pub fn control_socket(spool: &Path, ctl: Sender<Control>) -> Result<(), String> {
+    let path = control_path(spool);
+    if UnixStream::connect(&path).is_ok() {
+        return Err(format!(
+            "another satchel already serves the spool {} ({} answers)",
+            spool.display(),
+            path.display()
+        ));
+    }
+    let _ = fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = String::new();
+                let mut r = BufReader::new(&stream).take(256);
+                let answer = match r.read_line(&mut line) {
+                    Ok(_) if line.trim() == "flush" => {
+                        let _ = ctl.send(Control::Flush);
+                        "ok\n"
+                    }
+                    _ => "error: unknown request\n",
+                };
+                let _ = (&stream).write_all(answer.as_bytes());
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Asks a running server to flush its queue. `Err` when none answers.
+pub fn request_flush(spool: &Path) -> io::Result<String> {
+    let mut s = UnixStream::connect(control_path(spool))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"flush\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer.trim().to_string())
+}
+
+/// A recipient's address without brackets, for logs, DSNs and relay.
+fn bare(addr: &ForwardPath) -> String {
+    match addr {
+        ForwardPath::Postmaster => "postmaster".to_string(),
+        ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
+
+fn is_local(d: &Deliverer, addr: &ForwardPath) -> bool {
+    match addr {
+        ForwardPath::Postmaster => true,
+        ForwardPath::Mailbox(m) => d.policy.is_local_domain(&m.domain),
+    }
+}
+
+fn local_part(addr: &ForwardPath) -> String {
+    match addr {
+        ForwardPath::Postmaster => "postmaster".into(),
+        ForwardPath::Mailbox(m) => m.local_unquoted().to_ascii_lowercase(),
+    }
+}
+
+/// Replaces every open local recipient that is an alias by its expansion
+/// (marked `expanded`, so it is never expanded again). True if changed.
+fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
+    let mut changed = false;
+    let mut out: Vec<Recipient> = Vec::with_capacity(env.rcpts.len());
+    let fallback_domain = d
+        .cfg
+        .local_domains
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    for r in std::mem::take(&mut env.rcpts) {
+        let name = local_part(&r.addr);
+        if r.expanded
+            || !r.state.is_open()
+            || !is_local(d, &r.addr)
+            || !d.policy.aliases.contains(&name)
+        {
+            out.push(r);
+            continue;
+        }
+        changed = true;
+        match d.policy.aliases.expand(&name) {
+            Ok(targets) => {
+                let domain = match &r.addr {
+                    ForwardPath::Mailbox(m) => m.domain.clone(),
+                    ForwardPath::Postmaster => Domain::Name(fallback_domain.clone()),
+                };
+                for t in targets {
+                    let addr = match t {
+                        Target::Local(user) => ForwardPath::Mailbox(Mailbox {
+                            local: user,
+                            domain: domain.clone(),
+                        }),
+                        Target::Remote(m) => ForwardPath::Mailbox(m),
+                    };
+                    if !out.iter().any(|o| o.addr == addr && o.expanded) {
+                        out.push(Recipient {
+                            addr,
+                            state: RcptState::Pending,
+                            expanded: true,
+                        });
+                    }
+                }
+                log::info!("{}: alias {} expanded", env.id, bare(&r.addr));
+            }
+            Err(why) => {
+                out.push(Recipient {
+                    state: RcptState::Failed(format!("554 5.4.6 {why}")),
+                    ..r
+                });
+            }
+        }
+    }
+    env.rcpts = out;
+    changed
+}
+
+/// Works one claimed message (its envelope is in `active/`). Returns the
+/// next attempt time, or `None` when the message is gone from the queue.
+pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
+    let active = d.spool.dir("active").join(id);
+    let mut env = match fs::read_to_string(&active).map(|t| Envelope::parse(&t)) {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            log::warn!("warning: {id}: damaged envelope ({e}); moved to corrupt/");
+            let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
+            return None;
+        }
+        Err(e) => {
+            log::warn!("warning: {id}: cannot read envelope: {e}");
+            return None;
+        }
+    };
+    let msg = d.spool.msg_path(id);
+    if !msg.exists() {
+        log::warn!("warning: {id}: message file missing; envelope moved to corrupt/");
+        let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
+        return None;
+    }
+    let now = unix_now();
+    // Failures already reported by an earlier attempt.
+    let failed_before: Vec<ForwardPath> = env
+        .rcpts
+        .iter()
+        .filter(|r| matches!(r.state, RcptState::Failed(_)))
+        .map(|r| r.addr.clone())
+        .collect();
+    if expand_aliases(d, &mut env) {
+        if let Err(e) = write_atomic(&d.spool.dir("tmp"), &active, env.to_text().as_bytes()) {
+            log::warn!("warning: {id}: cannot record alias expansion: {e}");
+            return requeue(d, id, &active, now + d.cfg.min_backoff.as_secs());
+        }
+    }
+    let mut remote_mta: HashMap<usize, String> = HashMap::new();
+    let mut postponed = false;
+
+    // Local recipients first: no network, quick.
+    for i in 0..env.rcpts.len() {
+        let r = &env.rcpts[i];
+        if !r.state.is_open() || !is_local(d, &r.addr) {
+            continue;
+        }
+        let user = local_part(&r.addr);
+        let known = user == "postmaster" || r.expanded || d.policy.is_known_local(&user);
+        let state = if !known || !crate::config::valid_user_name(&user) {
+            RcptState::Failed(format!("550 5.1.1 <{}>: user unknown", bare(&r.addr)))
+        } else {
+            match local::deliver(
+                &d.cfg.mail_dir,
+                d.cfg.mailbox_format,
+                &d.cfg.hostname,
+                &user,
+                &env.from.to_string(),
+                &format!("<{}>", bare(&r.addr)),
+                &msg,
+            ) {
+                Ok(_) => RcptState::Sent("250 2.0.0 delivered to mailbox".into()),
+                Err(e) => RcptState::Deferred(format!(
+                    "451 4.3.0 cannot deliver to mailbox of {user}: {e}"
+                )),
+            }
+        };
+        log_outcome(&env, &r.addr, "local", &state, now);
+        env.rcpts[i].state = state;
+    }
+
+    // Remote recipients, one transaction per domain.
+    let mut by_domain: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, r) in env.rcpts.iter().enumerate() {
+        if !r.state.is_open() || is_local(d, &r.addr) {
+            continue;
+        }
+        let ForwardPath::Mailbox(m) = &r.addr else {
+            continue;
+        };
+        let domain = m.domain.to_lowercase();
+        match by_domain.iter_mut().find(|(dn, _)| *dn == domain) {
+            Some((_, v)) if v.len() < 100 => v.push(i),
+            _ => by_domain.push((domain, vec![i])),
+        }
+    }
+    let rcfg = d.relay_config();
+    for (domain, idx) in by_domain {
+        {
+            let mut load = lock(&d.domains);
+            let n = load.entry(domain.clone()).or_insert(0);
+            if *n >= d.cfg.destination_concurrency_limit {
+                postponed = true;
+                continue;
+            }
+            *n += 1;
+        }
+        let rcpts: Vec<String> = idx.iter().map(|&i| bare(&env.rcpts[i].addr)).collect();
+        let m = relay::Message {
+            from: &env.from.to_string(),
+            path: &msg,
+            size: env.size,
+            eight_bit: env.body == "8BITMIME",
+            smtputf8: env.smtputf8,
+        };
+        // For domain literals the "domain" is the address itself.
+        let target = domain
+            .trim_start_matches("[ipv6:")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let result = relay::deliver(&target, &rcpts, &m, &rcfg, d.resolver.as_ref());
+        {
+            let mut load = lock(&d.domains);
+            if let Some(n) = load.get_mut(&domain) {
+                *n -= 1;
+            }
+        }
+        let relay_name = result.relay.clone().unwrap_or_else(|| "none".into());
+        for (k, &i) in idx.iter().enumerate() {
+            let state = match result
+                .outcomes
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| Outcome::Deferred("no result".into()))
+            {
+                Outcome::Sent(t) => RcptState::Sent(t),
+                Outcome::Deferred(t) => RcptState::Deferred(t),
+                Outcome::Failed(t) => RcptState::Failed(t),
+            };
+            if let Some(mta) = &result.remote_mta {
+                remote_mta.insert(i, mta.clone());
+            }
+            log_outcome(&env, &env.rcpts[i].addr, &relay_name, &state, now);
+            env.rcpts[i].state = state;
+        }
+    }
+
+    // RFC 5321 §4.5.4.1: give up on what is still deferred after the lifetime.
+    let expired = now.saturating_sub(env.created) >= d.cfg.max_queue_lifetime.as_secs();
+    if expired {
+        for r in env.rcpts.iter_mut() {
+            if let RcptState::Deferred(why) = &r.state {
+                r.state =
+                    RcptState::Failed(format!("4.4.7 delivery time expired; last error: {why}"));
+            }
+        }
+    }
+
+    // Bounce what failed in this attempt.
+    let newly_failed: Vec<usize> = (0..env.rcpts.len())
+        .filter(|&i| {
+            matches!(env.rcpts[i].state, RcptState::Failed(_))
+                && !failed_before.contains(&env.rcpts[i].addr)
+        })
+        .collect();
+    if !newly_failed.is_empty() {
+        if let Err(e) = notify(d, &env, &newly_failed, &remote_mta, Action::Failed, &msg) {
+            // Keep them open: they are tried (and bounced) again later.
+            log::warn!("warning: {id}: cannot queue the bounce: {e}; will retry");
+            for &i in &newly_failed {
+                if let RcptState::Failed(t) = &env.rcpts[i].state {
+                    env.rcpts[i].state = RcptState::Deferred(t.clone());
+                }
+            }
+        }
+    }
+    // Optional delay warning (Postfix's delay_warning_time).
+    let dwt = d.cfg.delay_warning_time.as_secs();
+    if dwt > 0 && !env.warned && now.saturating_sub(env.created) >= dwt {
+        let delayed: Vec<usize> = (0..env.rcpts.len())
+            .filter(|&i| matches!(env.rcpts[i].state, RcptState::Deferred(_)))
+            .collect();
+        if !delayed.is_empty()
+            && notify(d, &env, &delayed, &remote_mta, Action::Delayed, &msg).is_ok()
+        {
+            env.warned = true;
+        }
+    }
+
+    if env.is_done() {
+        if let Err(e) = fs::remove_file(&active) {
+            log::warn!("warning: {id}: cannot remove envelope: {e}");
+        }
+        let _ = fs::remove_file(&msg);
+        log::info!("{id}: removed");
+        return None;
+    }
+    let next = if postponed
+        && env
+            .rcpts
+            .iter()
+            .all(|r| !matches!(r.state, RcptState::Deferred(_)))
+    {
+        now + 1 // only waiting for a concurrency slot: not an attempt
+    } else {
+        env.attempts += 1;
+        now + backoff(&d.cfg, env.attempts)
+    };
+    env.next_attempt = next;
+    if let Err(e) = write_atomic(&d.spool.dir("tmp"), &active, env.to_text().as_bytes()) {
+        log::warn!("warning: {id}: cannot update envelope: {e}");
+    }
+    requeue(d, id, &active, next)
+}
+
+fn requeue(d: &Deliverer, id: &str, active: &Path, next: u64) -> Option<u64> {
+    match fs::rename(active, d.spool.dir("queue").join(id)) {
+        Ok(()) => {
+            let _ = crate::spool::sync_dir(&d.spool.dir("queue"));
+            Some(next)
+        }
+        Err(e) => {
+            log::warn!(
+                "warning: {id}: cannot return to queue/: {e}; it is retried after a restart"
+            );
+            None
+        }
+    }
+}
+
+/// `min_backoff * 2^(attempts-1)`, at most `max_backoff`.
+pub fn backoff(cfg: &Config, attempts: u32) -> u64 {
+    let min = cfg.min_backoff.as_secs().max(1);
+    let max = cfg.max_backoff.as_secs().max(min);
+    let shift = attempts.saturating_sub(1).min(32);
+    min.saturating_mul(1u64 << shift).min(max)
+}
+
+fn log_outcome(env: &Envelope, addr: &ForwardPath, relay: &str, state: &RcptState, now: u64) {
+    let (status, text) = match state {
+        RcptState::Sent(t) => ("sent", t),
+        RcptState::Deferred(t) => ("deferred", t),
+        RcptState::Failed(t) => ("bounced", t),
+        RcptState::Pending => return,
+    };
+    log::info!(
+        "{}: to={}, relay={relay}, delay={}, status={status} ({})",
+        env.id,
+        addr,
+        now.saturating_sub(env.created),
+        crate::envelope::escape(text)
+    );
+}
+
+/// Queues a bounce or delay warning to the reverse-path. A message from
+/// `<>` gets none (RFC 5321 §4.5.5: a bounce is never bounced); like
+/// Postfix's default, such double bounces are logged and dropped.
+fn notify(
+    d: &Deliverer,
+    env: &Envelope,
+    idx: &[usize],
+    mta: &HashMap<usize, String>,
+    action: Action,
+    msg: &Path,
+) -> io::Result<()> {
+    let ReversePath::Mailbox(sender) = &env.from else {
+        log::info!("{}: undeliverable mail from <> (a bounce): not returned; discarded as Postfix does with double bounces", env.id);
+        return Ok(());
+    };
+    let mut original = Vec::new();
+    fs::File::open(msg)?
+        .take(64 * 1024)
+        .read_to_end(&mut original)?;
+    let reports: Vec<Report> = idx
+        .iter()
+        .map(|&i| {
+            let r = &env.rcpts[i];
+            let text = match &r.state {
+                RcptState::Failed(t) | RcptState::Deferred(t) | RcptState::Sent(t) => t.clone(),
+                RcptState::Pending => String::new(),
+            };
+            Report {
+                recipient: bare(&r.addr),
+                status: bounce::status_of(
+                    &text,
+                    action == Action::Failed && !text.starts_with('4'),
+                ),
+                diagnostic: text,
+                remote_mta: mta.get(&i).cloned(),
+            }
+        })
+        .collect();
+    let now = unix_now();
+    let to = sender.to_string();
+    let bytes = bounce::build(&Notice {
+        action,
+        hostname: &d.cfg.hostname,
+        queue_id: &env.id,
+        to: &to,
+        arrival: env.created,
+        now,
+        reports: &reports,
+        original: &original,
+    });
+    let mut inc = d.spool.create()?;
+    inc.write(&bytes);
+    let mut benv = Envelope {
+        id: String::new(),
+        created: now,
+        client: "localhost".into(),
+        helo: d.cfg.hostname.clone(),
+        protocol: "local".into(),
+        body: "8BITMIME".into(),
+        smtputf8: env.smtputf8,
+        size: 0,
+        from: ReversePath::Null,
+        attempts: 0,
+        next_attempt: 0,
+        warned: false,
+        rcpts: vec![Recipient {
+            addr: ForwardPath::Mailbox(sender.clone()),
+            state: RcptState::Pending,
+            expanded: false,
+        }],
+    };
+    let bid = inc.id.clone();
+    inc.commit(&mut benv)?;
+    log::info!(
+        "{}: sender {} notification: {bid}",
+        env.id,
+        if action == Action::Failed {
+            "non-delivery"
+        } else {
+            "delay"
+        }
+    );
+    let _ = d.wake.send(bid);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_min_to_max() {
+        let cfg = Config::parse("min_backoff = 5m\nmax_backoff = 1h\n", "x").unwrap();
+        let v: Vec<u64> = (1..=6).map(|a| backoff(&cfg, a)).collect();
+        assert_eq!(v, vec![300, 600, 1200, 2400, 3600, 3600]);
+        assert_eq!(backoff(&cfg, 1000), 3600);
+    }
+
+    #[test]
+    fn schedule_hands_out_due_messages_in_time_order() {
+        let mut s = Schedule::default();
+        s.set("B".into(), 20);
+        s.set("A".into(), 10);
+        s.set("C".into(), 5);
+        s.set("C".into(), 30); // rescheduled
+        assert_eq!(s.pop_due(15), Some("A".into()));
+        assert_eq!(s.pop_due(15), None);
+        assert_eq!(s.pop_due(100), Some("B".into()));
+        assert_eq!(s.pop_due(100), Some("C".into()));
+        assert!(s.at.is_empty());
+    }
+}

@@ -1,0 +1,208 @@
+//! Final delivery into local mailboxes under `mail_dir`: Maildir (one file
+//! per message, `<user>/{tmp,new,cur}`, written to `tmp/`, fsync'd, then
+//! renamed into `new/`) or mbox (one file per user, `From ` separator
+//! lines, mboxrd `>From` quoting, an exclusive lock while appending, cut
+//! back to its old length if the append fails).
+//!
+//! Prepends `Return-Path:` (RFC 5321 §4.4: added at final delivery) and
+//! `Delivered-To:`; the message bytes are otherwise kept exactly (Maildir)
+//! or only converted to the mbox line convention (LF). Every failure here is
+//! temporary (a full disk, a permission problem): the message stays queued.
+//! Never talks to the network.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::valid_user_name;
+use crate::spool::sync_dir;
+use crate::time;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxFormat {
+    Maildir,
+    Mbox,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Delivers the spooled message at `msg` to `user`'s mailbox.
+/// `return_path` is the reverse-path with angle brackets (`<>` allowed).
+pub fn deliver(
+    mail_dir: &Path,
+    format: MailboxFormat,
+    hostname: &str,
+    user: &str,
+    return_path: &str,
+    delivered_to: &str,
+    msg: &Path,
+) -> io::Result<PathBuf> {
+    // The policy already refused such names at RCPT; this is the last line.
+    if !valid_user_name(user) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unsafe mailbox name '{user}'"),
+        ));
+    }
+    let head = format!("Return-Path: {return_path}\r\nDelivered-To: {delivered_to}\r\n");
+    match format {
+        MailboxFormat::Maildir => maildir(&mail_dir.join(user), hostname, head.as_bytes(), msg),
+        MailboxFormat::Mbox => mbox(&mail_dir.join(user), return_path, head.as_bytes(), msg),
+    }
+}
+
+fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Path) -> io::Result<PathBuf> {
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    // The Maildir convention: time, then something unique on this host.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let name = format!(
+        "{}.M{}P{}Q{}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst),
+        hostname.replace(['/', ':'], "_")
+    );
+    let tmp = dir.join("tmp").join(&name);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(head)?;
+        io::copy(&mut File::open(msg)?, &mut f)?;
+        f.sync_all()?;
+        let dest = dir.join("new").join(&name);
+        fs::rename(&tmp, &dest)?;
+        sync_dir(&dir.join("new"))?;
+        Ok(dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Path) -> io::Result<PathBuf> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)?;
+    f.lock()?;
+    let old_len = f.seek(SeekFrom::End(0))?;
+    let sender = match return_path.trim_start_matches('<').trim_end_matches('>') {
+        "" => "MAILER-DAEMON".to_string(),
+        s => s.replace(' ', "_"),
+    };
+    let result = (|| {
+        let mut out = io::BufWriter::new(&f);
+        // The separator, in the asctime form readers expect.
+        writeln!(out, "From {sender} {}", asctime(time::unix_now()))?;
+        let mut reader = BufReader::new(head.chain(File::open(msg)?));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            if line.ends_with(b"\r\n") {
+                line.truncate(line.len() - 2);
+                line.push(b'\n');
+            }
+            // mboxrd: ">*From " gets one more '>'.
+            let body = line.iter().position(|&b| b != b'>').unwrap_or(line.len());
+            if line[body..].starts_with(b"From ") {
+                out.write_all(b">")?;
+            }
+            out.write_all(&line)?;
+        }
+        if !line.ends_with(b"\n") && !line.is_empty() {
+            out.write_all(b"\n")?;
+        }
+        out.write_all(b"\n")?;
+        out.flush()?;
+        drop(out);
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = f.set_len(old_len);
+        return Err(e);
+    }
+    Ok(path.to_path_buf())
+}
+
+/// `Sun Nov 29 01:54:17 2026`
+fn asctime(secs: u64) -> String {
+    format!("{} {}", time::mailq(secs), time::civil(secs).year)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("satchel-local-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn maildir_delivery_prepends_return_path_and_keeps_the_bytes() {
+        let d = tmp("maildir");
+        let msg = d.join("msg");
+        fs::write(&msg, b"Subject: x\r\n\r\nFrom here\r\n").unwrap();
+        let p = deliver(
+            &d.join("mail"),
+            MailboxFormat::Maildir,
+            "h",
+            "alice",
+            "<a@b>",
+            "<alice@h>",
+            &msg,
+        )
+        .unwrap();
+        assert!(p.starts_with(d.join("mail/alice/new")));
+        assert_eq!(
+            fs::read(&p).unwrap(),
+            b"Return-Path: <a@b>\r\nDelivered-To: <alice@h>\r\nSubject: x\r\n\r\nFrom here\r\n"
+        );
+        assert_eq!(fs::read_dir(d.join("mail/alice/tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn mbox_delivery_quotes_from_lines_and_separates_messages() {
+        let d = tmp("mbox");
+        let msg = d.join("msg");
+        fs::write(&msg, b"Subject: x\r\n\r\nFrom here\r\n>From there\r\n").unwrap();
+        for _ in 0..2 {
+            deliver(&d, MailboxFormat::Mbox, "h", "bob", "<>", "<bob@h>", &msg).unwrap();
+        }
+        let text = fs::read_to_string(d.join("bob")).unwrap();
+        assert!(text.starts_with("From MAILER-DAEMON "));
+        assert_eq!(text.matches("\nFrom MAILER-DAEMON ").count(), 1);
+        assert!(text.contains(
+            "Return-Path: <>\nDelivered-To: <bob@h>\nSubject: x\n\n>From here\n>>From there\n\n"
+        ));
+        assert!(!text.contains('\r'));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn unsafe_user_names_are_refused() {
+        let d = tmp("unsafe");
+        let msg = d.join("msg");
+        fs::write(&msg, b"x\r\n").unwrap();
+        for user in ["../etc", "a/b", ".x", "a\0b"] {
+            assert!(deliver(&d, MailboxFormat::Maildir, "h", user, "<>", "<x>", &msg).is_err());
+        }
+        fs::remove_dir_all(d).unwrap();
+    }
+}

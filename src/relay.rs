@@ -1,0 +1,607 @@
+//! Remote delivery: from a domain and its recipients to per-recipient
+//! outcomes. Finds the route (the smarthost of `relayhost`, or the MX walk
+//! of RFC 5321 §5.1 with RFC 7505 null MX and the "loops back to myself"
+//! rule), then runs one SMTP client transaction carrying all the domain's
+//! recipients over a blocking `TcpStream`, trying the next address or MX on
+//! a refused connection, a time-out or a non-2xx greeting.
+//!
+//! The dialogue's pure parts (reply assembly, capabilities, the DATA
+//! encoder) are in `smtp::client`; the spool and the envelope are the
+//! caller's (`delivery`).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::dns::{DnsError, Mx, Resolver};
+use crate::smtp::client::{mail_command, printable, Capabilities, DataEncoder, ReplyBuilder};
+use crate::smtp::reply::Reply;
+
+/// Postfix's smtp_mx_address_limit: addresses tried per delivery.
+const MAX_ADDRESSES: usize = 5;
+/// A reply line longer than this is a broken peer.
+const MAX_REPLY_LINE: u64 = 4096;
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent(String),
+    Deferred(String),
+    Failed(String),
+}
+
+/// Outcomes plus the host that gave them (for logs and Remote-MTA).
+#[derive(Debug, Clone)]
+pub struct DomainResult {
+    pub outcomes: Vec<Outcome>,
+    /// `host[ip]:port` of the server that answered, if any did.
+    pub relay: Option<String>,
+    /// The host name, for the DSN's Remote-MTA field.
+    pub remote_mta: Option<String>,
+}
+
+/// `relayhost = [host]:port` (no MX look-up) or `host:port` (MX look-up of host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayhost {
+    pub host: String,
+    pub port: u16,
+    pub mx_lookup: bool,
+}
+
+impl Relayhost {
+    pub fn parse(s: &str, default_port: u16) -> Option<Relayhost> {
+        let (host, mx_lookup, rest) = if let Some(r) = s.strip_prefix('[') {
+            let end = r.find(']')?;
+            (&r[..end], false, &r[end + 1..])
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, true, &s[h.len()..][..p.len() + 1]),
+                _ => (s, true, ""),
+            }
+        };
+        let port = match rest.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if rest.is_empty() => default_port,
+            None => return None,
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(Relayhost {
+            host: host.to_ascii_lowercase(),
+            port,
+            mx_lookup,
+        })
+    }
+}
+
+impl std::fmt::Display for Relayhost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.mx_lookup {
+            write!(f, "{}:{}", self.host, self.port)
+        } else {
+            write!(f, "[{}]:{}", self.host, self.port)
+        }
+    }
+}
+
+pub struct RelayConfig {
+    pub hostname: String,
+    pub port: u16,
+    pub relayhost: Option<Relayhost>,
+    pub connect_timeout: Duration,
+    /// RFC 5321 §4.5.3.2: greeting, MAIL, RCPT and each DATA block (5 min);
+    /// the final reply to DATA gets twice this (the RFC's 10 minutes).
+    pub command_timeout: Duration,
+}
+
+/// The message to send.
+pub struct Message<'a> {
+    pub from: &'a str,
+    pub path: &'a Path,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+/// A host to try, with the addresses known for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// RFC 5321 §5.1 and RFC 7505: orders MX records for delivery.
+/// `Err` carries a permanent failure reason for every recipient.
+pub fn order_mx(domain: &str, mut mxs: Vec<Mx>, myhostname: &str) -> Result<Vec<Hop>, String> {
+    if mxs.is_empty() {
+        // §5.1: no MX records: the domain itself is the implicit MX.
+        return Ok(vec![Hop {
+            name: domain.to_ascii_lowercase(),
+            addresses: Vec::new(),
+        }]);
+    }
+    let real: Vec<Mx> = mxs
+        .iter()
+        .filter(|m| !m.exchange.is_empty())
+        .cloned()
+        .collect();
+    if real.is_empty() {
+        return Err(format!(
+            "550 5.1.10 <{domain}>: Domain does not accept mail (null MX, RFC 7505)"
+        ));
+    }
+    mxs = real;
+    // Equal preferences in random order (§5.1): sort by (preference, random).
+    let seed = RandomState::new();
+    let key = |m: &Mx| {
+        let mut h = seed.build_hasher();
+        h.write(m.exchange.as_bytes());
+        (m.preference, h.finish())
+    };
+    mxs.sort_by_key(key);
+    // §5.1: if we are an MX, only better (lower) preferences may be used.
+    if let Some(mine) = mxs
+        .iter()
+        .find(|m| m.exchange.eq_ignore_ascii_case(myhostname))
+        .map(|m| m.preference)
+    {
+        mxs.retain(|m| m.preference < mine);
+        if mxs.is_empty() {
+            return Err(format!("554 5.4.6 mail for {domain} loops back to myself"));
+        }
+    }
+    Ok(mxs
+        .into_iter()
+        .map(|m| Hop {
+            name: m.exchange,
+            addresses: m.addresses,
+        })
+        .collect())
+}
+
+/// The hosts to try for `domain`, or outcomes that end the attempt now.
+fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<Vec<Hop>, Outcome> {
+    let (name, mx_lookup) = match &cfg.relayhost {
+        Some(r) => (r.host.as_str(), r.mx_lookup),
+        None => (domain, true),
+    };
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(vec![Hop {
+            name: ip.to_string(),
+            addresses: vec![ip],
+        }]);
+    }
+    if !mx_lookup {
+        return Ok(vec![Hop {
+            name: name.to_string(),
+            addresses: Vec::new(),
+        }]);
+    }
+    match dns.mx(name) {
+        Ok(mxs) => order_mx(name, mxs, &cfg.hostname).map_err(Outcome::Failed),
+        Err(DnsError::NxDomain) => Err(Outcome::Failed(format!(
+            "550 5.1.2 <{name}>: Host or domain name not found"
+        ))),
+        Err(DnsError::Temporary(t)) => Err(Outcome::Deferred(format!(
+            "451 4.4.3 <{name}>: Host or domain name lookup failed: {}",
+            printable(&t)
+        ))),
+    }
+}
+
+/// Delivers `msg` to `rcpts` (addresses without brackets) of one domain.
+pub fn deliver(
+    domain: &str,
+    rcpts: &[String],
+    msg: &Message,
+    cfg: &RelayConfig,
+    dns: &dyn Resolver,
+) -> DomainResult {
+    let all = |o: Outcome| DomainResult {
+        outcomes: vec![o; rcpts.len()],
+        relay: None,
+        remote_mta: None,
+    };
+    let hops = match route(domain, cfg, dns) {
+        Ok(h) => h,
+        Err(o) => return all(o),
+    };
+    let port = cfg.relayhost.as_ref().map_or(cfg.port, |r| r.port);
+    let mut last_error = String::from("451 4.4.1 no address to deliver to");
+    let mut permanent_dns_failures = 0;
+    let mut tried = 0;
+    for hop in &hops {
+        let addrs = if hop.addresses.is_empty() {
+            match dns.addresses(&hop.name) {
+                Ok(a) if a.is_empty() => {
+                    permanent_dns_failures += 1;
+                    last_error = format!("451 4.4.4 {}: no A or AAAA record", hop.name);
+                    continue;
+                }
+                Ok(a) => a,
+                Err(DnsError::NxDomain) => {
+                    permanent_dns_failures += 1;
+                    last_error = format!("451 4.4.4 {}: Host not found", hop.name);
+                    continue;
+                }
+                Err(DnsError::Temporary(t)) => {
+                    last_error = format!(
+                        "451 4.4.3 {}: address lookup failed: {}",
+                        hop.name,
+                        printable(&t)
+                    );
+                    continue;
+                }
+            }
+        } else {
+            hop.addresses.clone()
+        };
+        for ip in addrs {
+            if tried >= MAX_ADDRESSES {
+                break;
+            }
+            tried += 1;
+            let addr = SocketAddr::new(ip, port);
+            let relay = format!("{}[{}]:{}", hop.name, ip, port);
+            match transaction(addr, rcpts, msg, cfg) {
+                Ok(outcomes) => {
+                    return DomainResult {
+                        outcomes,
+                        relay: Some(relay),
+                        remote_mta: Some(hop.name.clone()),
+                    }
+                }
+                Err(e) => {
+                    log::info!("{relay}: {e}; trying the next host");
+                    last_error = format!("451 4.4.1 {relay}: {e}");
+                }
+            }
+        }
+    }
+    // §5.1: the implicit MX has no address at all: the domain cannot receive mail.
+    if tried == 0
+        && permanent_dns_failures == hops.len()
+        && cfg.relayhost.is_none()
+        && hops.len() == 1
+        && hops[0].name == domain
+    {
+        return all(Outcome::Failed(format!(
+            "550 5.1.2 <{domain}>: Host or domain name not found"
+        )));
+    }
+    all(Outcome::Deferred(last_error))
+}
+
+/// The socket side of a client session.
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    timeout: Duration,
+}
+
+impl Conn {
+    fn reply(&mut self, timeout: Duration) -> Result<Reply, String> {
+        self.w
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        let mut b = ReplyBuilder::default();
+        loop {
+            if Instant::now() > deadline {
+                return Err("timed out reading a reply".into());
+            }
+            let mut line = Vec::new();
+            let n = (&mut self.r)
+                .take(MAX_REPLY_LINE)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| {
+                    if is_timeout(&e) {
+                        "timed out reading a reply".to_string()
+                    } else {
+                        e.to_string()
+                    }
+                })?;
+            if n == 0 {
+                return Err("lost connection".into());
+            }
+            if line.last() != Some(&b'\n') {
+                return Err("reply line too long".into());
+            }
+            let text = String::from_utf8_lossy(&line);
+            if let Some(r) = b.push(text.trim_end_matches(['\r', '\n']))? {
+                return Ok(r);
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.w
+            .write_all(bytes)
+            .map_err(|e| format!("write failed: {e}"))
+    }
+
+    fn command(&mut self, line: &str) -> Result<Reply, String> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.reply(self.timeout)
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// One SMTP transaction at `addr`. `Err` means "this host did not take
+/// part" (refused, timed out, broke off): try the next one.
+fn transaction(
+    addr: SocketAddr,
+    rcpts: &[String],
+    msg: &Message,
+    cfg: &RelayConfig,
+) -> Result<Vec<Outcome>, String> {
+    let stream = TcpStream::connect_timeout(&addr, cfg.connect_timeout)
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_write_timeout(Some(cfg.command_timeout))
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let r = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut c = Conn {
+        r,
+        w: stream,
+        timeout: cfg.command_timeout,
+    };
+
+    let greeting = c.reply(cfg.command_timeout)?;
+    if greeting.code != 220 {
+        return Err(format!("greeting: {}", printable(&greeting.one_line())));
+    }
+    let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
+    let caps = if ehlo.code == 250 {
+        Capabilities::from_ehlo(&ehlo)
+    } else {
+        let helo = c.command(&format!("HELO {}", cfg.hostname))?;
+        if helo.code != 250 {
+            return Err(format!("HELO: {}", printable(&helo.one_line())));
+        }
+        Capabilities::default()
+    };
+    let outcomes = dialogue(&mut c, rcpts, msg, &caps);
+    let _ = c.send(b"QUIT\r\n");
+    let _ = c.reply(Duration::from_secs(5));
+    outcomes
+}
+
+fn dialogue(
+    c: &mut Conn,
+    rcpts: &[String],
+    msg: &Message,
+    caps: &Capabilities,
+) -> Result<Vec<Outcome>, String> {
+    let all = |o: Outcome| Ok(vec![o; rcpts.len()]);
+    // RFC 1870 §6.1: a message larger than the announced limit is refused.
+    if let Some(limit) = caps.size.filter(|&l| l > 0) {
+        if msg.size > limit {
+            return all(Outcome::Failed(format!(
+                "552 5.3.4 message size {} exceeds the remote limit of {limit}",
+                msg.size
+            )));
+        }
+    }
+    // RFC 6531 §3.4: SMTPUTF8 mail cannot go to a server without it.
+    if msg.smtputf8 && !caps.smtputf8 {
+        return all(Outcome::Failed(
+            "553 5.6.7 remote server does not support SMTPUTF8".into(),
+        ));
+    }
+    let mail = mail_command(msg.from, msg.size, msg.eight_bit, msg.smtputf8, caps);
+    let rcpt_lines: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect();
+
+    let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
+        // RFC 2920: MAIL, every RCPT and DATA in one go, replies in order.
+        let mut batch = format!("{mail}\r\n");
+        for l in &rcpt_lines {
+            batch.push_str(l);
+            batch.push_str("\r\n");
+        }
+        batch.push_str("DATA\r\n");
+        c.send(batch.as_bytes())?;
+        let m = c.reply(c.timeout)?;
+        let mut rs = Vec::new();
+        for _ in &rcpt_lines {
+            rs.push(c.reply(c.timeout)?);
+        }
+        let d = c.reply(c.timeout)?;
+        (m, rs, Some(d))
+    } else {
+        let m = c.command(&mail)?;
+        let mut rs = Vec::new();
+        if m.code == 250 {
+            for l in &rcpt_lines {
+                rs.push(c.command(l)?);
+            }
+        }
+        (m, rs, None)
+    };
+
+    if mail_reply.code != 250 {
+        let text = printable(&mail_reply.one_line());
+        if data_reply.as_ref().is_some_and(|d| d.code == 354) {
+            // A server that took DATA anyway: end it without content.
+            c.send(b".\r\n")?;
+            let _ = c.reply(c.timeout);
+        }
+        let _ = c.command("RSET");
+        return all(if mail_reply.is_permanent() {
+            Outcome::Failed(text)
+        } else {
+            Outcome::Deferred(text)
+        });
+    }
+    let mut outcomes: Vec<Option<Outcome>> = rcpt_replies
+        .iter()
+        .map(|r| match r.code {
+            250 | 251 => None,
+            c if c >= 500 => Some(Outcome::Failed(printable(&r.one_line()))),
+            _ => Some(Outcome::Deferred(printable(&r.one_line()))),
+        })
+        .collect();
+    let accepted = outcomes.iter().filter(|o| o.is_none()).count();
+    let data = match data_reply {
+        Some(d) => d,
+        None if accepted == 0 => {
+            let _ = c.command("RSET");
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        None => c.command("DATA")?,
+    };
+    if accepted == 0 {
+        if data.code == 354 {
+            c.send(b".\r\n")?;
+            let _ = c.reply(c.timeout);
+        }
+        return Ok(outcomes.into_iter().flatten().collect());
+    }
+    let final_reply = if data.code == 354 {
+        send_content(c, msg.path)?;
+        c.reply(c.timeout * 2)?
+    } else {
+        data
+    };
+    let text = printable(&final_reply.one_line());
+    for o in outcomes.iter_mut().filter(|o| o.is_none()) {
+        *o = Some(match final_reply.code {
+            250 => Outcome::Sent(text.clone()),
+            c if c >= 500 => Outcome::Failed(text.clone()),
+            _ => Outcome::Deferred(text.clone()),
+        });
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Deferred("no reply".into())))
+        .collect())
+}
+
+fn send_content(c: &mut Conn, path: &Path) -> Result<(), String> {
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the queued message: {e}"))?;
+    let mut enc = DataEncoder::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(70 * 1024);
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("cannot read the queued message: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        enc.encode(&buf[..n], &mut out);
+        c.send(&out)?;
+        out.clear();
+    }
+    enc.finish(&mut out);
+    c.send(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mx(p: u16, e: &str) -> Mx {
+        Mx {
+            preference: p,
+            exchange: e.into(),
+            addresses: vec![],
+        }
+    }
+
+    fn names(h: &[Hop]) -> Vec<&str> {
+        h.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    #[test]
+    fn mx_records_are_sorted_by_preference() {
+        let h = order_mx(
+            "d.test",
+            vec![mx(20, "b.d.test"), mx(10, "a.d.test"), mx(30, "c.d.test")],
+            "me.test",
+        )
+        .unwrap();
+        assert_eq!(names(&h), vec!["a.d.test", "b.d.test", "c.d.test"]);
+    }
+
+    #[test]
+    fn equal_preferences_are_shuffled() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let h = order_mx("d.test", vec![mx(10, "a"), mx(10, "b"), mx(10, "c")], "me").unwrap();
+            seen.insert(names(&h).join(","));
+        }
+        assert!(seen.len() > 1, "always the same order: {seen:?}");
+    }
+
+    #[test]
+    fn no_mx_means_the_domain_itself() {
+        assert_eq!(
+            names(&order_mx("D.test", vec![], "me").unwrap()),
+            vec!["d.test"]
+        );
+    }
+
+    #[test]
+    fn null_mx_fails_with_5_1_10() {
+        assert!(order_mx("d.test", vec![mx(0, "")], "me")
+            .unwrap_err()
+            .contains("5.1.10"));
+    }
+
+    #[test]
+    fn only_better_mx_than_ourselves_are_used() {
+        let h = order_mx(
+            "d.test",
+            vec![mx(10, "a"), mx(20, "me.test"), mx(30, "c")],
+            "ME.test",
+        )
+        .unwrap();
+        assert_eq!(names(&h), vec!["a"]);
+        let e = order_mx("d.test", vec![mx(10, "me.test"), mx(20, "c")], "me.test").unwrap_err();
+        assert!(e.contains("5.4.6") && e.contains("loops back to myself"));
+    }
+
+    #[test]
+    fn relayhost_forms_parse() {
+        assert_eq!(
+            Relayhost::parse("[127.0.0.4]:2525", 25),
+            Some(Relayhost {
+                host: "127.0.0.4".into(),
+                port: 2525,
+                mx_lookup: false
+            })
+        );
+        assert_eq!(
+            Relayhost::parse("smart.example", 25),
+            Some(Relayhost {
+                host: "smart.example".into(),
+                port: 25,
+                mx_lookup: true
+            })
+        );
+        assert_eq!(
+            Relayhost::parse("smart.example:587", 25),
+            Some(Relayhost {
+                host: "smart.example".into(),
+                port: 587,
+                mx_lookup: true
+            })
+        );
+        assert_eq!(Relayhost::parse("[::1]:26", 25).map(|r| r.port), Some(26));
+        assert_eq!(Relayhost::parse("[x]:notaport", 25), None);
+        assert_eq!(Relayhost::parse("", 25), None);
+    }
+}

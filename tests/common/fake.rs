@@ -1,0 +1,147 @@
+//! A scripted remote SMTP server for delivery tests: it answers each RCPT
+//! as a test-supplied rule says (so a test can have a peer that defers
+//! once, refuses one recipient, or stalls), and records what it received.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// One received transaction.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+/// The reply to `RCPT TO:<rcpt>` on connection number `conn` (from 0).
+pub type Rule = dyn Fn(&str, usize) -> String + Send + Sync;
+
+pub struct FakeSmtp {
+    pub addr: SocketAddr,
+    pub got: Arc<Mutex<Vec<Received>>>,
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeSmtp {
+    pub fn start(addr: SocketAddr, rule: Box<Rule>) -> FakeSmtp {
+        let l = TcpListener::bind(addr).expect("bind fake smtp");
+        let addr = l.local_addr().expect("addr");
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let rule: Arc<Rule> = Arc::from(rule);
+        {
+            let (got, connections, stop) = (got.clone(), connections.clone(), stop.clone());
+            thread::spawn(move || {
+                for s in l.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(s) = s else { continue };
+                    let n = connections.fetch_add(1, Ordering::SeqCst);
+                    let (got, rule) = (got.clone(), rule.clone());
+                    thread::spawn(move || {
+                        let _ = session(s, n, &*rule, &got);
+                    });
+                }
+            });
+        }
+        FakeSmtp {
+            addr,
+            got,
+            connections,
+            stop,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for FakeSmtp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn session(s: TcpStream, n: usize, rule: &Rule, got: &Mutex<Vec<Received>>) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    w.write_all(b"220 fake.test ESMTP\r\n")?;
+    let mut cur = Received {
+        from: String::new(),
+        rcpts: Vec::new(),
+        data: Vec::new(),
+    };
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        assert!(
+            line.ends_with("\r\n"),
+            "the client sent a line without CRLF: {line:?}"
+        );
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            "250-fake.test\r\n250-8BITMIME\r\n250 SIZE 100000000".to_string()
+        } else if upper.starts_with("HELO") {
+            "250 fake.test".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            cur = Received {
+                from: cmd[10..].split(' ').next().unwrap_or("").to_string(),
+                rcpts: Vec::new(),
+                data: Vec::new(),
+            };
+            "250 2.1.0 ok".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = cmd[8..]
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string();
+            let reply = rule(&rcpt, n);
+            if reply.starts_with('2') {
+                cur.rcpts.push(rcpt);
+            }
+            reply
+        } else if upper == "DATA" {
+            w.write_all(b"354 go ahead\r\n")?;
+            let mut data = Vec::new();
+            loop {
+                let mut l = Vec::new();
+                if r.read_until(b'\n', &mut l)? == 0 {
+                    return Ok(());
+                }
+                if l == b".\r\n" {
+                    break;
+                }
+                let l = if l.starts_with(b".") {
+                    l[1..].to_vec()
+                } else {
+                    l
+                };
+                data.extend_from_slice(&l);
+            }
+            cur.data = data;
+            got.lock().expect("lock").push(cur.clone());
+            "250 2.0.0 queued on fake".into()
+        } else if upper == "RSET" || upper == "NOOP" {
+            "250 ok".into()
+        } else if upper == "QUIT" {
+            w.write_all(b"221 bye\r\n")?;
+            return Ok(());
+        } else {
+            "500 what?".into()
+        };
+        w.write_all(format!("{reply}\r\n").as_bytes())?;
+    }
+}

@@ -1,0 +1,498 @@
+//! The delivering half, hermetic: satchel processes on 127.0.0.x loopback
+//! addresses as separate hosts, a DNS server of the tests' own on loopback,
+//! scripted remote SMTP servers, Maildirs read back by Python's `mailbox`.
+
+mod common;
+
+use common::dns::TestDns;
+use common::fake::FakeSmtp;
+use common::{free_port, queue_id, shared_port, Client, Server};
+use std::fs;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+fn body(subject: &str) -> Vec<u8> {
+    format!("From: someone\r\nSubject: {subject}\r\nMessage-ID: <{subject}@test>\r\n\r\nHello, {subject}.\r\n").into_bytes()
+}
+
+/// Sends one message; returns its queue ID.
+fn send(s: &Server, from: &str, to: &[&str], subject: &str) -> String {
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.mail(from, to, &body(subject));
+    assert_eq!(code, 250, "{text}");
+    c.cmd("QUIT");
+    queue_id(&text)
+}
+
+fn python(script: &str, arg: &std::path::Path) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(arg)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn delivering(extra: &str) -> Server {
+    Server::start(&format!("defer_delivery = no\n{extra}"))
+}
+
+#[test]
+fn local_mail_lands_in_maildir_with_return_path_and_python_reads_it() {
+    let s = delivering("");
+    let id = send(&s, "a@example.org", &["alice@satchel.test"], "maildir");
+    s.wait_for("delivery to alice", || {
+        s.maildir("alice").len() == 1 && s.queued().is_empty()
+    });
+    let bytes = fs::read(&s.maildir("alice")[0]).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.starts_with("Return-Path: <a@example.org>\r\nDelivered-To: <alice@satchel.test>\r\nReceived: from client.test"),
+        "{text}"
+    );
+    assert!(text.ends_with("Hello, maildir.\r\n"));
+    let out = python(
+        "import mailbox,sys\nm=list(mailbox.Maildir(sys.argv[1], factory=None))\nprint(len(m), m[0]['Subject'], m[0]['Return-Path'])",
+        &s.mail_dir().join("alice"),
+    );
+    assert_eq!(out.trim(), "1 maildir <a@example.org>");
+    s.wait_for("removal log", || {
+        s.log().contains(&format!("{id}: removed"))
+    });
+    assert!(s.log().contains(&format!(
+        "{id}: to=<alice@satchel.test>, relay=local, delay="
+    )));
+    assert!(!s.spool().join("msg").join(&id).exists());
+}
+
+#[test]
+fn mbox_delivery_is_read_back_by_python() {
+    let s = delivering("mailbox_format = mbox\n");
+    send(&s, "a@example.org", &["bob@satchel.test"], "first");
+    send(&s, "", &["bob@satchel.test"], "second");
+    let mbox = s.mail_dir().join("bob");
+    s.wait_for("two messages in the mbox", || {
+        fs::read_to_string(&mbox)
+            .unwrap_or_default()
+            .matches("\nSubject: ")
+            .count()
+            == 2
+    });
+    let out = python(
+        "import mailbox,sys\nfor m in mailbox.mbox(sys.argv[1]): print(m['Subject'], m['Return-Path'])",
+        &mbox,
+    );
+    assert_eq!(out, "first <a@example.org>\nsecond <>\n");
+}
+
+#[test]
+fn an_alias_reaches_a_local_and_a_remote_target() {
+    let remote = FakeSmtp::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    let mut s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!(
+            "defer_delivery = no\nrelayhost = [127.0.0.1]:{}\n",
+            remote.addr.port()
+        ),
+    );
+    fs::write(
+        s.dir.0.join("aliases"),
+        "postmaster: alice\nstaff: bob, carol@remote.test\nloop1: loop2\nloop2: loop1\n",
+    )
+    .unwrap();
+    s.spawn();
+    send(
+        &s,
+        "a@example.org",
+        &["staff@satchel.test", "postmaster@satchel.test"],
+        "alias",
+    );
+    s.wait_for("bob's copy", || s.maildir("bob").len() == 1);
+    s.wait_for("alice's copy (postmaster)", || {
+        s.maildir("alice").len() == 1
+    });
+    s.wait_for("carol's copy at the remote", || {
+        remote.received().len() == 1
+    });
+    let got = &remote.received()[0];
+    assert_eq!(got.rcpts, vec!["carol@remote.test"]);
+    assert_eq!(got.from, "<a@example.org>");
+    let bob = fs::read_to_string(&s.maildir("bob")[0]).unwrap();
+    assert!(bob.starts_with("Return-Path: <a@example.org>\r\nDelivered-To: <bob@satchel.test>\r\n"));
+    // An alias loop bounces (to alice, the sender here).
+    send(&s, "alice@satchel.test", &["loop1@satchel.test"], "loop");
+    s.wait_for("the loop bounce", || s.maildir("alice").len() == 2);
+    let bounce = fs::read_to_string(&s.maildir("alice")[1]).unwrap();
+    assert!(
+        bounce.contains("Status: 5.4.6") && bounce.contains("alias loop"),
+        "{bounce}"
+    );
+}
+
+/// The seed's path: a message submitted to host A for user@dest.test; the
+/// MX of dest.test is host B, which relays to its internal host C. On C the
+/// message begins with Return-Path and one Received line per hop, newest first.
+#[test]
+fn the_seeds_path_through_three_hosts_gives_the_classic_header() {
+    let dns = TestDns::start();
+    let (a_ip, b_ip, c_ip) = ([127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]);
+    let port = shared_port(&[a_ip, b_ip, c_ip]);
+    dns.mx("dest.test", 10, "mx.dest.test");
+    dns.a("mx.dest.test", b_ip.into());
+    let c = Server::start_at(c_ip, port, "hostname = c.dest.test\nlocal_domains = dest.test\nlocal_users = user\ndefer_delivery = no\n");
+    let b = Server::start_at(
+        b_ip,
+        port,
+        &format!(
+            "hostname = mx.dest.test\nlocal_domains = mx.dest.test\nrelay_networks = 127.0.0.0/8\nrelayhost = [127.0.0.4]:{port}\ndefer_delivery = no\n"
+        ),
+    );
+    let a = Server::start_at(
+        a_ip,
+        port,
+        &format!(
+            "hostname = a.origin.test\nlocal_domains = origin.test\nlocal_users = sender\nrelay_networks = 127.0.0.0/8\n\
+             dns_servers = {}\nrelay_port = {port}\ndefer_delivery = no\n",
+            dns.addr
+        ),
+    );
+    send(&a, "sender@origin.test", &["user@dest.test"], "seed");
+    c.wait_for("delivery on C", || c.maildir("user").len() == 1);
+    let text = fs::read_to_string(&c.maildir("user")[0]).unwrap();
+    let headers: Vec<&str> = text
+        .split("\r\n")
+        .filter(|l| !l.starts_with('\t'))
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        headers[..5],
+        [
+            "Return-Path:",
+            "Delivered-To:",
+            "Received:",
+            "Received:",
+            "Received:"
+        ],
+        "{text}"
+    );
+    assert!(
+        text.starts_with("Return-Path: <sender@origin.test>\r\nDelivered-To: <user@dest.test>\r\n")
+    );
+    let hops: Vec<&str> = text.split("Received: from ").skip(1).collect();
+    assert!(
+        hops[0].contains("by c.dest.test (satchel)") && hops[0].starts_with("mx.dest.test "),
+        "{}",
+        hops[0]
+    );
+    assert!(
+        hops[1].contains("by mx.dest.test (satchel)") && hops[1].starts_with("a.origin.test "),
+        "{}",
+        hops[1]
+    );
+    assert!(
+        hops[2].contains("by a.origin.test (satchel)")
+            && hops[2].starts_with("client.test ([127.0.0.1])"),
+        "{}",
+        hops[2]
+    );
+    assert!(text.ends_with("Hello, seed.\r\n"));
+    drop((a, b));
+}
+
+#[test]
+fn the_best_mx_refuses_and_the_second_takes_it() {
+    let dns = TestDns::start();
+    let port = shared_port(&[[127, 0, 0, 5], [127, 0, 0, 6]]);
+    let second = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 6], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    dns.mx("d.test", 10, "mx1.d.test");
+    dns.mx("d.test", 20, "mx2.d.test");
+    dns.a("mx1.d.test", [127, 0, 0, 5].into()); // nothing listens there
+    dns.a("mx2.d.test", [127, 0, 0, 6].into());
+    let s = delivering(&format!(
+        "dns_servers = {}\nrelay_port = {port}\n",
+        dns.addr
+    ));
+    let id = send(&s, "a@satchel.test", &["x@d.test"], "fallback");
+    s.wait_for("delivery via the second MX", || {
+        second.received().len() == 1
+    });
+    s.wait_for("sent log", || {
+        s.log().contains(&format!(
+            "{id}: to=<x@d.test>, relay=mx2.d.test[127.0.0.6]:{port}"
+        ))
+    });
+}
+
+#[test]
+fn a_domain_without_mx_gets_mail_at_its_own_address() {
+    let dns = TestDns::start();
+    let port = free_port();
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 7], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    dns.a("implicit.test", [127, 0, 0, 7].into());
+    let s = delivering(&format!(
+        "dns_servers = {}\nrelay_port = {port}\n",
+        dns.addr
+    ));
+    send(&s, "a@satchel.test", &["x@implicit.test"], "implicit");
+    s.wait_for("delivery to the implicit MX", || host.received().len() == 1);
+}
+
+fn bounce_for(s: &Server, n: usize) -> String {
+    s.wait_for("a bounce in alice's mailbox", || {
+        s.maildir("alice").len() >= n
+    });
+    fs::read_to_string(&s.maildir("alice")[n - 1]).unwrap()
+}
+
+/// Parses a bounce with Python's email package; prints the report's fields.
+fn parse_bounce(path: &std::path::Path) -> String {
+    python(
+        "import email,sys\nm=email.message_from_binary_file(open(sys.argv[1],'rb'))\n\
+         print(m.get_content_type(), m.get_param('report-type'), m['Return-Path'])\n\
+         for p in m.walk():\n    print(p.get_content_type())\n\
+         st=[p for p in m.walk() if p.get_content_type()=='message/delivery-status'][0]\n\
+         for block in st.get_payload():\n    for k in ('Final-Recipient','Action','Status'):\n        if block[k]: print(k, block[k])",
+        path,
+    )
+}
+
+#[test]
+fn a_null_mx_bounces_at_once_with_5_1_10() {
+    let dns = TestDns::start();
+    dns.mx("nullmx.test", 0, ".");
+    let s = delivering(&format!("dns_servers = {}\n", dns.addr));
+    send(&s, "alice@satchel.test", &["x@nullmx.test"], "nullmx");
+    let b = bounce_for(&s, 1);
+    assert!(
+        b.starts_with("Return-Path: <>\r\n"),
+        "a bounce comes from <>"
+    );
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(
+        report.contains("multipart/report delivery-status <>"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Final-Recipient rfc822; x@nullmx.test\nAction failed\nStatus 5.1.10"),
+        "{report}"
+    );
+}
+
+#[test]
+fn an_unknown_domain_bounces_with_5_1_2() {
+    let dns = TestDns::start();
+    let s = delivering(&format!("dns_servers = {}\n", dns.addr));
+    send(&s, "alice@satchel.test", &["x@nowhere.test"], "nxdomain");
+    bounce_for(&s, 1);
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(report.contains("Status 5.1.2"), "{report}");
+}
+
+#[test]
+fn a_dns_time_out_defers_and_mail_goes_once_dns_answers() {
+    let dns = TestDns::start();
+    let port = free_port();
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 8], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    dns.mx("slow.test", 10, "mx.slow.test");
+    dns.a("mx.slow.test", [127, 0, 0, 8].into());
+    dns.silent("slow.test", true);
+    let s = delivering(&format!(
+        "dns_servers = {}\ndns_timeout = 200ms\nrelay_port = {port}\n",
+        dns.addr
+    ));
+    let id = send(&s, "alice@satchel.test", &["x@slow.test"], "slowdns");
+    s.wait_for("deferral", || {
+        s.log()
+            .contains(&format!("{id}: to=<x@slow.test>, relay=none, delay="))
+            && s.queued() == vec![id.clone()]
+    });
+    assert!(
+        s.log().contains("status=deferred (451 4.4.3"),
+        "{}",
+        s.log()
+    );
+    let list = String::from_utf8_lossy(&s.run(&["queue", "list"]).stdout).into_owned();
+    assert!(
+        list.contains("x@slow.test (deferred, next attempt "),
+        "{list}"
+    );
+    assert!(host.received().is_empty());
+    dns.silent("slow.test", false);
+    let out = s.run(&["queue", "flush"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_for("delivery after the flush", || host.received().len() == 1);
+    s.wait_for("removal", || s.queued().is_empty());
+}
+
+#[test]
+fn a_remote_4xx_defers_with_backoff_then_delivers() {
+    let port = free_port();
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, conn| {
+            if conn == 0 {
+                "451 4.3.0 try again later".into()
+            } else {
+                "250 ok".into()
+            }
+        }),
+    );
+    let s = delivering(&format!(
+        "relayhost = [127.0.0.1]:{port}\nmin_backoff = 10m\n"
+    ));
+    let id = send(&s, "alice@satchel.test", &["x@remote.test"], "retry");
+    s.wait_for("deferral", || {
+        s.queued() == vec![id.clone()]
+            && s.log()
+                .contains("status=deferred (451 4.3.0 try again later)")
+    });
+    let env = s.envelope(&id);
+    assert!(env.contains("\nattempts 1\n"), "{env}");
+    let next: u64 = env
+        .lines()
+        .find_map(|l| l.strip_prefix("next-attempt "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let created: u64 = env
+        .lines()
+        .find_map(|l| l.strip_prefix("created "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        next >= created + 600,
+        "backoff of min_backoff: {next} vs {created}"
+    );
+    assert!(
+        env.contains("rcpt deferred <x@remote.test> 451 4.3.0 try again later"),
+        "{env}"
+    );
+    assert!(s.run(&["queue", "flush"]).status.success());
+    s.wait_for("delivery on retry", || {
+        host.received().len() == 1 && s.queued().is_empty()
+    });
+}
+
+#[test]
+fn a_5xx_for_one_of_two_recipients_delivers_one_and_bounces_the_other() {
+    let port = free_port();
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|rcpt, _| {
+            if rcpt.starts_with("bad@") {
+                "550 5.1.1 no such user".into()
+            } else {
+                "250 ok".into()
+            }
+        }),
+    );
+    let s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
+    send(
+        &s,
+        "alice@satchel.test",
+        &["good@remote.test", "bad@remote.test"],
+        "mixed",
+    );
+    s.wait_for("the good copy", || host.received().len() == 1);
+    assert_eq!(host.received()[0].rcpts, vec!["good@remote.test"]);
+    bounce_for(&s, 1);
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(
+        report.contains("multipart/report delivery-status <>"),
+        "{report}"
+    );
+    // Python shows the delivery-status blocks as text/plain sub-parts.
+    assert!(report.contains("multipart/report\ntext/plain\nmessage/delivery-status\n"), "{report}");
+    assert!(report.contains("\ntext/rfc822-headers\n"), "{report}");
+    assert!(
+        report.contains("Final-Recipient rfc822; bad@remote.test\nAction failed\nStatus 5.1.1"),
+        "{report}"
+    );
+    assert!(!report.contains("good@remote.test"));
+    let b = fs::read_to_string(&s.maildir("alice")[0]).unwrap();
+    assert!(
+        b.contains("Subject: mixed"),
+        "the original headers come back"
+    );
+    assert!(b.contains("Remote-MTA: dns; 127.0.0.1"));
+    s.wait_for("queue empty", || s.queued().is_empty());
+}
+
+#[test]
+fn mail_from_the_null_sender_is_never_bounced() {
+    let port = free_port();
+    let _host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "550 5.1.1 no".into()),
+    );
+    let s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
+    let id = send(&s, "", &["bad@remote.test"], "double");
+    s.wait_for("the failure", || {
+        s.log().contains(&format!("{id}: removed"))
+    });
+    assert!(s.log().contains("not returned; discarded"));
+    assert!(s.queued().is_empty(), "no bounce was queued");
+    assert!(!s.mail_dir().exists() || fs::read_dir(s.mail_dir()).unwrap().count() == 0);
+}
+
+#[test]
+fn kill_9_during_delivery_loses_nothing() {
+    let port = free_port();
+    // The first connection stalls at RCPT long enough for the kill.
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, conn| {
+            if conn == 0 {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            "250 ok".into()
+        }),
+    );
+    let mut s = delivering(&format!(
+        "relayhost = [127.0.0.1]:{port}\ndelivery_threads = 1\n"
+    ));
+    let subjects: Vec<String> = (0..5).map(|i| format!("crash{i}")).collect();
+    for sub in &subjects {
+        send(&s, "alice@satchel.test", &["x@remote.test"], sub);
+    }
+    s.wait_for("the first connection", || {
+        host.connections.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    s.kill9();
+    s.spawn();
+    s.wait_for("all five delivered", || {
+        let got = host.received();
+        subjects.iter().all(|sub| {
+            got.iter()
+                .any(|g| String::from_utf8_lossy(&g.data).contains(&format!("Subject: {sub}\r\n")))
+        })
+    });
+    s.wait_for("queue empty", || s.queued().is_empty());
+}
