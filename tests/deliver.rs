@@ -429,7 +429,10 @@ fn a_5xx_for_one_of_two_recipients_delivers_one_and_bounces_the_other() {
         "{report}"
     );
     // Python shows the delivery-status blocks as text/plain sub-parts.
-    assert!(report.contains("multipart/report\ntext/plain\nmessage/delivery-status\n"), "{report}");
+    assert!(
+        report.contains("multipart/report\ntext/plain\nmessage/delivery-status\n"),
+        "{report}"
+    );
     assert!(report.contains("\ntext/rfc822-headers\n"), "{report}");
     assert!(
         report.contains("Final-Recipient rfc822; bad@remote.test\nAction failed\nStatus 5.1.1"),
@@ -495,4 +498,49 @@ fn kill_9_during_delivery_loses_nothing() {
         })
     });
     s.wait_for("queue empty", || s.queued().is_empty());
+}
+
+#[test]
+fn a_delay_warning_is_sent_once_when_configured() {
+    let port = free_port();
+    let _host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "451 4.3.0 later".into()),
+    );
+    let s = delivering(&format!("relayhost = [127.0.0.1]:{port}\nmin_backoff = 1s\nmax_backoff = 1s\ndelay_warning_time = 1s\n"));
+    let id = send(&s, "alice@satchel.test", &["x@remote.test"], "slow");
+    let b = bounce_for(&s, 1);
+    assert!(
+        b.contains("Subject: Delayed Mail (still being retried)"),
+        "{b}"
+    );
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(
+        report.contains("Final-Recipient rfc822; x@remote.test\nAction delayed\nStatus 4.3.0"),
+        "{report}"
+    );
+    s.wait_for("the warned flag", || {
+        s.envelope(&id).contains("\nwarned yes\n") || s.spool().join("active").join(&id).exists()
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(s.maildir("alice").len(), 1, "only one warning");
+}
+
+#[test]
+fn queue_delete_removes_a_waiting_message() {
+    let s = Server::start("");
+    let id = send(&s, "a@example.org", &["alice@satchel.test"], "unwanted");
+    assert_eq!(s.queued(), vec![id.clone()]);
+    let out = s.run(&["queue", "delete", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.queued().is_empty());
+    assert!(!s.spool().join("msg").join(&id).exists());
+    let again = s.run(&["queue", "delete", &id]);
+    assert!(!again.status.success());
+    let bad = s.run(&["queue", "delete", "../../etc/passwd"]);
+    assert_eq!(bad.status.code(), Some(2));
 }
