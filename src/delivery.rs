@@ -63,6 +63,8 @@ pub struct Deliverer {
 pub enum Control {
     /// Retry everything now (`satchel queue flush`).
     Flush,
+    /// Look for new messages now (queued by another process).
+    Scan,
 }
 
 impl Deliverer {
@@ -237,6 +239,7 @@ fn scheduler(
                         s.set(id, 0);
                     }
                 }
+                Ok(Control::Scan) => scan(d, &mut s, &in_flight),
                 Err(_) => return,
             },
             default(wait) => {}
@@ -245,6 +248,87 @@ fn scheduler(
             scan(d, &mut s, &in_flight);
             next_scan = std::time::Instant::now() + interval;
         }
+    }
+}
+
+/// Delivers everything that is due once, then returns (`satchel queue run`,
+/// and the detached runs that inetd-mode sessions start). Bounces created
+/// on the way are delivered in the same run. Returns how many messages
+/// were worked on. The caller holds the runner lock.
+pub fn run_once(d: &Arc<Deliverer>, wake_rx: &Receiver<String>, all: bool) -> usize {
+    let mut s = Schedule::default();
+    scan(d, &mut s, &HashSet::new());
+    let now = unix_now();
+    let mut batch: Vec<String> = Vec::new();
+    while let Some(id) = s.pop_due(if all { u64::MAX } else { now }) {
+        batch.push(id);
+    }
+    batch.reverse(); // workers pop from the end: oldest first
+    let mut done = 0;
+    let mut rounds = 0;
+    while !batch.is_empty() {
+        let work = Arc::new(Mutex::new(std::mem::take(&mut batch)));
+        let handles: Vec<_> = (0..d.cfg.delivery_threads)
+            .map(|_| {
+                let (d, work) = (d.clone(), work.clone());
+                thread::spawn(move || {
+                    let mut n = 0;
+                    loop {
+                        let Some(id) = lock(&work).pop() else {
+                            return n;
+                        };
+                        let claimed = fs::rename(
+                            d.spool.dir("queue").join(&id),
+                            d.spool.dir("active").join(&id),
+                        );
+                        if claimed.is_ok() {
+                            deliver_message(&d, &id);
+                            n += 1;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            done += h.join().unwrap_or(0);
+        }
+        batch.extend(wake_rx.try_iter());
+        if batch.is_empty() && rounds < 3 {
+            // Mail queued while we worked (a session that saw us running
+            // did not start another runner): pick it up before leaving.
+            rounds += 1;
+            scan(d, &mut s, &HashSet::new());
+            while let Some(id) = s.pop_due(unix_now()) {
+                batch.push(id);
+            }
+        }
+    }
+    done
+}
+
+/// Starts a detached `satchel queue run` for this configuration unless a
+/// queue runner (the daemon or another run) holds the runner lock: so mail
+/// leaves even on a host that runs satchel only from inetd (as dma does).
+pub fn kick_runner(spool: &Spool, config: Option<&Path>) {
+    if spool.runner_active() {
+        // The daemon: ask it to look now rather than at its next scan.
+        let _ = control_request(spool.root(), "scan");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("satchel"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["queue", "run"]);
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    match cmd.spawn() {
+        Ok(child) => log::info!("started queue runner pid {}", child.id()),
+        Err(e) => log::warn!("warning: cannot start a queue runner: {e}"),
     }
 }
 
@@ -278,6 +362,10 @@ pub fn control_socket(spool: &Path, ctl: Sender<Control>) -> Result<(), String> 
                         let _ = ctl.send(Control::Flush);
                         "ok\n"
                     }
+                    Ok(_) if line.trim() == "scan" => {
+                        let _ = ctl.send(Control::Scan);
+                        "ok\n"
+                    }
                     _ => "error: unknown request\n",
                 };
                 let _ = (&stream).write_all(answer.as_bytes());
@@ -289,9 +377,13 @@ pub fn control_socket(spool: &Path, ctl: Sender<Control>) -> Result<(), String> 
 
 /// Asks a running server to flush its queue. `Err` when none answers.
 pub fn request_flush(spool: &Path) -> io::Result<String> {
+    control_request(spool, "flush")
+}
+
+fn control_request(spool: &Path, what: &str) -> io::Result<String> {
     let mut s = UnixStream::connect(control_path(spool))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"flush\n")?;
+    s.write_all(format!("{what}\n").as_bytes())?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)?;
     Ok(answer.trim().to_string())
@@ -670,8 +762,6 @@ fn notify(
         reports: &reports,
         original: &original,
     });
-    let mut inc = d.spool.create()?;
-    inc.write(&bytes);
     let mut benv = Envelope {
         id: String::new(),
         created: now,
@@ -691,8 +781,7 @@ fn notify(
             expanded: false,
         }],
     };
-    let bid = inc.id.clone();
-    inc.commit(&mut benv)?;
+    let bid = d.spool.queue_bytes(&bytes, &mut benv)?;
     log::info!(
         "{}: sender {} notification: {bid}",
         env.id,

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! satchel serve [-c FILE]          run the SMTP server in the foreground
+//! satchel inetd [-c FILE]          one SMTP session on stdin/stdout
 //! satchel check-config [-c FILE]   validate and print the effective settings
+//! satchel queue run [-c FILE]      deliver what is due once, then exit (cron)
 //! satchel queue list [-c FILE]     mailq-style listing of the spool
 //! satchel queue flush [-c FILE]    ask the running server to retry everything now
 //! satchel queue delete ID [-c FILE]
@@ -20,6 +22,7 @@ use satchel::delivery::{self, Deliverer};
 use satchel::dns::{DnsResolver, Resolver};
 use satchel::envelope::RcptState;
 use satchel::policy::LocalPolicy;
+use satchel::sendmail::{self, Mode};
 use satchel::spool::{is_queue_id, QueueState, Spool};
 use satchel::{server, time};
 
@@ -27,13 +30,31 @@ use satchel::{server, time};
 const EXIT_CONFIG: u8 = 2;
 
 const USAGE: &str = "usage: satchel serve [-c FILE]
+       satchel inetd [-c FILE]
+       satchel queue run [-c FILE]
        satchel check-config [-c FILE]
        satchel queue list [-c FILE]
        satchel queue flush [-c FILE]
        satchel queue delete ID [-c FILE]";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    match name.as_str() {
+        "sendmail" => return sendmail(&args, None),
+        "mailq" => return sendmail(&args, Some(Mode::ListQueue)),
+        "newaliases" => return sendmail(&args, Some(Mode::CheckAliases)),
+        _ => {}
+    }
+    if args.first().map(String::as_str) == Some("sendmail") {
+        args.remove(0);
+        return sendmail(&args, None);
+    }
     let mut opts = getopts::Options::new();
     opts.optopt("c", "config", "configuration file", "FILE");
     opts.optflag("h", "help", "print this help");
@@ -58,6 +79,8 @@ fn main() -> ExitCode {
     let words: Vec<&str> = m.free.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["serve"] => serve(cfg),
+        ["inetd"] => inetd(cfg),
+        ["queue", "run"] => queue_run(cfg),
         ["check-config"] => check_config(&cfg),
         ["queue", "list"] | ["queue"] => queue_list(&cfg),
         ["queue", "flush"] => queue_flush(&cfg),
@@ -69,22 +92,72 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where log lines go: stderr, or syslog when stderr may be the client's
+/// socket (inetd and systemd `Accept=yes` hand the socket to fd 2 too).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LogTo {
+    Stderr,
+    Syslog,
+}
+
+/// Sends each log line as one datagram to /dev/log (RFC 3164 form,
+/// facility mail, severity info: `<22>`).
+struct Syslog {
+    sock: Option<std::os::unix::net::UnixDatagram>,
+    line: Vec<u8>,
+}
+
+impl Write for Syslog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        while let Some(i) = self.line.iter().position(|&b| b == b'\n') {
+            let rest = self.line.split_off(i + 1);
+            let mut msg = format!("<22>satchel[{}]: ", std::process::id()).into_bytes();
+            msg.extend_from_slice(&self.line[..i]);
+            if let Some(s) = &self.sock {
+                let _ = s.send(&msg);
+            }
+            self.line = rest;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn init_logging(cfg: &Config) {
+    init_logging_to(cfg, LogTo::Stderr);
+}
+
+fn init_logging_to(cfg: &Config, to: LogTo) {
     let mut b = env_logger::Builder::new();
     b.filter_level(cfg.log_level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
     }
-    b.format(|buf, record| {
-        writeln!(
-            buf,
-            "{} satchel[{}]: {}",
-            time::iso8601(time::unix_now()),
-            std::process::id(),
-            record.args()
-        )
-    });
-    b.target(env_logger::Target::Stderr);
+    if to == LogTo::Syslog {
+        let sock = std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect("/dev/log").map(|_| s))
+            .ok();
+        b.format(|buf, record| writeln!(buf, "{}", record.args()));
+        b.target(env_logger::Target::Pipe(Box::new(Syslog {
+            sock,
+            line: Vec::new(),
+        })));
+    } else {
+        b.format(|buf, record| {
+            writeln!(
+                buf,
+                "{} satchel[{}]: {}",
+                time::iso8601(time::unix_now()),
+                std::process::id(),
+                record.args()
+            )
+        });
+        b.target(env_logger::Target::Stderr);
+    }
     let _ = b.try_init();
 }
 
@@ -111,6 +184,11 @@ fn serve(cfg: Config) -> ExitCode {
         log::error!("fatal: {e}");
         return ExitCode::FAILURE;
     }
+    // The daemon is the queue runner for its whole life.
+    let _runner = match runner_lock(&spool) {
+        Ok(l) => l,
+        Err(c) => return c,
+    };
     match spool.recover() {
         Ok(r) => log::info!(
             "spool {}: {} queued, {} requeued from active, {} temporary and {} orphaned files removed",
@@ -157,6 +235,234 @@ fn serve(cfg: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads the message: up to end of input, or (without `-i`) up to a line
+/// holding a single dot, so an interactive writer can end with ".".
+fn read_message(ignore_dots: bool) -> std::io::Result<Vec<u8>> {
+    use std::io::BufRead;
+    let mut input = std::io::stdin().lock();
+    let mut all = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(all);
+        }
+        if !ignore_dots && (line == b".\n" || line == b".\r\n") {
+            return Ok(all);
+        }
+        all.extend_from_slice(&line);
+    }
+}
+
+/// `sendmail`, `mailq`, `newaliases`, and `satchel sendmail`.
+fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
+    let mut o = match sendmail::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(sendmail::EX_USAGE);
+        }
+    };
+    if let Some(m) = forced {
+        o.mode = m;
+    }
+    let cfg = match Config::locate(o.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(sendmail::EX_SOFTWARE);
+        }
+    };
+    for w in &o.warnings {
+        eprintln!("sendmail: warning: {w}");
+    }
+    match o.mode {
+        Mode::Smtp => return inetd(cfg),
+        Mode::ListQueue => return queue_list(&cfg),
+        Mode::RunQueue => return queue_run(cfg),
+        Mode::CheckAliases => {
+            return match satchel::aliases::Aliases::load(&cfg.aliases_file) {
+                Ok(a) => {
+                    println!("{}: {} aliases", cfg.aliases_file.display(), a.map.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("newaliases: {e}");
+                    ExitCode::from(sendmail::EX_DATAERR)
+                }
+            }
+        }
+        Mode::Deliver => {}
+    }
+    init_logging_to(
+        &cfg,
+        if o.verbose {
+            LogTo::Stderr
+        } else {
+            LogTo::Syslog
+        },
+    );
+    let policy = match LocalPolicy::load(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(sendmail::EX_SOFTWARE);
+        }
+    };
+    let spool = match Spool::open(&cfg.spool_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sendmail: spool {}: {e}", cfg.spool_dir.display());
+            return ExitCode::from(sendmail::EX_TEMPFAIL);
+        }
+    };
+    let input = match read_message(o.ignore_dots) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("sendmail: reading the message: {e}");
+            return ExitCode::from(sendmail::EX_TEMPFAIL);
+        }
+    };
+    match sendmail::submit::run(&cfg, &policy, &spool, &o, &input) {
+        Ok(id) => {
+            if o.verbose {
+                eprintln!("sendmail: queued as {id}");
+            }
+            if !cfg.defer_delivery {
+                delivery::kick_runner(&spool, cfg.source.as_deref());
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, msg)) => {
+            eprintln!("sendmail: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Takes the runner lock, waiting for a `queue run` that holds it.
+fn runner_lock(spool: &Spool) -> Result<std::fs::File, ExitCode> {
+    let fail = |e: std::io::Error| {
+        log::error!("fatal: spool {}: runner lock: {e}", spool.root().display());
+        ExitCode::FAILURE
+    };
+    match spool.try_runner_lock() {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => {
+            log::info!("waiting for the running queue run to finish");
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(spool.root().join("runner.lock"))
+                .map_err(fail)?;
+            f.lock().map_err(fail)?;
+            Ok(f)
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// `satchel inetd`: one session on stdin/stdout, then a detached queue
+/// run if no runner is alive and a message was queued.
+fn inetd(cfg: Config) -> ExitCode {
+    init_logging_to(&cfg, LogTo::Syslog);
+    let policy = match LocalPolicy::load(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("fatal: {e}");
+            println!(
+                "421 4.3.0 {} Service temporarily unavailable\r",
+                cfg.hostname
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let spool = match Spool::open(&cfg.spool_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("fatal: spool {}: {e}", cfg.spool_dir.display());
+            println!(
+                "421 4.3.0 {} Service temporarily unavailable\r",
+                cfg.hostname
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let source = cfg.source.clone();
+    let mut ctx = Context::new(cfg, policy, spool.clone());
+    ctx.on_queued = Some(tx);
+    let client = satchel::stdio::serve(&ctx);
+    let queued = rx.try_iter().count();
+    log::info!(
+        "disconnect from {}: {queued} message(s) queued",
+        client
+            .ip
+            .map(|i| format!("[{i}]"))
+            .unwrap_or_else(|| "localhost".into())
+    );
+    if queued > 0 && !ctx.cfg.defer_delivery {
+        delivery::kick_runner(&spool, source.as_deref());
+    }
+    ExitCode::SUCCESS
+}
+
+/// `satchel queue run`: deliver what is due once and exit. A no-op when
+/// another runner (the daemon, or another run) holds the lock.
+fn queue_run(cfg: Config) -> ExitCode {
+    init_logging(&cfg);
+    let spool = match open_spool(&cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    // A session's probe of the lock (kick_runner) holds it for an instant:
+    // look a few times before concluding that another runner is active.
+    let mut attempt = spool.try_runner_lock();
+    for _ in 0..10 {
+        if !matches!(attempt, Ok(None)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        attempt = spool.try_runner_lock();
+    }
+    let _lock = match attempt {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            log::info!("a queue runner is already active; nothing to do");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            log::error!("fatal: spool {}: runner lock: {e}", cfg.spool_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = spool.recover() {
+        log::error!(
+            "fatal: spool {}: recovery failed: {e}",
+            cfg.spool_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let policy = match LocalPolicy::load(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let resolver = match resolver(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("fatal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
+    let d = Arc::new(Deliverer::new(cfg, spool, policy, resolver, wake_tx));
+    let n = delivery::run_once(&d, &wake_rx, false);
+    log::info!("queue run: {n} message(s) processed");
+    ExitCode::SUCCESS
 }
 
 /// DNS: the configured servers, else those of /etc/resolv.conf.

@@ -172,9 +172,44 @@ impl Spool {
         Err(io::Error::other("could not allocate a unique queue ID"))
     }
 
-    /// Start-up recovery: removes dead temporary files and orphaned message
-    /// files, moves `active/` envelopes back to `queue/`, and counts what is
-    /// queued. Entries locked by a live writer are left alone.
+    /// Queues a whole message held in memory (bounces, local submission);
+    /// returns its queue ID once it is durable.
+    pub fn queue_bytes(&self, bytes: &[u8], env: &mut Envelope) -> io::Result<QueueId> {
+        let mut inc = self.create()?;
+        inc.write(bytes);
+        let id = inc.id.clone();
+        inc.commit(env)?;
+        Ok(id)
+    }
+
+    /// Takes the queue-runner lock (`spool/runner.lock`): whoever holds it
+    /// (the daemon, or one `satchel queue run`) is the only process that
+    /// delivers, and so the only one allowed to move `active/` back to
+    /// `queue/`. `Ok(None)` when another process holds it. The lock lasts
+    /// as long as the returned file is open; the kernel drops it when the
+    /// process dies, so a crashed runner never blocks the next one.
+    pub fn try_runner_lock(&self) -> io::Result<Option<File>> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.root.join("runner.lock"))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    /// True while some process holds the runner lock.
+    pub fn runner_active(&self) -> bool {
+        matches!(self.try_runner_lock(), Ok(None))
+    }
+
+    /// Start-up recovery (call it holding the runner lock): removes dead
+    /// temporary files and orphaned message files, moves `active/` envelopes
+    /// back to `queue/`, and counts what is queued. Entries locked by a live
+    /// writer are left alone.
     pub fn recover(&self) -> io::Result<Recovery> {
         let mut r = Recovery::default();
         for name in list_names(&self.dir("tmp"))? {

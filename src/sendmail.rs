@@ -1,0 +1,566 @@
+//! The `sendmail` command for local programs (cron, scripts, mail user
+//! agents): reads a message on standard input and queues it, as Postfix's
+//! and sendmail's `sendmail` do. Options: `-t` (recipients from To/Cc/Bcc,
+//! Bcc removed), `-f sender`, `-F "full name"`, `-i`/`-oi` (a lone dot
+//! does not end the message), `-bs` (SMTP on stdin/stdout), `-bp`
+//! (= mailq), `-q` (run the queue), `-bi` (check the aliases file), `-v`;
+//! other `-o…` options are accepted with a warning. Date, Message-ID and
+//! From are added when missing. Exit codes follow sysexits(3).
+//!
+//! The parsing of options, headers and address lists is pure and unit
+//! tested; `submit` is the edge that writes the spool.
+
+use crate::address::{ForwardPath, Mailbox, ReversePath};
+
+/// sysexits(3)
+pub const EX_USAGE: u8 = 64;
+pub const EX_DATAERR: u8 = 65;
+pub const EX_NOUSER: u8 = 67;
+pub const EX_SOFTWARE: u8 = 70;
+pub const EX_TEMPFAIL: u8 = 75;
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Read a message and queue it (`-bm`, the default).
+    Deliver,
+    /// `-bs`: one SMTP session on stdin/stdout.
+    Smtp,
+    /// `-bp` or invoked as `mailq`.
+    ListQueue,
+    /// `-q`: process the queue.
+    RunQueue,
+    /// `-bi` or invoked as `newaliases`.
+    CheckAliases,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub mode: Mode,
+    pub extract: bool,
+    pub ignore_dots: bool,
+    pub sender: Option<String>,
+    pub full_name: Option<String>,
+    pub verbose: bool,
+    pub config: Option<String>,
+    pub recipients: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Parses sendmail-style arguments (without argv[0]).
+pub fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        mode: Mode::Deliver,
+        extract: false,
+        ignore_dots: false,
+        sender: None,
+        full_name: None,
+        verbose: false,
+        config: None,
+        recipients: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut i = 0;
+    // An option's value: attached (`-fuser`) or the next argument.
+    let value = |i: &mut usize, attached: &str, name: &str| -> Result<String, String> {
+        if !attached.is_empty() {
+            return Ok(attached.to_string());
+        }
+        *i += 1;
+        args.get(*i)
+            .cloned()
+            .ok_or_else(|| format!("option -{name} needs a value"))
+    };
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--" {
+            o.recipients.extend(args[i + 1..].iter().cloned());
+            break;
+        }
+        let Some(opt) = a.strip_prefix('-').filter(|s| !s.is_empty()) else {
+            o.recipients.push(a.clone());
+            i += 1;
+            continue;
+        };
+        let (flag, rest) = opt.split_at(1);
+        match flag {
+            "t" if rest.is_empty() => o.extract = true,
+            "i" if rest.is_empty() => o.ignore_dots = true,
+            "v" => o.verbose = true,
+            "f" | "r" => o.sender = Some(value(&mut i, rest, flag)?),
+            "F" => o.full_name = Some(value(&mut i, rest, flag)?),
+            "C" => o.config = Some(value(&mut i, rest, flag)?),
+            "o" => match rest {
+                "i" => o.ignore_dots = true,
+                "" => return Err("option -o needs a value".into()),
+                other => o.warnings.push(format!("-o{other} ignored")),
+            },
+            "b" => match rest {
+                "m" => o.mode = Mode::Deliver,
+                "s" => o.mode = Mode::Smtp,
+                "p" => o.mode = Mode::ListQueue,
+                "i" => o.mode = Mode::CheckAliases,
+                other => return Err(format!("-b{other} is not supported")),
+            },
+            "q" => o.mode = Mode::RunQueue,
+            "N" | "R" | "V" | "B" | "L" | "X" => {
+                let v = value(&mut i, rest, flag)?;
+                o.warnings.push(format!("-{flag} {v} ignored"));
+            }
+            "O" | "h" | "n" | "U" | "m" | "e" | "d" => o.warnings.push(format!("-{opt} ignored")),
+            _ => return Err(format!("unknown option -{opt}")),
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+/// Normalizes line ends to CRLF (LF alone and CR alone both end a line:
+/// nothing bare leaves satchel) and, unless `ignore_dots`, stops at a line
+/// holding a single `.`.
+pub fn normalize(input: &[u8], ignore_dots: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 40);
+    let mut i = 0;
+    while i < input.len() {
+        let end = input[i..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .map(|p| i + p);
+        let (line, next) = match end {
+            Some(e) if input[e] == b'\r' && input.get(e + 1) == Some(&b'\n') => {
+                (&input[i..e], e + 2)
+            }
+            Some(e) => (&input[i..e], e + 1),
+            None => (&input[i..], input.len()),
+        };
+        if !ignore_dots && line == b"." {
+            break;
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+        i = next;
+    }
+    out
+}
+
+/// The header section: `(name, full field text incl. folded lines)` pairs
+/// and the index where the body starts (after the empty line, if any).
+/// `has_separator` is false when the text did not begin with headers.
+pub struct Headers {
+    pub fields: Vec<(String, String)>,
+    pub body_start: usize,
+    pub has_separator: bool,
+}
+
+pub fn split_headers(msg: &[u8]) -> Headers {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut pos = 0;
+    while pos < msg.len() {
+        let end = msg[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| pos + p)
+            .unwrap_or(msg.len());
+        let line = String::from_utf8_lossy(&msg[pos..end]).into_owned();
+        let next = (end + 2).min(msg.len());
+        if line.is_empty() {
+            return Headers {
+                fields,
+                body_start: next,
+                has_separator: true,
+            };
+        }
+        if line.starts_with([' ', '\t']) {
+            match fields.last_mut() {
+                Some((_, text)) => {
+                    text.push_str("\r\n");
+                    text.push_str(&line);
+                    pos = next;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        let name_ok = line
+            .find(':')
+            .map(|c| c > 0 && line[..c].bytes().all(|b| (33..=126).contains(&b)))
+            .unwrap_or(false);
+        if !name_ok {
+            break;
+        }
+        let name = line[..line.find(':').unwrap_or(0)].to_string();
+        fields.push((name, line));
+        pos = next;
+    }
+    Headers {
+        fields,
+        body_start: pos,
+        has_separator: false,
+    }
+}
+
+/// The addresses of an RFC 5322 address list (`a@b, "X, Y" <c@d>,
+/// group: e@f;`), without display names and comments.
+pub fn address_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut depth, mut angle) = (false, 0usize, false);
+    let mut angle_addr = String::new();
+    let mut push = |cur: &mut String, angle_addr: &mut String| {
+        let a = if !angle_addr.is_empty() {
+            angle_addr.trim().to_string()
+        } else {
+            cur.trim().to_string()
+        };
+        if !a.is_empty() && !a.ends_with(':') {
+            out.push(a);
+        }
+        cur.clear();
+        angle_addr.clear();
+    };
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                chars.next();
+            }
+            '"' if depth == 0 => quoted = !quoted,
+            _ if quoted => {}
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            '<' => angle = true,
+            '>' => angle = false,
+            ':' if !angle => cur.clear(), // "group:" starts a list
+            ',' | ';' if !angle => push(&mut cur, &mut angle_addr),
+            _ if angle => angle_addr.push(c),
+            _ if c.is_whitespace() => {}
+            _ => cur.push(c),
+        }
+    }
+    push(&mut cur, &mut angle_addr);
+    out
+}
+
+/// The domain that completes a bare user name: the host name when it is a
+/// local domain (Postfix's `$myorigin`), else the first local domain.
+pub fn origin(hostname: &str, local_domains: &[String]) -> String {
+    if local_domains
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(hostname))
+        || local_domains.is_empty()
+    {
+        hostname.to_string()
+    } else {
+        local_domains[0].clone()
+    }
+}
+
+/// A recipient from the command line or a header: `user` alone means a
+/// user of this host.
+pub fn recipient(addr: &str, hostname: &str) -> Result<ForwardPath, String> {
+    let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
+    let full = if a.contains('@') {
+        a.to_string()
+    } else {
+        format!("{a}@{hostname}")
+    };
+    Mailbox::parse(&full)
+        .map(ForwardPath::Mailbox)
+        .map_err(|e| format!("bad address syntax: <{a}>: {e}"))
+}
+
+/// The reverse-path for `-f` (which may be `<>` or empty for the null path).
+pub fn sender(addr: &str, hostname: &str) -> Result<ReversePath, String> {
+    let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
+    if a.is_empty() {
+        return Ok(ReversePath::Null);
+    }
+    let full = if a.contains('@') {
+        a.to_string()
+    } else {
+        format!("{a}@{hostname}")
+    };
+    Mailbox::parse(&full)
+        .map(ReversePath::Mailbox)
+        .map_err(|e| format!("bad sender address: <{a}>: {e}"))
+}
+
+/// Builds the message to queue: `-t` recipients collected, Bcc removed,
+/// From/Date/Message-ID added when missing.
+pub struct Prepared {
+    pub message: Vec<u8>,
+    pub header_recipients: Vec<String>,
+}
+
+pub fn prepare(
+    normalized: &[u8],
+    extract: bool,
+    from_header: &str,
+    date: &str,
+    message_id: &str,
+) -> Prepared {
+    let h = split_headers(normalized);
+    let mut header_recipients = Vec::new();
+    let mut out = Vec::with_capacity(normalized.len() + 256);
+    let has = |n: &str| h.fields.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    for (name, text) in &h.fields {
+        let value = &text[name.len() + 1..];
+        if extract
+            && ["to", "cc", "bcc"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            header_recipients.extend(address_list(&value.replace("\r\n", "")));
+        }
+        if name.eq_ignore_ascii_case("bcc") {
+            continue; // never shown to anyone
+        }
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has("from") {
+        out.extend_from_slice(format!("From: {from_header}\r\n").as_bytes());
+    }
+    if !has("date") {
+        out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
+    }
+    if !has("message-id") {
+        out.extend_from_slice(format!("Message-ID: <{message_id}>\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&normalized[h.body_start..]);
+    Prepared {
+        message: out,
+        header_recipients,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_like_sendmail() {
+        let o = parse_args(&args(&[
+            "-t",
+            "-oi",
+            "-f",
+            "me@x.test",
+            "-FJo Doe",
+            "-oem",
+            "bob",
+        ]))
+        .unwrap();
+        assert!(o.extract && o.ignore_dots);
+        assert_eq!(o.sender.as_deref(), Some("me@x.test"));
+        assert_eq!(o.full_name.as_deref(), Some("Jo Doe"));
+        assert_eq!(o.recipients, vec!["bob"]);
+        assert_eq!(o.warnings, vec!["-oem ignored"]);
+        assert_eq!(parse_args(&args(&["-bs"])).unwrap().mode, Mode::Smtp);
+        assert_eq!(parse_args(&args(&["-bp"])).unwrap().mode, Mode::ListQueue);
+        assert_eq!(parse_args(&args(&["-q"])).unwrap().mode, Mode::RunQueue);
+        assert_eq!(
+            parse_args(&args(&["-bi"])).unwrap().mode,
+            Mode::CheckAliases
+        );
+        assert!(parse_args(&args(&["-Z"])).is_err());
+        assert!(parse_args(&args(&["-f"])).is_err());
+        assert_eq!(
+            parse_args(&args(&["--", "-odd"])).unwrap().recipients,
+            vec!["-odd"]
+        );
+    }
+
+    #[test]
+    fn line_ends_become_crlf_and_a_lone_dot_ends_the_message() {
+        assert_eq!(normalize(b"a\nb\r\nc\rd", false), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(normalize(b"a\n.\nb\n", false), b"a\r\n");
+        assert_eq!(normalize(b"a\n.\nb\n", true), b"a\r\n.\r\nb\r\n");
+    }
+
+    #[test]
+    fn address_lists_yield_bare_addresses() {
+        assert_eq!(
+            address_list("Jo <jo@x.test>, \"Doe, J\" <jd@x.test>, plain@x.test (comment), team: a@x.test, b@x.test;"),
+            vec!["jo@x.test", "jd@x.test", "plain@x.test", "a@x.test", "b@x.test"]
+        );
+        assert!(address_list("undisclosed-recipients:;").is_empty());
+    }
+
+    #[test]
+    fn prepare_extracts_recipients_removes_bcc_and_adds_missing_headers() {
+        let msg = normalize(
+            b"To: a@x.test\nCc: b@x.test,\n c@x.test\nBcc: secret@x.test\nSubject: hi\n\nbody\n",
+            true,
+        );
+        let p = prepare(&msg, true, "me@h", "DATE", "ID@h");
+        assert_eq!(
+            p.header_recipients,
+            vec!["a@x.test", "b@x.test", "c@x.test", "secret@x.test"]
+        );
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(!text.to_ascii_lowercase().contains("bcc"), "{text}");
+        assert!(!text.contains("secret"));
+        assert!(text.contains("Cc: b@x.test,\r\n c@x.test\r\n"));
+        assert!(
+            text.contains("From: me@h\r\nDate: DATE\r\nMessage-ID: <ID@h>\r\n\r\nbody\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_message_without_headers_gets_them_before_the_body() {
+        let msg = normalize(b"just a body line\n", true);
+        let p = prepare(&msg, false, "me@h", "D", "I@h");
+        assert_eq!(
+            String::from_utf8(p.message).unwrap(),
+            "From: me@h\r\nDate: D\r\nMessage-ID: <I@h>\r\n\r\njust a body line\r\n"
+        );
+    }
+
+    #[test]
+    fn bare_user_names_are_local() {
+        assert_eq!(
+            recipient("root", "h.test").unwrap().to_string(),
+            "<root@h.test>"
+        );
+        assert!(recipient("bad address@", "h").is_err());
+        assert_eq!(sender("<>", "h").unwrap(), ReversePath::Null);
+    }
+}
+
+/// The edge: validates recipients, queues the message, returns its ID or
+/// a sysexits code with one line for stderr.
+pub mod submit {
+    use super::*;
+    use crate::config::Config;
+    use crate::envelope::{Envelope, RcptState, Recipient};
+    use crate::policy::LocalPolicy;
+    use crate::smtp::session::{Policy, RcptClass};
+    use crate::spool::Spool;
+    use crate::time;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The invoking user's uid and login name (from /etc/passwd).
+    pub fn invoking_user() -> (u32, String) {
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(0);
+        let name = std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|p| {
+                p.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+                })
+            })
+            .unwrap_or_else(|| format!("uid{uid}"));
+        (uid, name)
+    }
+
+    pub fn run(
+        cfg: &Config,
+        policy: &LocalPolicy,
+        spool: &Spool,
+        o: &Options,
+        input: &[u8],
+    ) -> Result<String, (u8, String)> {
+        let (uid, user) = invoking_user();
+        let origin = super::origin(&cfg.hostname, &cfg.local_domains);
+        let from = match &o.sender {
+            Some(s) => super::sender(s, &origin).map_err(|e| (EX_DATAERR, e))?,
+            None => super::sender(&user, &origin).map_err(|e| (EX_DATAERR, e))?,
+        };
+        let normalized = normalize(input, o.ignore_dots);
+        let now = time::unix_now();
+        let from_addr = match &from {
+            ReversePath::Mailbox(m) => m.to_string(),
+            ReversePath::Null => format!("MAILER-DAEMON@{}", cfg.hostname),
+        };
+        let from_header = match &o.full_name {
+            Some(n) => format!(
+                "\"{}\" <{from_addr}>",
+                n.replace(['"', '\\', '\r', '\n'], "")
+            ),
+            None => from_addr,
+        };
+        let mut inc = spool
+            .create()
+            .map_err(|e| (EX_TEMPFAIL, format!("cannot queue: {e}")))?;
+        let id = inc.id.clone();
+        let prepared = prepare(
+            &normalized,
+            o.extract,
+            &from_header,
+            &time::rfc5322(now),
+            &format!("{id}@{}", cfg.hostname),
+        );
+        let mut rcpts: Vec<ForwardPath> = Vec::new();
+        for r in o.recipients.iter().chain(prepared.header_recipients.iter()) {
+            let fp = recipient(r, &origin).map_err(|e| (EX_DATAERR, e))?;
+            if let ForwardPath::Mailbox(m) = &fp {
+                if policy.classify(m) == RcptClass::LocalUnknown {
+                    return Err((EX_NOUSER, format!("<{m}>: user unknown")));
+                }
+            }
+            if !rcpts.contains(&fp) {
+                rcpts.push(fp);
+            }
+        }
+        if rcpts.is_empty() {
+            return Err((
+                EX_USAGE,
+                "no recipients given (name them, or use -t)".into(),
+            ));
+        }
+        // RFC 5321 §4.4 asks a time-stamp of every host that handles the message.
+        let received = format!(
+            "Received: by {} (satchel, from userid {uid})\r\n\tid {id}; {}\r\n",
+            cfg.hostname,
+            time::rfc5322(now)
+        );
+        inc.write(received.as_bytes());
+        inc.write(&prepared.message);
+        let mut env = Envelope {
+            id: id.clone(),
+            created: now,
+            client: "localhost".into(),
+            helo: user,
+            protocol: "local".into(),
+            body: if prepared.message.is_ascii() {
+                "7BIT"
+            } else {
+                "8BITMIME"
+            }
+            .into(),
+            smtputf8: false,
+            size: 0,
+            from,
+            attempts: 0,
+            next_attempt: 0,
+            warned: false,
+            rcpts: rcpts
+                .into_iter()
+                .map(|addr| Recipient {
+                    addr,
+                    state: RcptState::Pending,
+                    expanded: false,
+                })
+                .collect(),
+        };
+        inc.commit(&mut env)
+            .map_err(|e| (EX_TEMPFAIL, format!("cannot queue: {e}")))?;
+        log::info!(
+            "{id}: uid={uid} from={}, size={}, nrcpt={} (queue active)",
+            env.from,
+            env.size,
+            env.rcpts.len()
+        );
+        Ok(id)
+    }
+}
