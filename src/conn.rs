@@ -28,7 +28,8 @@ pub struct Context {
     pub policy: LocalPolicy,
     pub spool: Spool,
     /// Set when the server is stopping: sessions say 421 at the next command.
-    pub shutdown: AtomicBool,
+    /// Shared by the contexts that SIGHUP reloads put in place.
+    pub shutdown: std::sync::Arc<AtomicBool>,
     /// Told the ID of each queued message (the delivery scheduler's wake-up).
     pub on_queued: Option<crossbeam_channel::Sender<String>>,
 }
@@ -48,7 +49,7 @@ impl Context {
             session,
             policy,
             spool,
-            shutdown: AtomicBool::new(false),
+            shutdown: std::sync::Arc::new(AtomicBool::new(false)),
             on_queued: None,
         }
     }

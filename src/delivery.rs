@@ -51,11 +51,19 @@ pub struct Deliverer {
     pub cfg: Config,
     pub spool: Spool,
     pub policy: LocalPolicy,
-    pub resolver: Box<dyn Resolver>,
+    pub resolver: Arc<dyn Resolver>,
     /// Wakes the scheduler for a newly queued message (bounces too).
     pub wake: Sender<String>,
-    /// Connections in progress per destination domain.
-    domains: Mutex<HashMap<String, usize>>,
+    /// Connections in progress per destination domain (kept across reloads).
+    domains: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The current `Deliverer`; SIGHUP puts a new one in (new settings and
+/// aliases), and each delivery takes the one current when it starts.
+pub type Slot = Arc<std::sync::RwLock<Arc<Deliverer>>>;
+
+pub fn current(slot: &Slot) -> Arc<Deliverer> {
+    slot.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Requests to the scheduler from the control socket.
@@ -72,7 +80,7 @@ impl Deliverer {
         cfg: Config,
         spool: Spool,
         policy: LocalPolicy,
-        resolver: Box<dyn Resolver>,
+        resolver: Arc<dyn Resolver>,
         wake: Sender<String>,
     ) -> Deliverer {
         Deliverer {
@@ -81,7 +89,19 @@ impl Deliverer {
             policy,
             resolver,
             wake,
-            domains: Mutex::new(HashMap::new()),
+            domains: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The same spool, resolver and wake-up channel with new settings.
+    pub fn reloaded(&self, cfg: Config, policy: LocalPolicy) -> Deliverer {
+        Deliverer {
+            cfg,
+            spool: self.spool.clone(),
+            policy,
+            resolver: self.resolver.clone(),
+            wake: self.wake.clone(),
+            domains: self.domains.clone(),
         }
     }
 
@@ -101,17 +121,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Starts the scheduler and the delivery pool; they run until the process ends.
-pub fn start(
-    d: Arc<Deliverer>,
-    wake_rx: Receiver<String>,
-    ctl_rx: Receiver<Control>,
-) -> io::Result<()> {
+pub fn start(slot: Slot, wake_rx: Receiver<String>, ctl_rx: Receiver<Control>) -> io::Result<()> {
+    // Thread counts and the scan interval are fixed at start.
+    let d = current(&slot);
     let (job_tx, job_rx) = crossbeam_channel::bounded::<String>(d.cfg.delivery_threads);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(String, Option<u64>)>();
     for n in 0..d.cfg.delivery_threads {
-        let (d, job_rx, done_tx) = (d.clone(), job_rx.clone(), done_tx.clone());
+        let (slot, job_rx, done_tx) = (slot.clone(), job_rx.clone(), done_tx.clone());
         thread::Builder::new().name(format!("delivery {n}")).stack_size(DELIVERY_STACK).spawn(move || {
             while let Ok(id) = job_rx.recv() {
+                let d = current(&slot);
                 let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver_message(&d, &id)))
                     .unwrap_or_else(|_| {
                         log::error!("error: {id}: delivery panicked; the message stays in active/ until restart");

@@ -16,6 +16,7 @@ pub mod dns;
 pub mod envelope;
 pub mod local;
 pub mod policy;
+pub mod queue;
 pub mod relay;
 pub mod sendmail;
 pub mod server;

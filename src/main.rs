@@ -1,41 +1,44 @@
 //! The `satchel` command: argument parsing and wiring only.
 //!
 //! ```text
-//! satchel serve [-c FILE]          run the SMTP server in the foreground
-//! satchel inetd [-c FILE]          one SMTP session on stdin/stdout
-//! satchel check-config [-c FILE]   validate and print the effective settings
-//! satchel queue run [-c FILE]      deliver what is due once, then exit (cron)
-//! satchel queue list [-c FILE]     mailq-style listing of the spool
-//! satchel queue flush [-c FILE]    ask the running server to retry everything now
-//! satchel queue delete ID [-c FILE]
+//! satchel serve [-c FILE] [-p PIDFILE]   the daemon, in the foreground
+//! satchel inetd [-c FILE]                 one SMTP session on stdin/stdout
+//! satchel check-config [-c FILE]          validate and print the effective settings
+//! satchel queue run [-c FILE]             deliver what is due once, then exit (cron)
+//! satchel queue list [--json] [-c FILE]   mailq-style listing of the spool
+//! satchel queue flush [-c FILE]           ask the running server to retry everything now
+//! satchel queue show|hold|release ID      inspect, hold back, let go
+//! satchel queue delete ID|ALL             remove
+//! satchel sendmail [options] [rcpt...]    the sendmail command (also via a `sendmail`,
+//!                                         `mailq` or `newaliases` symlink)
 //! ```
 
 #![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use satchel::config::Config;
 use satchel::conn::Context;
 use satchel::delivery::{self, Deliverer};
 use satchel::dns::{DnsResolver, Resolver};
-use satchel::envelope::RcptState;
 use satchel::policy::LocalPolicy;
 use satchel::sendmail::{self, Mode};
-use satchel::spool::{is_queue_id, QueueState, Spool};
-use satchel::{server, time};
+use satchel::spool::Spool;
+use satchel::{queue, server, time};
 
 /// Exit status for a bad configuration or bad usage.
 const EXIT_CONFIG: u8 = 2;
 
-const USAGE: &str = "usage: satchel serve [-c FILE]
+const USAGE: &str = "usage: satchel serve [-c FILE] [-p PIDFILE]
        satchel inetd [-c FILE]
        satchel queue run [-c FILE]
        satchel check-config [-c FILE]
-       satchel queue list [-c FILE]
+       satchel queue list [--json] [-c FILE]
        satchel queue flush [-c FILE]
-       satchel queue delete ID [-c FILE]";
+       satchel queue show|hold|release ID [-c FILE]
+       satchel queue delete ID|ALL [-c FILE]";
 
 fn main() -> ExitCode {
     let argv0 = std::env::args().next().unwrap_or_default();
@@ -58,6 +61,13 @@ fn main() -> ExitCode {
     let mut opts = getopts::Options::new();
     opts.optopt("c", "config", "configuration file", "FILE");
     opts.optflag("h", "help", "print this help");
+    opts.optflag("", "json", "queue list: one JSON object per message");
+    opts.optopt(
+        "p",
+        "pidfile",
+        "serve: write the process ID to FILE",
+        "FILE",
+    );
     let m = match opts.parse(&args) {
         Ok(m) => m,
         Err(e) => {
@@ -78,13 +88,15 @@ fn main() -> ExitCode {
     };
     let words: Vec<&str> = m.free.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["serve"] => serve(cfg),
+        ["serve"] => serve(cfg, m.opt_str("p")),
         ["inetd"] => inetd(cfg),
         ["queue", "run"] => queue_run(cfg),
         ["check-config"] => check_config(&cfg),
-        ["queue", "list"] | ["queue"] => queue_list(&cfg),
+        ["queue", "list"] | ["queue"] => queue_list(&cfg, m.opt_present("json")),
         ["queue", "flush"] => queue_flush(&cfg),
-        ["queue", "delete", id] => queue_delete(&cfg, id),
+        ["queue", verb @ ("show" | "delete" | "hold" | "release"), id] => {
+            queue_tool(&cfg, verb, id)
+        }
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(EXIT_CONFIG)
@@ -161,7 +173,7 @@ fn init_logging_to(cfg: &Config, to: LogTo) {
     let _ = b.try_init();
 }
 
-fn serve(cfg: Config) -> ExitCode {
+fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
     init_logging(&cfg);
     let policy = match LocalPolicy::load(&cfg) {
         Ok(p) => p,
@@ -219,22 +231,76 @@ fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let delivery_slot: delivery::Slot = Arc::new(RwLock::new(Arc::new(Deliverer::new(
+        cfg.clone(),
+        spool,
+        policy,
+        Arc::from(resolver),
+        wake_tx,
+    ))));
     if cfg.defer_delivery {
         log::info!("defer_delivery = yes: mail is queued, not delivered");
-    } else {
-        let deliverer = Arc::new(Deliverer::new(cfg, spool, policy, resolver, wake_tx));
-        if let Err(e) = delivery::start(deliverer, wake_rx, ctl_rx) {
-            log::error!("fatal: cannot start delivery: {e}");
+    } else if let Err(e) = delivery::start(delivery_slot.clone(), wake_rx, ctl_rx) {
+        log::error!("fatal: cannot start delivery: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(p) = &pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            log::error!("fatal: pid file {p}: {e}");
             return ExitCode::FAILURE;
         }
     }
-    match server::serve(Arc::new(ctx), listeners) {
+    let ctx_slot: server::ContextSlot = Arc::new(RwLock::new(Arc::new(ctx)));
+    let reload = reloader(cfg, ctx_slot.clone(), delivery_slot);
+    let result = server::serve(ctx_slot, listeners, reload);
+    if let Some(p) = &pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("fatal: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGHUP: read the configuration and aliases again; install them only
+/// if both are valid. Listeners, the spool and thread counts need a restart.
+fn reloader(
+    start: Config,
+    ctx_slot: server::ContextSlot,
+    delivery_slot: delivery::Slot,
+) -> server::Reload {
+    Box::new(move || {
+        let path = start.source.as_ref().map(|p| p.display().to_string());
+        let cfg = Config::locate(path.as_deref()).map_err(|e| e.to_string())?;
+        let policy = LocalPolicy::load(&cfg)?;
+        for (name, same) in [
+            ("listen", cfg.listen == start.listen),
+            ("spool_dir", cfg.spool_dir == start.spool_dir),
+            (
+                "max_connections",
+                cfg.max_connections == start.max_connections,
+            ),
+            (
+                "delivery_threads",
+                cfg.delivery_threads == start.delivery_threads,
+            ),
+        ] {
+            if !same {
+                log::warn!("warning: {name} changed: it takes effect at the next restart");
+            }
+        }
+        let old = ctx_slot.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut ctx = Context::new(cfg.clone(), policy.clone(), old.spool.clone());
+        ctx.on_queued = old.on_queued.clone();
+        ctx.shutdown = old.shutdown.clone();
+        *ctx_slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ctx);
+        let d = delivery::current(&delivery_slot).reloaded(cfg, policy);
+        *delivery_slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);
+        Ok(())
+    })
 }
 
 /// Reads the message: up to end of input, or (without `-i`) up to a line
@@ -280,7 +346,7 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
     }
     match o.mode {
         Mode::Smtp => return inetd(cfg),
-        Mode::ListQueue => return queue_list(&cfg),
+        Mode::ListQueue => return queue_list(&cfg, false),
         Mode::RunQueue => return queue_run(cfg),
         Mode::CheckAliases => {
             return match satchel::aliases::Aliases::load(&cfg.aliases_file) {
@@ -459,7 +525,13 @@ fn queue_run(cfg: Config) -> ExitCode {
         }
     };
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-    let d = Arc::new(Deliverer::new(cfg, spool, policy, resolver, wake_tx));
+    let d = Arc::new(Deliverer::new(
+        cfg,
+        spool,
+        policy,
+        Arc::from(resolver),
+        wake_tx,
+    ));
     let n = delivery::run_once(&d, &wake_rx, false);
     log::info!("queue run: {n} message(s) processed");
     ExitCode::SUCCESS
@@ -518,32 +590,6 @@ fn queue_flush(cfg: &Config) -> ExitCode {
     }
 }
 
-fn queue_delete(cfg: &Config, id: &str) -> ExitCode {
-    let spool = match open_spool(cfg) {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
-    if !is_queue_id(id) {
-        eprintln!("satchel: '{id}' is not a queue ID");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    if spool.dir("active").join(id).exists() {
-        eprintln!("satchel: {id} is being delivered right now; try again in a moment");
-        return ExitCode::FAILURE;
-    }
-    match std::fs::remove_file(spool.dir("queue").join(id)) {
-        Ok(()) => {
-            let _ = std::fs::remove_file(spool.msg_path(id));
-            println!("{id}: deleted");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("satchel: {id}: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn check_config(cfg: &Config) -> ExitCode {
     if let Err(e) = LocalPolicy::load(cfg) {
         eprintln!("satchel: {e}");
@@ -557,75 +603,59 @@ fn check_config(cfg: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// A listing in the style of Postfix's mailq.
-fn queue_list(cfg: &Config) -> ExitCode {
+/// `queue list [--json]`.
+fn queue_list(cfg: &Config, json: bool) -> ExitCode {
     let spool = match open_spool(cfg) {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let items = match spool.list() {
-        Ok(i) => i,
+    match queue::items(&spool) {
+        Ok(items) => {
+            print!(
+                "{}",
+                if json {
+                    queue::list_json(&items)
+                } else {
+                    queue::list_text(&items)
+                }
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("satchel: spool {}: {e}", cfg.spool_dir.display());
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// `queue show|delete|hold|release ID` (delete also takes ALL).
+fn queue_tool(cfg: &Config, verb: &str, id: &str) -> ExitCode {
+    let spool = match open_spool(cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
     };
-    if items.is_empty() {
-        println!("Mail queue is empty");
-        return ExitCode::SUCCESS;
-    }
-    let mut out = String::new();
-    out.push_str("-Queue ID-------- --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
-    let (mut total, mut count) = (0u64, 0usize);
-    for item in items {
-        match item {
-            Ok((state, e)) => {
-                let mark = if state == QueueState::Active {
-                    "*"
-                } else {
-                    " "
-                };
-                out.push_str(&format!(
-                    "{}{mark} {:>8} {:>20}  {}\n",
-                    e.id,
-                    e.size,
-                    time::mailq(e.created),
-                    e.from
-                        .to_string()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                ));
-                for r in &e.rcpts {
-                    let (word, why) = match &r.state {
-                        RcptState::Pending => ("pending", String::new()),
-                        RcptState::Deferred(t) => ("deferred", format!(": {t}")),
-                        RcptState::Sent(t) => ("sent", format!(": {t}")),
-                        RcptState::Failed(t) => ("failed", format!(": {t}")),
-                    };
-                    let next = if matches!(r.state, RcptState::Deferred(_)) && e.next_attempt > 0 {
-                        format!(", next attempt {}", time::iso8601(e.next_attempt))
-                    } else {
-                        String::new()
-                    };
-                    let addr = r.addr.to_string();
-                    out.push_str(&format!(
-                        "{:48}{} ({word}{next}){why}\n",
-                        "",
-                        addr.trim_start_matches('<').trim_end_matches('>'),
-                    ));
-                }
-                out.push('\n');
-                total += e.size;
-                count += 1;
-            }
-            Err(msg) => out.push_str(&format!("damaged envelope: {msg}\n\n")),
+    let result = match verb {
+        "show" => queue::show(&spool, id).map(|t| print!("{t}")),
+        "delete" if id == "ALL" => {
+            queue::delete_all(&spool).map(|n| println!("{n} message(s) deleted"))
+        }
+        "delete" => queue::delete(&spool, id).map(|()| println!("{id}: deleted")),
+        "hold" => queue::hold(&spool, id).map(|()| println!("{id}: placed on hold")),
+        "release" => queue::release(&spool, id).map(|()| {
+            println!("{id}: released");
+            delivery::kick_runner(&spool, cfg.source.as_deref());
+        }),
+        _ => unreachable!("verbs are matched by the caller"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            ExitCode::from(if matches!(e, queue::QueueError::BadId(_)) {
+                EXIT_CONFIG
+            } else {
+                1
+            })
         }
     }
-    out.push_str(&format!(
-        "-- {} Kbytes in {count} Request{}.\n",
-        total.div_ceil(1024),
-        if count == 1 { "" } else { "s" }
-    ));
-    print!("{out}");
-    ExitCode::SUCCESS
 }

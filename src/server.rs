@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -62,9 +62,21 @@ pub fn bind(ctx: &Context) -> Result<Vec<TcpListener>, String> {
     Ok(listeners)
 }
 
+/// The current session context; SIGHUP puts a new one in. Sessions keep
+/// the one they started with, so a reload never disturbs them.
+pub type ContextSlot = Arc<RwLock<Arc<Context>>>;
+
+fn current(slot: &ContextSlot) -> Arc<Context> {
+    slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Builds and installs new settings on SIGHUP; `Err` leaves the old ones.
+pub type Reload = Box<dyn Fn() -> Result<(), String> + Send>;
+
 /// Serves until SIGTERM or SIGINT; returns once sessions have finished or
-/// `shutdown_timeout` has passed.
-pub fn serve(ctx: Arc<Context>, listeners: Vec<TcpListener>) -> Result<(), String> {
+/// `shutdown_timeout` has passed. SIGHUP calls `reload`.
+pub fn serve(slot: ContextSlot, listeners: Vec<TcpListener>, reload: Reload) -> Result<(), String> {
+    let ctx = current(&slot);
     let pool = Arc::new(Pool {
         active: AtomicUsize::new(0),
         spawned: Mutex::new(0),
@@ -79,10 +91,10 @@ pub fn serve(ctx: Arc<Context>, listeners: Vec<TcpListener>) -> Result<(), Strin
         let addr = l.local_addr().map_err(|e| e.to_string())?;
         log::info!("listening on {addr}");
         local_addrs.push(addr);
-        let (ctx, pool, tx, rx) = (ctx.clone(), pool.clone(), tx.clone(), rx.clone());
+        let (slot, pool, tx, rx) = (slot.clone(), pool.clone(), tx.clone(), rx.clone());
         let h = thread::Builder::new()
             .name(format!("listen {addr}"))
-            .spawn(move || accept_loop(l, ctx, pool, tx, rx))
+            .spawn(move || accept_loop(l, slot, pool, tx, rx))
             .map_err(|e| e.to_string())?;
         handles.push(h);
     }
@@ -91,6 +103,7 @@ pub fn serve(ctx: Arc<Context>, listeners: Vec<TcpListener>) -> Result<(), Strin
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let stopper = {
@@ -99,9 +112,19 @@ pub fn serve(ctx: Arc<Context>, listeners: Vec<TcpListener>) -> Result<(), Strin
             .name("signals".into())
             .spawn(move || {
                 let mut signals = signals;
-                if let Some(sig) = signals.forever().next() {
+                for sig in signals.forever() {
+                    if sig == signal_hook::consts::SIGHUP {
+                        match reload() {
+                            Ok(()) => log::info!("reloaded the configuration and aliases"),
+                            Err(e) => {
+                                log::error!("error: reload refused, keeping the old settings: {e}")
+                            }
+                        }
+                        continue;
+                    }
                     log::info!("signal {sig} received: stopping");
                     stop(&ctx, &pool, &local_addrs);
+                    return;
                 }
             })
             .map_err(|e| e.to_string())?
@@ -156,17 +179,16 @@ fn refuse(mut stream: TcpStream, reply: Reply) {
 
 fn accept_loop(
     l: TcpListener,
-    ctx: Arc<Context>,
+    slot: ContextSlot,
     pool: Arc<Pool>,
     tx: Sender<Job>,
     rx: Receiver<Job>,
 ) {
-    let cfg = &ctx.cfg;
     loop {
         let (stream, peer) = match l.accept() {
             Ok(x) => x,
             Err(e) => {
-                if ctx.shutdown.load(Ordering::SeqCst) {
+                if current(&slot).shutdown.load(Ordering::SeqCst) {
                     return;
                 }
                 // EMFILE and friends: back off instead of spinning.
@@ -175,6 +197,8 @@ fn accept_loop(
                 continue;
             }
         };
+        let ctx = current(&slot);
+        let cfg = &ctx.cfg;
         if ctx.shutdown.load(Ordering::SeqCst) {
             return;
         }
@@ -222,11 +246,11 @@ fn accept_loop(
             // Every active connection has a thread: spawn when there are fewer.
             let mut spawned = lock(&pool.spawned);
             if *spawned < active {
-                let (ctx, pool2, rx) = (ctx.clone(), pool.clone(), rx.clone());
+                let (slot, pool2, rx) = (slot.clone(), pool.clone(), rx.clone());
                 match thread::Builder::new()
                     .name("smtpd".into())
                     .stack_size(SESSION_STACK)
-                    .spawn(move || worker(rx, ctx, pool2))
+                    .spawn(move || worker(rx, slot, pool2))
                 {
                     Ok(_) => *spawned += 1,
                     Err(e) => log::warn!("warning: cannot start a session thread: {e}"),
@@ -239,8 +263,9 @@ fn accept_loop(
     }
 }
 
-fn worker(rx: Receiver<Job>, ctx: Arc<Context>, pool: Arc<Pool>) {
+fn worker(rx: Receiver<Job>, slot: ContextSlot, pool: Arc<Pool>) {
     while let Ok(job) = rx.recv() {
+        let ctx = current(&slot);
         let ip = job.peer.ip();
         let id = pool.next_conn.fetch_add(1, Ordering::SeqCst);
         let in_data = Arc::new(AtomicBool::new(false));

@@ -8,6 +8,7 @@
 //! spool/msg/<id>       message bytes, `Received:` first; written once, never changed
 //! spool/queue/<id>     envelope of a waiting message; its rename into place is the commit
 //! spool/active/<id>    envelope claimed by a delivery thread
+//! spool/hold/<id>      envelope put on hold by the operator (never delivered until released)
 //! spool/corrupt/<id>   envelopes that failed to parse, kept for a human
 //! ```
 //!
@@ -43,7 +44,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::envelope::Envelope;
 
 /// Spool sub-directories, created at open.
-const DIRS: [&str; 5] = ["tmp", "msg", "queue", "active", "corrupt"];
+const DIRS: [&str; 6] = ["tmp", "msg", "queue", "active", "hold", "corrupt"];
 
 /// A queue ID: 16 upper-case hex digits, the microseconds since the epoch
 /// at arrival (strictly increasing within a process), so IDs sort by
@@ -80,6 +81,7 @@ pub struct Spool {
 pub enum QueueState {
     Queued,
     Active,
+    Held,
 }
 
 /// What start-up recovery found and did.
@@ -242,18 +244,19 @@ impl Spool {
     }
 
     fn has_envelope(&self, id: &str) -> bool {
-        ["queue", "active"]
+        ["queue", "active", "hold"]
             .iter()
             .any(|d| self.dir(d).join(id).exists())
     }
 
-    /// Every envelope in `queue/` and `active/`, sorted by ID (arrival).
+    /// Every envelope in `queue/`, `active/` and `hold/`, sorted by ID (arrival).
     /// Damaged envelopes are returned as errors naming the file.
     pub fn list(&self) -> io::Result<Vec<Result<(QueueState, Envelope), String>>> {
         let mut out = Vec::new();
         for (dir, state) in [
             ("queue", QueueState::Queued),
             ("active", QueueState::Active),
+            ("hold", QueueState::Held),
         ] {
             for id in list_names(&self.dir(dir))? {
                 let p = self.dir(dir).join(&id);

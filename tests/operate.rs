@@ -236,3 +236,141 @@ fn mailq_and_newaliases_links_work() {
     assert!(n.status.success());
     assert!(String::from_utf8_lossy(&n.stdout).contains("1 aliases"));
 }
+
+fn rcpt_code(s: &Server, rcpt: &str) -> u16 {
+    let mut c = common::Client::connect(s.addr());
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").0, 250);
+    c.cmd(&format!("RCPT TO:<{rcpt}>")).0
+}
+
+#[test]
+fn sighup_adds_a_local_user_and_a_broken_config_keeps_the_old_one() {
+    let s = Server::start("");
+    let mut c = common::Client::connect(s.addr()); // a session open across the reloads
+    c.hello();
+    assert_eq!(rcpt_code(&s, "dave@satchel.test"), 550);
+    let text = fs::read_to_string(&s.conf)
+        .unwrap()
+        .replace("local_users = alice, bob", "local_users = alice, bob, dave");
+    fs::write(&s.conf, &text).unwrap();
+    s.signal("HUP");
+    s.wait_for("the reload", || {
+        s.log().contains("reloaded the configuration and aliases")
+    });
+    assert_eq!(
+        rcpt_code(&s, "dave@satchel.test"),
+        250,
+        "accepted without a restart"
+    );
+    fs::write(&s.conf, format!("{text}max_connections = lots\n")).unwrap();
+    s.signal("HUP");
+    s.wait_for("the refusal", || {
+        s.log().contains("reload refused, keeping the old settings")
+    });
+    assert!(
+        s.log().contains(":max_connections") || s.log().contains("bad value for max_connections"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        rcpt_code(&s, "dave@satchel.test"),
+        250,
+        "still serving with the last good settings"
+    );
+    assert_eq!(c.cmd("NOOP").0, 250, "the old session was not dropped");
+}
+
+#[test]
+fn hold_keeps_a_message_from_delivery_and_release_lets_it_go() {
+    let port = free_port();
+    let remote = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    // Queue with delivery deferred, hold it, then start a delivering server.
+    let mut s = Server::start(&format!("relayhost = [127.0.0.1]:{port}\n"));
+    let mut c = common::Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.mail(
+        "alice@satchel.test",
+        &["x@remote.test"],
+        b"Subject: held\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250);
+    let id = common::queue_id(&text);
+    let out = s.run(&["queue", "hold", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8_lossy(&s.run(&["queue", "list"]).stdout).into_owned();
+    assert!(
+        list.contains(&format!("{id}!")),
+        "held messages are marked: {list}"
+    );
+    let json = String::from_utf8_lossy(&s.run(&["queue", "list", "--json"]).stdout).into_owned();
+    assert!(
+        json.contains(&format!("\"queue_id\":\"{id}\",\"queue_name\":\"hold\"")),
+        "{json}"
+    );
+    let show = String::from_utf8_lossy(&s.run(&["queue", "show", &id]).stdout).into_owned();
+    assert!(
+        show.contains("from <alice@satchel.test>") && show.contains("Subject: held"),
+        "{show}"
+    );
+    s.kill9();
+    let text = fs::read_to_string(&s.conf)
+        .unwrap()
+        .replace("defer_delivery = yes", "defer_delivery = no");
+    fs::write(&s.conf, text).unwrap();
+    s.spawn();
+    let flush = s.run(&["queue", "flush"]);
+    assert!(flush.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        remote.received().is_empty(),
+        "a held message is not delivered"
+    );
+    assert!(s.run(&["queue", "release", &id]).status.success());
+    s.wait_for("delivery after release", || remote.received().len() == 1);
+}
+
+#[test]
+fn delete_all_empties_the_queue_and_flush_delivers_deferred_mail_at_once() {
+    let s = Server::start("");
+    for i in 0..3 {
+        let mut c = common::Client::connect(s.addr());
+        c.hello();
+        assert_eq!(
+            c.mail(
+                "a@example.org",
+                &["alice@satchel.test"],
+                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes()
+            )
+            .0,
+            250
+        );
+    }
+    assert_eq!(s.queued().len(), 3);
+    let out = s.run(&["queue", "delete", "ALL"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 message(s) deleted"));
+    assert!(s.queued().is_empty());
+    assert_eq!(fs::read_dir(s.spool().join("msg")).unwrap().count(), 0);
+}
+
+#[test]
+fn serve_writes_and_removes_its_pid_file() {
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "");
+    let pid = s.dir.0.join("satchel.pid");
+    s.spawn_with(&["-p", pid.to_str().unwrap()]);
+    let child_pid = s.child.as_ref().unwrap().id();
+    assert_eq!(
+        fs::read_to_string(&pid).unwrap().trim(),
+        child_pid.to_string()
+    );
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(std::time::Duration::from_secs(20)), Some(0));
+    assert!(!pid.exists());
+}

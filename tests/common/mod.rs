@@ -124,6 +124,11 @@ impl Server {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// Starts `satchel serve -c CONF EXTRA...` and waits until it listens.
+    pub fn spawn_with(&mut self, extra_args: &[&str]) {
         let want = format!("listening on {}", self.addr());
         let before = self.log().matches(&want).count();
         let log = fs::OpenOptions::new()
@@ -134,6 +139,7 @@ impl Server {
         let child = Command::new(BIN)
             .args(["serve", "-c"])
             .arg(&self.conf)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,0 +1,265 @@
+//! The queue tools an administrator uses, reading the spool directly (like
+//! Postfix's mailq and postsuper): list (text or JSON), show, delete, hold,
+//! release. Moving envelopes between `queue/` and `hold/` is a rename, so a
+//! tool never races a delivery thread into a half state: a message being
+//! delivered (`active/`) is refused with a clear message.
+
+use std::fs;
+use std::io;
+
+use crate::envelope::{Envelope, RcptState};
+use crate::spool::{is_queue_id, QueueState, Spool};
+use crate::time;
+
+#[derive(Debug)]
+pub enum QueueError {
+    /// Not a queue ID at all (exit status 2).
+    BadId(String),
+    NotFound(String),
+    /// In `active/`: being delivered right now.
+    Busy(String),
+    Io(String),
+}
+
+impl std::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueError::BadId(id) => write!(f, "'{id}' is not a queue ID"),
+            QueueError::NotFound(id) => write!(f, "{id}: no such message in the queue"),
+            QueueError::Busy(id) => write!(
+                f,
+                "{id} is being delivered right now; try again in a moment"
+            ),
+            QueueError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), QueueError> {
+    if is_queue_id(id) {
+        Ok(())
+    } else {
+        Err(QueueError::BadId(id.chars().take(64).collect()))
+    }
+}
+
+/// Where the envelope of `id` is now.
+fn locate(spool: &Spool, id: &str) -> Result<&'static str, QueueError> {
+    check_id(id)?;
+    for dir in ["queue", "hold", "active"] {
+        if spool.dir(dir).join(id).exists() {
+            return Ok(dir);
+        }
+    }
+    Err(QueueError::NotFound(id.to_string()))
+}
+
+/// Removes a waiting or held message.
+pub fn delete(spool: &Spool, id: &str) -> Result<(), QueueError> {
+    let dir = locate(spool, id)?;
+    if dir == "active" {
+        return Err(QueueError::Busy(id.to_string()));
+    }
+    fs::remove_file(spool.dir(dir).join(id)).map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
+    let _ = fs::remove_file(spool.msg_path(id));
+    Ok(())
+}
+
+/// Deletes every message that is not being delivered; returns how many.
+pub fn delete_all(spool: &Spool) -> Result<usize, QueueError> {
+    let mut n = 0;
+    for dir in ["queue", "hold"] {
+        let rd = fs::read_dir(spool.dir(dir)).map_err(|e| QueueError::Io(e.to_string()))?;
+        for e in rd.flatten() {
+            if let Ok(id) = e.file_name().into_string() {
+                if is_queue_id(&id) && delete(spool, &id).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Moves a message between `queue/` and `hold/` (`from` -> `to`).
+fn shift(spool: &Spool, id: &str, from: &str, to: &str) -> Result<(), QueueError> {
+    let dir = locate(spool, id)?;
+    if dir == "active" {
+        return Err(QueueError::Busy(id.to_string()));
+    }
+    if dir != from {
+        return Err(QueueError::Io(format!("{id} is not in {from}/")));
+    }
+    fs::rename(spool.dir(from).join(id), spool.dir(to).join(id))
+        .map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
+    crate::spool::sync_dir(&spool.dir(to)).map_err(|e| QueueError::Io(e.to_string()))
+}
+
+/// Keeps a message from delivery until released.
+pub fn hold(spool: &Spool, id: &str) -> Result<(), QueueError> {
+    shift(spool, id, "queue", "hold")
+}
+
+/// Returns a held message to the queue.
+pub fn release(spool: &Spool, id: &str) -> Result<(), QueueError> {
+    shift(spool, id, "hold", "queue")
+}
+
+/// The envelope and the message headers of `id`, for `queue show`.
+pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
+    let dir = locate(spool, id)?;
+    let env = fs::read_to_string(spool.dir(dir).join(id))
+        .map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
+    let msg = fs::read(spool.msg_path(id))
+        .map_err(|e| QueueError::Io(format!("{id}: message file: {e}")))?;
+    let headers = crate::bounce::header_section(&msg);
+    Ok(format!(
+        "*** ENVELOPE ({dir}) ***\n{env}*** HEADERS ***\n{}",
+        String::from_utf8_lossy(headers).replace("\r\n", "\n")
+    ))
+}
+
+fn state_word(s: &RcptState) -> (&'static str, &str) {
+    match s {
+        RcptState::Pending => ("pending", ""),
+        RcptState::Deferred(t) => ("deferred", t),
+        RcptState::Sent(t) => ("sent", t),
+        RcptState::Failed(t) => ("failed", t),
+    }
+}
+
+fn strip(a: &str) -> &str {
+    a.trim_start_matches('<').trim_end_matches('>')
+}
+
+/// A listing in the style of Postfix's mailq (`*` active, `!` held).
+pub fn list_text(items: &[Result<(QueueState, Envelope), String>]) -> String {
+    if items.is_empty() {
+        return "Mail queue is empty\n".into();
+    }
+    let mut out =
+        String::from("-Queue ID-------- --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
+    let (mut total, mut count) = (0u64, 0usize);
+    for item in items {
+        let (state, e) = match item {
+            Ok(x) => x,
+            Err(msg) => {
+                out.push_str(&format!("damaged envelope: {msg}\n\n"));
+                continue;
+            }
+        };
+        let mark = match state {
+            QueueState::Active => "*",
+            QueueState::Held => "!",
+            QueueState::Queued => " ",
+        };
+        out.push_str(&format!(
+            "{}{mark} {:>8} {:>20}  {}\n",
+            e.id,
+            e.size,
+            time::mailq(e.created),
+            strip(&e.from.to_string())
+        ));
+        for r in &e.rcpts {
+            let (word, why) = state_word(&r.state);
+            let next = if matches!(r.state, RcptState::Deferred(_)) && e.next_attempt > 0 {
+                format!(", next attempt {}", time::iso8601(e.next_attempt))
+            } else {
+                String::new()
+            };
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
+            };
+            out.push_str(&format!(
+                "{:48}{} ({word}{next}){why}\n",
+                "",
+                strip(&r.addr.to_string())
+            ));
+        }
+        out.push('\n');
+        total += e.size;
+        count += 1;
+    }
+    out.push_str(&format!(
+        "-- {} Kbytes in {count} Request{}.\n",
+        total.div_ceil(1024),
+        if count == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// JSON string escaping (RFC 8259 §7).
+fn js(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// One JSON object per message, one per line (like `postqueue -j`).
+pub fn list_json(items: &[Result<(QueueState, Envelope), String>]) -> String {
+    let mut out = String::new();
+    for (state, e) in items.iter().flatten() {
+        let queue = match state {
+            QueueState::Queued => "queue",
+            QueueState::Active => "active",
+            QueueState::Held => "hold",
+        };
+        let rcpts: Vec<String> = e
+            .rcpts
+            .iter()
+            .map(|r| {
+                let (word, why) = state_word(&r.state);
+                format!(
+                    "{{\"address\":{},\"state\":{},\"reason\":{}}}",
+                    js(strip(&r.addr.to_string())),
+                    js(word),
+                    js(why)
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "{{\"queue_id\":{},\"queue_name\":{},\"arrival_time\":{},\"message_size\":{},\"sender\":{},\"attempts\":{},\"next_attempt\":{},\"recipients\":[{}]}}\n",
+            js(&e.id),
+            js(queue),
+            e.created,
+            e.size,
+            js(strip(&e.from.to_string())),
+            e.attempts,
+            e.next_attempt,
+            rcpts.join(",")
+        ));
+    }
+    out
+}
+
+/// Reads the spool listing.
+pub fn items(spool: &Spool) -> io::Result<Vec<Result<(QueueState, Envelope), String>>> {
+    spool.list()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(js("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+
+    #[test]
+    fn empty_queue_says_so() {
+        assert_eq!(list_text(&[]), "Mail queue is empty\n");
+        assert_eq!(list_json(&[]), "");
+    }
+}
