@@ -134,6 +134,10 @@ pub struct Config {
     pub dns_timeout: Duration,
     /// Keep mail queued and do not deliver (like Postfix's defer_transports).
     pub defer_delivery: bool,
+    /// Started as root: the account to become after binding the listeners.
+    pub user: Option<String>,
+    /// Its group (default: the user's primary group).
+    pub group: Option<String>,
 }
 
 /// The system's host name, as the kernel knows it.
@@ -199,6 +203,8 @@ impl Default for Config {
             relay_timeout: Duration::from_secs(300),
             dns_timeout: Duration::from_secs(5),
             defer_delivery: false,
+            user: None,
+            group: None,
         }
     }
 }
@@ -455,6 +461,17 @@ impl Config {
                 "connect_timeout" => c.connect_timeout = duration()?,
                 "relay_timeout" => c.relay_timeout = duration()?,
                 "dns_timeout" => c.dns_timeout = duration()?,
+                "user" | "group" => {
+                    let v = (!value.is_empty()).then(|| value.to_string());
+                    if v.as_deref().is_some_and(|n| !valid_user_name(n)) {
+                        return Err(bad("expected an account name"));
+                    }
+                    if key == "user" {
+                        c.user = v;
+                    } else {
+                        c.group = v;
+                    }
+                }
                 "defer_delivery" => {
                     c.defer_delivery = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
                 }
@@ -564,6 +581,8 @@ impl Config {
         kv("connect_timeout", secs(self.connect_timeout));
         kv("relay_timeout", secs(self.relay_timeout));
         kv("dns_timeout", secs(self.dns_timeout));
+        kv("user", self.user.clone().unwrap_or_default());
+        kv("group", self.group.clone().unwrap_or_default());
         kv(
             "defer_delivery",
             if self.defer_delivery { "yes" } else { "no" }.into(),

@@ -224,6 +224,10 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
     };
     let mut ctx = Context::new(cfg.clone(), policy.clone(), spool.clone());
     ctx.on_queued = Some(wake_tx.clone());
+    if let Err(e) = check_root_ports(&cfg) {
+        log::error!("fatal: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let listeners = match server::bind(&ctx) {
         Ok(l) => l,
         Err(e) => {
@@ -231,6 +235,16 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(p) = &pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            log::error!("fatal: pid file {p}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = become_service_user(&cfg) {
+        log::error!("fatal: {e}");
+        return ExitCode::FAILURE;
+    }
     let delivery_slot: delivery::Slot = Arc::new(RwLock::new(Arc::new(Deliverer::new(
         cfg.clone(),
         spool,
@@ -243,12 +257,6 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
     } else if let Err(e) = delivery::start(delivery_slot.clone(), wake_rx, ctl_rx) {
         log::error!("fatal: cannot start delivery: {e}");
         return ExitCode::FAILURE;
-    }
-    if let Some(p) = &pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            log::error!("fatal: pid file {p}: {e}");
-            return ExitCode::FAILURE;
-        }
     }
     let ctx_slot: server::ContextSlot = Arc::new(RwLock::new(Arc::new(ctx)));
     let reload = reloader(cfg, ctx_slot.clone(), delivery_slot);
@@ -408,6 +416,58 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
     }
 }
 
+/// Started as root: refuse privileged ports without `user` (binding them
+/// is the only reason to start as root). Call before binding.
+fn check_root_ports(cfg: &Config) -> Result<(), String> {
+    if satchel::os::euid() == 0 && cfg.user.is_none() {
+        if let Some(a) = cfg.listen.iter().find(|a| a.port() < 1024) {
+            return Err(format!(
+                "refusing to listen on {a} as root without a user to become: set `user = satchel` (an unprivileged account) in {}",
+                cfg.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the configuration".into())
+            ));
+        }
+        log::warn!("warning: running as root; set `user` in the configuration to drop privileges");
+    }
+    Ok(())
+}
+
+/// Started as root with `user` set: hand the spool and mailboxes to that
+/// account, then become it (before a byte is read from any client).
+fn become_service_user(cfg: &Config) -> Result<(), String> {
+    let Some(user) = cfg.user.as_deref() else {
+        return Ok(());
+    };
+    if satchel::os::euid() != 0 {
+        return Ok(()); // already unprivileged: nothing to drop
+    }
+    let (uid, primary) = satchel::os::lookup_user(user)
+        .ok_or_else(|| format!("user '{user}' not found in /etc/passwd"))?;
+    let gid = match cfg.group.as_deref() {
+        Some(g) => satchel::os::lookup_group(g)
+            .ok_or_else(|| format!("group '{g}' not found in /etc/group"))?,
+        None => primary,
+    };
+    std::fs::create_dir_all(&cfg.mail_dir)
+        .map_err(|e| format!("{}: {e}", cfg.mail_dir.display()))?;
+    for top in [&cfg.spool_dir, &cfg.mail_dir] {
+        chown_tree(top, uid, gid, 3).map_err(|e| format!("chown {}: {e}", top.display()))?;
+    }
+    satchel::os::drop_privileges(uid, gid).map_err(|e| format!("cannot become {user}: {e}"))?;
+    log::info!("running as {user} (uid {uid}, gid {gid})");
+    Ok(())
+}
+
+/// chown of a directory and what it holds, `depth` levels down.
+fn chown_tree(p: &std::path::Path, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+    if depth > 0 && p.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            chown_tree(&e?.path(), uid, gid, depth - 1)?;
+        }
+    }
+    Ok(())
+}
+
 /// Takes the runner lock, waiting for a `queue run` that holds it.
 fn runner_lock(spool: &Spool) -> Result<std::fs::File, ExitCode> {
     let fail = |e: std::io::Error| {
@@ -455,6 +515,14 @@ fn inetd(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = become_service_user(&cfg) {
+        log::error!("fatal: {e}");
+        println!(
+            "421 4.3.0 {} Service temporarily unavailable\r",
+            cfg.hostname
+        );
+        return ExitCode::FAILURE;
+    }
     let (tx, rx) = crossbeam_channel::unbounded();
     let source = cfg.source.clone();
     let mut ctx = Context::new(cfg, policy, spool.clone());

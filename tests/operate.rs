@@ -374,3 +374,73 @@ fn serve_writes_and_removes_its_pid_file() {
     assert_eq!(s.wait_exit(std::time::Duration::from_secs(20)), Some(0));
     assert!(!pid.exists());
 }
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `Uid:`/`Gid:` lines of /proc/PID/status: (real, effective, saved, fs).
+fn ids(pid: u32, key: &str) -> Vec<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap()
+        .to_string();
+    line.split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn started_as_root_the_server_becomes_the_configured_user() {
+    if !running_as_root() {
+        println!("skipped: privilege drop needs the tests to run as root");
+        return;
+    }
+    let Some((uid, gid)) = satchel::os::lookup_user("nobody") else {
+        println!("skipped: no 'nobody' account");
+        return;
+    };
+    let s = Server::start("user = nobody\ndefer_delivery = no\n");
+    let pid = s.child.as_ref().unwrap().id();
+    s.wait_for("the drop", || s.log().contains("running as nobody"));
+    assert_eq!(ids(pid, "Uid:"), vec![uid; 4]);
+    assert_eq!(ids(pid, "Gid:"), vec![gid; 4]);
+    // It still works: the spool and mailboxes were handed over.
+    let mut c = common::Client::connect(s.addr());
+    c.hello();
+    assert_eq!(
+        c.mail(
+            "a@example.org",
+            &["alice@satchel.test"],
+            b"Subject: dropped\r\n\r\nx\r\n"
+        )
+        .0,
+        250
+    );
+    s.wait_for("delivery as nobody", || s.maildir("alice").len() == 1);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(&s.maildir("alice")[0]).unwrap().uid(),
+        uid,
+        "mailboxes are owned by the service user"
+    );
+}
+
+#[test]
+fn root_without_user_may_not_take_a_privileged_port() {
+    if !running_as_root() {
+        println!("skipped: needs root");
+        return;
+    }
+    let s = Server::prepare_at([127, 0, 0, 1], 25, "");
+    let out = s.run(&["serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set `user = satchel`"), "{err}");
+}

@@ -1,0 +1,64 @@
+//! The one module that calls the operating system through `unsafe`:
+//! dropping root privileges after the listeners are bound (setgroups,
+//! setgid, setuid, in that order, then a check that root cannot be
+//! regained). User and group names are resolved by reading /etc/passwd and
+//! /etc/group, without unsafe code.
+
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// The effective user ID of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The user ID and primary group ID of `name`, from /etc/passwd.
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+/// The group ID of `name`, from /etc/group.
+pub fn lookup_group(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[0] == name)
+            .then(|| f[2].parse().ok())
+            .flatten()
+    })
+}
+
+/// Becomes `uid`/`gid` for good: supplementary groups cleared first (or
+/// they would stay root's), then the group, then the user.
+pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
+    let groups = [gid as libc::gid_t];
+    // SAFETY: `groups` is a valid array of one gid_t for the duration of the call.
+    if unsafe { libc::setgroups(1, groups.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain system calls on integers.
+    if unsafe { libc::setgid(gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setuid(uid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; this must fail now that root is gone.
+    if uid != 0 && unsafe { libc::setuid(0) } == 0 {
+        return Err(io::Error::other(
+            "root privileges could be regained after setuid",
+        ));
+    }
+    Ok(())
+}
