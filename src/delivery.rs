@@ -174,6 +174,10 @@ impl Schedule {
 
 /// Adds the messages in `queue/` that the schedule does not know yet.
 fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
+    // Local submissions of unprivileged users first (see `maildrop`).
+    for id in crate::maildrop::pickup(&d.spool, &d.cfg.hostname, d.cfg.message_size_limit) {
+        s.set(id, 0);
+    }
     let Ok(rd) = fs::read_dir(d.spool.dir("queue")) else {
         return;
     };
@@ -329,10 +333,14 @@ pub fn run_once(d: &Arc<Deliverer>, wake_rx: &Receiver<String>, all: bool) -> us
 /// queue runner (the daemon or another run) holds the runner lock: so mail
 /// leaves even on a host that runs satchel only from inetd (as dma does).
 pub fn kick_runner(spool: &Spool, config: Option<&Path>) {
-    if spool.runner_active() {
-        // The daemon: ask it to look now rather than at its next scan.
-        let _ = control_request(spool.root(), "scan");
-        return;
+    match spool.try_runner_lock() {
+        Ok(Some(_probe)) => {} // nobody delivers: start a run (the probe lock ends here)
+        // The daemon (or an unprivileged user who cannot even tell): ask the
+        // daemon to look now rather than at its next scan.
+        Ok(None) | Err(_) => {
+            let _ = control_request(spool.root(), "scan");
+            return;
+        }
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("satchel"));
     let mut cmd = std::process::Command::new(exe);
@@ -369,6 +377,10 @@ pub fn control_socket(spool: &Path, ctl: Sender<Control>) -> Result<(), String> 
     }
     let _ = fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Any local user may ask for a scan (after a maildrop submission) or a
+    // flush, as with Postfix's public pickup and qmgr FIFOs.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {

@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod dns;
 pub mod envelope;
 pub mod local;
+pub mod maildrop;
 pub mod os;
 pub mod policy;
 pub mod queue;

@@ -189,6 +189,12 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = satchel::maildrop::prepare(spool.root()) {
+        log::warn!(
+            "warning: spool {}: cannot prepare maildrop/: {e}",
+            cfg.spool_dir.display()
+        );
+    }
     // Before recovery: a second server on the same spool must not touch it.
     let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();

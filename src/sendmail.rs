@@ -489,10 +489,17 @@ pub mod submit {
             ),
             None => from_addr,
         };
-        let mut inc = spool
-            .create()
-            .map_err(|e| (EX_TEMPFAIL, format!("cannot queue: {e}")))?;
-        let id = inc.id.clone();
+        // Direct into the spool when we may write it; otherwise (an ordinary
+        // user on a system-wide install) through the maildrop.
+        let inc = match spool.create() {
+            Ok(i) => Some(i),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+            Err(e) => return Err((EX_TEMPFAIL, format!("cannot queue: {e}"))),
+        };
+        let id = match &inc {
+            Some(i) => i.id.clone(),
+            None => format!("{:X}.{}", now, std::process::id()),
+        };
         let prepared = prepare(
             &normalized,
             o.extract,
@@ -518,6 +525,11 @@ pub mod submit {
                 "no recipients given (name them, or use -t)".into(),
             ));
         }
+        let Some(mut inc) = inc else {
+            return crate::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)
+                .map(|name| format!("maildrop/{name}"))
+                .map_err(|e| (EX_TEMPFAIL, format!("cannot write to the maildrop: {e}")));
+        };
         // RFC 5321 §4.4 asks a time-stamp of every host that handles the message.
         let received = format!(
             "Received: by {} (satchel, from userid {uid})\r\n\tid {id}; {}\r\n",

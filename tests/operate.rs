@@ -444,3 +444,59 @@ fn root_without_user_may_not_take_a_privileged_port() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("set `user = satchel`"), "{err}");
 }
+
+#[test]
+fn an_ordinary_user_submits_through_the_maildrop() {
+    if !running_as_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipped: needs root and setpriv to act as an ordinary user");
+        return;
+    }
+    let s = Server::start("user = nobody\ndefer_delivery = no\nlocal_users = alice, bob, carol\n");
+    s.wait_for("the drop", || s.log().contains("running as nobody"));
+    let link = s.dir.0.join("sendmail");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    // uid 12345 has no account and no rights on the spool.
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
+        .arg(&link)
+        .arg("carol")
+        .env("SATCHEL_CONFIG", &s.conf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: from a user\n\nhello\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = one_message(&s, "carol");
+    assert!(
+        m.contains("Received: by mx.satchel.test (satchel, from userid 12345)"),
+        "{m}"
+    );
+    assert!(m.contains("Subject: from a user"));
+    assert!(s.log().contains("(picked up from maildrop)"));
+    let mode = fs::metadata(s.spool().join("maildrop")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o7777, 0o1733);
+    // A forged file is refused and kept aside, never queued.
+    fs::write(
+        s.spool().join("maildrop").join("forged"),
+        "satchel-maildrop 1\nfrom <a@b.test>\nrcpt <\"../x\">\nend\nx\r\n",
+    )
+    .unwrap();
+    assert!(s.run(&["queue", "flush"]).status.success());
+    s.wait_for("the forged file set aside", || {
+        s.spool().join("corrupt").join("maildrop.forged").exists()
+    });
+    assert!(s.queued().is_empty());
+}

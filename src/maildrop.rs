@@ -1,0 +1,287 @@
+//! Local submission without privileges: the maildrop.
+//!
+//! When satchel runs system-wide as its own user, an ordinary user's
+//! `sendmail` cannot write the spool. It writes the message into
+//! `spool/maildrop/` instead, and the queue runner (the daemon's scheduler,
+//! or `satchel queue run`) picks it up. This is Postfix's design (a
+//! maildrop directory plus a pickup service) without the setgid `postdrop`
+//! helper:
+//!
+//! - `maildrop/` is mode 1733, owned by the service user: anyone may create
+//!   files, nobody else may list the directory, and the sticky bit stops
+//!   users from renaming or deleting each other's files.
+//! - A file is created under its final name (`<microseconds>.<pid>.<random>`,
+//!   which other users cannot guess to read it), locked while it is written
+//!   and fsync'd: pickup skips locked files, so it never takes half a file.
+//! - Pickup trusts nothing in the file: it reads it without following
+//!   symbolic links, caps its size, parses the envelope strictly, and takes
+//!   the submitter's identity from the file's owner (the kernel's word, not
+//!   the user's) for the `Received:` line. A broken file goes to `corrupt/`.
+//! - The pickup runs as the service user and never as root, so a user can
+//!   make it read nothing they could not read themselves.
+//!
+//! File format: `satchel-maildrop 1`, `from <a@b>`, one `rcpt <c@d>` per
+//! recipient, `end`, then the message (CRLF lines).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::address::{ForwardPath, ReversePath};
+use crate::envelope::{Envelope, RcptState, Recipient};
+use crate::spool::Spool;
+use crate::time;
+
+const MAGIC: &str = "satchel-maildrop 1";
+
+pub fn dir(spool_root: &Path) -> PathBuf {
+    spool_root.join("maildrop")
+}
+
+/// Creates `maildrop/` with mode 1733 (call as the spool's owner).
+pub fn prepare(spool_root: &Path) -> io::Result<()> {
+    let d = dir(spool_root);
+    fs::create_dir_all(&d)?;
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o1733))
+}
+
+/// Writes one submission (as the submitting user).
+pub fn submit(
+    spool_root: &Path,
+    from: &ReversePath,
+    rcpts: &[ForwardPath],
+    message: &[u8],
+) -> io::Result<String> {
+    let d = dir(spool_root);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut rnd = [0u8; 8];
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut rnd))?;
+    let name = format!(
+        "{}.{}.{}",
+        now.as_micros(),
+        std::process::id(),
+        u64::from_ne_bytes(rnd)
+    );
+    let path = d.join(&name);
+    let mut head = format!("{MAGIC}\nfrom {from}\n");
+    for r in rcpts {
+        head.push_str(&format!("rcpt {r}\n"));
+    }
+    head.push_str("end\n");
+    let result = (|| {
+        // 0644: the pickup runs as the service user, not as the submitter.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)?;
+        // Locked while being written: pickup skips locked files.
+        f.lock()?;
+        f.write_all(head.as_bytes())?;
+        f.write_all(message)?;
+        // On Linux file systems with a journal (ext4, XFS) this fsync also
+        // commits the new directory entry; the directory itself cannot be
+        // opened for an fsync by users who may not list it (mode 1733).
+        f.sync_all()?;
+        if let Ok(dirf) = File::open(&d) {
+            let _ = dirf.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    result.map(|()| name)
+}
+
+/// Parses a maildrop file: envelope and the offset where the message starts.
+pub fn parse(bytes: &[u8]) -> Result<(ReversePath, Vec<ForwardPath>, usize), String> {
+    let mut pos = 0;
+    let mut from = None;
+    let mut rcpts = Vec::new();
+    let mut first = true;
+    loop {
+        let end = bytes[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("no 'end' line")?
+            + pos;
+        let line =
+            std::str::from_utf8(&bytes[pos..end]).map_err(|_| "invalid UTF-8 in the envelope")?;
+        pos = end + 1;
+        if first {
+            if line != MAGIC {
+                return Err("not a maildrop file".into());
+            }
+            first = false;
+            continue;
+        }
+        if line == "end" {
+            break;
+        }
+        match line.split_once(' ') {
+            Some(("from", v)) => {
+                from = Some(ReversePath::parse(v).map_err(|e| format!("bad sender: {e}"))?)
+            }
+            Some(("rcpt", v)) => {
+                rcpts.push(ForwardPath::parse(v).map_err(|e| format!("bad recipient: {e}"))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unexpected line '{}'",
+                    line.chars().take(40).collect::<String>()
+                ))
+            }
+        }
+        if rcpts.len() > 1000 {
+            return Err("too many recipients".into());
+        }
+    }
+    let from = from.ok_or("no sender")?;
+    if rcpts.is_empty() {
+        return Err("no recipients".into());
+    }
+    Ok((from, rcpts, pos))
+}
+
+/// Moves every finished maildrop file into the queue. Returns the IDs queued.
+pub fn pickup(spool: &Spool, hostname: &str, size_limit: u64) -> Vec<String> {
+    let d = dir(spool.root());
+    let Ok(rd) = fs::read_dir(&d) else {
+        return Vec::new();
+    };
+    let mut queued = Vec::new();
+    for e in rd.flatten() {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let path = e.path();
+        // Locked: its writer is still at work.
+        if File::open(&path)
+            .map(|f| f.try_lock().is_err())
+            .unwrap_or(true)
+        {
+            continue;
+        }
+        match pickup_one(spool, &path, hostname, size_limit) {
+            Ok(id) => {
+                let _ = fs::remove_file(&path);
+                queued.push(id);
+            }
+            Err(why) => {
+                log::warn!("warning: maildrop/{name}: {why}; moved to corrupt/");
+                if fs::rename(&path, spool.dir("corrupt").join(format!("maildrop.{name}"))).is_err()
+                {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+    }
+    queued
+}
+
+fn pickup_one(
+    spool: &Spool,
+    path: &Path,
+    hostname: &str,
+    size_limit: u64,
+) -> Result<String, String> {
+    let meta = fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > size_limit.saturating_add(64 * 1024) {
+        return Err(format!(
+            "larger than message_size_limit ({} octets)",
+            meta.len()
+        ));
+    }
+    // O_NOFOLLOW: the name cannot be swapped for a link between the checks.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    Read::by_ref(&mut f)
+        .take(size_limit.saturating_add(64 * 1024))
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    let (from, rcpts, start) = parse(&bytes)?;
+    let uid = meta.uid();
+    let now = time::unix_now();
+    let mut inc = spool.create().map_err(|e| e.to_string())?;
+    let id = inc.id.clone();
+    // The submitter is who the kernel says owns the file.
+    inc.write(
+        format!(
+            "Received: by {hostname} (satchel, from userid {uid})\r\n\tid {id}; {}\r\n",
+            time::rfc5322(now)
+        )
+        .as_bytes(),
+    );
+    inc.write(&bytes[start..]);
+    let mut env = Envelope {
+        id: id.clone(),
+        created: now,
+        client: "localhost".into(),
+        helo: format!("uid{uid}"),
+        protocol: "local".into(),
+        body: if bytes[start..].is_ascii() {
+            "7BIT"
+        } else {
+            "8BITMIME"
+        }
+        .into(),
+        smtputf8: false,
+        size: 0,
+        from,
+        attempts: 0,
+        next_attempt: 0,
+        warned: false,
+        rcpts: rcpts
+            .into_iter()
+            .map(|addr| Recipient {
+                addr,
+                state: RcptState::Pending,
+                expanded: false,
+            })
+            .collect(),
+    };
+    inc.commit(&mut env).map_err(|e| e.to_string())?;
+    log::info!(
+        "{id}: uid={uid} from={}, size={}, nrcpt={} (picked up from maildrop)",
+        env.from,
+        env.size,
+        env.rcpts.len()
+    );
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maildrop_files_parse_strictly() {
+        let f = b"satchel-maildrop 1\nfrom <a@b.test>\nrcpt <c@d.test>\nend\nSubject: x\r\n\r\nbody\r\n";
+        let (from, rcpts, start) = parse(f).unwrap();
+        assert_eq!(from.to_string(), "<a@b.test>");
+        assert_eq!(rcpts.len(), 1);
+        assert_eq!(&f[start..], b"Subject: x\r\n\r\nbody\r\n");
+        assert!(parse(b"satchel-maildrop 2\nend\n").is_err());
+        assert!(
+            parse(b"satchel-maildrop 1\nfrom <a@b>\nend\n").is_err(),
+            "no recipients"
+        );
+        assert!(
+            parse(b"satchel-maildrop 1\nfrom <a@b>\nrcpt <c@d>\n").is_err(),
+            "no end"
+        );
+        assert!(parse(b"satchel-maildrop 1\nfrom <a@b>\nrcpt <../x>\nend\n").is_err());
+        assert!(parse(b"satchel-maildrop 1\nhelo evil\nend\n").is_err());
+    }
+}
