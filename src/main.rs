@@ -79,14 +79,22 @@ fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    let words: Vec<&str> = m.free.iter().map(String::as_str).collect();
     let cfg = match Config::locate(m.opt_str("c").as_deref()) {
         Ok(c) => c,
+        // Under inetd, stdout and stderr are the client's socket: it gets a
+        // 421, and the reason goes to syslog, never to the peer.
+        Err(e) if words == ["inetd"] => {
+            init_logging_to(&Config::default(), LogTo::Syslog);
+            log::error!("fatal: {e}");
+            println!("421 4.3.0 Service temporarily unavailable\r");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(e) => {
             eprintln!("satchel: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let words: Vec<&str> = m.free.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["serve"] => serve(cfg, m.opt_str("p")),
         ["inetd"] => inetd(cfg),

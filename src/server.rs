@@ -202,7 +202,7 @@ fn accept_loop(
         if ctx.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        let ip = peer.ip();
+        let ip = peer.ip().to_canonical();
         if pool.active.load(Ordering::SeqCst) >= cfg.max_connections {
             log::warn!(
                 "warning: connection limit {} reached: refusing [{ip}]",
@@ -266,7 +266,8 @@ fn accept_loop(
 fn worker(rx: Receiver<Job>, slot: ContextSlot, pool: Arc<Pool>) {
     while let Ok(job) = rx.recv() {
         let ctx = current(&slot);
-        let ip = job.peer.ip();
+        // An IPv4 client on a dual-stack socket: record it as IPv4.
+        let ip = job.peer.ip().to_canonical();
         let id = pool.next_conn.fetch_add(1, Ordering::SeqCst);
         let in_data = Arc::new(AtomicBool::new(false));
         if let Ok(clone) = job.stream.try_clone() {

@@ -38,7 +38,7 @@ pub fn serve(ctx: &Context) -> Client {
         .map(TcpStream::from)
         .filter(|s| s.peer_addr().is_ok());
     if let Some(sock) = socket {
-        let ip = sock.peer_addr().map(|a| a.ip()).ok();
+        let ip = sock.peer_addr().map(|a| a.ip().to_canonical()).ok();
         let client = Client {
             ip,
             may_relay: ip.is_some_and(|ip| ctx.cfg.may_relay(ip)),
