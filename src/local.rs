@@ -61,7 +61,7 @@ fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Path) -> io::Result<Pa
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let name = format!(
-        "{}.M{}P{}Q{}.{}",
+        "{}.M{:06}P{}Q{}.{}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),
