@@ -35,6 +35,7 @@ const USAGE: &str = "usage: satchel serve [-c FILE] [-p PIDFILE]
        satchel inetd [-c FILE]
        satchel queue run [-c FILE]
        satchel check-config [-c FILE]
+       satchel install-links DIR
        satchel queue list [--json] [-c FILE]
        satchel queue flush [-c FILE]
        satchel queue show|hold|release ID [-c FILE]
@@ -100,6 +101,7 @@ fn main() -> ExitCode {
         ["inetd"] => inetd(cfg),
         ["queue", "run"] => queue_run(cfg),
         ["check-config"] => check_config(&cfg),
+        ["install-links", dir] => install_links(dir),
         ["queue", "list"] | ["queue"] => queue_list(&cfg, m.opt_present("json")),
         ["queue", "flush"] => queue_flush(&cfg),
         ["queue", verb @ ("show" | "delete" | "hold" | "release"), id] => {
@@ -480,6 +482,33 @@ fn chown_tree(p: &std::path::Path, uid: u32, gid: u32, depth: u32) -> std::io::R
         }
     }
     Ok(())
+}
+
+/// `install-links DIR`: the sendmail, mailq and newaliases symbolic links
+/// that local programs expect, pointing at this binary.
+fn install_links(dir: &str) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("satchel: cannot find my own path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for name in ["sendmail", "mailq", "newaliases"] {
+        let link = std::path::Path::new(dir).join(name);
+        if link.symlink_metadata().is_ok() {
+            if let Err(e) = std::fs::remove_file(&link) {
+                eprintln!("satchel: {}: {e}", link.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        if let Err(e) = std::os::unix::fs::symlink(&exe, &link) {
+            eprintln!("satchel: {}: {e}", link.display());
+            return ExitCode::FAILURE;
+        }
+        println!("{} -> {}", link.display(), exe.display());
+    }
+    ExitCode::SUCCESS
 }
 
 /// Takes the runner lock, waiting for a `queue run` that holds it.

@@ -213,6 +213,24 @@ fn inetd_mode_on_a_pipe_queues_and_delivers_without_a_daemon() {
 }
 
 #[test]
+fn install_links_creates_the_three_links() {
+    let dir = TempDir::new("install");
+    let out = Command::new(BIN)
+        .arg("install-links")
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for name in ["sendmail", "mailq", "newaliases"] {
+        let target = fs::read_link(dir.0.join(name)).unwrap();
+        assert_eq!(
+            fs::canonicalize(target).unwrap(),
+            fs::canonicalize(BIN).unwrap()
+        );
+    }
+}
+
+#[test]
 fn mailq_and_newaliases_links_work() {
     let s = host("defer_delivery = yes\n");
     fs::write(s.dir.0.join("aliases"), "postmaster: alice\n").unwrap();
