@@ -235,7 +235,7 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         "w" => 604_800.0,
         _ => return None,
     };
-    Some(Duration::from_secs_f64(n * mult))
+    Duration::try_from_secs_f64(n * mult).ok()
 }
 
 /// `10485760`, `10k`, `10M`, `1G` (binary multiples).
@@ -329,8 +329,19 @@ impl Config {
                     .filter(|&n| n >= min)
                     .ok_or_else(|| bad(&format!("expected a whole number >= {min}")))
             };
+            // Times that must not be zero: a zero network time-out fails
+            // every connection, a zero interval spins.
             let duration = || {
-                parse_duration(value).ok_or_else(|| bad("expected a time such as 300s, 5m or 1h"))
+                let d = parse_duration(value)
+                    .ok_or_else(|| bad("expected a time such as 300s, 5m or 1h"))?;
+                let may_be_zero = matches!(
+                    key,
+                    "greet_pause" | "shutdown_timeout" | "delay_warning_time" | "max_backoff"
+                );
+                if d.is_zero() && !may_be_zero {
+                    return Err(bad("must not be 0"));
+                }
+                Ok(d)
             };
             match key {
                 "listen" => {
@@ -481,17 +492,16 @@ impl Config {
         if !domains_set {
             c.local_domains = vec!["localhost".into(), c.hostname.to_ascii_lowercase()];
         }
-        for (name, d) in [
-            ("command_timeout", c.command_timeout),
-            ("data_timeout", c.data_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError {
-                    file: file.to_string(),
-                    line: 0,
-                    what: format!("{name} must not be 0"),
-                });
-            }
+        if c.min_backoff > c.max_backoff {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 0,
+                what: format!(
+                    "min_backoff ({}s) is larger than max_backoff ({}s)",
+                    c.min_backoff.as_secs(),
+                    c.max_backoff.as_secs()
+                ),
+            });
         }
         Ok(c)
     }
@@ -669,6 +679,11 @@ mod tests {
             "vrfy = maybe",
             "local_users = ../etc",
             "log_level = loud",
+            "command_timeout = 0",
+            "connect_timeout = 0s",
+            "queue_run_interval = 0",
+            "relay_timeout = 99999999999999999999999d",
+            "min_backoff = 2h",
             "hostname",
         ] {
             assert!(Config::parse(bad, "x").is_err(), "{bad}");
