@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::envelope::{escape, Envelope, RcptState, Recipient};
@@ -97,10 +97,24 @@ enum Line {
 }
 
 /// Reads one line, never holding more than `max` octets of it.
-fn read_line<R: BufRead>(r: &mut R, max: usize) -> io::Result<Line> {
+/// The whole line must arrive within `limit` (a deadline per line, as
+/// Postfix's smtpd_per_record_deadline): a client dripping one byte at a
+/// time cannot hold a session open forever.
+fn read_line<R: BufRead>(
+    r: &mut R,
+    max: usize,
+    ctl: &dyn Control,
+    limit: Duration,
+) -> io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
+    let deadline = Instant::now() + limit;
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        ctl.set_read_timeout(left)?;
         let buf = r.fill_buf()?;
         if buf.is_empty() {
             return Ok(Line::Eof);
@@ -173,8 +187,7 @@ pub fn run<R: Read, W: Write>(
                 break;
             }
         }
-        let _ = ctl.set_read_timeout(ctx.cfg.command_timeout);
-        let line = match read_line(&mut reader, MAX_COMMAND_LINE) {
+        let line = match read_line(&mut reader, MAX_COMMAND_LINE, ctl, ctx.cfg.command_timeout) {
             Ok(l) => l,
             Err(e) if is_timeout(&e) => {
                 log::info!("timeout after {} commands from {peer}", session.commands());
@@ -300,9 +313,22 @@ fn receive_data<R: Read, W: Write>(
 
     let mut decoder = DataDecoder::new(ctx.cfg.message_size_limit);
     let mut content = Vec::with_capacity(64 * 1024);
-    let _ = ctl.set_read_timeout(ctx.cfg.data_timeout);
+    // §4.5.3.2.5: each data block (here: each line) within data_timeout.
+    let mut lines_seen = 0;
+    let mut deadline = Instant::now() + ctx.cfg.data_timeout;
     loop {
-        let buf = match reader.fill_buf() {
+        if decoder.lines() != lines_seen {
+            lines_seen = decoder.lines();
+            deadline = Instant::now() + ctx.cfg.data_timeout;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let buf = match ctl.set_read_timeout(left).and_then(|()| {
+            if left.is_zero() {
+                Err(io::ErrorKind::TimedOut.into())
+            } else {
+                reader.fill_buf()
+            }
+        }) {
             Ok(b) => b,
             Err(e) => {
                 if is_timeout(&e) {
@@ -407,11 +433,21 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
+    struct NoTimeouts;
+    impl Control for NoTimeouts {
+        fn set_read_timeout(&self, _d: Duration) -> io::Result<()> {
+            Ok(())
+        }
+        fn talks_early(&self, _p: Duration) -> bool {
+            false
+        }
+    }
+
     fn lines(input: &[u8], max: usize) -> Vec<Line> {
         let mut r = BufReader::with_capacity(7, Cursor::new(input.to_vec()));
         let mut v = Vec::new();
         loop {
-            let l = read_line(&mut r, max).unwrap();
+            let l = read_line(&mut r, max, &NoTimeouts, Duration::from_secs(60)).unwrap();
             let eof = l == Line::Eof;
             v.push(l);
             if eof {

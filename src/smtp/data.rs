@@ -51,6 +51,7 @@ pub struct DataDecoder {
     prefix: [u8; 9],
     prefix_len: usize,
     received: usize,
+    lines: u64,
 }
 
 impl DataDecoder {
@@ -65,6 +66,7 @@ impl DataDecoder {
             prefix: [0; 9],
             prefix_len: 0,
             received: 0,
+            lines: 0,
         }
     }
 
@@ -108,7 +110,13 @@ impl DataDecoder {
         }
     }
 
+    /// Lines completed so far (the connection loop's progress clock).
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
     fn end_line(&mut self, out: &mut Vec<u8>) {
+        self.lines += 1;
         self.emit(out, b"\r\n");
         if self.line_len + 2 > MAX_TEXT_LINE {
             self.flag(Defect::LineTooLong);

@@ -20,6 +20,20 @@ pub struct Received {
 /// The reply to `RCPT TO:<rcpt>` on connection number `conn` (from 0).
 pub type Rule = dyn Fn(&str, usize) -> String + Send + Sync;
 
+/// How connection number `conn` misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Accepts the connection and never says a word.
+    NoGreeting,
+    /// Answers everything with text that is not SMTP.
+    Garbage,
+    /// Accepts MAIL and RCPT, says 354, reads a little, then hangs up.
+    DropInData,
+}
+
+pub type Faults = dyn Fn(usize) -> Fault + Send + Sync;
+
 pub struct FakeSmtp {
     pub addr: SocketAddr,
     pub got: Arc<Mutex<Vec<Received>>>,
@@ -29,6 +43,11 @@ pub struct FakeSmtp {
 
 impl FakeSmtp {
     pub fn start(addr: SocketAddr, rule: Box<Rule>) -> FakeSmtp {
+        FakeSmtp::start_with(addr, rule, Box::new(|_| Fault::None))
+    }
+
+    pub fn start_with(addr: SocketAddr, rule: Box<Rule>, faults: Box<Faults>) -> FakeSmtp {
+        let faults: Arc<Faults> = Arc::from(faults);
         let l = TcpListener::bind(addr).expect("bind fake smtp");
         let addr = l.local_addr().expect("addr");
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -44,9 +63,9 @@ impl FakeSmtp {
                     }
                     let Ok(s) = s else { continue };
                     let n = connections.fetch_add(1, Ordering::SeqCst);
-                    let (got, rule) = (got.clone(), rule.clone());
+                    let (got, rule, fault) = (got.clone(), rule.clone(), faults(n));
                     thread::spawn(move || {
-                        let _ = session(s, n, &*rule, &got);
+                        let _ = session(s, n, &*rule, &got, fault);
                     });
                 }
             });
@@ -71,10 +90,34 @@ impl Drop for FakeSmtp {
     }
 }
 
-fn session(s: TcpStream, n: usize, rule: &Rule, got: &Mutex<Vec<Received>>) -> std::io::Result<()> {
+fn session(
+    s: TcpStream,
+    n: usize,
+    rule: &Rule,
+    got: &Mutex<Vec<Received>>,
+    fault: Fault,
+) -> std::io::Result<()> {
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut r = BufReader::new(s.try_clone()?);
     let mut w = s;
+    match fault {
+        Fault::NoGreeting => {
+            // Hold the line open, silent, until the client gives up.
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut r, &mut sink);
+            return Ok(());
+        }
+        Fault::Garbage => {
+            w.write_all(b"hello there, this is not SMTP\r\n")?;
+            let mut l = String::new();
+            while r.read_line(&mut l)? > 0 {
+                w.write_all(b"?? \x01\x02 what\r\n")?;
+                l.clear();
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     w.write_all(b"220 fake.test ESMTP\r\n")?;
     let mut cur = Received {
         from: String::new(),
@@ -115,6 +158,11 @@ fn session(s: TcpStream, n: usize, rule: &Rule, got: &Mutex<Vec<Received>>) -> s
             reply
         } else if upper == "DATA" {
             w.write_all(b"354 go ahead\r\n")?;
+            if fault == Fault::DropInData {
+                let mut some = [0u8; 16];
+                let _ = std::io::Read::read(&mut r, &mut some);
+                return Ok(()); // hang up in the middle of the message
+            }
             let mut data = Vec::new();
             loop {
                 let mut l = Vec::new();

@@ -1,0 +1,47 @@
+//! The server state machine fed any byte stream as command lines (and
+//! DATA outcomes): a reply for everything, never a panic, never a 250 to
+//! a transaction that was not opened.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use satchel::address::Mailbox;
+use satchel::smtp::session::{Client, DataEnd, Event, Policy, RcptClass, Session, SessionConfig};
+
+struct Local;
+impl Policy for Local {
+    fn classify(&self, m: &Mailbox) -> RcptClass {
+        if m.domain.is_name("local.test") {
+            if m.local == "alice" { RcptClass::LocalKnown } else { RcptClass::LocalUnknown }
+        } else {
+            RcptClass::Remote
+        }
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let cfg = SessionConfig {
+        hostname: "mx.local.test".into(),
+        message_size_limit: 1 << 20,
+        max_recipients: 5,
+        max_errors: 1000,
+        max_hops: 50,
+        vrfy: input.first().is_some_and(|b| b & 1 == 1),
+    };
+    let mut s = Session::new(cfg, &Local, Client { ip: None, may_relay: false });
+    for line in input.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match s.command(line) {
+            Event::Data(txn) => {
+                assert!(!txn.rcpts.is_empty());
+                assert!(txn.rcpts.len() <= 5);
+                let (go, hdr) = s.data_opened("ID", "Thu, 1 Jan 1970 00:00:00 +0000");
+                assert_eq!(go.code, 354);
+                assert!(!hdr.replace("\r\n", "").contains(['\r', '\n']));
+                let defect = None;
+                if s.data_ended(DataEnd { defect, received_headers: line.len() % 60 }).is_none() {
+                    let _ = s.queued("ID");
+                }
+            }
+            Event::Reply(r) | Event::Close(r) => assert!((200..600).contains(&r.code)),
+        }
+    }
+});
