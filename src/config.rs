@@ -138,6 +138,35 @@ pub struct Config {
     pub user: Option<String>,
     /// Its group (default: the user's primary group).
     pub group: Option<String>,
+    /// PEM certificate chain and key for STARTTLS (RFC 3207); both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// TLS towards the relayhost: none, opportunistic, required or verify.
+    pub relayhost_tls: RelayTls,
+}
+
+/// How the SMTP client uses STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayTls {
+    /// Never.
+    None,
+    /// When offered (RFC 7435); plaintext only when it is not offered.
+    Opportunistic,
+    /// Always; no certificate check. Defer when not offered.
+    Required,
+    /// Always, with the certificate checked against the system CA bundle.
+    Verify,
+}
+
+impl RelayTls {
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayTls::None => "none",
+            RelayTls::Opportunistic => "opportunistic",
+            RelayTls::Required => "required",
+            RelayTls::Verify => "verify",
+        }
+    }
 }
 
 /// The system's host name, as the kernel knows it.
@@ -205,6 +234,9 @@ impl Default for Config {
             defer_delivery: false,
             user: None,
             group: None,
+            tls_cert: None,
+            tls_key: None,
+            relayhost_tls: RelayTls::Opportunistic,
         }
     }
 }
@@ -472,6 +504,17 @@ impl Config {
                 "connect_timeout" => c.connect_timeout = duration()?,
                 "relay_timeout" => c.relay_timeout = duration()?,
                 "dns_timeout" => c.dns_timeout = duration()?,
+                "tls_cert" => c.tls_cert = (!value.is_empty()).then(|| PathBuf::from(value)),
+                "tls_key" => c.tls_key = (!value.is_empty()).then(|| PathBuf::from(value)),
+                "relayhost_tls" => {
+                    c.relayhost_tls = match value {
+                        "none" => RelayTls::None,
+                        "opportunistic" => RelayTls::Opportunistic,
+                        "required" => RelayTls::Required,
+                        "verify" => RelayTls::Verify,
+                        _ => return Err(bad("expected none, opportunistic, required or verify")),
+                    }
+                }
                 "user" | "group" => {
                     let v = (!value.is_empty()).then(|| value.to_string());
                     if v.as_deref().is_some_and(|n| !valid_user_name(n)) {
@@ -491,6 +534,13 @@ impl Config {
         }
         if !domains_set {
             c.local_domains = vec!["localhost".into(), c.hostname.to_ascii_lowercase()];
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 0,
+                what: "tls_cert and tls_key go together: set both or neither".into(),
+            });
         }
         if c.min_backoff > c.max_backoff {
             return Err(ConfigError {
@@ -591,6 +641,14 @@ impl Config {
         kv("connect_timeout", secs(self.connect_timeout));
         kv("relay_timeout", secs(self.relay_timeout));
         kv("dns_timeout", secs(self.dns_timeout));
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        kv("tls_cert", path(&self.tls_cert));
+        kv("tls_key", path(&self.tls_key));
+        kv("relayhost_tls", self.relayhost_tls.name().into());
         kv("user", self.user.clone().unwrap_or_default());
         kv("group", self.group.clone().unwrap_or_default());
         kv(

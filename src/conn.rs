@@ -32,6 +32,9 @@ pub struct Context {
     pub shutdown: std::sync::Arc<AtomicBool>,
     /// Told the ID of each queued message (the delivery scheduler's wake-up).
     pub on_queued: Option<crossbeam_channel::Sender<String>>,
+    /// The STARTTLS configuration, when `tls_cert` and `tls_key` are set.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl Context {
@@ -43,6 +46,7 @@ impl Context {
             max_errors: cfg.max_errors,
             max_hops: cfg.max_hops,
             vrfy: cfg.vrfy,
+            tls_available: false,
         };
         Context {
             cfg,
@@ -51,8 +55,36 @@ impl Context {
             spool,
             shutdown: std::sync::Arc::new(AtomicBool::new(false)),
             on_queued: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
+
+    /// Offers STARTTLS with this configuration.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ServerConfig>) -> Context {
+        self.tls = Some(tls);
+        self.session.tls_available = true;
+        self
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Closed,
+    /// The client asked for STARTTLS and heard 220: the caller does the
+    /// handshake and runs a new session inside TLS (`Start::AfterTls`).
+    StartTls,
+}
+
+/// Where a session starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new connection: early-talker check, then the greeting.
+    Greet,
+    /// Inside TLS after STARTTLS: no greeting; the client sends EHLO.
+    AfterTls,
 }
 
 /// What the connection loop needs of its transport beyond reading.
@@ -155,6 +187,8 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Runs one SMTP session to its end. `in_data` is raised while a DATA
 /// transfer is in progress (a stopping server waits for those).
+/// `tls_possible`: the transport is a socket the caller can hand to TLS.
+#[allow(clippy::too_many_arguments)]
 pub fn run<R: Read, W: Write>(
     input: R,
     mut output: W,
@@ -162,20 +196,28 @@ pub fn run<R: Read, W: Write>(
     client: Client,
     ctx: &Context,
     in_data: &AtomicBool,
-) {
+    start: Start,
+    tls_possible: bool,
+) -> Ending {
     let peer = peer_name(&client);
-    let mut session = Session::new(ctx.session.clone(), &ctx.policy, client.clone());
+    let mut scfg = ctx.session.clone();
+    scfg.tls_available &= tls_possible;
+    let mut session = Session::new(scfg, &ctx.policy, client.clone());
     let mut reader = BufReader::with_capacity(16 * 1024, input);
     let mut out = Vec::with_capacity(1024);
 
-    // RFC 5321 §3.1 / §4.3.1: nothing may arrive before the greeting.
-    if ctl.talks_early(ctx.cfg.greet_pause) {
-        let r = session.early_talker();
-        log::info!("reject: early talker from {peer}: {}", r.one_line());
-        let _ = output.write_all(&r.to_wire());
-        return;
+    if start == Start::AfterTls {
+        session = session.after_tls();
+    } else {
+        // RFC 5321 §3.1 / §4.3.1: nothing may arrive before the greeting.
+        if ctl.talks_early(ctx.cfg.greet_pause) {
+            let r = session.early_talker();
+            log::info!("reject: early talker from {peer}: {}", r.one_line());
+            let _ = output.write_all(&r.to_wire());
+            return Ending::Closed;
+        }
+        session.greeting().write_to(&mut out);
     }
-    session.greeting().write_to(&mut out);
     'session: loop {
         if reader.buffer().is_empty() {
             if output.write_all(&out).and_then(|_| output.flush()).is_err() {
@@ -218,6 +260,22 @@ pub fn run<R: Read, W: Write>(
                 r.write_to(&mut out);
                 break;
             }
+            Event::StartTls(r) => {
+                r.write_to(&mut out);
+                if output.write_all(&out).and_then(|_| output.flush()).is_err() {
+                    return Ending::Closed;
+                }
+                // CVE-2011-0411: whatever the client pipelined after
+                // STARTTLS was sent in plaintext; it is thrown away with
+                // this reader, never read as a command inside TLS.
+                if !reader.buffer().is_empty() {
+                    log::warn!(
+                        "warning: {peer}: {} octets pipelined after STARTTLS discarded",
+                        reader.buffer().len()
+                    );
+                }
+                return Ending::StartTls;
+            }
             Event::Data(txn) => {
                 in_data.store(true, Ordering::SeqCst);
                 let keep_going = receive_data(
@@ -238,6 +296,93 @@ pub fn run<R: Read, W: Write>(
     }
     let _ = output.write_all(&out).and_then(|_| output.flush());
     log::info!("disconnect from {peer} commands={}", session.commands());
+    Ending::Closed
+}
+
+/// A TLS server stream shared by the reading and writing halves of one
+/// session thread (they never run at the same time).
+#[cfg(feature = "tls")]
+pub struct TlsStream(
+    pub std::cell::RefCell<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>>,
+);
+
+#[cfg(feature = "tls")]
+impl Read for &TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Write for &TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+/// Serves a TCP connection: plaintext first, then, after STARTTLS, the
+/// handshake and a new session inside TLS.
+pub fn serve_tcp(sock: &std::net::TcpStream, client: Client, ctx: &Context, in_data: &AtomicBool) {
+    #[cfg(feature = "tls")]
+    let tls_possible = ctx.tls.is_some();
+    #[cfg(not(feature = "tls"))]
+    let tls_possible = false;
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    let ending = run(
+        sock,
+        sock,
+        sock,
+        client.clone(),
+        ctx,
+        in_data,
+        Start::Greet,
+        tls_possible,
+    );
+    #[cfg(feature = "tls")]
+    if let (Ending::StartTls, Some(cfg)) = (ending, &ctx.tls) {
+        let peer = peer_name(&client);
+        let Ok(plain) = sock.try_clone() else { return };
+        let conn = match rustls::ServerConnection::new(cfg.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("warning: {peer}: TLS setup: {e}");
+                return;
+            }
+        };
+        let mut tls = rustls::StreamOwned::new(conn, plain);
+        let _ = sock.set_read_timeout(Some(ctx.cfg.command_timeout));
+        while tls.conn.is_handshaking() {
+            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                log::info!("{peer}: TLS handshake failed: {e}");
+                return;
+            }
+        }
+        let version = tls
+            .conn
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        let suite = tls
+            .conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        log::info!("{peer}: TLS established: {version} {suite}");
+        let stream = TlsStream(std::cell::RefCell::new(tls));
+        run(
+            &stream,
+            &stream,
+            sock,
+            client,
+            ctx,
+            in_data,
+            Start::AfterTls,
+            false,
+        );
+    }
 }
 
 /// `[192.0.2.1]` for logs, or `localhost` for a local session.
@@ -424,7 +569,7 @@ fn write_event(ev: Event, out: &mut Vec<u8>) -> bool {
             r.write_to(out);
             false
         }
-        Event::Data(_) => true,
+        Event::Data(_) | Event::StartTls(_) => true,
     }
 }
 

@@ -56,6 +56,7 @@ pub struct Deliverer {
     pub wake: Sender<String>,
     /// Connections in progress per destination domain (kept across reloads).
     domains: Arc<Mutex<HashMap<String, usize>>>,
+    tls_client: crate::relay::ClientTls,
 }
 
 /// The current `Deliverer`; SIGHUP puts a new one in (new settings and
@@ -84,6 +85,7 @@ impl Deliverer {
         wake: Sender<String>,
     ) -> Deliverer {
         Deliverer {
+            tls_client: client_tls(&cfg),
             cfg,
             spool,
             policy,
@@ -96,6 +98,7 @@ impl Deliverer {
     /// The same spool, resolver and wake-up channel with new settings.
     pub fn reloaded(&self, cfg: Config, policy: LocalPolicy) -> Deliverer {
         Deliverer {
+            tls_client: client_tls(&cfg),
             cfg,
             spool: self.spool.clone(),
             policy,
@@ -112,8 +115,58 @@ impl Deliverer {
             relayhost: self.cfg.relayhost.clone(),
             connect_timeout: self.cfg.connect_timeout,
             command_timeout: self.cfg.relay_timeout,
+            tls: self.tls_client.clone(),
         }
     }
+}
+
+/// STARTTLS as a client: opportunistic towards MX hosts (RFC 7435);
+/// towards the relayhost as `relayhost_tls` says. Built once per settings.
+#[cfg(feature = "tls")]
+fn client_tls(cfg: &Config) -> crate::relay::ClientTls {
+    use crate::config::RelayTls;
+    let mode = if cfg.relayhost.is_some() {
+        cfg.relayhost_tls
+    } else {
+        RelayTls::Opportunistic
+    };
+    let built = match mode {
+        RelayTls::None => {
+            return crate::relay::ClientTls {
+                config: None,
+                required: false,
+            }
+        }
+        RelayTls::Opportunistic | RelayTls::Required => crate::tls::client_opportunistic(),
+        RelayTls::Verify => {
+            crate::tls::client_verifying(std::path::Path::new(crate::tls::SYSTEM_CA_BUNDLE))
+        }
+    };
+    let required = matches!(mode, RelayTls::Required | RelayTls::Verify);
+    match built {
+        Ok(c) => crate::relay::ClientTls {
+            config: Some(c),
+            required,
+        },
+        Err(e) => {
+            log::warn!("warning: TLS client setup: {e}");
+            // Never fall back to less than was asked for.
+            crate::relay::ClientTls {
+                config: None,
+                required,
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn client_tls(cfg: &Config) -> crate::relay::ClientTls {
+    let required = cfg.relayhost.is_some()
+        && matches!(
+            cfg.relayhost_tls,
+            crate::config::RelayTls::Required | crate::config::RelayTls::Verify
+        );
+    crate::relay::ClientTls { required }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -27,3 +27,5 @@ pub mod smtp;
 pub mod spool;
 pub mod stdio;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod tls;

@@ -238,7 +238,13 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut ctx = Context::new(cfg.clone(), policy.clone(), spool.clone());
+    let mut ctx = match with_tls(Context::new(cfg.clone(), policy.clone(), spool.clone())) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("fatal: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     ctx.on_queued = Some(wake_tx.clone());
     if let Err(e) = check_root_ports(&cfg) {
         log::error!("fatal: {e}");
@@ -317,7 +323,7 @@ fn reloader(
             }
         }
         let old = ctx_slot.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut ctx = Context::new(cfg.clone(), policy.clone(), old.spool.clone());
+        let mut ctx = with_tls(Context::new(cfg.clone(), policy.clone(), old.spool.clone()))?;
         ctx.on_queued = old.on_queued.clone();
         ctx.shutdown = old.shutdown.clone();
         *ctx_slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ctx);
@@ -511,6 +517,22 @@ fn install_links(dir: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Loads `tls_cert`/`tls_key` (when set) and offers STARTTLS.
+fn with_tls(ctx: Context) -> Result<Context, String> {
+    match (&ctx.cfg.tls_cert, &ctx.cfg.tls_key) {
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => {
+            let tls = satchel::tls::server_config(cert, key)?;
+            Ok(ctx.with_tls(tls))
+        }
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => {
+            Err("tls_cert is set, but this satchel was built without the tls feature".into())
+        }
+        _ => Ok(ctx),
+    }
+}
+
 /// Takes the runner lock, waiting for a `queue run` that holds it.
 fn runner_lock(spool: &Spool) -> Result<std::fs::File, ExitCode> {
     let fail = |e: std::io::Error| {
@@ -568,7 +590,14 @@ fn inetd(cfg: Config) -> ExitCode {
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let source = cfg.source.clone();
-    let mut ctx = Context::new(cfg, policy, spool.clone());
+    let mut ctx = match with_tls(Context::new(cfg, policy, spool.clone())) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("fatal: {e}");
+            println!("421 4.3.0 Service temporarily unavailable\r");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     ctx.on_queued = Some(tx);
     let client = satchel::stdio::serve(&ctx);
     let queued = rx.try_iter().count();

@@ -96,6 +96,18 @@ pub struct RelayConfig {
     /// RFC 5321 §4.5.3.2: greeting, MAIL, RCPT and each DATA block (5 min);
     /// the final reply to DATA gets twice this (the RFC's 10 minutes).
     pub command_timeout: Duration,
+    /// STARTTLS towards MX hosts (always opportunistic) and the relayhost.
+    pub tls: ClientTls,
+}
+
+/// The client's STARTTLS policy for one delivery.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// `None`: never STARTTLS (`relayhost_tls = none`, or no `tls` feature).
+    #[cfg(feature = "tls")]
+    pub config: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Defer rather than send in plaintext.
+    pub required: bool,
 }
 
 /// The message to send.
@@ -247,7 +259,7 @@ pub fn deliver(
             tried += 1;
             let addr = SocketAddr::new(ip, port);
             let relay = format!("{}[{}]:{}", hop.name, ip, port);
-            match transaction(addr, rcpts, msg, cfg) {
+            match transaction(&hop.name, addr, rcpts, msg, cfg) {
                 Ok(outcomes) => {
                     return DomainResult {
                         outcomes,
@@ -278,14 +290,43 @@ pub fn deliver(
 
 /// The socket side of a client session.
 struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
+    io: Io,
+    /// The socket under the stream, for time-outs.
+    sock: TcpStream,
     timeout: Duration,
 }
 
+/// Plaintext, or TLS after STARTTLS.
+enum Io {
+    Plain(BufReader<TcpStream>),
+    #[cfg(feature = "tls")]
+    Tls(Box<BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>>),
+    /// Between the two, for a moment.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Gone,
+}
+
 impl Conn {
+    fn reader(&mut self) -> Result<&mut dyn BufRead, String> {
+        match &mut self.io {
+            Io::Plain(r) => Ok(r),
+            #[cfg(feature = "tls")]
+            Io::Tls(r) => Ok(r.as_mut()),
+            Io::Gone => Err("connection lost during STARTTLS".into()),
+        }
+    }
+
+    fn writer(&mut self) -> Result<&mut dyn Write, String> {
+        match &mut self.io {
+            Io::Plain(r) => Ok(r.get_mut()),
+            #[cfg(feature = "tls")]
+            Io::Tls(r) => Ok(r.get_mut()),
+            Io::Gone => Err("connection lost during STARTTLS".into()),
+        }
+    }
+
     fn reply(&mut self, timeout: Duration) -> Result<Reply, String> {
-        self.w
+        self.sock
             .set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
         let deadline = Instant::now() + timeout;
@@ -295,7 +336,8 @@ impl Conn {
                 return Err("timed out reading a reply".into());
             }
             let mut line = Vec::new();
-            let n = (&mut self.r)
+            let n = self
+                .reader()?
                 .take(MAX_REPLY_LINE)
                 .read_until(b'\n', &mut line)
                 .map_err(|e| {
@@ -319,9 +361,44 @@ impl Conn {
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.w
-            .write_all(bytes)
+        let w = self.writer()?;
+        w.write_all(bytes)
+            .and_then(|()| w.flush())
             .map_err(|e| format!("write failed: {e}"))
+    }
+
+    /// RFC 3207: after the 220, the TLS handshake on the same socket. Any
+    /// reply bytes the server sent early are dropped with the old reader.
+    #[cfg(feature = "tls")]
+    fn start_tls(
+        &mut self,
+        cfg: std::sync::Arc<rustls::ClientConfig>,
+        host: &str,
+    ) -> Result<String, String> {
+        let Io::Plain(r) = std::mem::replace(&mut self.io, Io::Gone) else {
+            return Err("TLS already active".into());
+        };
+        let name = crate::tls::server_name(host)?;
+        let conn =
+            rustls::ClientConnection::new(cfg, name).map_err(|e| format!("TLS setup: {e}"))?;
+        let mut tls = rustls::StreamOwned::new(conn, r.into_inner());
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+        }
+        let what = format!(
+            "{:?} {:?}",
+            tls.conn
+                .protocol_version()
+                .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
+            tls.conn
+                .negotiated_cipher_suite()
+                .map(|s| s.suite())
+                .unwrap_or(rustls::CipherSuite::Unknown(0))
+        );
+        self.io = Io::Tls(Box::new(BufReader::new(tls)));
+        Ok(what)
     }
 
     fn command(&mut self, line: &str) -> Result<Reply, String> {
@@ -340,6 +417,7 @@ fn is_timeout(e: &io::Error) -> bool {
 /// One SMTP transaction at `addr`. `Err` means "this host did not take
 /// part" (refused, timed out, broke off): try the next one.
 fn transaction(
+    host: &str,
     addr: SocketAddr,
     rcpts: &[String],
     msg: &Message,
@@ -351,10 +429,10 @@ fn transaction(
         .set_write_timeout(Some(cfg.command_timeout))
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let r = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let sock = stream.try_clone().map_err(|e| e.to_string())?;
     let mut c = Conn {
-        r,
-        w: stream,
+        io: Io::Plain(BufReader::new(stream)),
+        sock,
         timeout: cfg.command_timeout,
     };
 
@@ -363,7 +441,8 @@ fn transaction(
         return Err(format!("greeting: {}", printable(&greeting.one_line())));
     }
     let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
-    let caps = if ehlo.code == 250 {
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut caps = if ehlo.code == 250 {
         Capabilities::from_ehlo(&ehlo)
     } else {
         let helo = c.command(&format!("HELO {}", cfg.hostname))?;
@@ -372,6 +451,35 @@ fn transaction(
         }
         Capabilities::default()
     };
+    #[cfg(feature = "tls")]
+    if let Some(tls) = cfg.tls.config.clone() {
+        if caps.starttls {
+            let r = c.command("STARTTLS")?;
+            if r.code == 220 {
+                let what = c.start_tls(tls, host)?;
+                log::info!("{host}[{}]: TLS established: {what}", addr.ip());
+                // RFC 3207 §4.2: forget what was learned; EHLO again.
+                let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
+                if ehlo.code != 250 {
+                    return Err(format!(
+                        "EHLO after STARTTLS: {}",
+                        printable(&ehlo.one_line())
+                    ));
+                }
+                caps = Capabilities::from_ehlo(&ehlo);
+            } else if cfg.tls.required {
+                return Err(format!("STARTTLS refused: {}", printable(&r.one_line())));
+            }
+        } else if cfg.tls.required {
+            return Err("STARTTLS is required but not offered".into());
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    if cfg.tls.required {
+        return Err(format!(
+            "{host}: TLS is required but this satchel was built without the tls feature"
+        ));
+    }
     let outcomes = dialogue(&mut c, rcpts, msg, &caps);
     let _ = c.send(b"QUIT\r\n");
     let _ = c.reply(Duration::from_secs(5));

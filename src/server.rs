@@ -281,14 +281,7 @@ fn worker(rx: Receiver<Job>, slot: ContextSlot, pool: Arc<Pool>) {
             may_relay: ctx.cfg.may_relay(ip),
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            conn::run(
-                &job.stream,
-                &job.stream,
-                &job.stream,
-                client,
-                &ctx,
-                &in_data,
-            );
+            conn::serve_tcp(&job.stream, client, &ctx, &in_data);
         }));
         if result.is_err() {
             log::error!("error: session with [{ip}] panicked; connection closed");

@@ -48,7 +48,7 @@ pub fn serve(ctx: &Context) -> Client {
             ip.map(|i| i.to_string()).unwrap_or_default()
         );
         let _ = sock.set_write_timeout(Some(ctx.cfg.command_timeout));
-        conn::run(&sock, &sock, &sock, client.clone(), ctx, &in_data);
+        conn::serve_tcp(&sock, client.clone(), ctx, &in_data);
         return client;
     }
     let ip = std::env::var("TCPREMOTEIP")
@@ -66,6 +66,15 @@ pub fn serve(ctx: &Context) -> Client {
     };
     let stdin = io::stdin().lock();
     let stdout = io::stdout().lock();
-    conn::run(stdin, stdout, &Pipe, client.clone(), ctx, &in_data);
+    conn::run(
+        stdin,
+        stdout,
+        &Pipe,
+        client.clone(),
+        ctx,
+        &in_data,
+        conn::Start::Greet,
+        false,
+    );
     client
 }

@@ -21,6 +21,9 @@ pub struct SessionConfig {
     pub max_errors: usize,
     pub max_hops: usize,
     pub vrfy: bool,
+    /// STARTTLS can be offered (a certificate is configured and the
+    /// transport is a socket).
+    pub tls_available: bool,
 }
 
 /// How the policy classifies a recipient mailbox.
@@ -68,6 +71,9 @@ pub enum Event {
     /// Open a spool entry for this transaction, then call `data_opened`
     /// (or `data_unavailable` when the spool refuses).
     Data(Transaction),
+    /// RFC 3207: send the 220, then start the TLS handshake; the session
+    /// starts over (a new `Session` with `after_tls`).
+    StartTls(Reply),
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +104,8 @@ pub struct Session<'p> {
     state: State,
     errors: usize,
     commands: usize,
+    /// The session runs inside TLS (after STARTTLS).
+    tls_active: bool,
 }
 
 /// What the DATA decoder found once the end of data was read.
@@ -120,7 +128,15 @@ impl<'p> Session<'p> {
             state: State::Fresh,
             errors: 0,
             commands: 0,
+            tls_active: false,
         }
+    }
+
+    /// RFC 3207 §4.2: after the handshake the session starts over, with no
+    /// knowledge from before it, and STARTTLS is no longer offered.
+    pub fn after_tls(mut self) -> Self {
+        self.tls_active = true;
+        self
     }
 
     /// RFC 5321 §4.2: the 220 greeting.
@@ -245,7 +261,15 @@ impl<'p> Session<'p> {
                     "See RFC 5321; send mail with MAIL FROM:<you> RCPT TO:<them> DATA".into(),
                 ],
             }),
-            // Seams for RFC 3207 and RFC 4954: not offered by this build.
+            Command::StartTls if self.cfg.tls_available && !self.tls_active => {
+                // §4.2: a new session starts after the handshake.
+                self.state = State::Fresh;
+                Event::StartTls(Reply::new(220, Enhanced(2, 0, 0), "Ready to start TLS"))
+            }
+            Command::StartTls if self.tls_active => {
+                ok(503, Enhanced(5, 5, 1), "Error: TLS already active")
+            }
+            // The seam for RFC 4954 AUTH: not offered by this build.
             Command::StartTls | Command::Auth(_) => {
                 ok(502, Enhanced(5, 5, 1), "Error: command not implemented")
             }
@@ -265,8 +289,12 @@ impl<'p> Session<'p> {
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
-            "HELP".into(),
         ];
+        let mut lines = lines;
+        if self.cfg.tls_available && !self.tls_active {
+            lines.push("STARTTLS".into());
+        }
+        lines.push("HELP".into());
         Event::Reply(Reply {
             code: 250,
             enhanced: None,
@@ -356,10 +384,14 @@ impl<'p> Session<'p> {
     fn data(&mut self) -> Event {
         match std::mem::replace(&mut self.state, State::Fresh) {
             State::Rcpt(helo, from, params, rcpts) => {
-                let protocol = match (params.smtputf8, helo.extended) {
-                    (true, _) => "UTF8SMTP",
-                    (false, true) => "ESMTP",
-                    (false, false) => "SMTP",
+                // RFC 3848 and RFC 6531 §3.7.3 "with" keywords.
+                let protocol = match (params.smtputf8, helo.extended, self.tls_active) {
+                    (true, _, false) => "UTF8SMTP",
+                    (true, _, true) => "UTF8SMTPS",
+                    (false, true, false) => "ESMTP",
+                    (false, true, true) => "ESMTPS",
+                    (false, false, false) => "SMTP",
+                    (false, false, true) => "SMTPS",
                 };
                 let txn = Transaction {
                     helo: helo.name.clone(),
@@ -551,6 +583,7 @@ mod tests {
             max_errors: 20,
             max_hops: 50,
             vrfy: false,
+            tls_available: false,
         }
     }
 
@@ -567,7 +600,7 @@ mod tests {
 
     fn code(ev: &Event) -> u16 {
         match ev {
-            Event::Reply(r) | Event::Close(r) => r.code,
+            Event::Reply(r) | Event::Close(r) | Event::StartTls(r) => r.code,
             Event::Data(_) => 0,
         }
     }
@@ -806,6 +839,46 @@ mod tests {
     fn quit_closes_with_221() {
         let mut s = session(false);
         assert!(matches!(s.command(b"QUIT"), Event::Close(r) if r.code == 221));
+    }
+
+    #[test]
+    fn starttls_is_offered_once_and_resets_the_session() {
+        let mut c = cfg();
+        c.tls_available = true;
+        let mut s = Session::new(
+            c.clone(),
+            &Table,
+            Client {
+                ip: None,
+                may_relay: false,
+            },
+        );
+        let Event::Reply(r) = s.command(b"EHLO c") else {
+            panic!()
+        };
+        assert!(r.lines.iter().any(|l| l == "STARTTLS"));
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert!(matches!(s.command(b"STARTTLS"), Event::StartTls(r) if r.code == 220));
+        let mut s = Session::new(
+            c,
+            &Table,
+            Client {
+                ip: None,
+                may_relay: false,
+            },
+        )
+        .after_tls();
+        let Event::Reply(r) = s.command(b"EHLO c") else {
+            panic!()
+        };
+        assert!(
+            !r.lines.iter().any(|l| l == "STARTTLS"),
+            "not offered inside TLS"
+        );
+        assert_eq!(run(&mut s, "STARTTLS"), 503);
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        run(&mut s, "RCPT TO:<alice@local.test>");
+        assert!(matches!(s.command(b"DATA"), Event::Data(t) if t.protocol == "ESMTPS"));
     }
 
     #[test]

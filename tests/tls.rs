@@ -1,0 +1,178 @@
+//! STARTTLS (RFC 3207) as server and client, with a self-signed
+//! certificate made by openssl for each test.
+#![cfg(feature = "tls")]
+
+mod common;
+
+use common::fake::FakeSmtp;
+use common::{free_port, shared_port, Client, Server};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+/// A self-signed certificate and key in `dir` for `host`.
+fn make_cert(dir: &Path, host: &str) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
+        .arg(format!("/CN={host}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn tls_server(extra: &str) -> Server {
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "");
+    let (cert, key) = make_cert(&s.dir.0, "mx.satchel.test");
+    let text = std::fs::read_to_string(&s.conf).unwrap();
+    std::fs::write(
+        &s.conf,
+        format!("{text}tls_cert = {cert}\ntls_key = {key}\n{extra}"),
+    )
+    .unwrap();
+    s.spawn();
+    s
+}
+
+fn python(script: &str, port: u16) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn starttls_with_python_smtplib_gives_an_esmtps_received_line() {
+    let s = tls_server("");
+    let out = python(
+        "import smtplib,ssl,sys\n\
+         s=smtplib.SMTP('127.0.0.1',int(sys.argv[1]))\n\
+         s.ehlo(); print('offered', s.has_extn('starttls'))\n\
+         ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n\
+         s.starttls(context=ctx); s.ehlo(); print('after', s.has_extn('starttls'))\n\
+         s.sendmail('a@example.org',['alice@satchel.test'],b'Subject: tls\\r\\n\\r\\nsecret\\r\\n'); s.quit()",
+        s.port,
+    );
+    assert_eq!(out, "offered True\nafter False\n");
+    let id = s.queued().pop().expect("queued");
+    let msg = String::from_utf8(s.message(&id)).unwrap();
+    assert!(msg.contains("(satchel) with ESMTPS id"), "{msg}");
+    assert!(s.log().contains("TLS established"));
+}
+
+/// CVE-2011-0411: commands pipelined after STARTTLS, in plaintext, must
+/// not be executed inside the TLS session.
+#[test]
+fn commands_pipelined_after_starttls_are_discarded() {
+    let s = tls_server("");
+    let out = python(
+        "import socket,ssl,sys\n\
+         c=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\n\
+         f=c.makefile('rb')\n\
+         f.readline()\n\
+         c.sendall(b'EHLO x\\r\\n')\n\
+         while True:\n    l=f.readline()\n    if l[3:4]==b' ': break\n\
+         c.sendall(b'STARTTLS\\r\\nNOOP injected\\r\\n')\n\
+         print(f.readline().decode().strip())\n\
+         ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n\
+         t=ctx.wrap_socket(c); tf=t.makefile('rb')\n\
+         t.sendall(b'EHLO y\\r\\n')\n\
+         print(tf.readline().decode().strip())",
+        s.port,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "220 2.0.0 Ready to start TLS");
+    assert_eq!(
+        lines[1], "250-mx.satchel.test",
+        "the first reply inside TLS answers EHLO, not the injected NOOP"
+    );
+    assert!(s.log().contains("pipelined after STARTTLS discarded"));
+}
+
+#[test]
+fn satchel_relays_to_satchel_over_starttls() {
+    let port = shared_port(&[[127, 0, 0, 11], [127, 0, 0, 12]]);
+    let mut b = Server::prepare_at(
+        [127, 0, 0, 12],
+        port,
+        "hostname = mx.dest.test\nlocal_domains = dest.test\nlocal_users = user\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n",
+    );
+    let (cert, key) = make_cert(&b.dir.0, "mx.dest.test");
+    let text = std::fs::read_to_string(&b.conf).unwrap();
+    std::fs::write(
+        &b.conf,
+        format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
+    )
+    .unwrap();
+    b.spawn();
+    let a = Server::start_at(
+        [127, 0, 0, 11],
+        port,
+        &format!("hostname = a.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\nrelayhost = [127.0.0.12]:{port}\nrelayhost_tls = required\n"),
+    );
+    let mut c = Client::connect(a.addr());
+    c.hello();
+    assert_eq!(
+        c.mail(
+            "x@a.test",
+            &["user@dest.test"],
+            b"Subject: over tls\r\n\r\nhi\r\n"
+        )
+        .0,
+        250
+    );
+    b.wait_for("delivery on B", || b.maildir("user").len() == 1);
+    let m = std::fs::read_to_string(&b.maildir("user")[0]).unwrap();
+    assert!(
+        m.contains("by mx.dest.test (satchel) with ESMTPS id"),
+        "{m}"
+    );
+    assert!(a.log().contains("TLS established"), "{}", a.log());
+}
+
+#[test]
+fn required_tls_towards_a_relayhost_without_starttls_defers() {
+    let port = free_port();
+    let plain = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    let s = Server::start(&format!(
+        "defer_delivery = no\nrelayhost = [127.0.0.1]:{port}\nrelayhost_tls = required\n"
+    ));
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    assert_eq!(
+        c.mail(
+            "alice@satchel.test",
+            &["x@remote.test"],
+            b"Subject: must be private\r\n\r\nx\r\n"
+        )
+        .0,
+        250
+    );
+    s.wait_for("the deferral", || {
+        s.log().contains("STARTTLS is required but not offered")
+            && s.log().contains("status=deferred")
+    });
+    assert!(plain.received().is_empty(), "nothing went out in plaintext");
+}
