@@ -218,7 +218,13 @@ pub fn unquote(local: &str) -> String {
 /// `Path = "<" [ A-d-l ":" ] Mailbox ">"`, also accepting the bare
 /// `Mailbox` form without brackets, as Postfix does by default.
 fn parse_path(s: &str) -> Result<Mailbox, AddressError> {
-    if s.len() > MAX_PATH {
+    // The limit counts the angle brackets, also when the client left them out.
+    let bracketed_len = if s.starts_with('<') {
+        s.len()
+    } else {
+        s.len() + 2
+    };
+    if bracketed_len > MAX_PATH {
         return Err(AddressError::PathTooLong);
     }
     let inner = if let Some(rest) = s.strip_prefix('<') {
@@ -367,6 +373,10 @@ impl Parser<'_> {
             if l.is_empty() || l[0] == b'-' || l[l.len() - 1] == b'-' {
                 return Err(AddressError::Syntax("bad domain name"));
             }
+            // RFC 1035 §2.3.4: a label is at most 63 octets.
+            if l.len() > 63 {
+                return Err(AddressError::Syntax("domain label longer than 63 octets"));
+            }
             if self.peek() == Some(b'.') {
                 self.i += 1;
             } else {
@@ -513,11 +523,24 @@ mod tests {
         assert_eq!(domain.len(), 255);
         assert!(Mailbox::parse(&format!("a@{domain}")).is_ok());
         assert_eq!(
-            Mailbox::parse(&format!("a@{domain}d")),
+            Mailbox::parse(&format!("a@d.{domain}")),
             Err(AddressError::DomainTooLong)
         );
         let long = format!("<{}@{}>", "a".repeat(60), domain);
         assert_eq!(ForwardPath::parse(&long), Err(AddressError::PathTooLong));
+    }
+
+    /// Found by the address fuzzer: a bracketless path of 255 octets passed,
+    /// but its bracketed form (257) did not; and labels had no 63 limit.
+    #[test]
+    fn bracketless_paths_count_their_brackets_and_labels_stop_at_63() {
+        let domain = format!("{}.{}", "a".repeat(63), "b".repeat(63));
+        let local = "c".repeat(64);
+        let bare = format!("{local}@{domain}.{}.x", "d".repeat(60));
+        assert_eq!(bare.len(), 255);
+        assert_eq!(ForwardPath::parse(&bare), Err(AddressError::PathTooLong));
+        assert!(ForwardPath::parse(&format!("<x@{}.test>", "e".repeat(64))).is_err());
+        assert!(ForwardPath::parse(&format!("<x@{}.test>", "e".repeat(63))).is_ok());
     }
 
     #[test]
