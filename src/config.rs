@@ -143,6 +143,16 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// TLS towards the relayhost: none, opportunistic, required or verify.
     pub relayhost_tls: RelayTls,
+    /// SMTP AUTH credentials: `user:$6$salt$hash` lines (SHA-512 crypt, as
+    /// `openssl passwd -6` makes them). Unset = no AUTH.
+    pub auth_users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS (not recommended).
+    pub auth_over_plaintext: bool,
+    /// Submission listeners (port 587 style): AUTH before MAIL.
+    pub submission_listen: Vec<SocketAddr>,
+    /// `user:password` for AUTH towards the relayhost (readable only by
+    /// the service user).
+    pub relayhost_auth_file: Option<PathBuf>,
 }
 
 /// How the SMTP client uses STARTTLS.
@@ -237,6 +247,10 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             relayhost_tls: RelayTls::Opportunistic,
+            auth_users_file: None,
+            auth_over_plaintext: false,
+            submission_listen: Vec::new(),
+            relayhost_auth_file: None,
         }
     }
 }
@@ -504,6 +518,25 @@ impl Config {
                 "connect_timeout" => c.connect_timeout = duration()?,
                 "relay_timeout" => c.relay_timeout = duration()?,
                 "dns_timeout" => c.dns_timeout = duration()?,
+                "auth_users_file" => {
+                    c.auth_users_file = (!value.is_empty()).then(|| PathBuf::from(value))
+                }
+                "relayhost_auth_file" => {
+                    c.relayhost_auth_file = (!value.is_empty()).then(|| PathBuf::from(value))
+                }
+                "auth_over_plaintext" => {
+                    c.auth_over_plaintext =
+                        parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
+                }
+                "submission_listen" => {
+                    let mut addrs = Vec::new();
+                    for a in list(value) {
+                        addrs.push(a.parse::<SocketAddr>().map_err(|_| {
+                            bad(&format!("'{a}' is not ADDRESS:PORT or [IPv6]:PORT"))
+                        })?);
+                    }
+                    c.submission_listen = addrs;
+                }
                 "tls_cert" => c.tls_cert = (!value.is_empty()).then(|| PathBuf::from(value)),
                 "tls_key" => c.tls_key = (!value.is_empty()).then(|| PathBuf::from(value)),
                 "relayhost_tls" => {
@@ -649,6 +682,25 @@ impl Config {
         kv("tls_cert", path(&self.tls_cert));
         kv("tls_key", path(&self.tls_key));
         kv("relayhost_tls", self.relayhost_tls.name().into());
+        kv("auth_users_file", path(&self.auth_users_file));
+        kv(
+            "auth_over_plaintext",
+            if self.auth_over_plaintext {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+        );
+        kv(
+            "submission_listen",
+            self.submission_listen
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        kv("relayhost_auth_file", path(&self.relayhost_auth_file));
         kv("user", self.user.clone().unwrap_or_default());
         kv("group", self.group.clone().unwrap_or_default());
         kv(

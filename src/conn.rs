@@ -47,6 +47,8 @@ impl Context {
             max_hops: cfg.max_hops,
             vrfy: cfg.vrfy,
             tls_available: false,
+            auth_available: cfg.auth_users_file.is_some(),
+            auth_over_plaintext: cfg.auth_over_plaintext,
         };
         Context {
             cfg,
@@ -249,8 +251,18 @@ pub fn run<R: Read, W: Write>(
             Line::BareLf => Event::Close(session.bare_lf()),
             Line::Ok(l) => {
                 let verb = verb_of(&l);
+                let failures = session.auth_failures();
                 let ev = session.command(&l);
                 log_reject(&peer, &verb, &ev);
+                if session.auth_failures() > failures {
+                    // RFC 4954 §4: slow down password guessing, a second
+                    // more for every failure (at most five).
+                    log::warn!(
+                        "warning: {peer}: AUTH failed ({} so far)",
+                        session.auth_failures()
+                    );
+                    std::thread::sleep(Duration::from_secs(session.auth_failures().min(5) as u64));
+                }
                 ev
             }
         };

@@ -57,6 +57,39 @@ pub struct Deliverer {
     /// Connections in progress per destination domain (kept across reloads).
     domains: Arc<Mutex<HashMap<String, usize>>>,
     tls_client: crate::relay::ClientTls,
+    relay_auth: Option<(String, String)>,
+}
+
+/// `relayhost_auth_file`: one `user:password` line. Warns when others
+/// may read it.
+fn relay_auth(cfg: &Config) -> Option<(String, String)> {
+    let f = cfg.relayhost_auth_file.as_ref()?;
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = fs::metadata(f) {
+        if m.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "warning: {} is readable by others: chmod 600 it",
+                f.display()
+            );
+        }
+    }
+    match fs::read_to_string(f) {
+        Ok(t) => match t
+            .lines()
+            .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .and_then(|l| l.split_once(':'))
+        {
+            Some((u, p)) => Some((u.trim().to_string(), p.trim_end().to_string())),
+            None => {
+                log::warn!("warning: {}: expected 'user:password'", f.display());
+                None
+            }
+        },
+        Err(e) => {
+            log::warn!("warning: {}: {e}", f.display());
+            None
+        }
+    }
 }
 
 /// The current `Deliverer`; SIGHUP puts a new one in (new settings and
@@ -86,6 +119,7 @@ impl Deliverer {
     ) -> Deliverer {
         Deliverer {
             tls_client: client_tls(&cfg),
+            relay_auth: relay_auth(&cfg),
             cfg,
             spool,
             policy,
@@ -99,6 +133,7 @@ impl Deliverer {
     pub fn reloaded(&self, cfg: Config, policy: LocalPolicy) -> Deliverer {
         Deliverer {
             tls_client: client_tls(&cfg),
+            relay_auth: relay_auth(&cfg),
             cfg,
             spool: self.spool.clone(),
             policy,
@@ -116,6 +151,11 @@ impl Deliverer {
             connect_timeout: self.cfg.connect_timeout,
             command_timeout: self.cfg.relay_timeout,
             tls: self.tls_client.clone(),
+            auth: if self.cfg.relayhost.is_some() {
+                self.relay_auth.clone()
+            } else {
+                None
+            },
         }
     }
 }

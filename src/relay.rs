@@ -98,6 +98,9 @@ pub struct RelayConfig {
     pub command_timeout: Duration,
     /// STARTTLS towards MX hosts (always opportunistic) and the relayhost.
     pub tls: ClientTls,
+    /// User and password for AUTH towards the relayhost (never sent
+    /// without TLS).
+    pub auth: Option<(String, String)>,
 }
 
 /// The client's STARTTLS policy for one delivery.
@@ -474,6 +477,9 @@ fn transaction(
             return Err("STARTTLS is required but not offered".into());
         }
     }
+    if let Some((user, password)) = &cfg.auth {
+        authenticate(&mut c, &caps, user, password)?;
+    }
     #[cfg(not(feature = "tls"))]
     if cfg.tls.required {
         return Err(format!(
@@ -484,6 +490,49 @@ fn transaction(
     let _ = c.send(b"QUIT\r\n");
     let _ = c.reply(Duration::from_secs(5));
     outcomes
+}
+
+/// RFC 4954 as a client: PLAIN, else LOGIN; only inside TLS, so the
+/// password never crosses the network in the clear.
+fn authenticate(
+    c: &mut Conn,
+    caps: &Capabilities,
+    user: &str,
+    password: &str,
+) -> Result<(), String> {
+    #[cfg(feature = "tls")]
+    let encrypted = matches!(c.io, Io::Tls(_));
+    #[cfg(not(feature = "tls"))]
+    let encrypted = false;
+    if !encrypted {
+        return Err("will not send AUTH credentials without TLS".into());
+    }
+    use crate::smtp::base64::encode;
+    let r = if caps.auth.iter().any(|m| m == "PLAIN") {
+        c.command(&format!(
+            "AUTH PLAIN {}",
+            encode(format!("\0{user}\0{password}").as_bytes())
+        ))?
+    } else if caps.auth.iter().any(|m| m == "LOGIN") {
+        let r = c.command("AUTH LOGIN")?;
+        if r.code != 334 {
+            return Err(format!("AUTH LOGIN: {}", printable(&r.one_line())));
+        }
+        let r = c.command(&encode(user.as_bytes()))?;
+        if r.code != 334 {
+            return Err(format!("AUTH LOGIN: {}", printable(&r.one_line())));
+        }
+        c.command(&encode(password.as_bytes()))?
+    } else {
+        return Err("the relayhost offers no AUTH mechanism satchel knows (PLAIN, LOGIN)".into());
+    };
+    if r.code != 235 {
+        return Err(format!(
+            "authentication failed: {}",
+            printable(&r.one_line())
+        ));
+    }
+    Ok(())
 }
 
 fn dialogue(

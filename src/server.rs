@@ -26,6 +26,14 @@ const SESSION_STACK: usize = 256 * 1024;
 struct Job {
     stream: TcpStream,
     peer: SocketAddr,
+    /// Accepted on a submission listener: AUTH before MAIL.
+    submission: bool,
+}
+
+/// A bound listener; `submission` listeners require AUTH.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub submission: bool,
 }
 
 /// Book-keeping shared by listeners, workers and the signal thread.
@@ -45,11 +53,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Binds every listen address. With the default settings a host without
 /// IPv6 simply has no `[::1]` listener; a configured address that cannot
 /// be bound is an error.
-pub fn bind(ctx: &Context) -> Result<Vec<TcpListener>, String> {
+pub fn bind(ctx: &Context) -> Result<Vec<Listener>, String> {
     let mut listeners = Vec::new();
-    for addr in &ctx.cfg.listen {
+    let all = ctx
+        .cfg
+        .listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(ctx.cfg.submission_listen.iter().map(|a| (a, true)));
+    for (addr, submission) in all {
         match TcpListener::bind(addr) {
-            Ok(l) => listeners.push(l),
+            Ok(socket) => listeners.push(Listener { socket, submission }),
             Err(e) if ctx.cfg.listen_is_default && addr.is_ipv6() => {
                 log::info!("not listening on {addr}: {e}");
             }
@@ -75,7 +89,7 @@ pub type Reload = Box<dyn Fn() -> Result<(), String> + Send>;
 
 /// Serves until SIGTERM or SIGINT; returns once sessions have finished or
 /// `shutdown_timeout` has passed. SIGHUP calls `reload`.
-pub fn serve(slot: ContextSlot, listeners: Vec<TcpListener>, reload: Reload) -> Result<(), String> {
+pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Result<(), String> {
     let ctx = current(&slot);
     let pool = Arc::new(Pool {
         active: AtomicUsize::new(0),
@@ -87,14 +101,25 @@ pub fn serve(slot: ContextSlot, listeners: Vec<TcpListener>, reload: Reload) -> 
     let (tx, rx) = crossbeam_channel::unbounded::<Job>();
     let mut local_addrs = Vec::new();
     let mut handles = Vec::new();
-    for l in listeners {
+    for Listener {
+        socket: l,
+        submission,
+    } in listeners
+    {
         let addr = l.local_addr().map_err(|e| e.to_string())?;
-        log::info!("listening on {addr}");
+        log::info!(
+            "listening on {addr}{}",
+            if submission {
+                " (submission: AUTH required)"
+            } else {
+                ""
+            }
+        );
         local_addrs.push(addr);
         let (slot, pool, tx, rx) = (slot.clone(), pool.clone(), tx.clone(), rx.clone());
         let h = thread::Builder::new()
             .name(format!("listen {addr}"))
-            .spawn(move || accept_loop(l, slot, pool, tx, rx))
+            .spawn(move || accept_loop(l, submission, slot, pool, tx, rx))
             .map_err(|e| e.to_string())?;
         handles.push(h);
     }
@@ -179,6 +204,7 @@ fn refuse(mut stream: TcpStream, reply: Reply) {
 
 fn accept_loop(
     l: TcpListener,
+    submission: bool,
     slot: ContextSlot,
     pool: Arc<Pool>,
     tx: Sender<Job>,
@@ -257,7 +283,14 @@ fn accept_loop(
                 }
             }
         }
-        if tx.send(Job { stream, peer }).is_err() {
+        if tx
+            .send(Job {
+                stream,
+                peer,
+                submission,
+            })
+            .is_err()
+        {
             return;
         }
     }
@@ -278,7 +311,9 @@ fn worker(rx: Receiver<Job>, slot: ContextSlot, pool: Arc<Pool>) {
         let _ = job.stream.set_nodelay(true);
         let client = Client {
             ip: Some(ip),
-            may_relay: ctx.cfg.may_relay(ip),
+            // On the submission port only AUTH grants relaying.
+            may_relay: !job.submission && ctx.cfg.may_relay(ip),
+            auth_required: job.submission,
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             conn::serve_tcp(&job.stream, client, &ctx, &in_data);

@@ -40,6 +40,7 @@ pub fn serve(ctx: &Context) -> Client {
     if let Some(sock) = socket {
         let ip = sock.peer_addr().map(|a| a.ip().to_canonical()).ok();
         let client = Client {
+            auth_required: false,
             ip,
             may_relay: ip.is_some_and(|ip| ctx.cfg.may_relay(ip)),
         };
@@ -56,10 +57,12 @@ pub fn serve(ctx: &Context) -> Client {
         .and_then(|s| s.parse::<IpAddr>().ok());
     let client = match ip {
         Some(ip) => Client {
+            auth_required: false,
             ip: Some(ip),
             may_relay: ctx.cfg.may_relay(ip),
         },
         None => Client {
+            auth_required: false,
             ip: None,
             may_relay: true,
         },

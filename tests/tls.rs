@@ -176,3 +176,116 @@ fn required_tls_towards_a_relayhost_without_starttls_defers() {
     });
     assert!(plain.received().is_empty(), "nothing went out in plaintext");
 }
+
+/// `openssl passwd -6` for the tests' credentials file.
+fn sha512_crypt(password: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["passwd", "-6", password])
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn auth_on_the_submission_port_lets_a_user_relay() {
+    let sub_port = free_port();
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "");
+    let (cert, key) = make_cert(&s.dir.0, "mx.satchel.test");
+    let creds = s.dir.0.join("users");
+    std::fs::write(&creds, format!("carol:{}\n", sha512_crypt("s3cret"))).unwrap();
+    let text = std::fs::read_to_string(&s.conf).unwrap().replace(
+        "relay_networks = 127.0.0.1/32",
+        "relay_networks = 127.0.0.99/32",
+    );
+    std::fs::write(
+        &s.conf,
+        format!(
+            "{text}tls_cert = {cert}\ntls_key = {key}\nauth_users_file = {}\nsubmission_listen = 127.0.0.1:{sub_port}\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    s.spawn();
+    let out = python(
+        &format!(
+            "import smtplib,ssl,sys\n\
+             ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n\
+             s=smtplib.SMTP('127.0.0.1',{sub_port}); s.ehlo()\n\
+             try:\n    s.sendmail('carol@satchel.test',['x@remote.test'],b'Subject: no\\r\\n\\r\\nx\\r\\n')\n\
+             except smtplib.SMTPSenderRefused as e: print('refused', e.smtp_code)\n\
+             print('auth before tls', s.has_extn('auth'))\n\
+             s.starttls(context=ctx); s.ehlo(); print('auth in tls', s.has_extn('auth'))\n\
+             try:\n    s.login('carol','wrong')\n\
+             except smtplib.SMTPAuthenticationError as e: print('bad', e.smtp_code)\n\
+             s.login('carol','s3cret'); print('good')\n\
+             s.sendmail('carol@satchel.test',['x@remote.test'],b'Subject: yes\\r\\n\\r\\nx\\r\\n'); s.quit()"
+        ),
+        s.port,
+    );
+    assert_eq!(
+        out,
+        "refused 530\nauth before tls False\nauth in tls True\nbad 535\ngood\n"
+    );
+    let id = s.queued().pop().expect("queued");
+    assert!(String::from_utf8(s.message(&id))
+        .unwrap()
+        .contains("with ESMTPSA id"));
+    assert!(s.log().contains("AUTH failed (1 so far)"));
+}
+
+#[test]
+fn satchel_authenticates_to_its_smarthost() {
+    let port = shared_port(&[[127, 0, 0, 13], [127, 0, 0, 14]]);
+    let mut smart = Server::prepare_at(
+        [127, 0, 0, 14],
+        port,
+        "hostname = smart.test\nrelay_networks = 127.0.0.99/32\ndefer_delivery = yes\n",
+    );
+    let (cert, key) = make_cert(&smart.dir.0, "smart.test");
+    let creds = smart.dir.0.join("users");
+    std::fs::write(&creds, format!("edge:{}\n", sha512_crypt("pa55"))).unwrap();
+    let text = std::fs::read_to_string(&smart.conf).unwrap();
+    std::fs::write(
+        &smart.conf,
+        format!(
+            "{text}tls_cert = {cert}\ntls_key = {key}\nauth_users_file = {}\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    smart.spawn();
+    let mut edge = Server::prepare_at(
+        [127, 0, 0, 13],
+        port,
+        &format!("hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\nrelayhost = [127.0.0.14]:{port}\nrelayhost_tls = required\n"),
+    );
+    let secret = edge.dir.0.join("relay-auth");
+    std::fs::write(&secret, "edge:pa55\n").unwrap();
+    let text = std::fs::read_to_string(&edge.conf).unwrap();
+    std::fs::write(
+        &edge.conf,
+        format!("{text}relayhost_auth_file = {}\n", secret.display()),
+    )
+    .unwrap();
+    edge.spawn();
+    let mut c = Client::connect(edge.addr());
+    c.hello();
+    assert_eq!(
+        c.mail(
+            "cron@edge.test",
+            &["admin@far.test"],
+            b"Subject: via smarthost\r\n\r\nx\r\n"
+        )
+        .0,
+        250
+    );
+    smart.wait_for("the smarthost's queue", || smart.queued().len() == 1);
+    let id = smart.queued().pop().unwrap();
+    assert!(String::from_utf8(smart.message(&id))
+        .unwrap()
+        .contains("with ESMTPSA id"));
+    assert!(
+        edge.log().contains("is readable by others"),
+        "a world-readable secret is warned about"
+    );
+}

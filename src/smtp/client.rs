@@ -71,6 +71,8 @@ pub struct Capabilities {
     pub starttls: bool,
     /// RFC 1870: `Some(0)` means no fixed limit.
     pub size: Option<u64>,
+    /// RFC 4954 mechanisms offered, upper case.
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -88,6 +90,7 @@ impl Capabilities {
                 "SMTPUTF8" => c.smtputf8 = true,
                 "STARTTLS" => c.starttls = true,
                 "SIZE" => c.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => c.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }

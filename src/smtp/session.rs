@@ -24,6 +24,10 @@ pub struct SessionConfig {
     /// STARTTLS can be offered (a certificate is configured and the
     /// transport is a socket).
     pub tls_available: bool,
+    /// SMTP AUTH (RFC 4954) can be offered: a credentials file is set.
+    pub auth_available: bool,
+    /// Offer AUTH without TLS too (the operator's explicit choice).
+    pub auth_over_plaintext: bool,
 }
 
 /// How the policy classifies a recipient mailbox.
@@ -41,6 +45,11 @@ pub enum RcptClass {
 /// configuration and the aliases file at the edge; by a table in tests).
 pub trait Policy {
     fn classify(&self, rcpt: &Mailbox) -> RcptClass;
+
+    /// SMTP AUTH: are these credentials right?
+    fn authenticate(&self, _user: &str, _password: &str) -> bool {
+        false
+    }
 }
 
 /// The connected client, as the edge found it.
@@ -48,8 +57,10 @@ pub trait Policy {
 pub struct Client {
     /// `None` for a local session (inetd on a pipe, sendmail -bs).
     pub ip: Option<IpAddr>,
-    /// In `relay_networks` (or, later, authenticated).
+    /// In `relay_networks` (or authenticated).
     pub may_relay: bool,
+    /// A submission listener: AUTH before MAIL (RFC 6409 §4.3 style).
+    pub auth_required: bool,
 }
 
 /// A transaction ready for DATA: everything the envelope needs.
@@ -106,6 +117,22 @@ pub struct Session<'p> {
     commands: usize,
     /// The session runs inside TLS (after STARTTLS).
     tls_active: bool,
+    /// The authenticated user (RFC 4954), once AUTH succeeded.
+    authenticated: Option<String>,
+    auth_failures: usize,
+    /// An AUTH exchange waiting for the client's next line.
+    auth_step: Option<AuthStep>,
+}
+
+/// Where a SASL exchange stands (RFC 4954 §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthStep {
+    /// PLAIN after an empty challenge.
+    PlainResponse,
+    /// LOGIN: the user name is next.
+    LoginUser,
+    /// LOGIN: the password is next.
+    LoginPassword(String),
 }
 
 /// What the DATA decoder found once the end of data was read.
@@ -129,6 +156,9 @@ impl<'p> Session<'p> {
             errors: 0,
             commands: 0,
             tls_active: false,
+            authenticated: None,
+            auth_failures: 0,
+            auth_step: None,
         }
     }
 
@@ -224,9 +254,18 @@ impl<'p> Session<'p> {
         }
     }
 
+    /// Failed AUTH attempts so far (the connection loop slows down by them).
+    pub fn auth_failures(&self) -> usize {
+        self.auth_failures
+    }
+
     /// One command line, CRLF removed.
     pub fn command(&mut self, line: &[u8]) -> Event {
         self.commands += 1;
+        if let Some(step) = self.auth_step.take() {
+            let ev = self.auth_continue(step, line);
+            return self.answer(ev);
+        }
         let ev = match command::parse(line) {
             Ok(cmd) => self.dispatch(cmd),
             Err(r) => Event::Reply(r),
@@ -269,10 +308,8 @@ impl<'p> Session<'p> {
             Command::StartTls if self.tls_active => {
                 ok(503, Enhanced(5, 5, 1), "Error: TLS already active")
             }
-            // The seam for RFC 4954 AUTH: not offered by this build.
-            Command::StartTls | Command::Auth(_) => {
-                ok(502, Enhanced(5, 5, 1), "Error: command not implemented")
-            }
+            Command::Auth(arg) => self.auth(&arg),
+            Command::StartTls => ok(502, Enhanced(5, 5, 1), "Error: command not implemented"),
         }
     }
 
@@ -294,6 +331,9 @@ impl<'p> Session<'p> {
         if self.cfg.tls_available && !self.tls_active {
             lines.push("STARTTLS".into());
         }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         lines.push("HELP".into());
         Event::Reply(Reply {
             code: 250,
@@ -308,6 +348,10 @@ impl<'p> Session<'p> {
             State::Ready(h) => h.clone(),
             _ => return ok(503, Enhanced(5, 5, 1), "Error: nested MAIL command"),
         };
+        // RFC 4954 §6: 530 when the policy needs authentication first.
+        if self.client.auth_required && self.authenticated.is_none() {
+            return ok(530, Enhanced(5, 7, 0), "Error: authentication required");
+        }
         // RFC 1870 §6.2: a declared size above the limit is refused at once.
         if params.size.is_some_and(|s| s > self.cfg.message_size_limit) {
             return ok(
@@ -385,13 +429,18 @@ impl<'p> Session<'p> {
         match std::mem::replace(&mut self.state, State::Fresh) {
             State::Rcpt(helo, from, params, rcpts) => {
                 // RFC 3848 and RFC 6531 §3.7.3 "with" keywords.
-                let protocol = match (params.smtputf8, helo.extended, self.tls_active) {
-                    (true, _, false) => "UTF8SMTP",
-                    (true, _, true) => "UTF8SMTPS",
-                    (false, true, false) => "ESMTP",
-                    (false, true, true) => "ESMTPS",
-                    (false, false, false) => "SMTP",
-                    (false, false, true) => "SMTPS",
+                let auth = self.authenticated.is_some();
+                let protocol = match (params.smtputf8, helo.extended, self.tls_active, auth) {
+                    (true, _, false, false) => "UTF8SMTP",
+                    (true, _, false, true) => "UTF8SMTPA",
+                    (true, _, true, false) => "UTF8SMTPS",
+                    (true, _, true, true) => "UTF8SMTPSA",
+                    (false, _, false, true) => "ESMTPA",
+                    (false, _, true, true) => "ESMTPSA",
+                    (false, true, false, false) => "ESMTP",
+                    (false, true, true, false) => "ESMTPS",
+                    (false, false, false, false) => "SMTP",
+                    (false, false, true, false) => "SMTPS",
                 };
                 let txn = Transaction {
                     helo: helo.name.clone(),
@@ -412,6 +461,103 @@ impl<'p> Session<'p> {
                 ok(503, Enhanced(5, 5, 1), text)
             }
         }
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth_available && (self.tls_active || self.cfg.auth_over_plaintext)
+    }
+
+    /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
+    fn auth(&mut self, arg: &str) -> Event {
+        if !self.auth_offered() {
+            return ok(503, Enhanced(5, 5, 1), "Error: authentication not enabled");
+        }
+        match &self.state {
+            State::Fresh => return ok(503, Enhanced(5, 5, 1), "Error: send EHLO first"),
+            State::Ready(_) => {}
+            _ => {
+                return ok(
+                    503,
+                    Enhanced(5, 5, 1),
+                    "Error: MAIL transaction in progress",
+                )
+            }
+        }
+        if self.authenticated.is_some() {
+            return ok(503, Enhanced(5, 5, 1), "Error: already authenticated");
+        }
+        let mut words = arg.split(' ');
+        let mech = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next();
+        match (mech.as_str(), initial) {
+            ("PLAIN", None) => {
+                self.auth_step = Some(AuthStep::PlainResponse);
+                Event::Reply(Reply::plain(334, ""))
+            }
+            ("PLAIN", Some(resp)) => self.auth_continue(AuthStep::PlainResponse, resp.as_bytes()),
+            ("LOGIN", None) => {
+                self.auth_step = Some(AuthStep::LoginUser);
+                Event::Reply(Reply::plain(334, "VXNlcm5hbWU6")) // "Username:"
+            }
+            ("LOGIN", Some(user)) => self.auth_continue(AuthStep::LoginUser, user.as_bytes()),
+            _ => ok(
+                504,
+                Enhanced(5, 5, 4),
+                "Error: unsupported authentication mechanism",
+            ),
+        }
+    }
+
+    fn auth_continue(&mut self, step: AuthStep, line: &[u8]) -> Event {
+        // §4: "*" cancels the exchange.
+        if line == b"*" {
+            return ok(501, Enhanced(5, 0, 0), "Authentication aborted");
+        }
+        let text = std::str::from_utf8(line).unwrap_or("");
+        let decoded = if text == "=" {
+            Some(Vec::new())
+        } else {
+            super::base64::decode(text)
+        };
+        let Some(decoded) = decoded else {
+            return ok(501, Enhanced(5, 5, 2), "Error: cannot decode the response");
+        };
+        let (user, password) = match step {
+            AuthStep::LoginUser => {
+                let Ok(user) = String::from_utf8(decoded) else {
+                    return ok(501, Enhanced(5, 5, 2), "Error: user name is not UTF-8");
+                };
+                self.auth_step = Some(AuthStep::LoginPassword(user));
+                return Event::Reply(Reply::plain(334, "UGFzc3dvcmQ6")); // "Password:"
+            }
+            AuthStep::LoginPassword(user) => (user, String::from_utf8(decoded).unwrap_or_default()),
+            AuthStep::PlainResponse => {
+                // RFC 4616: [authzid] NUL authcid NUL passwd
+                let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+                if parts.len() != 3 {
+                    return ok(501, Enhanced(5, 5, 2), "Error: malformed PLAIN response");
+                }
+                let user = String::from_utf8_lossy(parts[1]).into_owned();
+                let authz = String::from_utf8_lossy(parts[0]);
+                if !authz.is_empty() && authz != user {
+                    return ok(535, Enhanced(5, 7, 8), "Error: authentication failed");
+                }
+                (user, String::from_utf8_lossy(parts[2]).into_owned())
+            }
+        };
+        if !user.is_empty() && self.policy.authenticate(&user, &password) {
+            self.authenticated = Some(user);
+            self.client.may_relay = true;
+            ok(235, Enhanced(2, 7, 0), "Authentication successful")
+        } else {
+            self.auth_failures += 1;
+            ok(535, Enhanced(5, 7, 8), "Error: authentication failed")
+        }
+    }
+
+    /// The authenticated user, for logs.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
     }
 
     fn vrfy(&self, arg: &str) -> Event {
@@ -573,6 +719,10 @@ mod tests {
                 RcptClass::Remote
             }
         }
+
+        fn authenticate(&self, user: &str, password: &str) -> bool {
+            user == "alice" && password == "secret"
+        }
     }
 
     fn cfg() -> SessionConfig {
@@ -584,6 +734,8 @@ mod tests {
             max_hops: 50,
             vrfy: false,
             tls_available: false,
+            auth_available: false,
+            auth_over_plaintext: false,
         }
     }
 
@@ -594,6 +746,7 @@ mod tests {
             Client {
                 ip: Some("192.0.2.9".parse().unwrap()),
                 may_relay,
+                auth_required: false,
             },
         )
     }
@@ -820,6 +973,7 @@ mod tests {
             Client {
                 ip: None,
                 may_relay: false,
+                auth_required: false,
             },
         );
         assert_eq!(run(&mut s, "VRFY <alice@local.test>"), 250);
@@ -851,6 +1005,7 @@ mod tests {
             Client {
                 ip: None,
                 may_relay: false,
+                auth_required: false,
             },
         );
         let Event::Reply(r) = s.command(b"EHLO c") else {
@@ -865,6 +1020,7 @@ mod tests {
             Client {
                 ip: None,
                 may_relay: false,
+                auth_required: false,
             },
         )
         .after_tls();
@@ -882,10 +1038,92 @@ mod tests {
     }
 
     #[test]
-    fn starttls_and_auth_are_not_offered_yet() {
+    fn starttls_and_auth_are_refused_when_not_configured() {
         let mut s = session(false);
         run(&mut s, "EHLO c");
         assert_eq!(run(&mut s, "STARTTLS"), 502);
-        assert_eq!(run(&mut s, "AUTH PLAIN"), 502);
+        assert_eq!(run(&mut s, "AUTH PLAIN"), 503);
+    }
+
+    fn auth_session(tls: bool, plaintext_ok: bool, auth_required: bool) -> Session<'static> {
+        let mut c = cfg();
+        c.auth_available = true;
+        c.auth_over_plaintext = plaintext_ok;
+        let client = Client {
+            ip: None,
+            may_relay: false,
+            auth_required,
+        };
+        let s = Session::new(c, &Table, client);
+        if tls {
+            s.after_tls()
+        } else {
+            s
+        }
+    }
+
+    #[test]
+    fn auth_is_offered_only_inside_tls_unless_allowed() {
+        let mut s = auth_session(false, false, false);
+        let Event::Reply(r) = s.command(b"EHLO c") else {
+            panic!()
+        };
+        assert!(!r.lines.iter().any(|l| l.starts_with("AUTH")));
+        assert_eq!(run(&mut s, "AUTH PLAIN AGFsaWNlAHNlY3JldA=="), 503);
+        let mut s = auth_session(true, false, false);
+        let Event::Reply(r) = s.command(b"EHLO c") else {
+            panic!()
+        };
+        assert!(r.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"));
+    }
+
+    #[test]
+    fn auth_plain_and_login_succeed_and_allow_relaying() {
+        // PLAIN with an initial response: \0alice\0secret
+        let mut s = auth_session(true, false, false);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "AUTH PLAIN AGFsaWNlAHNlY3JldA=="), 235);
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(
+            run(&mut s, "RCPT TO:<x@foreign.test>"),
+            250,
+            "authenticated clients may relay"
+        );
+        assert!(matches!(s.command(b"DATA"), Event::Data(t) if t.protocol == "ESMTPSA"));
+        // LOGIN, step by step.
+        let mut s = auth_session(false, true, false);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "AUTH LOGIN"), 334);
+        assert_eq!(run(&mut s, "YWxpY2U="), 334);
+        assert_eq!(run(&mut s, "c2VjcmV0"), 235);
+        assert_eq!(run(&mut s, "AUTH LOGIN"), 503, "only once");
+    }
+
+    #[test]
+    fn bad_credentials_get_535_and_are_counted() {
+        let mut s = auth_session(true, false, false);
+        run(&mut s, "EHLO c");
+        // \0alice\0wrong
+        assert_eq!(run(&mut s, "AUTH PLAIN AGFsaWNlAHdyb25n"), 535);
+        assert_eq!(s.auth_failures(), 1);
+        assert_eq!(run(&mut s, "AUTH PLAIN"), 334);
+        assert_eq!(run(&mut s, "*"), 501, "the client may cancel");
+        assert_eq!(run(&mut s, "AUTH PLAIN not-base64!"), 501);
+        assert_eq!(run(&mut s, "AUTH CRAM-MD5"), 504);
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert_eq!(
+            run(&mut s, "RCPT TO:<x@foreign.test>"),
+            554,
+            "still no relaying"
+        );
+    }
+
+    #[test]
+    fn the_submission_port_wants_auth_before_mail() {
+        let mut s = auth_session(true, false, true);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "MAIL FROM:<alice@local.test>"), 530);
+        assert_eq!(run(&mut s, "AUTH PLAIN AGFsaWNlAHNlY3JldA=="), 235);
+        assert_eq!(run(&mut s, "MAIL FROM:<alice@local.test>"), 250);
     }
 }
