@@ -431,3 +431,36 @@ fn a_stalled_client_does_not_block_others() {
         250
     );
 }
+
+#[test]
+fn the_reference_configuration_lists_every_setting_and_is_valid() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/satchel.conf");
+    let text = fs::read_to_string(conf).unwrap();
+    let mut documented: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter_map(|l| l.split_once(" ="))
+        .map(|(k, _)| k.to_string())
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .collect();
+    documented.sort();
+    documented.dedup();
+    let out = std::process::Command::new(common::BIN)
+        .args(["check-config", "-c", conf])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut effective: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_string()))
+        .collect();
+    effective.sort();
+    assert_eq!(
+        documented, effective,
+        "etc/satchel.conf must document every setting"
+    );
+}
