@@ -376,3 +376,55 @@ fn crash_soak_loses_nothing_that_was_acknowledged() {
         got.len()
     );
 }
+
+/// The client side of smuggling: even a queued message with bare LF and CR
+/// (written by some other program into the spool) leaves satchel with CRLF
+/// line ends only and its lone dots stuffed; the fake remote asserts it.
+#[test]
+fn the_client_never_sends_a_bare_cr_or_lf() {
+    use satchel::address::{ForwardPath, ReversePath};
+    use satchel::envelope::{Envelope, RcptState, Recipient};
+    let port = free_port();
+    let remote = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    let mut s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!("defer_delivery = no\nrelayhost = [127.0.0.1]:{port}\n"),
+    );
+    let spool = satchel::spool::Spool::open(&s.spool()).unwrap();
+    let mut env = Envelope {
+        id: String::new(),
+        created: 1,
+        client: "localhost".into(),
+        helo: "t".into(),
+        protocol: "local".into(),
+        body: "7BIT".into(),
+        smtputf8: false,
+        size: 0,
+        from: ReversePath::parse("<a@satchel.test>").unwrap(),
+        attempts: 0,
+        next_attempt: 0,
+        warned: false,
+        rcpts: vec![Recipient {
+            addr: ForwardPath::parse("<x@remote.test>").unwrap(),
+            state: RcptState::Pending,
+            expanded: false,
+        }],
+    };
+    spool
+        .queue_bytes(
+            b"Subject: smuggle\n\nbody\n.\nMAIL FROM:<evil@x>\r.\rend",
+            &mut env,
+        )
+        .unwrap();
+    s.spawn();
+    s.wait_for("delivery", || remote.received().len() == 1);
+    let data = remote.received()[0].data.clone();
+    assert_eq!(
+        data,
+        b"Subject: smuggle\r\n\r\nbody\r\n.\r\nMAIL FROM:<evil@x>\r\n.\r\nend\r\n"
+    );
+}

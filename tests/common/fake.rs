@@ -172,6 +172,12 @@ fn session(
                 if l == b".\r\n" {
                     break;
                 }
+                // satchel never sends a bare CR or LF (smuggling, the client side).
+                let body = &l[..l.len().saturating_sub(2)];
+                assert!(
+                    l.ends_with(b"\r\n") && !body.contains(&b'\r') && !body.contains(&b'\n'),
+                    "a DATA line without CRLF discipline: {l:?}"
+                );
                 let l = if l.starts_with(b".") {
                     l[1..].to_vec()
                 } else {
