@@ -428,3 +428,64 @@ fn the_client_never_sends_a_bare_cr_or_lf() {
         b"Subject: smuggle\r\n\r\nbody\r\n.\r\nMAIL FROM:<evil@x>\r\n.\r\nend\r\n"
     );
 }
+
+#[test]
+fn a_full_mailbox_file_system_defers_and_loses_nothing() {
+    let is_root = fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !is_root {
+        println!("skipped: mounting a small tmpfs for the mailboxes needs root");
+        return;
+    }
+    let mut s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        "defer_delivery = no\nmessage_size_limit = 8M\nmin_backoff = 1s\nmax_backoff = 1s\n",
+    );
+    let mail = s.mail_dir();
+    fs::create_dir_all(&mail).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mail)
+        .status()
+        .map(|st| st.success())
+        .unwrap_or(false);
+    if !mounted {
+        println!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let mounted_at = mail.clone();
+    let unmount = move || {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&mounted_at)
+            .status();
+    };
+    s.spawn();
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let line = [b"z".repeat(998), b"\r\n".to_vec()].concat();
+    let big: Vec<u8> = [b"Subject: big\r\n\r\n".to_vec(), line.repeat(2048)].concat(); // 2 MB
+    let (code, text) = c.mail("a@example.org", &["alice@satchel.test"], &big);
+    assert_eq!(code, 250, "{text}");
+    let id = queue_id(&text);
+    s.wait_for("the deferral", || {
+        s.log()
+            .contains("status=deferred (451 4.3.0 cannot deliver to mailbox")
+    });
+    assert!(
+        s.spool().join("msg").join(&id).exists(),
+        "the message is kept"
+    );
+    let tmp_left = fs::read_dir(mail.join("alice").join("tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(tmp_left, 0, "no partial file left in the Maildir");
+    // Room again: the next attempt delivers it.
+    unmount();
+    s.wait_for("delivery once there is room", || {
+        s.maildir("alice").len() == 1 && s.queued().is_empty()
+    });
+    s.kill9();
+}
