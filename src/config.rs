@@ -143,6 +143,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// TLS towards the relayhost: none, opportunistic, required or verify.
     pub relayhost_tls: RelayTls,
+    /// CA certificates for `relayhost_tls = verify` (PEM bundle).
+    pub tls_ca_file: PathBuf,
     /// SMTP AUTH credentials: `user:$6$salt$hash` lines (SHA-512 crypt, as
     /// `openssl passwd -6` makes them). Unset = no AUTH.
     pub auth_users_file: Option<PathBuf>,
@@ -247,6 +249,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             relayhost_tls: RelayTls::Opportunistic,
+            tls_ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
             auth_users_file: None,
             auth_over_plaintext: false,
             submission_listen: Vec::new(),
@@ -537,6 +540,9 @@ impl Config {
                     }
                     c.submission_listen = addrs;
                 }
+                "tls_ca_file" => {
+                    c.tls_ca_file = non_empty_path(value).ok_or_else(|| bad("expected a path"))?
+                }
                 "tls_cert" => c.tls_cert = (!value.is_empty()).then(|| PathBuf::from(value)),
                 "tls_key" => c.tls_key = (!value.is_empty()).then(|| PathBuf::from(value)),
                 "relayhost_tls" => {
@@ -682,6 +688,7 @@ impl Config {
         kv("tls_cert", path(&self.tls_cert));
         kv("tls_key", path(&self.tls_key));
         kv("relayhost_tls", self.relayhost_tls.name().into());
+        kv("tls_ca_file", self.tls_ca_file.display().to_string());
         kv("auth_users_file", path(&self.auth_users_file));
         kv(
             "auth_over_plaintext",

@@ -178,9 +178,7 @@ fn client_tls(cfg: &Config) -> crate::relay::ClientTls {
             }
         }
         RelayTls::Opportunistic | RelayTls::Required => crate::tls::client_opportunistic(),
-        RelayTls::Verify => {
-            crate::tls::client_verifying(std::path::Path::new(crate::tls::SYSTEM_CA_BUNDLE))
-        }
+        RelayTls::Verify => crate::tls::client_verifying(&cfg.tls_ca_file),
     };
     let required = matches!(mode, RelayTls::Required | RelayTls::Verify);
     match built {

@@ -289,3 +289,160 @@ fn satchel_authenticates_to_its_smarthost() {
         "a world-readable secret is warned about"
     );
 }
+
+fn openssl_in(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA in `dir` (ca.pem, ca.key).
+fn make_ca(dir: &Path) -> String {
+    openssl_in(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Satchel Test CA",
+        ],
+    );
+    dir.join("ca.pem").display().to_string()
+}
+
+/// A certificate for `name` in `dir`, signed by the CA in `ca_dir`.
+fn signed_cert(dir: &Path, ca_dir: &Path, name: &str) -> (String, String) {
+    openssl_in(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(dir.join("ext"), format!("subjectAltName=DNS:{name}\n")).unwrap();
+    let (ca, key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
+    openssl_in(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            ca.to_str().unwrap(),
+            "-CAkey",
+            key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    );
+    (
+        dir.join("srv.pem").display().to_string(),
+        dir.join("srv.key").display().to_string(),
+    )
+}
+
+#[test]
+fn relayhost_tls_verify_checks_the_certificate_and_the_name() {
+    let dns = common::dns::TestDns::start();
+    let port = shared_port(&[[127, 0, 0, 15], [127, 0, 0, 16], [127, 0, 0, 17]]);
+    dns.a("smart.test", [127, 0, 0, 16].into());
+    dns.a("impostor.test", [127, 0, 0, 17].into());
+    let ca_dir = common::TempDir::new("ca");
+    let ca = make_ca(&ca_dir.0);
+    let mut servers = Vec::new();
+    // Both certificates come from the trusted CA; only the names differ.
+    for (ip, cert_name) in [
+        ([127, 0, 0, 16], "smart.test"),
+        ([127, 0, 0, 17], "someone-else.test"),
+    ] {
+        let mut s = Server::prepare_at(
+            ip,
+            port,
+            "relay_networks = 127.0.0.0/8\ndefer_delivery = yes\n",
+        );
+        let (cert, key) = signed_cert(&s.dir.0, &ca_dir.0, cert_name);
+        let text = std::fs::read_to_string(&s.conf).unwrap();
+        std::fs::write(
+            &s.conf,
+            format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
+        )
+        .unwrap();
+        s.spawn();
+        servers.push(s);
+    }
+    let edge = |host: &str| {
+        Server::start_at(
+            [127, 0, 0, 15],
+            shared_port(&[[127, 0, 0, 15]]),
+            &format!(
+                "hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\ndns_servers = {}\n\
+                 relayhost = [{host}]:{port}\nrelayhost_tls = verify\ntls_ca_file = {ca}\n",
+                dns.addr
+            ),
+        )
+    };
+    // The right name, signed by the trusted CA: delivered.
+    let a = edge("smart.test");
+    let mut c = Client::connect(a.addr());
+    c.hello();
+    assert_eq!(
+        c.mail(
+            "x@edge.test",
+            &["y@far.test"],
+            b"Subject: verified\r\n\r\nx\r\n"
+        )
+        .0,
+        250
+    );
+    servers[0].wait_for("delivery to the verified smarthost", || {
+        servers[0].queued().len() == 1
+    });
+    drop(a);
+    // A trusted certificate for another name: never sent, deferred.
+    let b = edge("impostor.test");
+    let mut c = Client::connect(b.addr());
+    c.hello();
+    assert_eq!(
+        c.mail(
+            "x@edge.test",
+            &["y@far.test"],
+            b"Subject: not to an impostor\r\n\r\nx\r\n"
+        )
+        .0,
+        250
+    );
+    b.wait_for("the refusal", || {
+        b.log().contains("TLS handshake") && b.log().contains("status=deferred")
+    });
+    assert!(servers[1].queued().is_empty());
+}
