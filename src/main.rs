@@ -317,6 +317,13 @@ fn reloader(
                 "delivery_threads",
                 cfg.delivery_threads == start.delivery_threads,
             ),
+            (
+                "submission_listen",
+                cfg.submission_listen == start.submission_listen,
+            ),
+            ("user", cfg.user == start.user),
+            ("group", cfg.group == start.group),
+            ("log_level", cfg.log_level == start.log_level),
         ] {
             if !same {
                 log::warn!("warning: {name} changed: it takes effect at the next restart");
