@@ -884,25 +884,14 @@ fn notify(
         reports: &reports,
         original: &original,
     });
-    let mut benv = Envelope {
-        id: String::new(),
-        created: now,
-        client: "localhost".into(),
-        helo: d.cfg.hostname.clone(),
-        protocol: "local".into(),
-        body: "8BITMIME".into(),
-        smtputf8: env.smtputf8,
-        size: 0,
-        from: ReversePath::Null,
-        attempts: 0,
-        next_attempt: 0,
-        warned: false,
-        rcpts: vec![Recipient {
-            addr: ForwardPath::Mailbox(sender.clone()),
-            state: RcptState::Pending,
-            expanded: false,
-        }],
-    };
+    let mut benv = Envelope::local(
+        ReversePath::Null,
+        vec![ForwardPath::Mailbox(sender.clone())],
+        &d.cfg.hostname,
+        now,
+        &bytes,
+    );
+    benv.smtputf8 = env.smtputf8;
     let bid = d.spool.queue_bytes(&bytes, &mut benv)?;
     log::info!(
         "{}: sender {} notification: {bid}",

@@ -169,6 +169,45 @@ fn split_path(s: &str) -> (&str, &str) {
 }
 
 impl Envelope {
+    /// The envelope of a message made on this host (local submission, a
+    /// bounce): client `localhost`, protocol `local`, every recipient
+    /// pending; the body type follows the bytes.
+    pub fn local(
+        from: ReversePath,
+        rcpts: Vec<ForwardPath>,
+        helo: &str,
+        now: u64,
+        message: &[u8],
+    ) -> Envelope {
+        Envelope {
+            id: String::new(),
+            created: now,
+            client: "localhost".into(),
+            helo: helo.to_string(),
+            protocol: "local".into(),
+            body: if message.is_ascii() {
+                "7BIT"
+            } else {
+                "8BITMIME"
+            }
+            .into(),
+            smtputf8: false,
+            size: 0,
+            from,
+            attempts: 0,
+            next_attempt: 0,
+            warned: false,
+            rcpts: rcpts
+                .into_iter()
+                .map(|addr| Recipient {
+                    addr,
+                    state: RcptState::Pending,
+                    expanded: false,
+                })
+                .collect(),
+        }
+    }
+
     /// True when no recipient needs another attempt.
     pub fn is_done(&self) -> bool {
         self.rcpts.iter().all(|r| !r.state.is_open())

@@ -29,7 +29,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::address::{ForwardPath, ReversePath};
-use crate::envelope::{Envelope, RcptState, Recipient};
+use crate::envelope::Envelope;
 use crate::spool::Spool;
 use crate::time;
 
@@ -224,33 +224,7 @@ fn pickup_one(
         .as_bytes(),
     );
     inc.write(&bytes[start..]);
-    let mut env = Envelope {
-        id: id.clone(),
-        created: now,
-        client: "localhost".into(),
-        helo: format!("uid{uid}"),
-        protocol: "local".into(),
-        body: if bytes[start..].is_ascii() {
-            "7BIT"
-        } else {
-            "8BITMIME"
-        }
-        .into(),
-        smtputf8: false,
-        size: 0,
-        from,
-        attempts: 0,
-        next_attempt: 0,
-        warned: false,
-        rcpts: rcpts
-            .into_iter()
-            .map(|addr| Recipient {
-                addr,
-                state: RcptState::Pending,
-                expanded: false,
-            })
-            .collect(),
-    };
+    let mut env = Envelope::local(from, rcpts, &format!("uid{uid}"), now, &bytes[start..]);
     inc.commit(&mut env).map_err(|e| e.to_string())?;
     log::info!(
         "{id}: uid={uid} from={}, size={}, nrcpt={} (picked up from maildrop)",

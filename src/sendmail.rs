@@ -439,7 +439,7 @@ mod tests {
 pub mod submit {
     use super::*;
     use crate::config::Config;
-    use crate::envelope::{Envelope, RcptState, Recipient};
+    use crate::envelope::Envelope;
     use crate::policy::LocalPolicy;
     use crate::smtp::session::{Policy, RcptClass};
     use crate::spool::Spool;
@@ -538,33 +538,7 @@ pub mod submit {
         );
         inc.write(received.as_bytes());
         inc.write(&prepared.message);
-        let mut env = Envelope {
-            id: id.clone(),
-            created: now,
-            client: "localhost".into(),
-            helo: user,
-            protocol: "local".into(),
-            body: if prepared.message.is_ascii() {
-                "7BIT"
-            } else {
-                "8BITMIME"
-            }
-            .into(),
-            smtputf8: false,
-            size: 0,
-            from,
-            attempts: 0,
-            next_attempt: 0,
-            warned: false,
-            rcpts: rcpts
-                .into_iter()
-                .map(|addr| Recipient {
-                    addr,
-                    state: RcptState::Pending,
-                    expanded: false,
-                })
-                .collect(),
-        };
+        let mut env = Envelope::local(from, rcpts, &user, now, &prepared.message);
         inc.commit(&mut env)
             .map_err(|e| (EX_TEMPFAIL, format!("cannot queue: {e}")))?;
         log::info!(
