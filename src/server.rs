@@ -90,6 +90,14 @@ pub type Reload = Box<dyn Fn() -> Result<(), String> + Send>;
 /// Serves until SIGTERM or SIGINT; returns once sessions have finished or
 /// `shutdown_timeout` has passed. SIGHUP calls `reload`.
 pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Result<(), String> {
+    // Before anything says "listening": a signal from then on is handled,
+    // never the default action (which would kill a daemon on SIGHUP).
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let ctx = current(&slot);
     let pool = Arc::new(Pool {
         active: AtomicUsize::new(0),
@@ -125,12 +133,6 @@ pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Res
     }
     drop(tx);
 
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let stopper = {
         let (ctx, pool) = (ctx.clone(), pool.clone());
         thread::Builder::new()
