@@ -15,6 +15,10 @@ impl Policy for Local {
             RcptClass::Remote
         }
     }
+
+    fn authenticate(&self, user: &str, password: &str) -> bool {
+        user == "alice" && password == "secret"
+    }
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -25,8 +29,12 @@ fuzz_target!(|input: &[u8]| {
         max_errors: 1000,
         max_hops: 50,
         vrfy: input.first().is_some_and(|b| b & 1 == 1),
+        tls_available: input.first().is_some_and(|b| b & 2 == 2),
+        auth_available: true,
+        auth_over_plaintext: input.first().is_some_and(|b| b & 4 == 4),
     };
-    let mut s = Session::new(cfg, &Local, Client { ip: None, may_relay: false });
+    let auth_required = input.first().is_some_and(|b| b & 8 == 8);
+    let mut s = Session::new(cfg, &Local, Client { ip: None, may_relay: false, auth_required });
     for line in input.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match s.command(line) {
@@ -41,7 +49,7 @@ fuzz_target!(|input: &[u8]| {
                     let _ = s.queued("ID");
                 }
             }
-            Event::Reply(r) | Event::Close(r) => assert!((200..600).contains(&r.code)),
+            Event::Reply(r) | Event::Close(r) | Event::StartTls(r) => assert!((200..600).contains(&r.code)),
         }
     }
 });
