@@ -10,7 +10,11 @@ struct Local;
 impl Policy for Local {
     fn classify(&self, m: &Mailbox) -> RcptClass {
         if m.domain.is_name("local.test") {
-            if m.local == "alice" { RcptClass::LocalKnown } else { RcptClass::LocalUnknown }
+            if m.local == "alice" {
+                RcptClass::LocalKnown
+            } else {
+                RcptClass::LocalUnknown
+            }
         } else {
             RcptClass::Remote
         }
@@ -34,7 +38,15 @@ fuzz_target!(|input: &[u8]| {
         auth_over_plaintext: input.first().is_some_and(|b| b & 4 == 4),
     };
     let auth_required = input.first().is_some_and(|b| b & 8 == 8);
-    let mut s = Session::new(cfg, &Local, Client { ip: None, may_relay: false, auth_required });
+    let mut s = Session::new(
+        cfg,
+        &Local,
+        Client {
+            ip: None,
+            may_relay: false,
+            auth_required,
+        },
+    );
     for line in input.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match s.command(line) {
@@ -45,11 +57,18 @@ fuzz_target!(|input: &[u8]| {
                 assert_eq!(go.code, 354);
                 assert!(!hdr.replace("\r\n", "").contains(['\r', '\n']));
                 let defect = None;
-                if s.data_ended(DataEnd { defect, received_headers: line.len() % 60 }).is_none() {
+                if s.data_ended(DataEnd {
+                    defect,
+                    received_headers: line.len() % 60,
+                })
+                .is_none()
+                {
                     let _ = s.queued("ID");
                 }
             }
-            Event::Reply(r) | Event::Close(r) | Event::StartTls(r) => assert!((200..600).contains(&r.code)),
+            Event::Reply(r) | Event::Close(r) | Event::StartTls(r) => {
+                assert!((200..600).contains(&r.code))
+            }
         }
     }
 });
