@@ -118,6 +118,40 @@ impl Control for std::net::TcpStream {
     }
 }
 
+/// Sets the read time-out only when it changes: the deadline is rounded
+/// down to whole seconds (never later than asked), so the lines of a
+/// busy session reuse one setting instead of a system call per read.
+struct Timer<'a> {
+    ctl: &'a dyn Control,
+    set: std::cell::Cell<Option<Duration>>,
+}
+
+impl<'a> Timer<'a> {
+    fn new(ctl: &'a dyn Control) -> Timer<'a> {
+        Timer {
+            ctl,
+            set: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Arms the time-out for a read that must end within `left`.
+    fn arm(&self, left: Duration) -> io::Result<()> {
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        let d = if left >= Duration::from_secs(2) {
+            Duration::from_secs(left.as_secs())
+        } else {
+            left
+        };
+        if self.set.get() != Some(d) {
+            self.ctl.set_read_timeout(d)?;
+            self.set.set(Some(d));
+        }
+        Ok(())
+    }
+}
+
 /// One line as the reader found it.
 #[derive(Debug, PartialEq, Eq)]
 enum Line {
@@ -134,21 +168,20 @@ enum Line {
 /// The whole line must arrive within `limit` (a deadline per line, as
 /// Postfix's smtpd_per_record_deadline): a client dripping one byte at a
 /// time cannot hold a session open forever.
-fn read_line<R: BufRead>(
-    r: &mut R,
+fn read_line<R: Read>(
+    r: &mut BufReader<R>,
     max: usize,
-    ctl: &dyn Control,
+    timer: &Timer,
     limit: Duration,
 ) -> io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     let deadline = Instant::now() + limit;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+        if r.buffer().is_empty() {
+            // Only a read from the peer can block.
+            timer.arm(deadline.saturating_duration_since(Instant::now()))?;
         }
-        ctl.set_read_timeout(left)?;
         let buf = r.fill_buf()?;
         if buf.is_empty() {
             return Ok(Line::Eof);
@@ -220,6 +253,7 @@ pub fn run<R: Read, W: Write>(
         }
         session.greeting().write_to(&mut out);
     }
+    let timer = Timer::new(ctl);
     'session: loop {
         if reader.buffer().is_empty() {
             if output.write_all(&out).and_then(|_| output.flush()).is_err() {
@@ -231,7 +265,12 @@ pub fn run<R: Read, W: Write>(
                 break;
             }
         }
-        let line = match read_line(&mut reader, MAX_COMMAND_LINE, ctl, ctx.cfg.command_timeout) {
+        let line = match read_line(
+            &mut reader,
+            MAX_COMMAND_LINE,
+            &timer,
+            ctx.cfg.command_timeout,
+        ) {
             Ok(l) => l,
             Err(e) if is_timeout(&e) => {
                 log::info!("timeout after {} commands from {peer}", session.commands());
@@ -294,7 +333,7 @@ pub fn run<R: Read, W: Write>(
                     &mut reader,
                     &mut output,
                     &mut out,
-                    ctl,
+                    &timer,
                     &mut session,
                     ctx,
                     &txn,
@@ -440,7 +479,7 @@ fn receive_data<R: Read, W: Write>(
     reader: &mut BufReader<R>,
     output: &mut W,
     out: &mut Vec<u8>,
-    ctl: &dyn Control,
+    timer: &Timer,
     session: &mut Session,
     ctx: &Context,
     txn: &Transaction,
@@ -479,13 +518,12 @@ fn receive_data<R: Read, W: Write>(
             deadline = Instant::now() + ctx.cfg.data_timeout;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let buf = match ctl.set_read_timeout(left).and_then(|()| {
-            if left.is_zero() {
-                Err(io::ErrorKind::TimedOut.into())
-            } else {
-                reader.fill_buf()
-            }
-        }) {
+        let armed = if reader.buffer().is_empty() {
+            timer.arm(left)
+        } else {
+            Ok(())
+        };
+        let buf = match armed.and_then(|()| reader.fill_buf()) {
             Ok(b) => b,
             Err(e) => {
                 if is_timeout(&e) {
@@ -600,11 +638,44 @@ mod tests {
         }
     }
 
+    /// Records every time-out it is given.
+    struct Recorder(std::cell::RefCell<Vec<Duration>>);
+    impl Control for Recorder {
+        fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
+            self.0.borrow_mut().push(d);
+            Ok(())
+        }
+        fn talks_early(&self, _p: Duration) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn the_timer_sets_a_time_out_only_when_it_changes_and_never_late() {
+        let rec = Recorder(Default::default());
+        let t = Timer::new(&rec);
+        for left in [300.9, 300.5, 300.0, 299.99, 1.5, 1.5, 0.25] {
+            t.arm(Duration::from_secs_f64(left)).unwrap();
+        }
+        let set: Vec<f64> = rec.0.borrow().iter().map(|d| d.as_secs_f64()).collect();
+        assert_eq!(set, vec![300.0, 299.0, 1.5, 0.25]);
+        assert_eq!(
+            t.arm(Duration::ZERO).unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+    }
+
     fn lines(input: &[u8], max: usize) -> Vec<Line> {
         let mut r = BufReader::with_capacity(7, Cursor::new(input.to_vec()));
         let mut v = Vec::new();
         loop {
-            let l = read_line(&mut r, max, &NoTimeouts, Duration::from_secs(60)).unwrap();
+            let l = read_line(
+                &mut r,
+                max,
+                &Timer::new(&NoTimeouts),
+                Duration::from_secs(60),
+            )
+            .unwrap();
             let eof = l == Line::Eof;
             v.push(l);
             if eof {

@@ -40,7 +40,7 @@ use crate::envelope::{Envelope, RcptState, Recipient};
 use crate::local;
 use crate::policy::LocalPolicy;
 use crate::relay::{self, Outcome, RelayConfig};
-use crate::spool::{is_queue_id, write_atomic, Spool};
+use crate::spool::{is_queue_id, write_atomic, FileKind, Spool};
 use crate::time::unix_now;
 
 /// Stack for delivery threads (buffers are on the heap).
@@ -300,6 +300,7 @@ fn scheduler(
     let mut s = Schedule::default();
     let mut in_flight = HashSet::new();
     scan(d, &mut s, &in_flight);
+    log::info!("queue scan: {} message(s) waiting", s.at.len());
     let interval = d.cfg.queue_run_interval;
     let mut next_scan = std::time::Instant::now() + interval;
     loop {
@@ -770,10 +771,10 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     }
 
     if env.is_done() {
-        if let Err(e) = fs::remove_file(&active) {
+        if let Err(e) = d.spool.discard(&active, FileKind::Envelope) {
             log::warn!("warning: {id}: cannot remove envelope: {e}");
         }
-        let _ = fs::remove_file(&msg);
+        let _ = d.spool.discard(&msg, FileKind::Message);
         log::info!("{id}: removed");
         return None;
     }

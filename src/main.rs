@@ -199,6 +199,8 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The daemon lives long: it keeps delivered messages' files for reuse.
+    spool.enable_recycling();
     if let Err(e) = satchel::maildrop::prepare(spool.root()) {
         log::warn!(
             "warning: spool {}: cannot prepare maildrop/: {e}",

@@ -92,13 +92,11 @@ impl LocalPolicy {
 
 impl Policy for LocalPolicy {
     fn authenticate(&self, user: &str, password: &str) -> bool {
-        // A constant-time comparison of the hashes happens inside sha-crypt.
         match self.credentials.get(user) {
-            Some(h) if h.starts_with("$6$") => sha_crypt::sha512_check(password, h).is_ok(),
-            Some(h) => sha_crypt::sha256_check(password, h).is_ok(),
+            Some(h) => crypt_check(password, h),
             None => {
                 // Same cost for unknown users: no user enumeration by timing.
-                let _ = sha_crypt::sha512_check(password, DUMMY_HASH);
+                let _ = crypt_check(password, DUMMY_HASH);
                 false
             }
         }
@@ -114,6 +112,39 @@ impl Policy for LocalPolicy {
             RcptClass::LocalUnknown
         }
     }
+}
+
+/// Checks `password` against a SHA-crypt hash, `$6$[rounds=N$]SALT$HASH`
+/// (SHA-512) or `$5$...` (SHA-256), the formats `openssl passwd -6/-5`
+/// and glibc's crypt(3) write. The hashes are compared in constant time.
+fn crypt_check(password: &str, hashed: &str) -> bool {
+    let mut parts = hashed.split('$');
+    let (Some(""), Some(kind)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let fields: Vec<&str> = parts.collect();
+    let (rounds, salt, hash) = match fields.as_slice() {
+        [r, salt, hash] => match r.strip_prefix("rounds=").map(str::parse::<usize>) {
+            Some(Ok(n)) => (n, *salt, *hash),
+            _ => return false,
+        },
+        [salt, hash] => (5000, *salt, *hash),
+        _ => return false,
+    };
+    let computed = match kind {
+        "6" => sha_crypt::Sha512Params::new(rounds).ok().and_then(|p| {
+            sha_crypt::sha512_crypt_b64(password.as_bytes(), salt.as_bytes(), &p).ok()
+        }),
+        "5" => sha_crypt::Sha256Params::new(rounds).ok().and_then(|p| {
+            sha_crypt::sha256_crypt_b64(password.as_bytes(), salt.as_bytes(), &p).ok()
+        }),
+        _ => None,
+    };
+    let Some(computed) = computed else {
+        return false;
+    };
+    let (a, b) = (computed.as_bytes(), hash.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `openssl passwd -6 -salt abcdefgh secret`: only used to spend the same
@@ -166,6 +197,24 @@ mod tests {
         assert!(p.authenticate("alice", "secret"));
         assert!(!p.authenticate("alice", "wrong"));
         assert!(!p.authenticate("bob", "secret"));
+        // `openssl passwd -5`, and glibc crypt(3) with explicit rounds.
+        assert!(crypt_check(
+            "secret",
+            "$5$abcdefgh$gruCpC7VkOTspMQTTSAR8mtlO9Upms.fwqE5y16JVM."
+        ));
+        let rounds = "$6$rounds=6000$abcdefgh$oyRtsHb8OAnkAZfaESHu0fVl8scdV5TPBmm1gOjgdcgxCRNdCMLvSb5UVgN.niT/x2T9GYI76NUALSVAxhlnS.";
+        assert!(crypt_check("secret", rounds));
+        assert!(!crypt_check("secreT", rounds));
+        for bad in [
+            "",
+            "$6$",
+            "$6$x",
+            "$7$abc$def",
+            "$6$rounds=x$a$b",
+            "$6$a$b$c$d",
+        ] {
+            assert!(!crypt_check("secret", bad), "{bad}");
+        }
         assert!(parse_credentials("alice:plaintext\n", "f")
             .unwrap_err()
             .contains("f:1:"));

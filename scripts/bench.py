@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""satchel side by side with Postfix, on loopback, in one run.
+
+Called by scripts/bench (which installs what is needed and builds the
+release binaries); not part of the tests: it times things on a shared
+machine. Both servers run at once, each relaying to its own smtp-sink, with
+their spools on the same file system; every load runs against them in turn
+(satchel, Postfix, satchel, ...) for --reps repetitions, and the tables show
+the median with the spread (min-max) and the ratio satchel/Postfix of the
+medians.
+
+Output: a Markdown report on stdout (and in --out), a JSON file of every
+sample, and a PNG chart of accepted messages/s against sessions.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SBIN = "/usr/sbin"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, what, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"bench: {what} is not listening on {port}")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def tree_pids(root):
+    """root and all its descendants, from /proc."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        ppid = int(st.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rollup(pid, field):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_pss_kb(root):
+    return sum(rollup(p, "Pss") for p in tree_pids(root))
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Sink:
+    """Postfix's smtp-sink with a running counter (-c) read from its output."""
+
+    def __init__(self, work, name):
+        self.port = free_port()
+        self.out = os.path.join(work, f"{name}.sink")
+        self.proc = subprocess.Popen(
+            [f"{SBIN}/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{self.port}", "1000"],
+            stdout=open(self.out, "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, "smtp-sink")
+
+    def count(self):
+        with open(self.out, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 200))
+            tail = f.read().decode("ascii", "replace")
+        m = re.findall(r"mesg=(\d+)", tail)
+        return int(m[-1]) if m else 0
+
+    def wait_for(self, n, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.count() >= n:
+                return time.monotonic()
+            time.sleep(0.002)
+        return None
+
+
+class Satchel:
+    name = "satchel"
+
+    def __init__(self, work, binary, sink, log_level="warn"):
+        self.dir = os.path.join(work, "satchel")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.binary = binary
+        self.conf = os.path.join(self.dir, "satchel.conf")
+        self.log = os.path.join(self.dir, "log")
+        with open(self.conf, "w") as f:
+            f.write(
+                f"""listen = 127.0.0.1:{self.port}
+hostname = satchel.bench.test
+spool_dir = {self.dir}/spool
+mail_dir = {self.dir}/mail
+aliases_file = {self.dir}/aliases
+local_domains = satchel.bench.test
+local_users = user
+relay_networks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{sink.port}
+# Postfix exempts $mynetworks from its per-client limits; so do we here.
+max_connections_per_ip = 100
+delivery_threads = 8
+destination_concurrency_limit = 20
+log_level = {log_level}
+"""
+            )
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [self.binary, "serve", "-c", self.conf], stderr=open(self.log, "ab")
+        )
+        wait_port(self.port, "satchel")
+        self.pid = self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+            self.proc = None
+
+
+class Postfix:
+    name = "postfix"
+
+    def __init__(self, work, sink):
+        self.dir = os.path.join(work, "postfix")
+        self.etc = os.path.join(self.dir, "etc")
+        for d in ("etc", "queue", "data"):
+            os.makedirs(os.path.join(self.dir, d))
+        shutil.chown(os.path.join(self.dir, "data"), "postfix")
+        self.port = free_port()
+        with open(os.path.join(self.etc, "main.cf"), "w") as f:
+            f.write(
+                f"""compatibility_level = 3.6
+queue_directory = {self.dir}/queue
+data_directory = {self.dir}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = postfix.bench.test
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{sink.port}
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = {self.dir}/maillog
+maillog_file_prefixes = {self.dir}
+biff = no
+"""
+            )
+        # Debian's master.cf without chroot (the services and their limits
+        # as shipped), smtpd on our port.
+        services = [
+            f"127.0.0.1:{self.port} inet n - n - - smtpd",
+            "pickup unix n - n 60 1 pickup",
+            "cleanup unix n - n - 0 cleanup",
+            "qmgr unix n - n 300 1 qmgr",
+            "tlsmgr unix - - n 1000? 1 tlsmgr",
+            "rewrite unix - - n - - trivial-rewrite",
+            "bounce unix - - n - 0 bounce",
+            "defer unix - - n - 0 bounce",
+            "trace unix - - n - 0 bounce",
+            "verify unix - - n - 1 verify",
+            "flush unix n - n 1000? 0 flush",
+            "proxymap unix - - n - - proxymap",
+            "proxywrite unix - - n - 1 proxymap",
+            "smtp unix - - n - - smtp",
+            "relay unix - - n - - smtp",
+            "showq unix n - n - - showq",
+            "error unix - - n - - error",
+            "retry unix - - n - - error",
+            "discard unix - - n - - discard",
+            "anvil unix - - n - 1 anvil",
+            "scache unix - - n - 1 scache",
+            "postlog unix-dgram n - n - 1 postlogd",
+        ]
+        with open(os.path.join(self.etc, "master.cf"), "w") as f:
+            f.write("\n".join(services) + "\n")
+        self.pid = None
+
+    def start(self):
+        run([f"{SBIN}/postfix", "-c", self.etc, "start"], stdout=subprocess.DEVNULL)
+        wait_port(self.port, "postfix")
+        with open(os.path.join(self.dir, "queue", "pid", "master.pid")) as f:
+            self.pid = int(f.read().split()[0])
+
+    def stop(self):
+        subprocess.run([f"{SBIN}/postfix", "-c", self.etc, "stop"], stdout=subprocess.DEVNULL)
+        self.pid = None
+
+
+def source(port, sessions, count, size, reuse, to="x@remote.test"):
+    cmd = [f"{SBIN}/smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(size)]
+    if reuse:
+        cmd.append("-d")
+    cmd += ["-f", "a@bench.test", "-t", to, f"127.0.0.1:{port}"]
+    run(cmd, stdout=subprocess.DEVNULL)
+
+
+def load(server, sink, sessions, count, size, reuse, pss_probe=False):
+    """One run: returns (accepted msg/s, end-to-end msg/s, peak tree PSS kB)."""
+    base = sink.count()
+    peak = [0]
+    probe = None
+    if pss_probe:
+        import threading
+
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                peak[0] = max(peak[0], tree_pss_kb(server.pid))
+                time.sleep(0.05)
+
+        probe = threading.Thread(target=watch)
+        probe.start()
+    t0 = time.monotonic()
+    source(server.port, sessions, count, size, reuse)
+    t1 = time.monotonic()
+    t2 = sink.wait_for(base + count, timeout=300)
+    if probe:
+        stop.set()
+        probe.join()
+    if t2 is None:
+        print(f"bench: {server.name}: only {sink.count() - base} of {count} arrived", file=sys.stderr)
+        t2 = float("inf")
+    return count / (t1 - t0), count / (t2 - t0), peak[0]
+
+
+def latency(server, sink, n=50):
+    lat = []
+    import smtplib
+
+    for i in range(n):
+        base = sink.count()
+        s = smtplib.SMTP("127.0.0.1", server.port)
+        s.sendmail("a@bench.test", ["x@remote.test"], b"Subject: latency %d\r\n\r\nx\r\n" % i)
+        t0 = time.monotonic()
+        t1 = sink.wait_for(base + 1, timeout=30)
+        s.quit()
+        lat.append(((t1 or float("inf")) - t0) * 1000)
+    lat.sort()
+    return statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
+def summary(xs):
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def fmt_rate(xs):
+    m, lo, hi = summary(xs)
+    return f"{m:,.0f} ({lo:,.0f}–{hi:,.0f})"
+
+
+def ratio(a, b):
+    ma, mb = statistics.median(a), statistics.median(b)
+    return f"{ma / mb:.2f}×" if mb else "–"
+
+
+SESSION_SCRIPT = (
+    b"EHLO client.bench.test\r\nMAIL FROM:<a@bench.test>\r\nRCPT TO:<x@remote.test>\r\nDATA\r\n"
+    b"Subject: one session\r\n\r\nhello\r\n.\r\nQUIT\r\n"
+)
+
+
+def one_session(cmd, env=None):
+    """Runs `cmd` (an SMTP session on stdin/stdout) under GNU time; returns
+    (seconds, max RSS kB)."""
+    t = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M"] + cmd,
+        input=SESSION_SCRIPT,
+        capture_output=True,
+        env=env,
+    )
+    out = t.stdout.decode("latin-1")
+    if " 250 " not in out.replace("\r\n", "\n ") and "\n250 " not in "\n" + out:
+        raise SystemExit(f"bench: session failed: {cmd}: {out!r} {t.stderr!r}")
+    secs, kb = t.stderr.decode().strip().splitlines()[-1].split()
+    return float(secs), int(kb)
+
+
+def fill_queue(spool, n):
+    """Writes n deferred messages straight into a satchel spool, as the
+    receiving half would leave them (envelope in queue/, message in msg/)."""
+    later = int(time.time()) + 86400
+    body = b"Received: from bench\r\nSubject: queued\r\n\r\n" + b"x" * 1000 + b"\r\n"
+    for d in ("msg", "queue", "tmp", "active", "hold", "corrupt"):
+        os.makedirs(os.path.join(spool, d), exist_ok=True)
+    base = int(time.time() * 1e6) - n - 10
+    for i in range(n):
+        qid = f"{base + i:016X}"
+        with open(os.path.join(spool, "msg", qid), "wb") as f:
+            f.write(body)
+        with open(os.path.join(spool, "queue", qid), "w") as f:
+            f.write(
+                f"version 1\nid {qid}\ncreated {later - 86400}\nclient 127.0.0.1\nhelo bench\n"
+                f"protocol ESMTP\nbody 7BIT\nsmtputf8 no\nsize {len(body)}\nfrom <a@bench.test>\n"
+                f"attempts 1\nnext-attempt {later}\nrcpt deferred <x{i}@remote.test> 451 4.4.1 bench\nend\n"
+            )
+
+
+def chart(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib missing; no chart", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, size in zip(axes, ("1 KB", "100 KB")):
+        for server, style in (("satchel", "o-"), ("postfix", "s--")):
+            for reuse, alpha in ((True, 1.0), (False, 0.5)):
+                pts = sorted(
+                    (r["sessions"], statistics.median(r["accepted"]))
+                    for r in results
+                    if r["server"] == server and r["size"] == size and r["reuse"] == reuse
+                )
+                if pts:
+                    xs, ys = zip(*pts)
+                    label = f"{server}, {'-d reuse' if reuse else 'one msg/conn'}"
+                    ax.plot(xs, ys, style, alpha=alpha, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 8, 32])
+        ax.set_xticklabels(["1", "8", "32"])
+        ax.set_xlabel("concurrent sessions (smtp-source -s)")
+        ax.set_ylabel("accepted messages/s (median)")
+        ax.set_title(f"{size} messages")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("satchel and Postfix on the same machine, fsync on (scripts/bench)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--small", type=int, default=1000, help="messages per 1 KB run")
+    ap.add_argument("--big", type=int, default=200, help="messages per 100 KB run")
+    ap.add_argument("--queue", type=int, default=100000, help="messages for the queue test")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/satchel"))
+    ap.add_argument("--binary-notls", default=None)
+    ap.add_argument("--out", default=None, help="write the Markdown report here too")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--png", default=None)
+    a = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="satchel-bench.")
+    os.chmod(work, 0o755)
+    sink_s, sink_p = Sink(work, "satchel"), Sink(work, "postfix")
+    sat = Satchel(work, a.binary, sink_s)
+    pf = Postfix(work, sink_p)
+    servers = [(sat, sink_s), (pf, sink_p)]
+    report = []
+    samples = {}
+
+    def emit(line=""):
+        print(line, flush=True)
+        report.append(line)
+
+    try:
+        for s, _ in servers:
+            s.start()
+        time.sleep(2)
+        idle = {s.name: tree_pss_kb(s.pid) for s, _ in servers}
+        idle_rss = rss_kb(sat.pid)
+
+        # Idle connections: RSS per connection held open (satchel).
+        conns = []
+        for _ in range(100):
+            c = socket.create_connection(("127.0.0.1", sat.port))
+            c.recv(200)
+            conns.append(c)
+        time.sleep(1)
+        rss_100 = rss_kb(sat.pid)
+        for c in conns:
+            c.close()
+        time.sleep(0.5)
+
+        # Warm both up (Postfix spawns its processes, caches fill).
+        for s, sink in servers:
+            load(s, sink, 8, 200, 1024, True)
+
+        results = []
+        peaks = {"satchel": [], "postfix": []}
+        loads = [
+            (size_name, size, count, sessions, reuse)
+            for (size_name, size, count) in (("1 KB", 1024, a.small), ("100 KB", 102400, a.big))
+            for sessions in (1, 8, 32)
+            for reuse in (True, False)
+        ]
+        for size_name, size, count, sessions, reuse in loads:
+            rows = {}
+            for rep in range(a.reps):
+                order = servers if rep % 2 == 0 else servers[::-1]
+                for s, sink in order:
+                    probe = sessions == 32 and size == 1024
+                    acc, e2e, peak = load(s, sink, sessions, count, size, reuse, pss_probe=probe)
+                    r = rows.setdefault(
+                        s.name,
+                        {
+                            "server": s.name,
+                            "size": size_name,
+                            "sessions": sessions,
+                            "reuse": reuse,
+                            "messages": count,
+                            "accepted": [],
+                            "e2e": [],
+                        },
+                    )
+                    r["accepted"].append(acc)
+                    r["e2e"].append(e2e)
+                    if probe:
+                        peaks[s.name].append(peak)
+            results.extend(rows.values())
+            print(
+                f"# {size_name} s={sessions} {'-d' if reuse else '  '}: "
+                + ", ".join(f"{n} {statistics.median(r['accepted']):.0f}/{statistics.median(r['e2e']):.0f}" for n, r in rows.items()),
+                file=sys.stderr,
+                flush=True,
+            )
+
+        lat = {}
+        for s, sink in servers:
+            lat[s.name] = latency(s, sink)
+
+        # One session under inetd (satchel) against Postfix's sendmail -bs.
+        inetd = {"satchel": [], "postfix": []}
+        for _ in range(20):
+            inetd["satchel"].append(one_session([sat.binary, "inetd", "-c", sat.conf]))
+            inetd["postfix"].append(
+                one_session([f"{SBIN}/sendmail", "-C", pf.etc, "-bs"], env=dict(os.environ, MAIL_CONFIG=pf.etc))
+            )
+    finally:
+        for s, _ in servers:
+            try:
+                s.stop()
+            except Exception as e:  # keep stopping the others
+                print(f"bench: stopping {s.name}: {e}", file=sys.stderr)
+
+    # Start-up and `queue list` with a large queue (satchel only).
+    qdir = os.path.join(work, "queue100k")
+    os.makedirs(qdir)
+    qsat = Satchel(qdir, a.binary, sink_s, log_level="info")
+    fill_queue(os.path.join(qsat.dir, "spool"), a.queue)
+    run(["sync"])
+    lst = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M", a.binary, "queue", "-c", qsat.conf, "list"],
+        capture_output=True,
+    )
+    list_secs, list_kb = lst.stderr.decode().strip().splitlines()[-1].split()
+    listed = sum(1 for line in lst.stdout.decode().splitlines() if re.match(r"^[0-9A-F]{16} ", line))
+    t0 = time.monotonic()
+    qsat.start()
+    listening = time.monotonic() - t0
+    scanned = None
+    while time.monotonic() - t0 < 120:
+        with open(qsat.log) as f:
+            if "queue scan:" in f.read():
+                scanned = time.monotonic() - t0
+                break
+        time.sleep(0.01)
+    q_rss = rss_kb(qsat.pid)
+    qsat.stop()
+    sink_s.proc.terminate()
+    sink_p.proc.terminate()
+
+    size_tls = os.path.getsize(a.binary)
+    size_notls = os.path.getsize(a.binary_notls) if a.binary_notls else None
+    pf_bins = ["/usr/sbin/postfix", "/usr/sbin/sendmail", "/usr/sbin/postdrop", "/usr/sbin/postqueue"]
+    pf_bins += [os.path.join("/usr/lib/postfix/sbin", f) for f in os.listdir("/usr/lib/postfix/sbin")]
+    pf_bins += [os.path.join("/usr/lib/postfix", f) for f in os.listdir("/usr/lib/postfix") if f.endswith(".so")]
+    pf_size = sum(os.path.getsize(p) for p in pf_bins if os.path.isfile(p))
+
+    def row(label, sat_v, pf_v, r):
+        emit(f"| {label} | {sat_v} | {pf_v} | {r} |")
+
+    emit(f"Measured {time.strftime('%Y-%m-%d')} by `scripts/bench` on this machine "
+         f"({os.cpu_count()} cores, shared); median of {a.reps} alternating runs, (min–max).")
+    emit()
+    emit("| accepted msg/s (smtp-source) | satchel | Postfix | satchel/Postfix |")
+    emit("|---|---|---|---|")
+    for r_s in [r for r in results if r["server"] == "satchel"]:
+        r_p = next(
+            r for r in results
+            if r["server"] == "postfix" and (r["size"], r["sessions"], r["reuse"]) == (r_s["size"], r_s["sessions"], r_s["reuse"])
+        )
+        label = f"{r_s['size']}, {r_s['sessions']} session(s), {'-d (reuse)' if r_s['reuse'] else 'one message per connection'}"
+        row(label, fmt_rate(r_s["accepted"]), fmt_rate(r_p["accepted"]), ratio(r_s["accepted"], r_p["accepted"]))
+    emit()
+    emit("| end-to-end msg/s (first submission until the sink has them all) | satchel | Postfix | satchel/Postfix |")
+    emit("|---|---|---|---|")
+    for r_s in [r for r in results if r["server"] == "satchel" and r["reuse"]]:
+        r_p = next(
+            r for r in results
+            if r["server"] == "postfix" and (r["size"], r["sessions"], r["reuse"]) == (r_s["size"], r_s["sessions"], r_s["reuse"])
+        )
+        label = f"{r_s['size']}, {r_s['sessions']} session(s), -d"
+        row(label, fmt_rate(r_s["e2e"]), fmt_rate(r_p["e2e"]), ratio(r_s["e2e"], r_p["e2e"]))
+    emit()
+    emit("| footprint and latency | satchel | Postfix | satchel/Postfix |")
+    emit("|---|---|---|---|")
+    row("250 → arrival at the sink, single messages: median / p99",
+        f"{lat['satchel'][0]:.1f} / {lat['satchel'][1]:.1f} ms",
+        f"{lat['postfix'][0]:.1f} / {lat['postfix'][1]:.1f} ms",
+        f"{lat['satchel'][0] / lat['postfix'][0]:.2f}×")
+    ps, pp = statistics.median(peaks["satchel"]), statistics.median(peaks["postfix"])
+    row("peak PSS of the process tree, 32 sessions, 1 KB", f"{ps / 1024:.1f} MB", f"{pp / 1024:.1f} MB", f"{ps / pp:.2f}×")
+    row("PSS of the process tree, idle", f"{idle['satchel'] / 1024:.1f} MB", f"{idle['postfix'] / 1024:.1f} MB",
+        f"{idle['satchel'] / idle['postfix']:.2f}×")
+    row("RSS idle (satchel: one process)", f"{idle_rss / 1024:.1f} MB", "–", "–")
+    row("RSS per idle connection (100 open)", f"{(rss_100 - idle_rss) / 100:.0f} kB", "–", "–")
+    notls = f", {size_notls:,} B without tls" if size_notls else ""
+    row("release binary, stripped", f"{size_tls:,} B with tls{notls}", f"{pf_size:,} B (daemons, tools, libpostfix)",
+        f"{size_tls / pf_size:.2f}×")
+    si = [x[0] for x in inetd["satchel"]]
+    pi = [x[0] for x in inetd["postfix"]]
+    sm = [x[1] for x in inetd["satchel"]]
+    pm = [x[1] for x in inetd["postfix"]]
+    row("one session start to QUIT: `satchel inetd` vs `sendmail -bs`, wall time / max RSS",
+        f"{statistics.median(si) * 1000:.0f} ms / {statistics.median(sm) / 1024:.1f} MB",
+        f"{statistics.median(pi) * 1000:.0f} ms / {statistics.median(pm) / 1024:.1f} MB",
+        f"{statistics.median(si) / max(statistics.median(pi), 0.001):.2f}× / {statistics.median(sm) / statistics.median(pm):.2f}×")
+    emit()
+    emit(f"| {a.queue:,} queued messages (satchel) | value |")
+    emit("|---|---|")
+    emit(f"| `satchel queue list`: wall time / max RSS | {float(list_secs):.2f} s / {int(list_kb) / 1024:.1f} MB ({listed:,} listed) |")
+    emit(f"| daemon start-up until listening | {listening:.2f} s |")
+    emit(f"| daemon start-up until the queue is scanned and scheduled | "
+         f"{'%.2f s' % scanned if scanned is not None else 'not seen in 120 s'} |")
+    emit(f"| daemon RSS with the queue scheduled | {q_rss / 1024:.1f} MB "
+         f"(≈ {(q_rss - idle_rss) * 1024 / a.queue:.0f} bytes per queued message above idle) |")
+
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write("\n".join(report) + "\n")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"results": results, "peaks": peaks, "latency": lat, "inetd": inetd, "idle": idle}, f, indent=1)
+    if a.png:
+        chart(results, a.png)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
