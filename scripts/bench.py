@@ -349,6 +349,8 @@ def fill_queue(spool, n):
                 f"protocol ESMTP\nbody 7BIT\nsmtputf8 no\nsize {len(body)}\nfrom <a@bench.test>\n"
                 f"attempts 1\nnext-attempt {later}\nrcpt deferred <x{i}@remote.test> 451 4.4.1 bench\nend\n"
             )
+        # satchel keeps a deferred envelope's next attempt in its mtime.
+        os.utime(os.path.join(spool, "queue", qid), (later, later))
 
 
 def chart(results, path):

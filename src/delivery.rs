@@ -279,6 +279,18 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
         if s.at.contains_key(&id) || in_flight.contains(&id) || !is_queue_id(&id) {
             continue;
         }
+        // The envelope's mtime is its next attempt (set by `requeue`, as
+        // Postfix does with deferred queue files), so a large queue is
+        // scheduled from one stat per message; a damaged envelope is found
+        // when it is delivered. Never later than one maximal backoff.
+        let mtime = e.metadata().ok().and_then(|m| m.modified().ok());
+        if let Some(t) = mtime.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            s.set(
+                id,
+                t.as_secs().min(unix_now() + d.cfg.max_backoff.as_secs()),
+            );
+            continue;
+        }
         match fs::read_to_string(e.path()).map(|t| Envelope::parse(&t)) {
             Ok(Ok(env)) => s.set(id, env.next_attempt),
             Ok(Err(err)) => {
@@ -797,6 +809,11 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
 }
 
 fn requeue(d: &Deliverer, id: &str, active: &Path, next: u64) -> Option<u64> {
+    // The next attempt, for the start-up scan (see `scan`). Only a hint:
+    // lost in a crash, the message is merely tried earlier.
+    if let Ok(f) = fs::File::options().write(true).open(active) {
+        let _ = f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(next));
+    }
     match fs::rename(active, d.spool.dir("queue").join(id)) {
         Ok(()) => {
             let _ = crate::spool::sync_dir(&d.spool.dir("queue"));

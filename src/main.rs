@@ -758,18 +758,12 @@ fn queue_list(cfg: &Config, json: bool) -> ExitCode {
         Ok(s) => s,
         Err(c) => return c,
     };
-    match queue::items(&spool) {
-        Ok(items) => {
-            print!(
-                "{}",
-                if json {
-                    queue::list_json(&items)
-                } else {
-                    queue::list_text(&items)
-                }
-            );
-            ExitCode::SUCCESS
-        }
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    match queue::write_list(&spool, json, &mut w).and_then(|()| std::io::Write::flush(&mut w)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `satchel queue list | head` is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("satchel: spool {}: {e}", cfg.spool_dir.display());
             ExitCode::FAILURE

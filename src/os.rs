@@ -1,8 +1,7 @@
 //! The one module that calls the operating system through `unsafe`:
 //! dropping root privileges after the listeners are bound (setgroups,
 //! setgid, setuid, in that order, then a check that root cannot be
-//! regained), a write-back hint for the spool's group commit, and an
-//! exclusive rename for the spool's file recycling. User
+//! regained), and an exclusive rename for the spool's file recycling. User
 //! and group names are resolved by reading /etc/passwd and /etc/group,
 //! without unsafe code.
 
@@ -63,20 +62,6 @@ pub fn drop_privileges(uid: u32, gid: u32) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Starts write-back of `f`'s dirty pages without waiting for it
-/// (sync_file_range with SYNC_FILE_RANGE_WRITE). Used before a batch of
-/// fsyncs so that every file of the batch is written out together
-/// instead of one fsync at a time. A hint only; durability still comes
-/// from fsync.
-pub fn start_writeback(f: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on a file descriptor that `f` keeps open
-    // for the duration of the call; offsets and flags are plain integers.
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
 }
 
 /// Renames `from` to `to` only if `to` does not exist (renameat2 with

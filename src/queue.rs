@@ -132,62 +132,131 @@ fn strip(a: &str) -> &str {
     a.trim_start_matches('<').trim_end_matches('>')
 }
 
+const LIST_HEADER: &str =
+    "-Queue ID-------- --Size-- ----Arrival Time---- -Sender/Recipient-------\n";
+
+/// One message of the mailq-style listing; adds it to the totals.
+fn text_item(
+    out: &mut String,
+    item: &Result<(QueueState, Envelope), String>,
+    total: &mut u64,
+    count: &mut usize,
+) {
+    let (state, e) = match item {
+        Ok(x) => x,
+        Err(msg) => {
+            out.push_str(&format!("damaged envelope: {msg}\n\n"));
+            return;
+        }
+    };
+    let mark = match state {
+        QueueState::Active => "*",
+        QueueState::Held => "!",
+        QueueState::Queued => " ",
+    };
+    out.push_str(&format!(
+        "{}{mark} {:>8} {:>20}  {}\n",
+        e.id,
+        e.size,
+        time::mailq(e.created),
+        strip(&e.from.to_string())
+    ));
+    for r in &e.rcpts {
+        let (word, why) = state_word(&r.state);
+        let next = if matches!(r.state, RcptState::Deferred(_)) && e.next_attempt > 0 {
+            format!(", next attempt {}", time::iso8601(e.next_attempt))
+        } else {
+            String::new()
+        };
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {why}")
+        };
+        out.push_str(&format!(
+            "{:48}{} ({word}{next}){why}\n",
+            "",
+            strip(&r.addr.to_string())
+        ));
+    }
+    out.push('\n');
+    *total += e.size;
+    *count += 1;
+}
+
+fn text_footer(total: u64, count: usize) -> String {
+    format!(
+        "-- {} Kbytes in {count} Request{}.\n",
+        total.div_ceil(1024),
+        if count == 1 { "" } else { "s" }
+    )
+}
+
 /// A listing in the style of Postfix's mailq (`*` active, `!` held).
 pub fn list_text(items: &[Result<(QueueState, Envelope), String>]) -> String {
     if items.is_empty() {
         return "Mail queue is empty\n".into();
     }
-    let mut out =
-        String::from("-Queue ID-------- --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
+    let mut out = String::from(LIST_HEADER);
     let (mut total, mut count) = (0u64, 0usize);
     for item in items {
-        let (state, e) = match item {
-            Ok(x) => x,
-            Err(msg) => {
-                out.push_str(&format!("damaged envelope: {msg}\n\n"));
-                continue;
-            }
-        };
-        let mark = match state {
-            QueueState::Active => "*",
-            QueueState::Held => "!",
-            QueueState::Queued => " ",
-        };
-        out.push_str(&format!(
-            "{}{mark} {:>8} {:>20}  {}\n",
-            e.id,
-            e.size,
-            time::mailq(e.created),
-            strip(&e.from.to_string())
-        ));
-        for r in &e.rcpts {
-            let (word, why) = state_word(&r.state);
-            let next = if matches!(r.state, RcptState::Deferred(_)) && e.next_attempt > 0 {
-                format!(", next attempt {}", time::iso8601(e.next_attempt))
-            } else {
-                String::new()
-            };
-            let why = if why.is_empty() {
-                String::new()
-            } else {
-                format!(": {why}")
-            };
-            out.push_str(&format!(
-                "{:48}{} ({word}{next}){why}\n",
-                "",
-                strip(&r.addr.to_string())
-            ));
-        }
-        out.push('\n');
-        total += e.size;
-        count += 1;
+        text_item(&mut out, item, &mut total, &mut count);
     }
-    out.push_str(&format!(
-        "-- {} Kbytes in {count} Request{}.\n",
-        total.div_ceil(1024),
-        if count == 1 { "" } else { "s" }
-    ));
+    out.push_str(&text_footer(total, count));
     out
+}
+
+/// Writes the listing (text, or JSON lines) of the whole spool to `w`,
+/// one envelope at a time: memory holds the sorted IDs, not the queue.
+pub fn write_list<W: io::Write>(spool: &Spool, json: bool, w: &mut W) -> io::Result<()> {
+    let ids = spool.list_ids()?;
+    if ids.is_empty() && !json {
+        return w.write_all(b"Mail queue is empty\n");
+    }
+    if !json {
+        w.write_all(LIST_HEADER.as_bytes())?;
+    }
+    // Reading and formatting 100,000 envelopes is CPU work: chunks are
+    // formatted on all cores, then written in order.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let chunk = |ids: &[(String, QueueState)]| {
+        let (mut buf, mut total, mut count) = (String::new(), 0u64, 0usize);
+        for (id, state) in ids {
+            let Some(item) = spool.read_envelope(id, *state) else {
+                continue;
+            };
+            if json {
+                if let Ok((state, e)) = &item {
+                    buf.push_str(&json_item(*state, e));
+                }
+            } else {
+                text_item(&mut buf, &item, &mut total, &mut count);
+            }
+        }
+        (buf, total, count)
+    };
+    let (mut total, mut count) = (0u64, 0usize);
+    for group in ids.chunks(2048 * threads) {
+        let parts: Vec<(String, u64, usize)> = std::thread::scope(|sc| {
+            let handles: Vec<_> = group
+                .chunks(2048)
+                .map(|c| sc.spawn(move || chunk(c)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for (buf, t, n) in parts {
+            w.write_all(buf.as_bytes())?;
+            total += t;
+            count += n;
+        }
+    }
+    if !json {
+        w.write_all(text_footer(total, count).as_bytes())?;
+    }
+    Ok(())
 }
 
 /// JSON string escaping (RFC 8259 §7).
@@ -208,39 +277,43 @@ fn js(s: &str) -> String {
 
 /// One JSON object per message, one per line (like `postqueue -j`).
 pub fn list_json(items: &[Result<(QueueState, Envelope), String>]) -> String {
-    let mut out = String::new();
-    for (state, e) in items.iter().flatten() {
-        let queue = match state {
-            QueueState::Queued => "queue",
-            QueueState::Active => "active",
-            QueueState::Held => "hold",
-        };
-        let rcpts: Vec<String> = e
-            .rcpts
-            .iter()
-            .map(|r| {
-                let (word, why) = state_word(&r.state);
-                format!(
-                    "{{\"address\":{},\"state\":{},\"reason\":{}}}",
-                    js(strip(&r.addr.to_string())),
-                    js(word),
-                    js(why)
-                )
-            })
-            .collect();
-        out.push_str(&format!(
-            "{{\"queue_id\":{},\"queue_name\":{},\"arrival_time\":{},\"message_size\":{},\"sender\":{},\"attempts\":{},\"next_attempt\":{},\"recipients\":[{}]}}\n",
-            js(&e.id),
-            js(queue),
-            e.created,
-            e.size,
-            js(strip(&e.from.to_string())),
-            e.attempts,
-            e.next_attempt,
-            rcpts.join(",")
-        ));
-    }
-    out
+    items
+        .iter()
+        .flatten()
+        .map(|(state, e)| json_item(*state, e))
+        .collect()
+}
+
+fn json_item(state: QueueState, e: &Envelope) -> String {
+    let queue = match state {
+        QueueState::Queued => "queue",
+        QueueState::Active => "active",
+        QueueState::Held => "hold",
+    };
+    let rcpts: Vec<String> = e
+        .rcpts
+        .iter()
+        .map(|r| {
+            let (word, why) = state_word(&r.state);
+            format!(
+                "{{\"address\":{},\"state\":{},\"reason\":{}}}",
+                js(strip(&r.addr.to_string())),
+                js(word),
+                js(why)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"queue_id\":{},\"queue_name\":{},\"arrival_time\":{},\"message_size\":{},\"sender\":{},\"attempts\":{},\"next_attempt\":{},\"recipients\":[{}]}}\n",
+        js(&e.id),
+        js(queue),
+        e.created,
+        e.size,
+        js(strip(&e.from.to_string())),
+        e.attempts,
+        e.next_attempt,
+        rcpts.join(",")
+    )
 }
 
 /// Reads the spool listing.

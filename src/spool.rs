@@ -29,17 +29,19 @@
 //!
 //! ## Group commit
 //!
-//! Steps 2 to 6 are shared by the sessions that reach them at the same
-//! time. A session that finds no commit running becomes the leader: it
-//! takes every message waiting, starts write-back of all their files at
-//! once (the device gets them together; on a journalling file system one
-//! commit carries them), fsyncs each file, fsyncs
-//! `msg/` once, renames every envelope into `queue/`, fsyncs `queue/`
-//! once, and wakes the others with their own results. Sessions arriving
-//! meanwhile wait for the next leader, which is one of them. With one
-//! session nothing waits; with many, two directory fsyncs serve a whole
-//! batch. No message hears 250 before its own files
-//! and both directories have been synced. Nothing is half-visible: without an envelope in
+//! Each session syncs its own two files (steps 2 and 3, with fdatasync:
+//! the new size and blocks are what matter) in its own thread, so the
+//! syncs of many sessions overlap and the kernel merges their flushes.
+//! Steps 4 to 6 are shared by the sessions that reach them at the same
+//! time: a session that finds no commit running becomes the leader, takes
+//! every message waiting, fsyncs `msg/` once, renames every envelope into
+//! `queue/`, fsyncs `queue/` once, and wakes the others with their own
+//! results. Sessions arriving meanwhile wait for the next leader, which is
+//! one of them. With one session nothing waits; with many, two directory
+//! fsyncs serve a whole batch. No message hears 250 before its own files
+//! and both directories have been synced.
+//!
+//! Nothing is half-visible: without an envelope in
 //! `queue/` (or `active/`) a message file is not a message. The writer
 //! holds an advisory lock on `msg/<id>` from step 1 to step 7, so another
 //! process's recovery (an inetd-mode session or a queue runner sharing the
@@ -142,8 +144,9 @@ pub enum FileKind {
 #[derive(Debug)]
 struct Job {
     ticket: u64,
-    msg: File,
-    env: File,
+    /// Held (with their locks) until the batch is done: step 7 unlocks.
+    _msg: File,
+    _env: File,
     tmp: PathBuf,
     queued: PathBuf,
 }
@@ -157,7 +160,7 @@ struct Commits {
 }
 
 /// Where a listed envelope was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum QueueState {
     Queued,
     Active,
@@ -211,18 +214,9 @@ fn copy_error(e: &io::Error) -> io::Error {
 /// Steps 2 to 6 for a batch; one result per job. The files are closed
 /// (their locks released, step 7) when the batch is done.
 fn commit_batch(sh: &Shared, batch: Vec<Job>) -> Vec<(u64, io::Result<()>)> {
-    // All the data goes to the device at once; the fsyncs then mostly wait
-    // for write-back already under way.
-    if batch.len() > 1 {
-        for j in &batch {
-            crate::os::start_writeback(&j.msg);
-            crate::os::start_writeback(&j.env);
-        }
-    }
-    let mut results: Vec<(u64, io::Result<()>)> = batch
-        .iter()
-        .map(|j| (j.ticket, j.msg.sync_all().and_then(|()| j.env.sync_all())))
-        .collect();
+    // The files were synced by their own sessions, in parallel.
+    let mut results: Vec<(u64, io::Result<()>)> =
+        batch.iter().map(|j| (j.ticket, Ok(()))).collect();
     let all = |results: &mut Vec<(u64, io::Result<()>)>, r: io::Result<()>| {
         if let Err(e) = r {
             for (_, res) in results.iter_mut().filter(|(_, r)| r.is_ok()) {
@@ -517,6 +511,17 @@ impl Spool {
     /// Every envelope in `queue/`, `active/` and `hold/`, sorted by ID (arrival).
     /// Damaged envelopes are returned as errors naming the file.
     pub fn list(&self) -> io::Result<Vec<Result<(QueueState, Envelope), String>>> {
+        Ok(self
+            .list_ids()?
+            .into_iter()
+            .filter_map(|(id, state)| self.read_envelope(&id, state))
+            .collect())
+    }
+
+    /// The IDs of every envelope in `queue/`, `active/` and `hold/`, sorted
+    /// by ID (arrival): a listing that holds names, not envelopes, so that
+    /// a large queue can be streamed with `read_envelope`.
+    pub fn list_ids(&self) -> io::Result<Vec<(QueueId, QueueState)>> {
         let mut out = Vec::new();
         for (dir, state) in [
             ("queue", QueueState::Queued),
@@ -524,20 +529,38 @@ impl Spool {
             ("hold", QueueState::Held),
         ] {
             for id in list_names(&self.dir(dir))? {
-                let p = self.dir(dir).join(&id);
-                let item = match fs::read_to_string(&p) {
-                    Ok(t) => Envelope::parse(&t)
-                        .map(|e| (state, e))
-                        .map_err(|e| format!("{}: {e}", p.display())),
-                    // Moved between listing and reading: delivered or claimed meanwhile.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => Err(format!("{}: {e}", p.display())),
-                };
-                out.push((id, item));
+                if is_queue_id(&id) {
+                    out.push((id, state));
+                }
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out.into_iter().map(|(_, i)| i).collect())
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The envelope of `id` in the directory of `state`; `None` when it
+    /// has moved on since it was listed (delivered or claimed meanwhile).
+    pub fn read_envelope(
+        &self,
+        id: &str,
+        state: QueueState,
+    ) -> Option<Result<(QueueState, Envelope), String>> {
+        let dir = match state {
+            QueueState::Queued => "queue",
+            QueueState::Active => "active",
+            QueueState::Held => "hold",
+        };
+        let p = self.dir(dir).join(id);
+        let mut text = String::new();
+        match File::open(&p).and_then(|mut f| io::Read::read_to_string(&mut f, &mut text)) {
+            Ok(_) => Some(
+                Envelope::parse(&text)
+                    .map(|e| (state, e))
+                    .map_err(|e| format!("{}: {e}", p.display())),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(format!("{}: {e}", p.display()))),
+        }
     }
 }
 
@@ -609,6 +632,12 @@ impl Incoming {
         let written = (|| {
             let mut t = self.spool.create_locked(&tmp, FileKind::Envelope)?;
             t.write_all(env.to_text().as_bytes())?;
+            // Steps 2 and 3, here in the session's own thread so that the
+            // sessions' syncs overlap (the kernel and the device merge
+            // concurrent flushes); fdatasync covers the new size and
+            // blocks, the directory entries are the batch's.
+            file.sync_data()?;
+            t.sync_data()?;
             Ok(t)
         })();
         let env_file = match written {
@@ -620,8 +649,8 @@ impl Incoming {
         };
         let job = Job {
             ticket: 0,
-            msg: file,
-            env: env_file,
+            _msg: file,
+            _env: env_file,
             tmp,
             queued: self.spool.dir("queue").join(&self.id),
         };
