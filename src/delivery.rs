@@ -340,6 +340,12 @@ fn scheduler(
             .map(|(t, _)| Duration::from_secs(t.saturating_sub(now)));
         let until_scan = next_scan.saturating_duration_since(std::time::Instant::now());
         let mut wait = until_scan;
+        // Idle cached SMTP sessions are closed after a few seconds; the
+        // wake-up only happens while there are some.
+        crate::relay::expire_cached();
+        if crate::relay::cached_sessions() > 0 {
+            wait = wait.min(Duration::from_secs(3));
+        }
         if in_flight.len() < d.cfg.delivery_threads {
             if let Some(u) = until_due {
                 wait = wait.min(u);

@@ -297,6 +297,89 @@ struct Conn {
     /// The socket under the stream, for time-outs.
     sock: TcpStream,
     timeout: Duration,
+    /// The read time-out last set on `sock` (set again only when it changes).
+    read_timeout: Option<Duration>,
+}
+
+/// Idle sessions kept for the next message to the same server, like
+/// Postfix's connection cache (smtp_connection_cache_on_demand): while a
+/// destination is busy, each message costs one RSET instead of a TCP
+/// connection, a greeting, EHLO (and STARTTLS) and QUIT.
+struct Cached {
+    key: CacheKey,
+    since: Instant,
+    conn: Conn,
+    caps: Capabilities,
+}
+
+/// A cached session is only reused by a delivery that would have set it
+/// up the same way.
+#[derive(Clone, PartialEq, Eq)]
+struct CacheKey {
+    addr: SocketAddr,
+    helo: String,
+    tls_required: bool,
+    tls_offered: bool,
+    auth_user: Option<String>,
+}
+
+static CACHE: std::sync::Mutex<Vec<Cached>> = std::sync::Mutex::new(Vec::new());
+/// Like Postfix's smtp_connection_cache_time_limit.
+const CACHE_IDLE: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 32;
+
+fn cache() -> std::sync::MutexGuard<'static, Vec<Cached>> {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Says goodbye to idle sessions older than `CACHE_IDLE` (the scheduler
+/// calls it now and then, so that a quiet server does not hold sockets).
+pub fn expire_cached() {
+    let now = Instant::now();
+    let expired: Vec<Cached> = {
+        let mut c = cache();
+        let (old, keep): (Vec<Cached>, Vec<Cached>) = c
+            .drain(..)
+            .partition(|x| now.duration_since(x.since) > CACHE_IDLE);
+        *c = keep;
+        old
+    };
+    for mut x in expired {
+        let _ = x.conn.send(b"QUIT\r\n");
+    }
+}
+
+/// How many idle sessions are cached.
+pub fn cached_sessions() -> usize {
+    cache().len()
+}
+
+fn take_cached(key: &CacheKey) -> Option<(Conn, Capabilities)> {
+    expire_cached();
+    let mut c = cache();
+    let i = c.iter().position(|x| x.key == *key)?;
+    let x = c.swap_remove(i);
+    Some((x.conn, x.caps))
+}
+
+/// Ends a session: cached for the next message when every recipient was
+/// accepted (a server that refused or deferred anything gets a fresh
+/// session next time, as after QUIT), otherwise QUIT.
+fn release(mut c: Conn, key: CacheKey, caps: Capabilities, outcomes: &[Outcome]) {
+    if outcomes.iter().all(|o| matches!(o, Outcome::Sent(_))) {
+        let mut cache = cache();
+        if cache.len() < CACHE_MAX {
+            cache.push(Cached {
+                key,
+                since: Instant::now(),
+                conn: c,
+                caps,
+            });
+            return;
+        }
+    }
+    let _ = c.send(b"QUIT\r\n");
+    let _ = c.reply(Duration::from_secs(5));
 }
 
 /// Plaintext, or TLS after STARTTLS.
@@ -329,9 +412,12 @@ impl Conn {
     }
 
     fn reply(&mut self, timeout: Duration) -> Result<Reply, String> {
-        self.sock
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
+        if self.read_timeout != Some(timeout) {
+            self.sock
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            self.read_timeout = Some(timeout);
+        }
         let deadline = Instant::now() + timeout;
         let mut b = ReplyBuilder::default();
         loop {
@@ -426,6 +512,31 @@ fn transaction(
     msg: &Message,
     cfg: &RelayConfig,
 ) -> Result<Vec<Outcome>, String> {
+    #[cfg(feature = "tls")]
+    let tls_offered = cfg.tls.config.is_some();
+    #[cfg(not(feature = "tls"))]
+    let tls_offered = false;
+    let key = CacheKey {
+        addr,
+        helo: cfg.hostname.clone(),
+        tls_required: cfg.tls.required,
+        tls_offered,
+        auth_user: cfg.auth.as_ref().map(|(u, _)| u.clone()),
+    };
+    if let Some((mut c, caps)) = take_cached(&key) {
+        // Postfix's check too: RSET says whether the cached session is
+        // still usable, and starts from a clean state (RFC 5321 §4.1.1.5).
+        if matches!(c.command("RSET"), Ok(r) if r.code == 250) {
+            if let Ok(outcomes) = dialogue(&mut c, rcpts, msg, &caps) {
+                release(c, key, caps, &outcomes);
+                return Ok(outcomes);
+            }
+            // Broke off: a new connection tries once more, as the next
+            // host would.
+        } else {
+            let _ = c.send(b"QUIT\r\n");
+        }
+    }
     let stream = TcpStream::connect_timeout(&addr, cfg.connect_timeout)
         .map_err(|e| format!("connect: {e}"))?;
     stream
@@ -437,6 +548,7 @@ fn transaction(
         io: Io::Plain(BufReader::new(stream)),
         sock,
         timeout: cfg.command_timeout,
+        read_timeout: None,
     };
 
     let greeting = c.reply(cfg.command_timeout)?;
@@ -486,10 +598,17 @@ fn transaction(
             "{host}: TLS is required but this satchel was built without the tls feature"
         ));
     }
-    let outcomes = dialogue(&mut c, rcpts, msg, &caps);
-    let _ = c.send(b"QUIT\r\n");
-    let _ = c.reply(Duration::from_secs(5));
-    outcomes
+    match dialogue(&mut c, rcpts, msg, &caps) {
+        Ok(outcomes) => {
+            release(c, key, caps, &outcomes);
+            Ok(outcomes)
+        }
+        Err(e) => {
+            let _ = c.send(b"QUIT\r\n");
+            let _ = c.reply(Duration::from_secs(5));
+            Err(e)
+        }
+    }
 }
 
 /// RFC 4954 as a client: PLAIN, else LOGIN; only inside TLS, so the

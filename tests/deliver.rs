@@ -549,3 +549,47 @@ fn queue_delete_removes_a_waiting_message() {
     let bad = s.run(&["queue", "delete", "../../etc/passwd"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn a_busy_relayhost_gets_its_session_reused_and_a_refusing_one_a_new_session() {
+    let port = free_port();
+    // Connection 0 takes everything; a recipient "later@" is deferred.
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|rcpt, _| {
+            if rcpt.starts_with("later@") {
+                "451 4.3.0 not now".into()
+            } else {
+                "250 ok".into()
+            }
+        }),
+    );
+    let s = delivering(&format!(
+        "relayhost = [127.0.0.1]:{port}\ndelivery_threads = 1\n"
+    ));
+    for i in 0..5 {
+        send(
+            &s,
+            "alice@satchel.test",
+            &["x@remote.test"],
+            &format!("reuse {i}"),
+        );
+        s.wait_for("delivery", || host.received().len() == i + 1);
+    }
+    let n = host.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n < 5, "5 messages in a row took {n} connections");
+    // A session with a deferred recipient is not kept: the next message
+    // gets a new connection.
+    send(&s, "alice@satchel.test", &["later@remote.test"], "deferred");
+    s.wait_for("deferral", || {
+        s.log().contains("status=deferred (451 4.3.0 not now)")
+    });
+    let before = host.connections.load(std::sync::atomic::Ordering::SeqCst);
+    send(&s, "alice@satchel.test", &["y@remote.test"], "after");
+    s.wait_for("delivery after the deferral", || host.received().len() == 6);
+    assert_eq!(
+        host.connections.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "the session that deferred was closed, not reused"
+    );
+}
