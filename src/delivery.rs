@@ -237,29 +237,55 @@ pub fn start(slot: Slot, wake_rx: Receiver<String>, ctl_rx: Receiver<Control>) -
     Ok(())
 }
 
-/// Due times of queued messages, in memory.
+/// Due times of queued messages, in memory. Queue IDs are kept as the
+/// 64-bit numbers they spell (16 hex digits), not as strings: a queue of
+/// 100,000 deferred messages costs a few megabytes.
 #[derive(Default)]
 struct Schedule {
-    due: BTreeSet<(u64, String)>,
-    at: HashMap<String, u64>,
+    due: BTreeSet<(u64, u64)>,
+    at: HashMap<u64, u64>,
+}
+
+fn id_number(id: &str) -> Option<u64> {
+    is_queue_id(id)
+        .then(|| u64::from_str_radix(id, 16).ok())
+        .flatten()
+}
+
+fn id_string(n: u64) -> String {
+    format!("{n:016X}")
 }
 
 impl Schedule {
+    /// Schedules `id` at `t`; strings that are not queue IDs are ignored.
     fn set(&mut self, id: String, t: u64) {
-        if let Some(old) = self.at.insert(id.clone(), t) {
-            self.due.remove(&(old, id.clone()));
+        let Some(n) = id_number(&id) else { return };
+        if let Some(old) = self.at.insert(n, t) {
+            self.due.remove(&(old, n));
         }
-        self.due.insert((t, id));
+        self.due.insert((t, n));
     }
 
     fn pop_due(&mut self, now: u64) -> Option<String> {
-        let first = self.due.first()?.clone();
-        if first.0 > now {
+        let &(t, n) = self.due.first()?;
+        if t > now {
             return None;
         }
-        self.due.remove(&first);
-        self.at.remove(&first.1);
-        Some(first.1)
+        self.due.remove(&(t, n));
+        self.at.remove(&n);
+        Some(id_string(n))
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        id_number(id).is_some_and(|n| self.at.contains_key(&n))
+    }
+
+    fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.at.keys().map(|&n| id_string(n)).collect()
     }
 }
 
@@ -276,7 +302,7 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
         let Ok(id) = e.file_name().into_string() else {
             continue;
         };
-        if s.at.contains_key(&id) || in_flight.contains(&id) || !is_queue_id(&id) {
+        if s.contains(&id) || in_flight.contains(&id) || !is_queue_id(&id) {
             continue;
         }
         // The envelope's mtime is its next attempt (set by `requeue`, as
@@ -312,7 +338,7 @@ fn scheduler(
     let mut s = Schedule::default();
     let mut in_flight = HashSet::new();
     scan(d, &mut s, &in_flight);
-    log::info!("queue scan: {} message(s) waiting", s.at.len());
+    log::info!("queue scan: {} message(s) waiting", s.len());
     let interval = d.cfg.queue_run_interval;
     let mut next_scan = std::time::Instant::now() + interval;
     loop {
@@ -366,7 +392,7 @@ fn scheduler(
             recv(ctl_rx) -> c => match c {
                 Ok(Control::Flush) => {
                     scan(d, &mut s, &in_flight);
-                    let ids: Vec<String> = s.at.keys().cloned().collect();
+                    let ids = s.ids();
                     log::info!("flush: {} queued message(s) due now", ids.len());
                     for id in ids {
                         s.set(id, 0);
@@ -949,14 +975,18 @@ mod tests {
     #[test]
     fn schedule_hands_out_due_messages_in_time_order() {
         let mut s = Schedule::default();
-        s.set("B".into(), 20);
-        s.set("A".into(), 10);
-        s.set("C".into(), 5);
-        s.set("C".into(), 30); // rescheduled
-        assert_eq!(s.pop_due(15), Some("A".into()));
+        let (a, b, c) = ("000000000000000A", "00066162D8212D7A", "FFFFFFFFFFFFFFFF");
+        s.set(b.into(), 20);
+        s.set(a.into(), 10);
+        s.set(c.into(), 5);
+        s.set(c.into(), 30); // rescheduled
+        s.set("not-an-id".into(), 0); // ignored
+        assert!(s.contains(b) && !s.contains("not-an-id"));
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.pop_due(15), Some(a.into()));
         assert_eq!(s.pop_due(15), None);
-        assert_eq!(s.pop_due(100), Some("B".into()));
-        assert_eq!(s.pop_due(100), Some("C".into()));
-        assert!(s.at.is_empty());
+        assert_eq!(s.pop_due(100), Some(b.into()));
+        assert_eq!(s.pop_due(100), Some(c.into()));
+        assert_eq!(s.len(), 0);
     }
 }

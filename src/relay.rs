@@ -525,16 +525,18 @@ fn transaction(
     };
     if let Some((mut c, caps)) = take_cached(&key) {
         // Postfix's check too: RSET says whether the cached session is
-        // still usable, and starts from a clean state (RFC 5321 §4.1.1.5).
-        if matches!(c.command("RSET"), Ok(r) if r.code == 250) {
-            if let Ok(outcomes) = dialogue(&mut c, rcpts, msg, &caps) {
+        // still usable, and starts from a clean state (RFC 5321 §4.1.1.5);
+        // with PIPELINING it goes in the same group as MAIL (RFC 2920 §3.1).
+        match dialogue(&mut c, rcpts, msg, &caps, true) {
+            Ok(outcomes) => {
                 release(c, key, caps, &outcomes);
                 return Ok(outcomes);
             }
-            // Broke off: a new connection tries once more, as the next
-            // host would.
-        } else {
-            let _ = c.send(b"QUIT\r\n");
+            // Gone, or broke off: a new connection tries once more, as the
+            // next host would.
+            Err(_) => {
+                let _ = c.send(b"QUIT\r\n");
+            }
         }
     }
     let stream = TcpStream::connect_timeout(&addr, cfg.connect_timeout)
@@ -598,7 +600,7 @@ fn transaction(
             "{host}: TLS is required but this satchel was built without the tls feature"
         ));
     }
-    match dialogue(&mut c, rcpts, msg, &caps) {
+    match dialogue(&mut c, rcpts, msg, &caps, false) {
         Ok(outcomes) => {
             release(c, key, caps, &outcomes);
             Ok(outcomes)
@@ -654,12 +656,25 @@ fn authenticate(
     Ok(())
 }
 
+/// One mail transaction on an open session. `rset`: a reused session,
+/// checked with RSET first (`Err` unless it says 250).
 fn dialogue(
     c: &mut Conn,
     rcpts: &[String],
     msg: &Message,
     caps: &Capabilities,
+    rset: bool,
 ) -> Result<Vec<Outcome>, String> {
+    let rset_ok = |r: Reply| {
+        if r.code == 250 {
+            Ok(())
+        } else {
+            Err(format!("RSET: {}", printable(&r.one_line())))
+        }
+    };
+    if rset && !caps.pipelining {
+        rset_ok(c.command("RSET")?)?;
+    }
     let all = |o: Outcome| Ok(vec![o; rcpts.len()]);
     // RFC 1870 §6.1: a message larger than the announced limit is refused.
     if let Some(limit) = caps.size.filter(|&l| l > 0) {
@@ -681,13 +696,21 @@ fn dialogue(
 
     let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
         // RFC 2920: MAIL, every RCPT and DATA in one go, replies in order.
-        let mut batch = format!("{mail}\r\n");
+        let mut batch = String::new();
+        if rset {
+            batch.push_str("RSET\r\n");
+        }
+        batch.push_str(&mail);
+        batch.push_str("\r\n");
         for l in &rcpt_lines {
             batch.push_str(l);
             batch.push_str("\r\n");
         }
         batch.push_str("DATA\r\n");
         c.send(batch.as_bytes())?;
+        if rset {
+            rset_ok(c.reply(c.timeout)?)?;
+        }
         let m = c.reply(c.timeout)?;
         let mut rs = Vec::new();
         for _ in &rcpt_lines {
