@@ -57,8 +57,10 @@
 //! each), and the next message takes one instead of creating a file. A
 //! recycled file is locked first, then moved into place with
 //! RENAME_NOREPLACE (so a name is never taken twice, by two threads or
-//! two processes), then truncated: step 1 below, with the same guarantees
-//! as an exclusive create. A crash leaves `free.*` files without an
+//! two processes), then rewritten from the start and cut to its new
+//! length before it is synced (its old blocks are reused: nothing to
+//! allocate, nothing to free). That is step 1 below, with the same
+//! guarantees as an exclusive create. A crash leaves `free.*` files without an
 //! envelope, which recovery removes like any other orphan.
 //!
 //! Envelope updates during delivery go through `write_atomic` (write to
@@ -314,9 +316,12 @@ impl Spool {
         Ok(())
     }
 
-    /// Creates `dest` exclusively, locked and empty: a recycled file moved
-    /// there when the pool has one, else a new file. `AlreadyExists` when
-    /// `dest` exists.
+    /// Creates `dest` exclusively and locked: a recycled file moved there
+    /// when the pool has one, else a new file. `AlreadyExists` when `dest`
+    /// exists. A recycled file keeps its old bytes: the caller writes from
+    /// the start and then sets the length (`set_len`) before syncing, so a
+    /// rewrite of similar size allocates no blocks and frees none (freeing
+    /// means a synchronous discard on file systems mounted with `discard`).
     fn create_locked(&self, dest: &Path, kind: FileKind) -> io::Result<File> {
         loop {
             let recycled = {
@@ -354,10 +359,6 @@ impl Spool {
                     return Err(e);
                 }
                 Err(_) => continue,
-            }
-            if let Err(e) = f.set_len(0) {
-                let _ = fs::remove_file(dest);
-                return Err(e);
             }
             return Ok(f);
         }
@@ -647,7 +648,11 @@ impl Incoming {
         let tmp = self.spool.dir("tmp").join(&self.id);
         let written = (|| {
             let mut t = self.spool.create_locked(&tmp, FileKind::Envelope)?;
-            t.write_all(env.to_text().as_bytes())?;
+            let text = env.to_text();
+            t.write_all(text.as_bytes())?;
+            // Cut what a recycled file held beyond the new content.
+            file.set_len(self.written)?;
+            t.set_len(text.len() as u64)?;
             // Steps 2 and 3, here in the session's own thread so that the
             // sessions' syncs overlap (the kernel and the device merge
             // concurrent flushes); fdatasync covers the new size and
@@ -830,7 +835,7 @@ mod tests {
         s.discard(&s.msg_path(&second), FileKind::Message).unwrap();
         assert!(!s.msg_path(&second).exists());
 
-        // The next message takes the same inode, emptied first.
+        // The next message takes the same inode, cut to its new length.
         let mut inc = s.create().unwrap();
         let third = inc.id.clone();
         inc.write(b"3rd\r\n");
