@@ -640,10 +640,7 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
 /// next attempt time, or `None` when the message is gone from the queue.
 pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     let active = d.spool.dir("active").join(id);
-    let read = crate::spool::open_noatime(&active).and_then(|mut f| {
-        let mut t = String::new();
-        f.read_to_string(&mut t).map(|_| t)
-    });
+    let read = crate::spool::open_noatime(&active).and_then(crate::spool::read_small);
     let mut env = match read.map(|t| Envelope::parse(&t)) {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {

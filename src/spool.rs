@@ -552,9 +552,8 @@ impl Spool {
             QueueState::Held => "hold",
         };
         let p = self.dir(dir).join(id);
-        let mut text = String::new();
-        match open_noatime(&p).and_then(|mut f| io::Read::read_to_string(&mut f, &mut text)) {
-            Ok(_) => Some(
+        match open_noatime(&p).and_then(read_small) {
+            Ok(text) => Some(
                 Envelope::parse(&text)
                     .map(|e| (state, e))
                     .map_err(|e| format!("{}: {e}", p.display())),
@@ -579,6 +578,27 @@ pub fn open_noatime(p: &Path) -> io::Result<File> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => File::open(p),
         r => r,
     }
+}
+
+/// Reads a small file (an envelope) to the end with plain reads: unlike
+/// `read_to_string`, no fstat for a size hint first, one system call less
+/// per envelope when a queue of 100,000 is listed.
+pub fn read_small(mut f: File) -> io::Result<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match io::Read::read(&mut f, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// True when nobody holds the advisory lock on `p` (or it vanished).
