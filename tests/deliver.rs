@@ -593,3 +593,58 @@ fn a_busy_relayhost_gets_its_session_reused_and_a_refusing_one_a_new_session() {
         "the session that deferred was closed, not reused"
     );
 }
+
+#[test]
+fn a_deferred_message_keeps_its_next_attempt_across_a_restart() {
+    use std::os::unix::fs::MetadataExt;
+    let port = free_port();
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, conn| {
+            if conn == 0 {
+                "451 4.3.0 try again later".into()
+            } else {
+                "250 ok".into()
+            }
+        }),
+    );
+    let mut s = delivering(&format!(
+        "relayhost = [127.0.0.1]:{port}\nmin_backoff = 10m\n"
+    ));
+    let id = send(&s, "alice@satchel.test", &["x@remote.test"], "restart");
+    s.wait_for("deferral", || {
+        s.queued() == vec![id.clone()] && s.log().contains("status=deferred")
+    });
+    // The envelope's mtime is its next attempt: what the start-up scan reads.
+    let env = s.envelope(&id);
+    let next: i64 = env
+        .lines()
+        .find_map(|l| l.strip_prefix("next-attempt "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mtime = fs::metadata(s.spool().join("queue").join(&id))
+        .unwrap()
+        .mtime();
+    assert_eq!(mtime, next, "{env}");
+
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    let connections = host.connections.load(std::sync::atomic::Ordering::SeqCst);
+    s.spawn();
+    s.wait_for("the start-up scan", || {
+        s.log().contains("queue scan: 1 message(s) waiting")
+    });
+    // Scheduled ten minutes ahead, not retried at once: the scheduler wakes
+    // for due messages only, so a second is plenty to see a wrong retry.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        host.connections.load(std::sync::atomic::Ordering::SeqCst),
+        connections,
+        "retried at start-up although its next attempt is 10 minutes away"
+    );
+    assert!(s.run(&["queue", "flush"]).status.success());
+    s.wait_for("delivery after flush", || {
+        host.received().len() == 1 && s.queued().is_empty()
+    });
+}
