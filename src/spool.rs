@@ -120,6 +120,8 @@ struct Shared {
     commits: Mutex<Commits>,
     done: Condvar,
     pool: Mutex<Pool>,
+    /// This process's ID, for the names of recycled files.
+    pid: u32,
 }
 
 /// At most this many recycled files of each kind are kept.
@@ -264,6 +266,7 @@ impl Spool {
                 commits: Mutex::new(Commits::default()),
                 done: Condvar::new(),
                 pool: Mutex::new(Pool::default()),
+                pid: std::process::id(),
             }),
         })
     }
@@ -298,7 +301,7 @@ impl Spool {
                 };
                 Some(
                     self.dir(dir)
-                        .join(format!("free.{}.{}", std::process::id(), pool.next)),
+                        .join(format!("free.{}.{}", self.shared.pid, pool.next)),
                 )
             }
         };
