@@ -544,21 +544,22 @@ def main():
     emit()
     emit("| accepted msg/s (smtp-source) | satchel | Postfix | satchel/Postfix |")
     emit("|---|---|---|---|")
-    for r_s in [r for r in results if r["server"] == "satchel"]:
-        r_p = next(
+    def postfix_twin(r_s):
+        """Postfix's result for the load of satchel's result r_s."""
+        return next(
             r for r in results
             if r["server"] == "postfix" and (r["size"], r["sessions"], r["reuse"]) == (r_s["size"], r_s["sessions"], r_s["reuse"])
         )
+
+    for r_s in [r for r in results if r["server"] == "satchel"]:
+        r_p = postfix_twin(r_s)
         label = f"{r_s['size']}, {r_s['sessions']} session(s), {'-d (reuse)' if r_s['reuse'] else 'one message per connection'}"
         row(label, fmt_rate(r_s["accepted"]), fmt_rate(r_p["accepted"]), ratio(r_s["accepted"], r_p["accepted"]))
     emit()
     emit("| end-to-end msg/s (first submission until the sink has them all) | satchel | Postfix | satchel/Postfix |")
     emit("|---|---|---|---|")
     for r_s in [r for r in results if r["server"] == "satchel" and r["reuse"]]:
-        r_p = next(
-            r for r in results
-            if r["server"] == "postfix" and (r["size"], r["sessions"], r["reuse"]) == (r_s["size"], r_s["sessions"], r_s["reuse"])
-        )
+        r_p = postfix_twin(r_s)
         label = f"{r_s['size']}, {r_s['sessions']} session(s), -d"
         row(label, fmt_rate(r_s["e2e"]), fmt_rate(r_p["e2e"]), ratio(r_s["e2e"], r_p["e2e"]))
     emit()

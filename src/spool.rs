@@ -832,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn delivered_files_are_recycled_truncated_and_never_shared() {
+    fn delivered_files_are_recycled_cut_to_length_and_never_shared() {
         use std::os::unix::fs::MetadataExt;
         let d = tempdir("recycle");
         let s = Spool::open(&d).unwrap();

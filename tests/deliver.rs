@@ -355,10 +355,10 @@ fn a_dns_time_out_defers_and_mail_goes_once_dns_answers() {
     s.wait_for("removal", || s.queued().is_empty());
 }
 
-#[test]
-fn a_remote_4xx_defers_with_backoff_then_delivers() {
-    let port = free_port();
-    let host = FakeSmtp::start(
+/// A remote that defers every recipient on its first connection and
+/// accepts them on any later one.
+fn defers_first_connection(port: u16) -> FakeSmtp {
+    FakeSmtp::start(
         SocketAddr::from(([127, 0, 0, 1], port)),
         Box::new(|_, conn| {
             if conn == 0 {
@@ -367,7 +367,13 @@ fn a_remote_4xx_defers_with_backoff_then_delivers() {
                 "250 ok".into()
             }
         }),
-    );
+    )
+}
+
+#[test]
+fn a_remote_4xx_defers_with_backoff_then_delivers() {
+    let port = free_port();
+    let host = defers_first_connection(port);
     let s = delivering(&format!(
         "relayhost = [127.0.0.1]:{port}\nmin_backoff = 10m\n"
     ));
@@ -598,16 +604,7 @@ fn a_busy_relayhost_gets_its_session_reused_and_a_refusing_one_a_new_session() {
 fn a_deferred_message_keeps_its_next_attempt_across_a_restart() {
     use std::os::unix::fs::MetadataExt;
     let port = free_port();
-    let host = FakeSmtp::start(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Box::new(|_, conn| {
-            if conn == 0 {
-                "451 4.3.0 try again later".into()
-            } else {
-                "250 ok".into()
-            }
-        }),
-    );
+    let host = defers_first_connection(port);
     let mut s = delivering(&format!(
         "relayhost = [127.0.0.1]:{port}\nmin_backoff = 10m\n"
     ));
