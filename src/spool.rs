@@ -54,7 +54,9 @@
 //! of the CPU time, scanning past recently deleted inodes). So the daemon
 //! does not delete the files of a delivered message: it renames them to
 //! `msg/free.<pid>.<n>` and `tmp/free.<pid>.<n>` (at most `POOL_MAX`
-//! each), and the next message takes one instead of creating a file. A
+//! each; message files over `POOL_FILE_MAX` are removed, so the pool
+//! never holds more than 32 MiB of disk), and the next message takes one
+//! instead of creating a file. A
 //! recycled file is locked first, then moved into place with
 //! RENAME_NOREPLACE (so a name is never taken twice, by two threads or
 //! two processes), then rewritten from the start and cut to its new
@@ -126,6 +128,10 @@ struct Shared {
 
 /// At most this many recycled files of each kind are kept.
 const POOL_MAX: usize = 512;
+/// Larger files are removed, not kept: recycled files keep their blocks,
+/// so the pool holds at most `POOL_MAX` x this much disk (32 MiB), and
+/// small messages, where the per-file cost matters, are what it is for.
+const POOL_FILE_MAX: u64 = 64 * 1024;
 
 /// Recycled files (see "Recycled files" above): message files in `msg/`,
 /// envelope files in `tmp/`. Only a process that enables it keeps any.
@@ -284,13 +290,21 @@ impl Spool {
     /// Disposes of a spool file that is no longer needed: moved into the
     /// pool when recycling is on and there is room, removed otherwise.
     pub fn discard(&self, path: &Path, kind: FileKind) -> io::Result<()> {
+        // Envelopes are small; a message file is measured.
+        let big = || {
+            kind == FileKind::Message
+                && fs::metadata(path).map_or(true, |m| m.len() > POOL_FILE_MAX)
+        };
+        if !self.pool().enabled || big() {
+            return fs::remove_file(path);
+        }
         let to = {
             let mut pool = self.pool();
             let full = match kind {
                 FileKind::Message => pool.msg.len(),
                 FileKind::Envelope => pool.env.len(),
             } >= POOL_MAX;
-            if !pool.enabled || full {
+            if full {
                 None
             } else {
                 pool.next += 1;
@@ -873,6 +887,17 @@ mod tests {
         assert_eq!(names("msg"), vec![third.clone()]);
         assert!(names("tmp").is_empty());
 
+        // A large message is removed, not kept: the pool holds little disk.
+        let mut inc = s.create().unwrap();
+        let big = inc.id.clone();
+        inc.write(&vec![b'x'; POOL_FILE_MAX as usize + 1]);
+        inc.commit(&mut envelope()).unwrap();
+        s.discard(&s.dir("queue").join(&big), FileKind::Envelope)
+            .unwrap();
+        s.discard(&s.msg_path(&big), FileKind::Message).unwrap();
+        assert_eq!(names("msg"), vec![third.clone()], "the big file is gone");
+        assert_eq!(names("tmp").len(), 1, "its small envelope is kept");
+
         // A recycled file never replaces an existing one.
         s.discard(&s.dir("queue").join(&third), FileKind::Envelope)
             .unwrap();
@@ -883,7 +908,7 @@ mod tests {
 
         // Recovery removes what a crash leaves in the pools.
         let r = s.recover().unwrap();
-        assert_eq!((r.tmp_removed, r.orphans_removed), (1, 1));
+        assert_eq!((r.tmp_removed, r.orphans_removed), (2, 1));
         assert!(names("msg").is_empty() && names("tmp").is_empty());
         fs::remove_dir_all(d).unwrap();
     }
