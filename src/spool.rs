@@ -54,9 +54,9 @@
 //! of the CPU time, scanning past recently deleted inodes). So the daemon
 //! does not delete the files of a delivered message: it renames them to
 //! `msg/free.<pid>.<n>` and `tmp/free.<pid>.<n>` (at most `POOL_MAX`
-//! each; message files over `POOL_FILE_MAX` are removed, so the pool
-//! never holds more than 32 MiB of disk), and the next message takes one
-//! instead of creating a file. A
+//! each, and never more than `POOL_BYTES_MAX`, 32 MiB, of disk: beyond
+//! that a file is removed), and the next message takes one instead of
+//! creating a file. A
 //! recycled file is locked first, then moved into place with
 //! RENAME_NOREPLACE (so a name is never taken twice, by two threads or
 //! two processes), then rewritten from the start and cut to its new
@@ -128,19 +128,40 @@ struct Shared {
 
 /// At most this many recycled files of each kind are kept.
 const POOL_MAX: usize = 512;
-/// Larger files are removed, not kept: recycled files keep their blocks,
-/// so the pool holds at most `POOL_MAX` x this much disk (32 MiB), and
-/// small messages, where the per-file cost matters, are what it is for.
-const POOL_FILE_MAX: u64 = 64 * 1024;
+/// Recycled files keep their blocks, so the pool holds at most this much
+/// disk: a file that would take it over the budget is removed instead.
+const POOL_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
 /// Recycled files (see "Recycled files" above): message files in `msg/`,
-/// envelope files in `tmp/`. Only a process that enables it keeps any.
+/// envelope files in `tmp/`, each with its size. Only a process that
+/// enables it keeps any.
 #[derive(Debug, Default)]
 struct Pool {
     enabled: bool,
-    msg: Vec<PathBuf>,
-    env: Vec<PathBuf>,
+    msg: Vec<(PathBuf, u64)>,
+    env: Vec<(PathBuf, u64)>,
+    bytes: u64,
     next: u64,
+}
+
+impl Pool {
+    fn list(&mut self, kind: FileKind) -> &mut Vec<(PathBuf, u64)> {
+        match kind {
+            FileKind::Message => &mut self.msg,
+            FileKind::Envelope => &mut self.env,
+        }
+    }
+
+    fn push(&mut self, kind: FileKind, path: PathBuf, size: u64) {
+        self.bytes += size;
+        self.list(kind).push((path, size));
+    }
+
+    fn pop(&mut self, kind: FileKind) -> Option<(PathBuf, u64)> {
+        let (path, size) = self.list(kind).pop()?;
+        self.bytes -= size;
+        Some((path, size))
+    }
 }
 
 /// Which kind of spool file.
@@ -290,23 +311,19 @@ impl Spool {
     /// Disposes of a spool file that is no longer needed: moved into the
     /// pool when recycling is on and there is room, removed otherwise.
     pub fn discard(&self, path: &Path, kind: FileKind) -> io::Result<()> {
-        // Envelopes are small; a message file is measured.
-        let big = || {
-            kind == FileKind::Message
-                && fs::metadata(path).map_or(true, |m| m.len() > POOL_FILE_MAX)
-        };
-        if !self.pool().enabled || big() {
+        if !self.pool().enabled {
             return fs::remove_file(path);
         }
+        let Ok(size) = fs::metadata(path).map(|m| m.len()) else {
+            return fs::remove_file(path);
+        };
         let to = {
             let mut pool = self.pool();
-            let full = match kind {
-                FileKind::Message => pool.msg.len(),
-                FileKind::Envelope => pool.env.len(),
-            } >= POOL_MAX;
+            let full = pool.list(kind).len() >= POOL_MAX || pool.bytes + size > POOL_BYTES_MAX;
             if full {
                 None
             } else {
+                pool.bytes += size; // reserved while the rename runs
                 pool.next += 1;
                 let dir = if kind == FileKind::Message {
                     "msg"
@@ -323,13 +340,10 @@ impl Spool {
             return fs::remove_file(path);
         };
         if fs::rename(path, &to).is_err() {
+            self.pool().bytes -= size;
             return fs::remove_file(path);
         }
-        let mut pool = self.pool();
-        match kind {
-            FileKind::Message => pool.msg.push(to),
-            FileKind::Envelope => pool.env.push(to),
-        }
+        self.pool().list(kind).push((to, size));
         Ok(())
     }
 
@@ -341,14 +355,8 @@ impl Spool {
     /// means a synchronous discard on file systems mounted with `discard`).
     fn create_locked(&self, dest: &Path, kind: FileKind) -> io::Result<File> {
         loop {
-            let recycled = {
-                let mut pool = self.pool();
-                match kind {
-                    FileKind::Message => pool.msg.pop(),
-                    FileKind::Envelope => pool.env.pop(),
-                }
-            };
-            let Some(from) = recycled else {
+            let recycled = self.pool().pop(kind);
+            let Some((from, size)) = recycled else {
                 let f = OpenOptions::new().write(true).create_new(true).open(dest)?;
                 if let Err(e) = f.lock() {
                     let _ = fs::remove_file(dest);
@@ -368,11 +376,7 @@ impl Spool {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     drop(f);
-                    let mut pool = self.pool();
-                    match kind {
-                        FileKind::Message => pool.msg.push(from),
-                        FileKind::Envelope => pool.env.push(from),
-                    }
+                    self.pool().push(kind, from, size);
                     return Err(e);
                 }
                 Err(_) => continue,
@@ -887,10 +891,11 @@ mod tests {
         assert_eq!(names("msg"), vec![third.clone()]);
         assert!(names("tmp").is_empty());
 
-        // A large message is removed, not kept: the pool holds little disk.
+        // A message that would take the pool over its disk budget is
+        // removed, not kept.
         let mut inc = s.create().unwrap();
         let big = inc.id.clone();
-        inc.write(&vec![b'x'; POOL_FILE_MAX as usize + 1]);
+        inc.write(&vec![b'x'; POOL_BYTES_MAX as usize + 1]);
         inc.commit(&mut envelope()).unwrap();
         s.discard(&s.dir("queue").join(&big), FileKind::Envelope)
             .unwrap();
