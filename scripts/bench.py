@@ -551,17 +551,21 @@ def main():
             if r["server"] == "postfix" and (r["size"], r["sessions"], r["reuse"]) == (r_s["size"], r_s["sessions"], r_s["reuse"])
         )
 
-    for r_s in [r for r in results if r["server"] == "satchel"]:
-        r_p = postfix_twin(r_s)
-        label = f"{r_s['size']}, {r_s['sessions']} session(s), {'-d (reuse)' if r_s['reuse'] else 'one message per connection'}"
-        row(label, fmt_rate(r_s["accepted"]), fmt_rate(r_p["accepted"]), ratio(r_s["accepted"], r_p["accepted"]))
+    def rate_rows(metric, loads, label):
+        """One row per satchel result in `loads`, beside Postfix's twin."""
+        for r_s in loads:
+            r_p = postfix_twin(r_s)
+            row(label(r_s), fmt_rate(r_s[metric]), fmt_rate(r_p[metric]), ratio(r_s[metric], r_p[metric]))
+
+    satchel_results = [r for r in results if r["server"] == "satchel"]
+    rate_rows("accepted", satchel_results,
+              lambda r: f"{r['size']}, {r['sessions']} session(s), "
+                        f"{'-d (reuse)' if r['reuse'] else 'one message per connection'}")
     emit()
     emit("| end-to-end msg/s (first submission until the sink has them all) | satchel | Postfix | satchel/Postfix |")
     emit("|---|---|---|---|")
-    for r_s in [r for r in results if r["server"] == "satchel" and r["reuse"]]:
-        r_p = postfix_twin(r_s)
-        label = f"{r_s['size']}, {r_s['sessions']} session(s), -d"
-        row(label, fmt_rate(r_s["e2e"]), fmt_rate(r_p["e2e"]), ratio(r_s["e2e"], r_p["e2e"]))
+    rate_rows("e2e", [r for r in satchel_results if r["reuse"]],
+              lambda r: f"{r['size']}, {r['sessions']} session(s), -d")
     emit()
     emit("| footprint and latency | satchel | Postfix | satchel/Postfix |")
     emit("|---|---|---|---|")

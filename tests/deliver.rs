@@ -355,6 +355,21 @@ fn a_dns_time_out_defers_and_mail_goes_once_dns_answers() {
     s.wait_for("removal", || s.queued().is_empty());
 }
 
+/// A remote that answers `reply` to recipients starting with `prefix`
+/// and accepts all others.
+fn refuses_prefix(port: u16, prefix: &'static str, reply: &'static str) -> FakeSmtp {
+    FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(move |rcpt, _| {
+            if rcpt.starts_with(prefix) {
+                reply.into()
+            } else {
+                "250 ok".into()
+            }
+        }),
+    )
+}
+
 /// A remote that defers every recipient on its first connection and
 /// accepts them on any later one.
 fn defers_first_connection(port: u16) -> FakeSmtp {
@@ -414,16 +429,7 @@ fn a_remote_4xx_defers_with_backoff_then_delivers() {
 #[test]
 fn a_5xx_for_one_of_two_recipients_delivers_one_and_bounces_the_other() {
     let port = free_port();
-    let host = FakeSmtp::start(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Box::new(|rcpt, _| {
-            if rcpt.starts_with("bad@") {
-                "550 5.1.1 no such user".into()
-            } else {
-                "250 ok".into()
-            }
-        }),
-    );
+    let host = refuses_prefix(port, "bad@", "550 5.1.1 no such user");
     let s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
     send(
         &s,
@@ -559,17 +565,8 @@ fn queue_delete_removes_a_waiting_message() {
 #[test]
 fn a_busy_relayhost_gets_its_session_reused_and_a_refusing_one_a_new_session() {
     let port = free_port();
-    // Connection 0 takes everything; a recipient "later@" is deferred.
-    let host = FakeSmtp::start(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Box::new(|rcpt, _| {
-            if rcpt.starts_with("later@") {
-                "451 4.3.0 not now".into()
-            } else {
-                "250 ok".into()
-            }
-        }),
-    );
+    // Every recipient is accepted except "later@...", which is deferred.
+    let host = refuses_prefix(port, "later@", "451 4.3.0 not now");
     let s = delivering(&format!(
         "relayhost = [127.0.0.1]:{port}\ndelivery_threads = 1\n"
     ));
