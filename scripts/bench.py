@@ -340,22 +340,23 @@ def one_session(cmd, env=None):
 
 def fill_queue(spool, n):
     """Writes n deferred messages straight into a satchel spool, as the
-    receiving half would leave them (envelope in queue/, message in msg/)."""
+    receiving half would leave them: one queue file each in queue/, the
+    envelope in its 2048-byte room and the message after it."""
     later = int(time.time()) + 86400
     body = b"Received: from bench\r\nSubject: queued\r\n\r\n" + b"x" * 1000 + b"\r\n"
-    for d in ("msg", "queue", "tmp", "active", "hold", "corrupt"):
+    for d in ("queue", "tmp", "active", "hold", "corrupt"):
         os.makedirs(os.path.join(spool, d), exist_ok=True)
     base = int(time.time() * 1e6) - n - 10
     for i in range(n):
         qid = f"{base + i:016X}"
-        with open(os.path.join(spool, "msg", qid), "wb") as f:
-            f.write(body)
-        with open(os.path.join(spool, "queue", qid), "w") as f:
-            f.write(
-                f"version 1\nid {qid}\ncreated {later - 86400}\nclient 127.0.0.1\nhelo bench\n"
-                f"protocol ESMTP\nbody 7BIT\nsmtputf8 no\nsize {len(body)}\nfrom <a@bench.test>\n"
-                f"attempts 1\nnext-attempt {later}\nrcpt deferred <x{i}@remote.test> 451 4.4.1 bench\nend\n"
-            )
+        env = (
+            f"version 2\nid {qid}\ncreated {later - 86400}\nclient 127.0.0.1\nhelo bench\n"
+            f"protocol ESMTP\nbody 7BIT\nsmtputf8 no\nsize {len(body)}\nfrom <a@bench.test>\n"
+            f"attempts 1\nnext-attempt {later}\nrcpt deferred <x{i}@remote.test> 451 4.4.1 bench\n"
+            f"data 2048\nend\n"
+        ).encode()
+        with open(os.path.join(spool, "queue", qid), "wb") as f:
+            f.write(env.ljust(2048, b"\n") + body)
         # satchel keeps a deferred envelope's next attempt in its mtime.
         os.utime(os.path.join(spool, "queue", qid), (later, later))
 

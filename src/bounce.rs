@@ -8,7 +8,7 @@
 use crate::time;
 
 /// RFC 3462/6522: how much of the original header section is returned.
-const MAX_RETURNED_HEADERS: usize = 64 * 1024;
+pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 
 /// One recipient to report on.
 #[derive(Debug, Clone, PartialEq, Eq)]

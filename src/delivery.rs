@@ -40,7 +40,7 @@ use crate::envelope::{Envelope, RcptState, Recipient};
 use crate::local;
 use crate::policy::LocalPolicy;
 use crate::relay::{self, Outcome, RelayConfig};
-use crate::spool::{is_queue_id, write_atomic, FileKind, Spool};
+use crate::spool::{is_queue_id, Content, ReadError, Spool};
 use crate::time::unix_now;
 
 /// Stack for delivery threads (buffers are on the heap).
@@ -317,13 +317,10 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
             );
             continue;
         }
-        match fs::read_to_string(e.path()).map(|t| Envelope::parse(&t)) {
-            Ok(Ok(env)) => s.set(id, env.next_attempt),
-            Ok(Err(err)) => {
-                log::warn!("warning: {id}: damaged envelope ({err}); moved to corrupt/");
-                let _ = fs::rename(e.path(), d.spool.dir("corrupt").join(&id));
-            }
-            Err(_) => {}
+        match d.spool.read_envelope(&id, crate::spool::QueueState::Queued) {
+            Some(Ok((_, env))) => s.set(id, env.next_attempt),
+            Some(Err(err)) => log::warn!("warning: {err}"),
+            None => {}
         }
     }
 }
@@ -640,25 +637,18 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
 /// next attempt time, or `None` when the message is gone from the queue.
 pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     let active = d.spool.dir("active").join(id);
-    let read = crate::spool::open_noatime(&active).and_then(crate::spool::read_small);
-    let mut env = match read.map(|t| Envelope::parse(&t)) {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => {
-            log::warn!("warning: {id}: damaged envelope ({e}); moved to corrupt/");
+    let (mut env, mut msg) = match d.spool.read_queued(&active) {
+        Ok(q) => (q.env, q.content),
+        Err(ReadError::Damaged(e)) => {
+            log::warn!("warning: {id}: damaged queue file ({e}); moved to corrupt/");
             let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
             return None;
         }
-        Err(e) => {
-            log::warn!("warning: {id}: cannot read envelope: {e}");
+        Err(ReadError::Io(e)) => {
+            log::warn!("warning: {id}: cannot read queue file: {e}");
             return None;
         }
     };
-    let msg = d.spool.msg_path(id);
-    if !msg.exists() {
-        log::warn!("warning: {id}: message file missing; envelope moved to corrupt/");
-        let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
-        return None;
-    }
     let now = unix_now();
     // Failures already reported by an earlier attempt.
     let failed_before: Vec<ForwardPath> = env
@@ -668,9 +658,12 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         .map(|r| r.addr.clone())
         .collect();
     if expand_aliases(d, &mut env) {
-        if let Err(e) = write_atomic(&d.spool.dir("tmp"), &active, env.to_text().as_bytes()) {
-            log::warn!("warning: {id}: cannot record alias expansion: {e}");
-            return requeue(d, id, &active, now + d.cfg.min_backoff.as_secs());
+        match d.spool.rewrite(&active, &env, &msg) {
+            Ok(c) => msg = c,
+            Err(e) => {
+                log::warn!("warning: {id}: cannot record alias expansion: {e}");
+                return requeue(d, id, &active, now + d.cfg.min_backoff.as_secs());
+            }
         }
     }
     let mut remote_mta: HashMap<usize, String> = HashMap::new();
@@ -735,7 +728,7 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         let rcpts: Vec<String> = idx.iter().map(|&i| bare(&env.rcpts[i].addr)).collect();
         let m = relay::Message {
             from: &env.from.to_string(),
-            path: &msg,
+            content: &msg,
             size: env.size,
             eight_bit: env.body == "8BITMIME",
             smtputf8: env.smtputf8,
@@ -816,10 +809,12 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     }
 
     if env.is_done() {
-        if let Err(e) = d.spool.discard(&active, FileKind::Envelope) {
-            log::warn!("warning: {id}: cannot remove envelope: {e}");
+        if let Err(e) = d.spool.discard(&active) {
+            log::warn!("warning: {id}: cannot remove queue file: {e}");
         }
-        let _ = d.spool.discard(&msg, FileKind::Message);
+        if msg.is_separate(&active) {
+            let _ = fs::remove_file(&msg.path); // a version 1 message file
+        }
         log::info!("{id}: removed");
         return None;
     }
@@ -835,8 +830,8 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         now + backoff(&d.cfg, env.attempts)
     };
     env.next_attempt = next;
-    if let Err(e) = write_atomic(&d.spool.dir("tmp"), &active, env.to_text().as_bytes()) {
-        log::warn!("warning: {id}: cannot update envelope: {e}");
+    if let Err(e) = d.spool.rewrite(&active, &env, &msg) {
+        log::warn!("warning: {id}: cannot update queue file: {e}");
     }
     requeue(d, id, &active, next)
 }
@@ -894,16 +889,14 @@ fn notify(
     idx: &[usize],
     mta: &HashMap<usize, String>,
     action: Action,
-    msg: &Path,
+    msg: &Content,
 ) -> io::Result<()> {
     let ReversePath::Mailbox(sender) = &env.from else {
         log::info!("{}: undeliverable mail from <> (a bounce): not returned; discarded as Postfix does with double bounces", env.id);
         return Ok(());
     };
     let mut original = Vec::new();
-    fs::File::open(msg)?
-        .take(64 * 1024)
-        .read_to_end(&mut original)?;
+    msg.open()?.take(64 * 1024).read_to_end(&mut original)?;
     let reports: Vec<Report> = idx
         .iter()
         .map(|&i| {

@@ -1,13 +1,20 @@
 //! The envelope of a queued message and its text encoding.
 //!
 //! An envelope is small, human-readable UTF-8: one `key value` per line,
-//! starting with `version 1` and ending with `end` (like Postfix's required
+//! starting with `version 2` and ending with `end` (like Postfix's required
 //! END record: a file without it is damaged and is never acted upon).
 //! Free text (HELO names, remote replies) is escaped so that a value is
 //! always one line: `\` and control octets become `\xNN`.
 //!
+//! It is the head of a queue file, as in Postfix: the message content
+//! follows it in the same file, at the offset given by `data` (the bytes
+//! between `end` and that offset are newlines, room for the envelope to
+//! be written after the content). Version 1 envelopes, from before queue
+//! files, have no `data`: their content is a file of its own, and they
+//! are still read.
+//!
 //! ```text
-//! version 1
+//! version 2
 //! id 0005F3A1B2C3D4E5
 //! created 1795917257
 //! client 192.0.2.1
@@ -21,6 +28,7 @@
 //! next-attempt 1795917257
 //! rcpt pending <c@example.net>
 //! rcpt failed <e@example.net> 550 5.1.1 User unknown
+//! data 2048
 //! end
 //! ```
 //!
@@ -30,7 +38,7 @@ use std::fmt;
 
 use crate::address::{ForwardPath, ReversePath};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Where one recipient stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +221,9 @@ impl Envelope {
         self.rcpts.iter().all(|r| !r.state.is_open())
     }
 
-    pub fn to_text(&self) -> String {
+    /// The envelope as text, with the content at offset `data` of its
+    /// queue file.
+    pub fn to_text(&self, data: u64) -> String {
         let mut s = String::with_capacity(256 + 64 * self.rcpts.len());
         let mut kv = |k: &str, v: &str| {
             s.push_str(k);
@@ -244,11 +254,15 @@ impl Envelope {
             }
             kv(if r.expanded { "expanded" } else { "rcpt" }, &v);
         }
+        kv("data", &data.to_string());
         s.push_str("end\n");
         s
     }
 
-    pub fn parse(text: &str) -> Result<Envelope, EnvelopeError> {
+    /// Parses a whole envelope (a queue file's head, up to and with its
+    /// `end` line). Returns the content's offset in the same file, or
+    /// `None` for a version 1 envelope, whose content is a file of its own.
+    pub fn parse(text: &str) -> Result<(Envelope, Option<u64>), EnvelopeError> {
         let mut e = Envelope {
             id: String::new(),
             created: 0,
@@ -264,7 +278,8 @@ impl Envelope {
             warned: false,
             rcpts: Vec::new(),
         };
-        let mut version = false;
+        let mut version = 0;
+        let mut data = None;
         let mut from = false;
         let mut ended = false;
         for (n, line) in text.lines().enumerate() {
@@ -285,13 +300,14 @@ impl Envelope {
             let num = |v: &str| v.parse::<u64>().map_err(|_| err("bad number"));
             let txt = |v: &str| unescape(v).map_err(err);
             match key {
-                "version" if !version && n == 0 => {
-                    if num(value)? != u64::from(VERSION) {
+                "version" if version == 0 && n == 0 => {
+                    version = num(value)?;
+                    if version != 1 && version != u64::from(VERSION) {
                         return Err(err("unsupported version"));
                     }
-                    version = true;
                 }
-                _ if !version => return Err(err("first line must be 'version'")),
+                _ if version == 0 => return Err(err("first line must be 'version'")),
+                "data" if version >= 2 => data = Some(num(value)?),
                 "id" => {
                     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
                         return Err(err("bad id"));
@@ -348,7 +364,11 @@ impl Envelope {
         if e.id.is_empty() || !from || e.rcpts.is_empty() {
             return Err(err("missing id, from or rcpt"));
         }
-        Ok(e)
+        match data {
+            Some(d) if d < text.len() as u64 => Err(err("'data' points into the envelope")),
+            None if version >= 2 => Err(err("no 'data' line")),
+            _ => Ok((e, data)),
+        }
     }
 }
 
@@ -393,25 +413,30 @@ mod tests {
     #[test]
     fn envelope_round_trips_through_text() {
         let e = sample();
-        let text = e.to_text();
-        assert!(text.starts_with("version 1\n"));
-        assert!(text.ends_with("\nend\n"));
+        let text = e.to_text(2048);
+        assert!(text.starts_with("version 2\n"));
+        assert!(text.ends_with("\ndata 2048\nend\n"));
         assert!(
             text.contains("helo weird\\x0D\\x0Ahelo\\x5Cname\n"),
             "{text}"
         );
-        assert_eq!(Envelope::parse(&text), Ok(e));
+        assert_eq!(Envelope::parse(&text), Ok((e.clone(), Some(2048))));
+        // Version 1: no data line, the content is elsewhere.
+        let v1 = text
+            .replace("version 2\n", "version 1\n")
+            .replace("data 2048\n", "");
+        assert_eq!(Envelope::parse(&v1), Ok((e, None)));
     }
 
     #[test]
     fn envelope_without_end_is_damaged() {
-        let text = sample().to_text().replace("end\n", "");
+        let text = sample().to_text(2048).replace("end\n", "");
         assert!(Envelope::parse(&text).unwrap_err().what.contains("end"));
     }
 
     #[test]
     fn truncated_envelope_is_damaged_at_every_cut() {
-        let text = sample().to_text();
+        let text = sample().to_text(2048);
         for cut in 0..text.len() - 1 {
             if let Some(t) = text.get(..cut) {
                 assert!(Envelope::parse(t).is_err(), "cut at {cut} parsed");
@@ -421,9 +446,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_versions_are_refused() {
-        assert!(Envelope::parse("version 2\nend\n").is_err());
-        let t = sample().to_text().replace("size 812", "colour blue");
+        assert!(Envelope::parse("version 3\nend\n").is_err());
+        let t = sample().to_text(2048).replace("size 812", "colour blue");
         assert!(Envelope::parse(&t).is_err());
+        // Version 2 needs its data line, and it must point past the envelope.
+        let t = sample().to_text(2048);
+        assert!(Envelope::parse(&t.replace("data 2048\n", "")).is_err());
+        assert!(Envelope::parse(&t.replace("data 2048", "data 10")).is_err());
+        let v1 = t.replace("version 2\n", "version 1\n");
+        assert!(Envelope::parse(&v1).is_err(), "no data line in version 1");
     }
 
     #[test]

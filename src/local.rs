@@ -10,13 +10,13 @@
 //! temporary (a full disk, a permission problem): the message stays queued.
 //! Never talks to the network.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::valid_user_name;
-use crate::spool::sync_dir;
+use crate::spool::{sync_dir, Content};
 use crate::time;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum MailboxFormat {
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Delivers the spooled message at `msg` to `user`'s mailbox.
+/// Delivers the spooled message `msg` to `user`'s mailbox.
 /// `return_path` is the reverse-path with angle brackets (`<>` allowed).
 pub fn deliver(
     mail_dir: &Path,
@@ -36,7 +36,7 @@ pub fn deliver(
     user: &str,
     return_path: &str,
     delivered_to: &str,
-    msg: &Path,
+    msg: &Content,
 ) -> io::Result<PathBuf> {
     // The policy already refused such names at RCPT; this is the last line.
     if !valid_user_name(user) {
@@ -52,7 +52,7 @@ pub fn deliver(
     }
 }
 
-fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Path) -> io::Result<PathBuf> {
+fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Content) -> io::Result<PathBuf> {
     for sub in ["tmp", "new", "cur"] {
         fs::create_dir_all(dir.join(sub))?;
     }
@@ -72,7 +72,7 @@ fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Path) -> io::Result<Pa
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(head)?;
-        io::copy(&mut File::open(msg)?, &mut f)?;
+        io::copy(&mut msg.open()?, &mut f)?;
         f.sync_all()?;
         let dest = dir.join("new").join(&name);
         fs::rename(&tmp, &dest)?;
@@ -85,7 +85,7 @@ fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Path) -> io::Result<Pa
     result
 }
 
-fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Path) -> io::Result<PathBuf> {
+fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Content) -> io::Result<PathBuf> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
@@ -104,7 +104,7 @@ fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Path) -> io::Result<P
         let mut out = io::BufWriter::new(&f);
         // The separator, in the asctime form readers expect.
         writeln!(out, "From {sender} {}", asctime(time::unix_now()))?;
-        let mut reader = BufReader::new(head.chain(File::open(msg)?));
+        let mut reader = BufReader::new(head.chain(msg.open()?));
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -153,11 +153,22 @@ mod tests {
         d
     }
 
+    /// `bytes` as the content of a queue file: after a head, which is
+    /// never delivered.
+    fn queued(d: &Path, bytes: &[u8]) -> Content {
+        let path = d.join("queued");
+        fs::write(&path, [b"version 2\nend\n".as_slice(), bytes].concat()).unwrap();
+        Content {
+            path,
+            offset: 14,
+            len: bytes.len() as u64,
+        }
+    }
+
     #[test]
     fn maildir_delivery_prepends_return_path_and_keeps_the_bytes() {
         let d = tmp("maildir");
-        let msg = d.join("msg");
-        fs::write(&msg, b"Subject: x\r\n\r\nFrom here\r\n").unwrap();
+        let msg = queued(&d, b"Subject: x\r\n\r\nFrom here\r\n");
         let p = deliver(
             &d.join("mail"),
             MailboxFormat::Maildir,
@@ -180,8 +191,7 @@ mod tests {
     #[test]
     fn mbox_delivery_quotes_from_lines_and_separates_messages() {
         let d = tmp("mbox");
-        let msg = d.join("msg");
-        fs::write(&msg, b"Subject: x\r\n\r\nFrom here\r\n>From there\r\n").unwrap();
+        let msg = queued(&d, b"Subject: x\r\n\r\nFrom here\r\n>From there\r\n");
         for _ in 0..2 {
             deliver(&d, MailboxFormat::Mbox, "h", "bob", "<>", "<bob@h>", &msg).unwrap();
         }
@@ -198,8 +208,7 @@ mod tests {
     #[test]
     fn unsafe_user_names_are_refused() {
         let d = tmp("unsafe");
-        let msg = d.join("msg");
-        fs::write(&msg, b"x\r\n").unwrap();
+        let msg = queued(&d, b"x\r\n");
         for user in ["../etc", "a/b", ".x", "a\0b"] {
             assert!(deliver(&d, MailboxFormat::Maildir, "h", user, "<>", "<x>", &msg).is_err());
         }

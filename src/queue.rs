@@ -5,7 +5,7 @@
 //! delivered (`active/`) is refused with a clear message.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 
 use crate::envelope::{Envelope, RcptState};
 use crate::spool::{is_queue_id, QueueState, Spool};
@@ -61,7 +61,8 @@ pub fn delete(spool: &Spool, id: &str) -> Result<(), QueueError> {
         return Err(QueueError::Busy(id.to_string()));
     }
     fs::remove_file(spool.dir(dir).join(id)).map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
-    let _ = fs::remove_file(spool.msg_path(id));
+    // A version 1 message has its content in a file of its own.
+    let _ = fs::remove_file(spool.dir("msg").join(id));
     Ok(())
 }
 
@@ -108,13 +109,21 @@ pub fn release(spool: &Spool, id: &str) -> Result<(), QueueError> {
 /// The envelope and the message headers of `id`, for `queue show`.
 pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
     let dir = locate(spool, id)?;
-    let env = fs::read_to_string(spool.dir(dir).join(id))
+    let q = spool
+        .read_queued(&spool.dir(dir).join(id))
         .map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
-    let msg = fs::read(spool.msg_path(id))
-        .map_err(|e| QueueError::Io(format!("{id}: message file: {e}")))?;
+    let mut msg = Vec::new();
+    q.content
+        .open()
+        .and_then(|f| {
+            f.take(crate::bounce::MAX_RETURNED_HEADERS as u64)
+                .read_to_end(&mut msg)
+        })
+        .map_err(|e| QueueError::Io(format!("{id}: message: {e}")))?;
     let headers = crate::bounce::header_section(&msg);
     Ok(format!(
-        "*** ENVELOPE ({dir}) ***\n{env}*** HEADERS ***\n{}",
+        "*** ENVELOPE ({dir}) ***\n{}*** HEADERS ***\n{}",
+        q.env.to_text(q.content.offset),
         String::from_utf8_lossy(headers).replace("\r\n", "\n")
     ))
 }

@@ -13,7 +13,6 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::dns::{DnsError, Mx, Resolver};
@@ -116,7 +115,7 @@ pub struct ClientTls {
 /// The message to send.
 pub struct Message<'a> {
     pub from: &'a str,
-    pub path: &'a Path,
+    pub content: &'a crate::spool::Content,
     pub size: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
@@ -768,7 +767,7 @@ fn dialogue(
         return Ok(outcomes.into_iter().flatten().collect());
     }
     let final_reply = if data.code == 354 {
-        send_content(c, msg.path)?;
+        send_content(c, msg.content)?;
         c.reply(c.timeout * 2)?
     } else {
         data
@@ -787,9 +786,10 @@ fn dialogue(
         .collect())
 }
 
-fn send_content(c: &mut Conn, path: &Path) -> Result<(), String> {
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("cannot read the queued message: {e}"))?;
+fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), String> {
+    let mut f = content
+        .open()
+        .map_err(|e| format!("cannot read the queued message: {e}"))?;
     let mut enc = DataEncoder::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(70 * 1024);

@@ -1,85 +1,99 @@
 //! The spool: the only thing the receiving and delivering halves share.
-//! It owns the directory layout, queue IDs, the crash protocol and the one
-//! audited atomic-write function. It never talks to the network and knows
-//! nothing of SMTP.
+//! It owns the directory layout, queue IDs, the crash protocol and the
+//! queue-file format. It never talks to the network and knows nothing of
+//! SMTP.
 //!
 //! ```text
-//! spool/tmp/<id>       envelopes being written (locked by their writer)
-//! spool/msg/<id>       message bytes, `Received:` first; written once, never changed
-//! spool/queue/<id>     envelope of a waiting message; its rename into place is the commit
-//! spool/active/<id>    envelope claimed by a delivery thread
-//! spool/hold/<id>      envelope put on hold by the operator (never delivered until released)
-//! spool/corrupt/<id>   envelopes that failed to parse, kept for a human
+//! spool/tmp/<id>       a queue file being written (locked by its writer)
+//! spool/queue/<id>     a waiting message; its rename into place is the commit
+//! spool/active/<id>    a message claimed by a delivery thread
+//! spool/hold/<id>      a message put on hold by the operator (never delivered until released)
+//! spool/corrupt/<id>   queue files that failed to parse, kept for a human
+//! spool/msg/<id>       the content of a version 1 envelope (before queue files)
 //! ```
+//!
+//! ## Queue files
+//!
+//! One file per message, as in Postfix: the envelope (see `envelope`)
+//! first, then the message bytes, `Received:` first, at the offset the
+//! envelope's `data` line gives. A message being received is written
+//! `HEAD_ROOM` bytes into its file; at the end of DATA the envelope is
+//! written into the room before it (padded with newlines), so one file,
+//! one sync, makes the message durable. An envelope that outgrows the room
+//! (hundreds of recipients) gets a new file with the content copied after
+//! it. Delivery changes an envelope the same way: a new file, never an
+//! update in place.
 //!
 //! ## Receiving: the crash protocol
 //!
 //! | step | action                                          | a crash after it leaves            | recovery at start                       |
 //! |------|-------------------------------------------------|------------------------------------|-----------------------------------------|
-//! | 1    | create `msg/<id>` (O_EXCL, or a recycled file), lock it, write data | a locked-then-unlocked `msg/<id>`  | no envelope anywhere: orphan, removed   |
-//! | 2    | fsync `msg/<id>`                                 | same                               | same                                    |
-//! | 3    | write `tmp/<id>`, fsync it                       | orphan `msg/<id>`, a `tmp/<id>`    | both removed                            |
-//! | 4    | fsync `msg/` (the entry of step 1 is durable)   | same                               | same                                    |
-//! | 5    | rename `tmp/<id>` -> `queue/<id>`               | the rename may or may not persist  | queued, or orphan removed (no 250 sent) |
-//! | 6    | fsync `queue/`                                  | a queued message                   | found by the scan                       |
-//! | 7    | unlock; reply `250 Ok: queued as <id>`          | a queued message                   | found by the scan                       |
+//! | 1    | create `tmp/<id>` (O_EXCL, or a recycled file), lock it, write the content after the room | a `tmp/<id>`  | unlocked: removed   |
+//! | 2    | write the envelope into the room, cut the file to length, fdatasync it | same                               | same                                    |
+//! | 3    | rename `tmp/<id>` -> `queue/<id>`               | the rename may or may not persist  | queued, or a `tmp/` file removed (no 250 sent) |
+//! | 4    | fsync `queue/`                                  | a queued message                   | found by the scan                       |
+//! | 5    | unlock; reply `250 Ok: queued as <id>`          | a queued message                   | found by the scan                       |
 //!
-//! A 250 is sent only after step 6, so an acknowledged message is on disk
+//! A 250 is sent only after step 4, so an acknowledged message is on disk
 //! with its envelope.
 //!
 //! ## Group commit
 //!
-//! Each session syncs its own two files (steps 2 and 3, with fdatasync:
-//! the new size and blocks are what matter) in its own thread, so the
-//! syncs of many sessions overlap and the kernel merges their flushes.
-//! Steps 4 to 6 are shared by the sessions that reach them at the same
-//! time: a session that finds no commit running becomes the leader, takes
-//! every message waiting, fsyncs `msg/` once, renames every envelope into
-//! `queue/`, fsyncs `queue/` once, and wakes the others with their own
-//! results. Sessions arriving meanwhile wait for the next leader, which is
-//! one of them. With one session nothing waits; with many, two directory
-//! fsyncs serve a whole batch. No message hears 250 before its own files
-//! and both directories have been synced.
+//! Each session syncs its own file (step 2, with fdatasync: the new size
+//! and blocks are what matter) in its own thread, so the syncs of many
+//! sessions overlap and the kernel merges their flushes. Steps 3 and 4
+//! are shared by the sessions that reach them at the same time: a session
+//! that finds no commit running becomes the leader, takes every message
+//! waiting, renames each into `queue/`, fsyncs `queue/` once, and wakes
+//! the others with their own results. Sessions arriving meanwhile wait
+//! for the next leader, which is one of them. With one session nothing
+//! waits; with many, one directory fsync serves a whole batch. No message
+//! hears 250 before its own file and the directory have been synced.
 //!
-//! Nothing is half-visible: without an envelope in
-//! `queue/` (or `active/`) a message file is not a message. The writer
-//! holds an advisory lock on `msg/<id>` from step 1 to step 7, so another
+//! Nothing is half-visible: a file in `tmp/` is not a message. Its writer
+//! holds an advisory lock on it from step 1 to step 5, so another
 //! process's recovery (an inetd-mode session or a queue runner sharing the
-//! spool) never takes a live transaction for an orphan.
+//! spool) never takes a live transaction for a leftover.
 //!
 //! ## Recycled files
 //!
 //! Creating and deleting inodes is most of what a busy spool costs the
 //! kernel (a profile of 32 sessions showed ext4's inode allocator in half
 //! of the CPU time, scanning past recently deleted inodes). So the daemon
-//! does not delete the files of a delivered message: it renames them to
-//! `msg/free.<pid>.<n>` and `tmp/free.<pid>.<n>` (at most `POOL_MAX`
-//! each, and never more than `POOL_BYTES_MAX`, 32 MiB, of disk: beyond
-//! that a file is removed), and the next message takes one instead of
-//! creating a file. A
-//! recycled file is locked first, then moved into place with
-//! RENAME_NOREPLACE (so a name is never taken twice, by two threads or
-//! two processes), then rewritten from the start and cut to its new
-//! length before it is synced (its old blocks are reused: nothing to
-//! allocate, nothing to free). That is step 1 below, with the same
-//! guarantees as an exclusive create. A crash leaves `free.*` files without an
-//! envelope, which recovery removes like any other orphan.
-//!
-//! Envelope updates during delivery go through `write_atomic` (write to
-//! `tmp/`, fsync, rename over the old file, fsync the directory): a crash
-//! leaves either the old or the new envelope, never a mix.
+//! does not delete the file of a delivered message: it renames it to
+//! `tmp/free.<pid>.<n>` (at most `POOL_MAX` files, and never more than
+//! `POOL_BYTES_MAX`, 32 MiB, of disk: beyond that a file is removed), and
+//! the next message takes one instead of creating a file. A recycled file
+//! is locked first, then moved into place with RENAME_NOREPLACE (so a
+//! name is never taken twice, by two threads or two processes), then
+//! rewritten and cut to its new length before it is synced (its old
+//! blocks are reused: nothing to allocate, nothing to free). That is step
+//! 1 above, with the same guarantees as an exclusive create. A crash
+//! leaves unlocked `free.*` files, which recovery removes like any other
+//! leftover.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::envelope::Envelope;
 
-/// Spool sub-directories, created at open.
-const DIRS: [&str; 6] = ["tmp", "msg", "queue", "active", "hold", "corrupt"];
+/// Spool sub-directories, created at open (`msg/` only exists in spools
+/// written by version 1).
+const DIRS: [&str; 5] = ["tmp", "queue", "active", "hold", "corrupt"];
+
+/// Room for the envelope before the content of a message being received:
+/// enough for a few dozen recipients, and with a small message still one
+/// 4 KiB block.
+const HEAD_ROOM: u64 = 2048;
+
+/// The longest envelope read (an envelope names at most a few thousand
+/// recipients).
+const MAX_HEAD: usize = 4 << 20;
 
 /// A queue ID: 16 upper-case hex digits, the microseconds since the epoch
 /// at arrival (strictly increasing within a process), so IDs sort by
@@ -113,11 +127,10 @@ pub struct Spool {
 }
 
 /// What every clone of a `Spool` shares: the group committer, the
-/// directories it syncs (kept open so that a commit does not reopen
-/// them), and the recycled files.
+/// directory it syncs (kept open so that a commit does not reopen it),
+/// and the recycled files.
 #[derive(Debug)]
 struct Shared {
-    msg_dir: File,
     queue_dir: File,
     commits: Mutex<Commits>,
     done: Condvar,
@@ -126,58 +139,41 @@ struct Shared {
     pid: u32,
 }
 
-/// At most this many recycled files of each kind are kept.
+/// At most this many recycled files are kept.
 const POOL_MAX: usize = 512;
 /// Recycled files keep their blocks, so the pool holds at most this much
 /// disk: a file that would take it over the budget is removed instead.
 const POOL_BYTES_MAX: u64 = 32 * 1024 * 1024;
 
-/// Recycled files (see "Recycled files" above): message files in `msg/`,
-/// envelope files in `tmp/`, each with its size. Only a process that
-/// enables it keeps any.
+/// Recycled files (see "Recycled files" above), in `tmp/`, each with its
+/// size. Only a process that enables it keeps any.
 #[derive(Debug, Default)]
 struct Pool {
     enabled: bool,
-    msg: Vec<(PathBuf, u64)>,
-    env: Vec<(PathBuf, u64)>,
+    files: Vec<(PathBuf, u64)>,
     bytes: u64,
     next: u64,
 }
 
 impl Pool {
-    fn list(&mut self, kind: FileKind) -> &mut Vec<(PathBuf, u64)> {
-        match kind {
-            FileKind::Message => &mut self.msg,
-            FileKind::Envelope => &mut self.env,
-        }
-    }
-
-    fn push(&mut self, kind: FileKind, path: PathBuf, size: u64) {
+    fn push(&mut self, path: PathBuf, size: u64) {
         self.bytes += size;
-        self.list(kind).push((path, size));
+        self.files.push((path, size));
     }
 
-    fn pop(&mut self, kind: FileKind) -> Option<(PathBuf, u64)> {
-        let (path, size) = self.list(kind).pop()?;
+    fn pop(&mut self) -> Option<(PathBuf, u64)> {
+        let (path, size) = self.files.pop()?;
         self.bytes -= size;
         Some((path, size))
     }
 }
 
-/// Which kind of spool file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    Message,
-    Envelope,
-}
-
-/// One message waiting for the group commit (steps 2 to 6).
+/// One message waiting for the group commit (steps 3 and 4).
 #[derive(Debug)]
 struct Job {
     ticket: u64,
-    /// Held (with their locks) until the batch is done: step 7 unlocks.
-    _msg: File,
-    _env: File,
+    /// Held (with its lock) until the batch is done: step 5 unlocks.
+    _file: File,
     tmp: PathBuf,
     queued: PathBuf,
 }
@@ -190,7 +186,7 @@ struct Commits {
     results: HashMap<u64, io::Result<()>>,
 }
 
-/// Where a listed envelope was found.
+/// Where a listed message was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum QueueState {
     Queued,
@@ -207,30 +203,98 @@ pub struct Recovery {
     pub queued: usize,
 }
 
-/// Writes `bytes` to `path` atomically and durably: a locked temporary file
-/// in `tmp/`, fsync, rename over `path`, fsync of `path`'s directory.
-/// The one place where the spool replaces a file.
-pub fn write_atomic(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?;
-    let tmp = tmp_dir.join(name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.lock()?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// Where the content of a queued message is: in its queue file after the
+/// envelope, or (version 1) in `msg/<id>` from the start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Content {
+    /// The content's bytes, read from the start.
+    pub fn open(&self) -> io::Result<io::Take<File>> {
+        let mut f = open_noatime(&self.path)?;
+        f.seek(SeekFrom::Start(self.offset))?;
+        Ok(f.take(self.len))
     }
-    result
+
+    /// True when the content is a version 1 message file, not part of the
+    /// queue file at `queue_file`.
+    pub fn is_separate(&self, queue_file: &Path) -> bool {
+        self.path != queue_file
+    }
+}
+
+/// A queue file that was read.
+#[derive(Debug)]
+pub struct Queued {
+    pub env: Envelope,
+    pub content: Content,
+}
+
+/// Why a queue file could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Reading failed (`NotFound`: the message moved on).
+    Io(io::Error),
+    /// The file is damaged: it is not to be acted upon.
+    Damaged(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => e.fmt(f),
+            ReadError::Damaged(d) => f.write_str(d),
+        }
+    }
+}
+
+/// The head of a queue file: `env` as text with its content at `room`, or
+/// right after the text when it does not fit, padded with newlines to
+/// where the content starts.
+fn queue_head(env: &Envelope, room: u64) -> Vec<u8> {
+    // The text with the longest possible offset bounds every other.
+    let most = env.to_text(u64::MAX).len() as u64;
+    let data = room.max(most);
+    let mut head = env.to_text(data).into_bytes();
+    head.resize(data as usize, b'\n');
+    head
+}
+
+/// Reads the envelope at the head of the queue file `f`: the envelope,
+/// its content's offset (`None` for version 1) and the file's length.
+fn read_head(mut f: File) -> Result<(Envelope, Option<u64>, File), ReadError> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    let end = loop {
+        if let Some(p) = find_end(&buf[..len]) {
+            break p;
+        }
+        if len == buf.len() {
+            if len >= MAX_HEAD {
+                return Err(ReadError::Damaged("no 'end' line".into()));
+            }
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break len,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    };
+    let text = std::str::from_utf8(&buf[..end]).map_err(|e| ReadError::Damaged(e.to_string()))?;
+    let (env, data) = Envelope::parse(text).map_err(|e| ReadError::Damaged(e.to_string()))?;
+    Ok((env, data, f))
+}
+
+/// The length of the envelope text in `b` (through its `end` line), once
+/// it is all there.
+fn find_end(b: &[u8]) -> Option<usize> {
+    b.windows(5).position(|w| w == b"\nend\n").map(|p| p + 5)
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -242,34 +306,25 @@ fn copy_error(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-/// Steps 2 to 6 for a batch; one result per job. The files are closed
-/// (their locks released, step 7) when the batch is done.
+/// Steps 3 and 4 for a batch; one result per job. The files are closed
+/// (their locks released, step 5) when the batch is done.
 fn commit_batch(sh: &Shared, batch: Vec<Job>) -> Vec<(u64, io::Result<()>)> {
     // The files were synced by their own sessions, in parallel.
-    let mut results: Vec<(u64, io::Result<()>)> =
-        batch.iter().map(|j| (j.ticket, Ok(()))).collect();
-    let all = |results: &mut Vec<(u64, io::Result<()>)>, r: io::Result<()>| {
-        if let Err(e) = r {
+    let mut results: Vec<(u64, io::Result<()>)> = batch
+        .iter()
+        .map(|j| (j.ticket, fs::rename(&j.tmp, &j.queued)))
+        .collect();
+    let renamed: Vec<bool> = results.iter().map(|(_, r)| r.is_ok()).collect();
+    if renamed.iter().any(|&ok| ok) {
+        if let Err(e) = sh.queue_dir.sync_all() {
             for (_, res) in results.iter_mut().filter(|(_, r)| r.is_ok()) {
                 *res = Err(copy_error(&e));
             }
         }
-    };
-    if results.iter().any(|(_, r)| r.is_ok()) {
-        all(&mut results, sh.msg_dir.sync_all());
-    }
-    for (j, (_, r)) in batch.iter().zip(results.iter_mut()) {
-        if r.is_ok() {
-            *r = fs::rename(&j.tmp, &j.queued);
-        }
-    }
-    let renamed: Vec<bool> = results.iter().map(|(_, r)| r.is_ok()).collect();
-    if renamed.iter().any(|&ok| ok) {
-        all(&mut results, sh.queue_dir.sync_all());
     }
     for ((j, (_, r)), was_renamed) in batch.iter().zip(&results).zip(renamed) {
         if r.is_err() {
-            // No 250 will be sent: take the envelope back wherever it is.
+            // No 250 will be sent: take the message back wherever it is.
             let _ = fs::remove_file(&j.tmp);
             if was_renamed {
                 let _ = fs::remove_file(&j.queued);
@@ -288,7 +343,6 @@ impl Spool {
         Ok(Spool {
             root: root.to_path_buf(),
             shared: Arc::new(Shared {
-                msg_dir: File::open(root.join("msg"))?,
                 queue_dir: File::open(root.join("queue"))?,
                 commits: Mutex::new(Commits::default()),
                 done: Condvar::new(),
@@ -308,9 +362,9 @@ impl Spool {
         self.shared.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Disposes of a spool file that is no longer needed: moved into the
-    /// pool when recycling is on and there is room, removed otherwise.
-    pub fn discard(&self, path: &Path, kind: FileKind) -> io::Result<()> {
+    /// Disposes of the queue file of a message that is done: moved into
+    /// the pool when recycling is on and there is room, removed otherwise.
+    pub fn discard(&self, path: &Path) -> io::Result<()> {
         if !self.pool().enabled {
             return fs::remove_file(path);
         }
@@ -319,19 +373,13 @@ impl Spool {
         };
         let to = {
             let mut pool = self.pool();
-            let full = pool.list(kind).len() >= POOL_MAX || pool.bytes + size > POOL_BYTES_MAX;
-            if full {
+            if pool.files.len() >= POOL_MAX || pool.bytes + size > POOL_BYTES_MAX {
                 None
             } else {
                 pool.bytes += size; // reserved while the rename runs
                 pool.next += 1;
-                let dir = if kind == FileKind::Message {
-                    "msg"
-                } else {
-                    "tmp"
-                };
                 Some(
-                    self.dir(dir)
+                    self.dir("tmp")
                         .join(format!("free.{}.{}", self.shared.pid, pool.next)),
                 )
             }
@@ -343,21 +391,28 @@ impl Spool {
             self.pool().bytes -= size;
             return fs::remove_file(path);
         }
-        self.pool().list(kind).push((to, size));
+        let mut pool = self.pool();
+        pool.bytes -= size;
+        pool.push(to, size);
         Ok(())
     }
 
-    /// Creates `dest` exclusively and locked: a recycled file moved there
-    /// when the pool has one, else a new file. `AlreadyExists` when `dest`
-    /// exists. A recycled file keeps its old bytes: the caller writes from
-    /// the start and then sets the length (`set_len`) before syncing, so a
-    /// rewrite of similar size allocates no blocks and frees none (freeing
-    /// means a synchronous discard on file systems mounted with `discard`).
-    fn create_locked(&self, dest: &Path, kind: FileKind) -> io::Result<File> {
+    /// Creates `dest` exclusively, locked, for reading and writing: a
+    /// recycled file moved there when the pool has one, else a new file.
+    /// `AlreadyExists` when `dest` exists. A recycled file keeps its old
+    /// bytes: the caller writes and then sets the length (`set_len`)
+    /// before syncing, so a rewrite of similar size allocates no blocks
+    /// and frees none (freeing means a synchronous discard on file
+    /// systems mounted with `discard`).
+    fn create_locked(&self, dest: &Path) -> io::Result<File> {
         loop {
-            let recycled = self.pool().pop(kind);
+            let recycled = self.pool().pop();
             let Some((from, size)) = recycled else {
-                let f = OpenOptions::new().write(true).create_new(true).open(dest)?;
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(dest)?;
                 if let Err(e) = f.lock() {
                     let _ = fs::remove_file(dest);
                     return Err(e);
@@ -365,7 +420,7 @@ impl Spool {
                 return Ok(f);
             };
             // Lock first: the file is never in place unlocked.
-            let Ok(f) = OpenOptions::new().write(true).open(&from) else {
+            let Ok(f) = OpenOptions::new().read(true).write(true).open(&from) else {
                 continue; // gone: try the next one
             };
             if f.lock().is_err() {
@@ -376,7 +431,7 @@ impl Spool {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     drop(f);
-                    self.pool().push(kind, from, size);
+                    self.pool().push(from, size);
                     return Err(e);
                 }
                 Err(_) => continue,
@@ -385,7 +440,75 @@ impl Spool {
         }
     }
 
-    /// Steps 2 to 6 for `job`, shared with whoever commits at the same
+    /// Writes a whole queue file at `dest` (created locked, see
+    /// `create_locked`): `env` first, then `content` copied (in the
+    /// kernel where it can), synced. Returns the file and the content's
+    /// offset.
+    fn write_queue_file(
+        &self,
+        dest: &Path,
+        env: &Envelope,
+        content: &mut impl Read,
+    ) -> io::Result<(File, u64)> {
+        let mut f = self.create_locked(dest)?;
+        let written = (|| {
+            let head = queue_head(env, 0);
+            f.write_all(&head)?;
+            let n = io::copy(content, &mut f)?;
+            if n != env.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the content is {n} bytes, its envelope says {}", env.size),
+                ));
+            }
+            f.set_len(head.len() as u64 + n)?;
+            f.sync_data()?;
+            Ok(head.len() as u64)
+        })();
+        match written {
+            Ok(offset) => Ok((f, offset)),
+            Err(e) => {
+                let _ = fs::remove_file(dest);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the queue file at `path` (a claimed message) by one with
+    /// `env` and the same content, atomically and durably: a new file in
+    /// `tmp/`, fsync, rename over `path`, fsync of its directory. A crash
+    /// leaves the old or the new file, never a mix. Returns where the
+    /// content is now; a version 1 message becomes a queue file, and its
+    /// separate message file is removed.
+    pub fn rewrite(&self, path: &Path, env: &Envelope, content: &Content) -> io::Result<Content> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other("no file name"))?;
+        let tmp = self.dir("tmp").join(name);
+        let offset = (|| {
+            let (_f, offset) = self.write_queue_file(&tmp, env, &mut content.open()?)?;
+            fs::rename(&tmp, path)?;
+            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            Ok(offset)
+        })();
+        let offset = match offset {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if content.is_separate(path) {
+            let _ = fs::remove_file(&content.path);
+        }
+        Ok(Content {
+            path: path.to_path_buf(),
+            offset,
+            len: content.len,
+        })
+    }
+
+    /// Steps 3 and 4 for `job`, shared with whoever commits at the same
     /// time (see "Group commit" above). Returns this job's own result.
     fn group_commit(&self, mut job: Job) -> io::Result<()> {
         let sh = &*self.shared;
@@ -421,18 +544,15 @@ impl Spool {
         self.root.join(name)
     }
 
-    pub fn msg_path(&self, id: &str) -> PathBuf {
-        self.root.join("msg").join(id)
-    }
-
-    /// Starts a new message: creates `msg/<id>` exclusively and locks it.
+    /// Starts a new message: creates `tmp/<id>` exclusively and locks it.
     pub fn create(&self) -> io::Result<Incoming> {
         for _ in 0..100 {
             let id = format!("{:016X}", next_id_value());
-            let path = self.msg_path(&id);
-            match self.create_locked(&path, FileKind::Message) {
-                Ok(f) => {
-                    return Ok(Incoming {
+            let path = self.dir("tmp").join(&id);
+            match self.create_locked(&path) {
+                Ok(mut f) => {
+                    let started = f.seek(SeekFrom::Start(HEAD_ROOM));
+                    let mut inc = Incoming {
                         id,
                         path,
                         spool: self.clone(),
@@ -440,7 +560,11 @@ impl Spool {
                         written: 0,
                         error: None,
                         committed: false,
-                    });
+                    };
+                    if let Err(e) = started {
+                        inc.error = Some(e);
+                    }
+                    return Ok(inc);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -484,9 +608,9 @@ impl Spool {
     }
 
     /// Start-up recovery (call it holding the runner lock): removes dead
-    /// temporary files and orphaned message files, moves `active/` envelopes
-    /// back to `queue/`, and counts what is queued. Entries locked by a live
-    /// writer are left alone.
+    /// temporary files and version 1 message files without an envelope,
+    /// moves `active/` back to `queue/`, and counts what is queued.
+    /// Files locked by a live writer are left alone.
     pub fn recover(&self) -> io::Result<Recovery> {
         let mut r = Recovery::default();
         for name in list_names(&self.dir("tmp"))? {
@@ -503,20 +627,22 @@ impl Spool {
         if r.requeued > 0 {
             sync_dir(&self.dir("queue"))?;
         }
-        // One listing of each envelope directory instead of a lookup per
-        // message: start-up with a large queue stays quick.
-        let mut enveloped = std::collections::HashSet::new();
-        for d in ["queue", "active", "hold"] {
-            enveloped.extend(list_names(&self.dir(d))?);
+        // One listing of each directory instead of a lookup per message:
+        // start-up with a large queue stays quick.
+        let mut queued = std::collections::HashSet::new();
+        for d in ["queue", "hold"] {
+            queued.extend(list_names(&self.dir(d))?);
         }
-        for id in list_names(&self.dir("msg"))? {
-            if enveloped.contains(&id) {
-                r.queued += 1;
-                continue;
-            }
-            let p = self.msg_path(&id);
-            // Locked = a transaction in progress in another process.
-            if unlocked(&p) && !self.has_envelope(&id) {
+        r.queued = queued.len();
+        let msg = self.dir("msg");
+        let old = match list_names(&msg) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            other => other?,
+        };
+        for id in old {
+            let p = msg.join(&id);
+            // Locked = a version 1 writer still at work.
+            if !queued.contains(&id) && unlocked(&p) {
                 fs::remove_file(&p)?;
                 r.orphans_removed += 1;
             }
@@ -524,14 +650,8 @@ impl Spool {
         Ok(r)
     }
 
-    fn has_envelope(&self, id: &str) -> bool {
-        ["queue", "active", "hold"]
-            .iter()
-            .any(|d| self.dir(d).join(id).exists())
-    }
-
-    /// Every envelope in `queue/`, `active/` and `hold/`, sorted by ID (arrival).
-    /// Damaged envelopes are returned as errors naming the file.
+    /// Every message in `queue/`, `active/` and `hold/`, sorted by ID
+    /// (arrival). Damaged queue files are returned as errors naming the file.
     pub fn list(&self) -> io::Result<Vec<Result<(QueueState, Envelope), String>>> {
         Ok(self
             .list_ids()?
@@ -540,7 +660,7 @@ impl Spool {
             .collect())
     }
 
-    /// The IDs of every envelope in `queue/`, `active/` and `hold/`, sorted
+    /// The IDs of every message in `queue/`, `active/` and `hold/`, sorted
     /// by ID (arrival): a listing that holds names, not envelopes, so that
     /// a large queue can be streamed with `read_envelope`.
     pub fn list_ids(&self) -> io::Result<Vec<(QueueId, QueueState)>> {
@@ -573,20 +693,53 @@ impl Spool {
             QueueState::Held => "hold",
         };
         let p = self.dir(dir).join(id);
-        match open_noatime(&p).and_then(read_small) {
-            Ok(text) => Some(
-                Envelope::parse(&text)
-                    .map(|e| (state, e))
-                    .map_err(|e| format!("{}: {e}", p.display())),
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        match open_noatime(&p).map_err(ReadError::Io).and_then(read_head) {
+            Ok((env, _, _)) => Some(Ok((state, env))),
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => Some(Err(format!("{}: {e}", p.display()))),
+        }
+    }
+
+    /// Reads the queue file at `path`: its envelope, and where its content
+    /// is, checked to be all there.
+    pub fn read_queued(&self, path: &Path) -> Result<Queued, ReadError> {
+        let (env, data, f) = open_noatime(path)
+            .map_err(ReadError::Io)
+            .and_then(read_head)?;
+        let content = match data {
+            Some(offset) => Content {
+                path: path.to_path_buf(),
+                offset,
+                len: env.size,
+            },
+            None => Content {
+                path: self.dir("msg").join(&env.id),
+                offset: 0,
+                len: env.size,
+            },
+        };
+        let have = if content.is_separate(path) {
+            fs::metadata(&content.path).map(|m| m.len())
+        } else {
+            f.metadata().map(|m| m.len())
+        };
+        match have {
+            Ok(n) if n >= content.offset + content.len => Ok(Queued { env, content }),
+            Ok(n) => Err(ReadError::Damaged(format!(
+                "the message is cut short: {} of {} bytes",
+                n.saturating_sub(content.offset),
+                content.len
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ReadError::Damaged("the message file is missing".into()))
+            }
+            Err(e) => Err(ReadError::Io(e)),
         }
     }
 }
 
 /// Opens `p` for reading without updating its access time: a deferred
-/// envelope's mtime is in the future (its next attempt), so with
+/// message's mtime is in the future (its next attempt), so with
 /// `relatime` every read would otherwise dirty the inode. O_NOATIME is
 /// only allowed to the file's owner; others read it the usual way.
 pub fn open_noatime(p: &Path) -> io::Result<File> {
@@ -599,27 +752,6 @@ pub fn open_noatime(p: &Path) -> io::Result<File> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => File::open(p),
         r => r,
     }
-}
-
-/// Reads a small file (an envelope) to the end with plain reads: unlike
-/// `read_to_string`, no fstat for a size hint first, one system call less
-/// per envelope when a queue of 100,000 is listed.
-pub fn read_small(mut f: File) -> io::Result<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        match io::Read::read(&mut f, &mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// True when nobody holds the advisory lock on `p` (or it vanished).
@@ -672,7 +804,7 @@ impl Incoming {
         self.error.is_some()
     }
 
-    /// Makes the message durable and queues it with `env` (steps 2 to 6 of
+    /// Makes the message durable and queues it with `env` (steps 2 to 4 of
     /// the crash protocol). Only after `Ok` may the client hear 250.
     pub fn commit(mut self, env: &mut Envelope) -> io::Result<()> {
         if let Some(e) = self.error.take() {
@@ -686,41 +818,46 @@ impl Incoming {
         let file = f.into_inner().map_err(|e| e.into_error())?;
         env.id = self.id.clone();
         env.size = self.written;
-        let tmp = self.spool.dir("tmp").join(&self.id);
-        let written = (|| {
-            let mut t = self.spool.create_locked(&tmp, FileKind::Envelope)?;
-            let text = env.to_text();
-            t.write_all(text.as_bytes())?;
-            // Cut what a recycled file held beyond the new content.
-            file.set_len(self.written)?;
-            t.set_len(text.len() as u64)?;
-            // Steps 2 and 3, here in the session's own thread so that the
-            // sessions' syncs overlap (the kernel and the device merge
-            // concurrent flushes); fdatasync covers the new size and
-            // blocks, the directory entries are the batch's.
+        let head = queue_head(env, HEAD_ROOM);
+        let file = if head.len() as u64 == HEAD_ROOM {
+            // Step 2: the envelope into its room; the length cuts what a
+            // recycled file held beyond the new content. In the session's
+            // own thread, so that the sessions' syncs overlap (the kernel
+            // and the device merge concurrent flushes); fdatasync covers
+            // the new size and blocks, the directory entry is the batch's.
+            file.write_all_at(&head, 0)?;
+            file.set_len(HEAD_ROOM + self.written)?;
             file.sync_data()?;
-            t.sync_data()?;
-            Ok(t)
-        })();
-        let env_file = match written {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e); // Drop removes the message file.
+            file
+        } else {
+            // Too many recipients for the room: a new file, the envelope
+            // first and the content copied after it.
+            let big = self.spool.dir("tmp").join(format!("{}.big", self.id));
+            let content = Content {
+                path: self.path.clone(),
+                offset: HEAD_ROOM,
+                len: self.written,
+            };
+            let (f, _) = self
+                .spool
+                .write_queue_file(&big, env, &mut content.open()?)?;
+            if let Err(e) = fs::rename(&big, &self.path) {
+                let _ = fs::remove_file(&big);
+                return Err(e);
             }
+            f
         };
         let job = Job {
             ticket: 0,
-            _msg: file,
-            _env: env_file,
-            tmp,
+            _file: file,
+            tmp: self.path.clone(),
             queued: self.spool.dir("queue").join(&self.id),
         };
-        // On error the batch has removed the envelope; Drop removes the
-        // message file. On success the files are closed, unlocking them.
-        self.spool.group_commit(job)?;
+        // On error the batch has removed the file. On success it is closed,
+        // which unlocks it.
+        let r = self.spool.group_commit(job);
         self.committed = true;
-        Ok(())
+        r
     }
 }
 
@@ -770,6 +907,14 @@ mod tests {
         }
     }
 
+    /// The content of the queued message `id`.
+    fn content(s: &Spool, id: &str) -> Vec<u8> {
+        let q = s.read_queued(&s.dir("queue").join(id)).unwrap();
+        let mut v = Vec::new();
+        q.content.open().unwrap().read_to_end(&mut v).unwrap();
+        v
+    }
+
     #[test]
     fn queue_ids_are_unique_and_sorted() {
         let ids: Vec<String> = (0..1000)
@@ -791,10 +936,15 @@ mod tests {
         inc.write(b"Subject: x\r\n\r\nbody\r\n");
         let mut env = envelope();
         inc.commit(&mut env).unwrap();
-        assert_eq!(
-            fs::read(s.msg_path(&id)).unwrap(),
-            b"Subject: x\r\n\r\nbody\r\n"
-        );
+        assert_eq!(content(&s, &id), b"Subject: x\r\n\r\nbody\r\n");
+        // One file: the envelope in its room, then the content.
+        let file = fs::read(s.dir("queue").join(&id)).unwrap();
+        assert_eq!(file.len() as u64, HEAD_ROOM + 20);
+        assert!(file.starts_with(b"version 2\nid "));
+        let end = find_end(&file).unwrap();
+        assert!(file[..end].ends_with(b"\ndata 2048\nend\n"));
+        assert!(file[end..2048].iter().all(|&b| b == b'\n'), "padding");
+        assert_eq!(&file[2048..], b"Subject: x\r\n\r\nbody\r\n");
         let listed = s.list().unwrap();
         assert_eq!(listed.len(), 1);
         let (state, e) = listed[0].as_ref().unwrap();
@@ -826,10 +976,7 @@ mod tests {
                 .into_iter()
                 .map(|h| {
                     let (id, i) = h.join().unwrap();
-                    assert_eq!(
-                        fs::read(s.msg_path(&id)).unwrap(),
-                        format!("message {i}\r\n").into_bytes()
-                    );
+                    assert_eq!(content(&s, &id), format!("message {i}\r\n").into_bytes());
                     id
                 })
                 .collect()
@@ -845,7 +992,67 @@ mod tests {
         assert_eq!(listed_ids, sorted);
         assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
         // Every file was unlocked when its commit returned.
-        assert!(ids.iter().all(|id| unlocked(&s.msg_path(id))));
+        assert!(ids.iter().all(|id| unlocked(&s.dir("queue").join(id))));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn an_envelope_too_big_for_its_room_gets_a_file_of_its_own_size() {
+        let d = tempdir("big");
+        let s = Spool::open(&d).unwrap();
+        let mut env = envelope();
+        for i in 0..200 {
+            env.rcpts.push(Recipient {
+                addr: ForwardPath::parse(&format!("<user{i}@example.net>")).unwrap(),
+                state: RcptState::Pending,
+                expanded: false,
+            });
+        }
+        let mut inc = s.create().unwrap();
+        let id = inc.id.clone();
+        inc.write(b"Subject: many\r\n\r\nx\r\n");
+        inc.commit(&mut env).unwrap();
+        let q = s.read_queued(&s.dir("queue").join(&id)).unwrap();
+        assert!(q.content.offset > HEAD_ROOM);
+        assert_eq!(q.env.rcpts.len(), 201);
+        assert_eq!(content(&s, &id), b"Subject: many\r\n\r\nx\r\n");
+        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_envelope_and_keeps_the_content() {
+        let d = tempdir("rewrite");
+        let s = Spool::open(&d).unwrap();
+        let mut inc = s.create().unwrap();
+        let id = inc.id.clone();
+        inc.write(b"Subject: kept\r\n\r\nbody\r\n");
+        inc.commit(&mut envelope()).unwrap();
+        let active = s.dir("active").join(&id);
+        fs::rename(s.dir("queue").join(&id), &active).unwrap();
+        let mut q = s.read_queued(&active).unwrap();
+        q.env.attempts = 3;
+        q.env.rcpts[0].state = RcptState::Deferred("451 4.3.0 try again\r\nlater".into());
+        let c = s.rewrite(&active, &q.env, &q.content).unwrap();
+        let again = s.read_queued(&active).unwrap();
+        assert_eq!(again.env, q.env);
+        assert_eq!(again.content, c);
+        assert!(
+            c.offset < HEAD_ROOM,
+            "a rewritten envelope takes only its size"
+        );
+        let mut v = Vec::new();
+        c.open().unwrap().read_to_end(&mut v).unwrap();
+        assert_eq!(v, b"Subject: kept\r\n\r\nbody\r\n");
+        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+
+        // A file cut short is damaged, not delivered.
+        let f = OpenOptions::new().write(true).open(&active).unwrap();
+        f.set_len(c.offset + 3).unwrap();
+        match s.read_queued(&active) {
+            Err(ReadError::Damaged(why)) => assert!(why.contains("cut short"), "{why}"),
+            other => panic!("{other:?}"),
+        }
         fs::remove_dir_all(d).unwrap();
     }
 
@@ -854,42 +1061,38 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let d = tempdir("recycle");
         let s = Spool::open(&d).unwrap();
+        let names = |dir: &str| -> Vec<String> { list_names(&s.dir(dir)).unwrap() };
         // Off by default: discarding removes.
         let mut inc = s.create().unwrap();
         let first = inc.id.clone();
         inc.write(b"first message, rather long\r\n");
         inc.commit(&mut envelope()).unwrap();
-        s.discard(&s.dir("queue").join(&first), FileKind::Envelope)
-            .unwrap();
-        s.discard(&s.msg_path(&first), FileKind::Message).unwrap();
-        assert_eq!(fs::read_dir(s.dir("msg")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+        s.discard(&s.dir("queue").join(&first)).unwrap();
+        assert!(names("queue").is_empty() && names("tmp").is_empty());
 
         s.enable_recycling();
         let mut inc = s.create().unwrap();
         let second = inc.id.clone();
         inc.write(b"second message, rather long\r\n");
         inc.commit(&mut envelope()).unwrap();
-        let ino = fs::metadata(s.msg_path(&second)).unwrap().ino();
-        s.discard(&s.dir("queue").join(&second), FileKind::Envelope)
-            .unwrap();
-        s.discard(&s.msg_path(&second), FileKind::Message).unwrap();
-        assert!(!s.msg_path(&second).exists());
+        let ino = fs::metadata(s.dir("queue").join(&second)).unwrap().ino();
+        s.discard(&s.dir("queue").join(&second)).unwrap();
+        assert!(names("queue").is_empty());
+        assert_eq!(names("tmp").len(), 1);
 
         // The next message takes the same inode, cut to its new length.
         let mut inc = s.create().unwrap();
         let third = inc.id.clone();
         inc.write(b"3rd\r\n");
         inc.commit(&mut envelope()).unwrap();
-        assert_eq!(fs::metadata(s.msg_path(&third)).unwrap().ino(), ino);
-        assert_eq!(fs::read(s.msg_path(&third)).unwrap(), b"3rd\r\n");
+        let path = s.dir("queue").join(&third);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
+        assert_eq!(fs::metadata(&path).unwrap().len(), HEAD_ROOM + 5);
+        assert_eq!(content(&s, &third), b"3rd\r\n");
         let listed = s.list().unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].as_ref().unwrap().1.id, third);
-        // Both pools were used and are empty again.
-        let names = |dir: &str| -> Vec<String> { list_names(&s.dir(dir)).unwrap() };
-        assert_eq!(names("msg"), vec![third.clone()]);
-        assert!(names("tmp").is_empty());
+        assert!(names("tmp").is_empty(), "the pool was used");
 
         // A message that would take the pool over its disk budget is
         // removed, not kept.
@@ -897,24 +1100,24 @@ mod tests {
         let big = inc.id.clone();
         inc.write(&vec![b'x'; POOL_BYTES_MAX as usize + 1]);
         inc.commit(&mut envelope()).unwrap();
-        s.discard(&s.dir("queue").join(&big), FileKind::Envelope)
-            .unwrap();
-        s.discard(&s.msg_path(&big), FileKind::Message).unwrap();
-        assert_eq!(names("msg"), vec![third.clone()], "the big file is gone");
-        assert_eq!(names("tmp").len(), 1, "its small envelope is kept");
+        s.discard(&s.dir("queue").join(&big)).unwrap();
+        assert_eq!(names("queue"), vec![third.clone()]);
+        assert!(names("tmp").is_empty(), "the big file is gone");
 
         // A recycled file never replaces an existing one.
-        s.discard(&s.dir("queue").join(&third), FileKind::Envelope)
-            .unwrap();
-        let taken = s.msg_path(&third);
-        let e = s.create_locked(&taken, FileKind::Envelope).unwrap_err();
+        let taken = s.dir("queue").join(&third);
+        let other = s.dir("queue").join("0000000000000001");
+        fs::copy(&taken, &other).unwrap();
+        s.discard(&other).unwrap();
+        assert_eq!(names("tmp").len(), 1);
+        let e = s.create_locked(&taken).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(fs::read(&taken).unwrap(), b"3rd\r\n");
+        assert_eq!(content(&s, &third), b"3rd\r\n");
 
-        // Recovery removes what a crash leaves in the pools.
+        // Recovery removes what a crash leaves in the pool.
         let r = s.recover().unwrap();
-        assert_eq!((r.tmp_removed, r.orphans_removed), (2, 1));
-        assert!(names("msg").is_empty() && names("tmp").is_empty());
+        assert_eq!((r.tmp_removed, r.orphans_removed, r.queued), (1, 0, 1));
+        assert!(names("tmp").is_empty());
         fs::remove_dir_all(d).unwrap();
     }
 
@@ -925,27 +1128,35 @@ mod tests {
         let mut inc = s.create().unwrap();
         inc.write(b"partial");
         drop(inc);
-        assert_eq!(fs::read_dir(s.dir("msg")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
         assert!(s.list().unwrap().is_empty());
         fs::remove_dir_all(d).unwrap();
     }
 
+    /// `env` as a version 1 envelope (its content in `msg/<id>`).
+    fn version_1(env: &Envelope) -> String {
+        env.to_text(0)
+            .replace("version 2\n", "version 1\n")
+            .replace("data 0\n", "")
+    }
+
     #[test]
-    fn recovery_removes_orphans_but_not_live_transactions() {
+    fn recovery_removes_leftovers_but_not_live_transactions() {
         let d = tempdir("recover");
         let s = Spool::open(&d).unwrap();
         fs::write(s.dir("tmp").join("junk"), b"x").unwrap();
-        fs::write(s.msg_path("0000000000000001"), b"orphan").unwrap();
+        // A spool written by version 1: an orphan, and a claimed message.
+        fs::create_dir(s.dir("msg")).unwrap();
+        fs::write(s.dir("msg").join("0000000000000001"), b"orphan").unwrap();
         let live = s.create().unwrap(); // locked by this process
         let mut done = s.create().unwrap();
         done.write(b"kept");
         done.commit(&mut envelope()).unwrap();
-        fs::write(
-            s.dir("active").join("0000000000000002"),
-            envelope().to_text(),
-        )
-        .unwrap();
-        fs::write(s.msg_path("0000000000000002"), b"claimed").unwrap();
+        let mut old = envelope();
+        old.id = "0000000000000002".into();
+        old.size = 7;
+        fs::write(s.dir("active").join(&old.id), version_1(&old)).unwrap();
+        fs::write(s.dir("msg").join(&old.id), b"claimed").unwrap();
         let r = s.recover().unwrap();
         assert_eq!(
             r,
@@ -957,10 +1168,19 @@ mod tests {
             }
         );
         assert!(
-            s.msg_path(&live.id).exists(),
+            s.dir("tmp").join(&live.id).exists(),
             "a locked file belongs to a live writer"
         );
-        assert!(s.dir("queue").join("0000000000000002").exists());
+        // The version 1 message is still read, and a rewrite makes it a
+        // queue file.
+        let queued = s.dir("queue").join(&old.id);
+        let q = s.read_queued(&queued).unwrap();
+        assert_eq!(q.env, old);
+        assert!(q.content.is_separate(&queued));
+        let c = s.rewrite(&queued, &q.env, &q.content).unwrap();
+        assert!(!c.is_separate(&queued));
+        assert_eq!(content(&s, &old.id), b"claimed");
+        assert!(!s.dir("msg").join(&old.id).exists());
         drop(live);
         fs::remove_dir_all(d).unwrap();
     }
@@ -974,21 +1194,7 @@ mod tests {
         // Make the commit's rename into queue/ impossible.
         fs::remove_dir(s.dir("queue")).unwrap();
         fs::write(s.dir("queue"), b"not a directory").unwrap();
-        let id = inc.id.clone();
         assert!(inc.commit(&mut envelope()).is_err());
-        assert!(!s.msg_path(&id).exists());
-        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
-        fs::remove_dir_all(d).unwrap();
-    }
-
-    #[test]
-    fn write_atomic_replaces_whole_files() {
-        let d = tempdir("atomic");
-        let s = Spool::open(&d).unwrap();
-        let target = s.dir("queue").join("X");
-        write_atomic(&s.dir("tmp"), &target, b"one").unwrap();
-        write_atomic(&s.dir("tmp"), &target, b"two").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"two");
         assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(d).unwrap();
     }

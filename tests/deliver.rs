@@ -46,6 +46,39 @@ fn delivering(extra: &str) -> Server {
 }
 
 #[test]
+fn a_message_queued_by_version_1_is_still_delivered() {
+    // Before queue files, the envelope was alone in queue/ and the message
+    // in msg/. Mail queued then must not be lost by an upgrade.
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "defer_delivery = no\n");
+    let id = "0005F3A1B2C3D4E5";
+    let msg = b"Received: by old\r\nSubject: from version 1\r\n\r\nstill here\r\n";
+    for d in ["queue", "msg"] {
+        fs::create_dir_all(s.spool().join(d)).unwrap();
+    }
+    fs::write(s.spool().join("msg").join(id), msg).unwrap();
+    fs::write(
+        s.spool().join("queue").join(id),
+        format!(
+            "version 1\nid {id}\ncreated 1795917257\nclient 127.0.0.1\nhelo old\nprotocol ESMTP\n\
+             body 7BIT\nsmtputf8 no\nsize {}\nfrom <a@example.org>\nattempts 0\nnext-attempt 0\n\
+             rcpt pending <alice@satchel.test>\nend\n",
+            msg.len()
+        ),
+    )
+    .unwrap();
+    s.spawn();
+    s.wait_for("delivery to alice", || {
+        s.maildir("alice").len() == 1 && s.log().contains(&format!("{id}: removed"))
+    });
+    let bytes = fs::read(&s.maildir("alice")[0]).unwrap();
+    assert!(bytes.ends_with(msg), "{}", String::from_utf8_lossy(&bytes));
+    assert!(
+        !s.spool().join("msg").join(id).exists(),
+        "its message file is gone too"
+    );
+}
+
+#[test]
 fn local_mail_lands_in_maildir_with_return_path_and_python_reads_it() {
     let s = delivering("");
     let id = send(&s, "a@example.org", &["alice@satchel.test"], "maildir");
@@ -70,7 +103,9 @@ fn local_mail_lands_in_maildir_with_return_path_and_python_reads_it() {
     assert!(s.log().contains(&format!(
         "{id}: to=<alice@satchel.test>, relay=local, delay="
     )));
-    assert!(!s.spool().join("msg").join(&id).exists());
+    for dir in ["queue", "active"] {
+        assert!(!s.spool().join(dir).join(&id).exists(), "gone from {dir}/");
+    }
 }
 
 #[test]
@@ -555,7 +590,7 @@ fn queue_delete_removes_a_waiting_message() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(s.queued().is_empty());
-    assert!(!s.spool().join("msg").join(&id).exists());
+    assert_eq!(s.partial(), 0);
     let again = s.run(&["queue", "delete", &id]);
     assert!(!again.status.success());
     let bad = s.run(&["queue", "delete", "../../etc/passwd"]);

@@ -375,7 +375,8 @@ fn delete_all_empties_the_queue_and_flush_delivers_deferred_mail_at_once() {
     let out = s.run(&["queue", "delete", "ALL"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 message(s) deleted"));
     assert!(s.queued().is_empty());
-    assert_eq!(fs::read_dir(s.spool().join("msg")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(s.spool().join("hold")).unwrap().count(), 0);
+    assert_eq!(s.partial(), 0);
 }
 
 #[test]

@@ -34,11 +34,11 @@ fn a_full_transaction_lands_in_the_spool_with_a_received_header() {
     assert_eq!(format!("From: {rest}").as_bytes(), b"From: a@example.org\r\nTo: alice@satchel.test\r\nSubject: test\r\n\r\nHello.\r\n.leading dot\r\n");
 
     let env = s.envelope(&id);
-    assert!(env.starts_with("version 1\n"));
+    assert!(env.starts_with("version 2\n"));
     assert!(env.contains("from <a@example.org>\n"));
     assert!(env.contains("rcpt pending <alice@satchel.test>\n"));
     assert!(env.contains("client 127.0.0.1\nhelo client.test\n"));
-    assert!(env.ends_with("end\n"));
+    assert!(env.ends_with("\ndata 2048\nend\n"), "{env}");
     assert!(s
         .log()
         .contains(&format!("{id}: from=<a@example.org>, size=")));
@@ -112,11 +112,7 @@ fn declared_and_actual_oversize_messages_get_552() {
     assert!(text.starts_with("5.3.4"));
     assert_eq!(c.cmd("NOOP").0, 250, "the session goes on");
     assert!(s.queued().is_empty());
-    assert_eq!(
-        fs::read_dir(s.spool().join("msg")).unwrap().count(),
-        0,
-        "nothing partial remains"
-    );
+    assert_eq!(s.partial(), 0, "nothing partial remains");
 }
 
 #[test]
@@ -239,21 +235,17 @@ fn kill_9_in_the_middle_of_data_queues_nothing() {
     c.send(b"Subject: half\r\n\r\nthe first half");
     // Wait until the message file exists, so the kill lands mid-DATA.
     for _ in 0..200 {
-        if fs::read_dir(s.spool().join("msg")).unwrap().count() > 0 {
+        if s.partial() > 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(fs::read_dir(s.spool().join("msg")).unwrap().count(), 1);
+    assert_eq!(s.partial(), 1);
     s.kill9();
     s.spawn();
     assert!(s.queued().is_empty());
-    assert_eq!(
-        fs::read_dir(s.spool().join("msg")).unwrap().count(),
-        0,
-        "the orphan is removed at start"
-    );
-    assert!(s.log().contains("1 orphaned files removed"), "{}", s.log());
+    assert_eq!(s.partial(), 0, "the leftover is removed at start");
+    assert!(s.log().contains("1 temporary and"), "{}", s.log());
     let list = s.run(&["queue", "list"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("Mail queue is empty"));
 }
@@ -261,9 +253,9 @@ fn kill_9_in_the_middle_of_data_queues_nothing() {
 #[test]
 fn an_unwritable_spool_gets_452_and_the_server_keeps_serving() {
     let s = Server::start("");
-    let msg = s.spool().join("msg");
-    // Root ignores permissions, so make msg/ unusable another way.
-    fs::rename(&msg, s.spool().join("msg.away")).unwrap();
+    let msg = s.spool().join("tmp");
+    // Root ignores permissions, so make tmp/ unusable another way.
+    fs::rename(&msg, s.spool().join("tmp.away")).unwrap();
     fs::write(&msg, b"not a directory").unwrap();
     let mut c = Client::connect(s.addr());
     c.hello();
@@ -273,7 +265,7 @@ fn an_unwritable_spool_gets_452_and_the_server_keeps_serving() {
     assert_eq!(code, 452, "{text}");
     assert!(text.starts_with("4.3.1"));
     fs::remove_file(&msg).unwrap();
-    fs::rename(s.spool().join("msg.away"), &msg).unwrap();
+    fs::rename(s.spool().join("tmp.away"), &msg).unwrap();
     let (code, _) = c.mail("a@example.org", &["alice@satchel.test"], BODY);
     assert_eq!(code, 250, "served again once the spool is writable");
     assert!(s.log().contains("cannot create message file"));

@@ -242,12 +242,48 @@ impl Server {
         v
     }
 
+    /// The content of the message `id` (waiting, claimed or held), read
+    /// from its queue file by the spool's own reader.
     pub fn message(&self, id: &str) -> Vec<u8> {
-        fs::read(self.spool().join("msg").join(id)).unwrap_or_default()
+        use std::io::Read;
+        let Ok(spool) = satchel::spool::Spool::open(&self.spool()) else {
+            return Vec::new();
+        };
+        for dir in ["queue", "active", "hold"] {
+            if let Ok(q) = spool.read_queued(&self.spool().join(dir).join(id)) {
+                let mut v = Vec::new();
+                if q.content
+                    .open()
+                    .and_then(|mut f| f.read_to_end(&mut v))
+                    .is_ok()
+                {
+                    return v;
+                }
+            }
+        }
+        Vec::new()
     }
 
+    /// The envelope text at the head of the waiting message `id`.
     pub fn envelope(&self, id: &str) -> String {
-        fs::read_to_string(self.spool().join("queue").join(id)).unwrap_or_default()
+        let file = fs::read(self.spool().join("queue").join(id)).unwrap_or_default();
+        let end = file
+            .windows(5)
+            .position(|w| w == b"\nend\n")
+            .map_or(0, |p| p + 5);
+        String::from_utf8_lossy(&file[..end]).into_owned()
+    }
+
+    /// Files of messages being written (or left half-written) in `tmp/`;
+    /// the daemon's recycled files (`free.*`) are not messages.
+    pub fn partial(&self) -> usize {
+        fs::read_dir(self.spool().join("tmp"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with("free."))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     pub fn run(&self, args: &[&str]) -> std::process::Output {
