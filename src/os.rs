@@ -1,7 +1,8 @@
 //! The one module that calls the operating system through `unsafe`:
 //! dropping root privileges after the listeners are bound (setgroups,
 //! setgid, setuid, in that order, then a check that root cannot be
-//! regained), and an exclusive rename for the spool's file recycling. User
+//! regained), an exclusive rename for the spool's file recycling, and
+//! openat(2) for listing a large queue. User
 //! and group names are resolved by reading /etc/passwd and /etc/group,
 //! without unsafe code.
 
@@ -91,4 +92,28 @@ pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Res
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Opens `name` in the directory `dir` for reading (openat(2)): no path
+/// walk from the root for each of 100,000 queue files. O_NOATIME where
+/// allowed (only to the file's owner), as `spool::open_noatime`.
+pub fn open_in(dir: &std::fs::File, name: &str) -> io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in file name"))?;
+    let open = |flags: libc::c_int| {
+        // SAFETY: `dir` is an open descriptor and `c` a valid
+        // NUL-terminated string, both alive for the call.
+        unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) }
+    };
+    let base = libc::O_RDONLY | libc::O_CLOEXEC;
+    let mut fd = open(base | libc::O_NOATIME);
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+        fd = open(base);
+    }
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }

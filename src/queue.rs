@@ -4,8 +4,10 @@
 //! tool never races a delivery thread into a half state: a message being
 //! delivered (`active/`) is refused with a clear message.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
+use std::sync::{Condvar, Mutex};
 
 use crate::envelope::{Envelope, RcptState};
 use crate::spool::{is_queue_id, QueueState, Spool};
@@ -150,9 +152,27 @@ const RCPT_INDENT: &str = "                                                ";
 /// One message of the mailq-style listing; adds it to the totals.
 /// Written straight into `out` (no string per field): listing 100,000
 /// messages is mostly this and reading the envelopes.
+/// The last date formatted of each kind: neighbours in a queue mostly
+/// arrived in the same second and wait for the same retry.
+#[derive(Default)]
+struct Dates {
+    arrival: (u64, String),
+    retry: (u64, String),
+}
+
+impl Dates {
+    fn get(slot: &mut (u64, String), secs: u64, f: fn(u64) -> String) -> &str {
+        if slot.1.is_empty() || slot.0 != secs {
+            *slot = (secs, f(secs));
+        }
+        &slot.1
+    }
+}
+
 fn text_item(
     out: &mut String,
     item: &Result<(QueueState, Envelope), String>,
+    dates: &mut Dates,
     total: &mut u64,
     count: &mut usize,
 ) {
@@ -174,7 +194,7 @@ fn text_item(
         "{}{mark} {:>8} {:>20}  {}",
         e.id,
         e.size,
-        time::mailq(e.created),
+        Dates::get(&mut dates.arrival, e.created, time::mailq),
         strip(&e.from.to_string())
     );
     for r in &e.rcpts {
@@ -182,7 +202,8 @@ fn text_item(
         out.push_str(RCPT_INDENT);
         let _ = write!(out, "{} ({word}", strip(&r.addr.to_string()));
         if matches!(r.state, RcptState::Deferred(_)) && e.next_attempt > 0 {
-            let _ = write!(out, ", next attempt {}", time::iso8601(e.next_attempt));
+            out.push_str(", next attempt ");
+            out.push_str(Dates::get(&mut dates.retry, e.next_attempt, time::iso8601));
         }
         out.push(')');
         if !why.is_empty() {
@@ -211,8 +232,9 @@ pub fn list_text(items: &[Result<(QueueState, Envelope), String>]) -> String {
     }
     let mut out = String::from(LIST_HEADER);
     let (mut total, mut count) = (0u64, 0usize);
+    let mut dates = Dates::default();
     for item in items {
-        text_item(&mut out, item, &mut total, &mut count);
+        text_item(&mut out, item, &mut dates, &mut total, &mut count);
     }
     out.push_str(&text_footer(total, count));
     out
@@ -228,11 +250,15 @@ pub fn write_list<W: io::Write>(spool: &Spool, json: bool, w: &mut W) -> io::Res
     if !json {
         w.write_all(LIST_HEADER.as_bytes())?;
     }
-    // Reading and formatting 100,000 envelopes is CPU work: chunks are
-    // formatted on all cores, then written in order.
+    // Reading and formatting 100,000 envelopes is CPU work: worker threads
+    // take chunks in turn and this thread writes them out in order, a
+    // bounded window ahead of it.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let chunks: Vec<&[(String, QueueState)]> = ids.chunks(512).collect();
+    let window = 4 * threads;
     let chunk = |ids: &[(String, QueueState)]| {
         let (mut buf, mut total, mut count) = (String::new(), 0u64, 0usize);
+        let mut dates = Dates::default();
         for (id, state) in ids {
             let Some(item) = spool.read_envelope(id, *state) else {
                 continue;
@@ -242,29 +268,63 @@ pub fn write_list<W: io::Write>(spool: &Spool, json: bool, w: &mut W) -> io::Res
                     buf.push_str(&json_item(*state, e));
                 }
             } else {
-                text_item(&mut buf, &item, &mut total, &mut count);
+                text_item(&mut buf, &item, &mut dates, &mut total, &mut count);
             }
         }
         (buf, total, count)
     };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // (chunks written so far, finished chunks not yet written)
+    let order = Mutex::new((0usize, BTreeMap::new()));
+    let ready = Condvar::new();
+    let lock = || order.lock().unwrap_or_else(|p| p.into_inner());
     let (mut total, mut count) = (0u64, 0usize);
-    for group in ids.chunks(2048 * threads) {
-        let parts: Vec<(String, u64, usize)> = std::thread::scope(|sc| {
-            let handles: Vec<_> = group
-                .chunks(2048)
-                .map(|c| sc.spawn(move || chunk(c)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        for (buf, t, n) in parts {
-            w.write_all(buf.as_bytes())?;
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(ids) = chunks.get(i) else { break };
+                let mut o = lock();
+                while i >= o.0 + window {
+                    o = ready.wait(o).unwrap_or_else(|p| p.into_inner());
+                }
+                drop(o);
+                // A part is always delivered, or the writer would wait
+                // for it forever.
+                let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| chunk(ids)))
+                    .unwrap_or_else(|_| {
+                        (
+                            "(this part of the queue could not be listed)\n\n".into(),
+                            0,
+                            0,
+                        )
+                    });
+                lock().1.insert(i, part);
+                ready.notify_all();
+            });
+        }
+        let mut result = Ok(());
+        for i in 0..chunks.len() {
+            let mut o = lock();
+            let (buf, t, n) = loop {
+                if let Some(part) = o.1.remove(&i) {
+                    break part;
+                }
+                o = ready.wait(o).unwrap_or_else(|p| p.into_inner());
+            };
+            o.0 = i + 1;
+            drop(o);
+            ready.notify_all();
+            if result.is_ok() {
+                // After a write error the rest is still taken in turn, so
+                // that no worker waits for room forever; it is not written.
+                result = w.write_all(buf.as_bytes());
+            }
             total += t;
             count += n;
         }
-    }
+        result
+    })?;
     if !json {
         w.write_all(text_footer(total, count).as_bytes())?;
     }
@@ -346,5 +406,73 @@ mod tests {
     fn empty_queue_says_so() {
         assert_eq!(list_text(&[]), "Mail queue is empty\n");
         assert_eq!(list_json(&[]), "");
+    }
+
+    #[test]
+    fn the_parallel_listing_is_the_sequential_one_in_order() {
+        use crate::address::{ForwardPath, ReversePath};
+        use crate::envelope::Recipient;
+        let d = std::env::temp_dir().join(format!("satchel-list-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let spool = Spool::open(&d).unwrap();
+        // Several chunks' worth, written directly (no syncs), with states,
+        // dates and a damaged file mixed in.
+        for i in 0..1300u64 {
+            let id = format!("{:016X}", 0x0006_0000_0000_0000 + i);
+            let dir = ["queue", "hold", "active"][(i % 7).min(2) as usize];
+            let path = spool.dir(dir).join(&id);
+            if i == 700 {
+                fs::write(&path, "version 2\nnonsense\n").unwrap();
+                continue;
+            }
+            let env = Envelope {
+                id: id.clone(),
+                created: 1_795_917_257 + i / 10,
+                client: "127.0.0.1".into(),
+                helo: "h".into(),
+                protocol: "ESMTP".into(),
+                body: "7BIT".into(),
+                smtputf8: false,
+                size: 3,
+                from: ReversePath::parse(&format!("<s{i}@example.org>")).unwrap(),
+                attempts: 1,
+                next_attempt: 1_795_990_000 + i / 100,
+                warned: false,
+                rcpts: vec![Recipient {
+                    addr: ForwardPath::parse(&format!("<r{i}@example.net>")).unwrap(),
+                    state: if i % 3 == 0 {
+                        RcptState::Deferred("451 later".into())
+                    } else {
+                        RcptState::Pending
+                    },
+                    expanded: false,
+                }],
+            };
+            let text = env.to_text(1000);
+            let mut file = text.into_bytes();
+            file.resize(1000, b'\n');
+            file.extend_from_slice(b"x\r\n");
+            fs::write(&path, file).unwrap();
+        }
+        let items = spool.list().unwrap();
+        assert_eq!(items.len(), 1300);
+        for json in [false, true] {
+            let mut out = Vec::new();
+            write_list(&spool, json, &mut out).unwrap();
+            let want = if json {
+                list_json(&items)
+            } else {
+                list_text(&items)
+            };
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+        let text = list_text(&items);
+        assert!(text.contains("damaged envelope: "));
+        assert!(
+            text.ends_with("-- 4 Kbytes in 1299 Requests.\n"),
+            "{}",
+            &text[text.len() - 80..]
+        );
+        fs::remove_dir_all(d).unwrap();
     }
 }

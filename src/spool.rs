@@ -127,11 +127,13 @@ pub struct Spool {
 }
 
 /// What every clone of a `Spool` shares: the group committer, the
-/// directory it syncs (kept open so that a commit does not reopen it),
-/// and the recycled files.
+/// directories where messages wait (kept open so that a commit or a
+/// listing does not look them up again), and the recycled files.
 #[derive(Debug)]
 struct Shared {
     queue_dir: File,
+    active_dir: File,
+    hold_dir: File,
     commits: Mutex<Commits>,
     done: Condvar,
     pool: Mutex<Pool>,
@@ -267,7 +269,8 @@ fn queue_head(env: &Envelope, room: u64) -> Vec<u8> {
 /// Reads the envelope at the head of the queue file `f`: the envelope,
 /// its content's offset (`None` for version 1) and the file's length.
 fn read_head(mut f: File) -> Result<(Envelope, Option<u64>, File), ReadError> {
-    let mut buf = vec![0u8; 4096];
+    // Most envelopes are a few hundred bytes: read little, grow if needed.
+    let mut buf = vec![0u8; 1024];
     let mut len = 0;
     let end = loop {
         if let Some(p) = find_end(&buf[..len]) {
@@ -294,7 +297,15 @@ fn read_head(mut f: File) -> Result<(Envelope, Option<u64>, File), ReadError> {
 /// The length of the envelope text in `b` (through its `end` line), once
 /// it is all there.
 fn find_end(b: &[u8]) -> Option<usize> {
-    b.windows(5).position(|w| w == b"\nend\n").map(|p| p + 5)
+    let mut at = 0;
+    while let Some(p) = b[at..].iter().position(|&c| c == b'\n') {
+        let line = at + p + 1;
+        if b[line..].starts_with(b"end\n") {
+            return Some(line + 4);
+        }
+        at = line;
+    }
+    None
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -344,6 +355,8 @@ impl Spool {
             root: root.to_path_buf(),
             shared: Arc::new(Shared {
                 queue_dir: File::open(root.join("queue"))?,
+                active_dir: File::open(root.join("active"))?,
+                hold_dir: File::open(root.join("hold"))?,
                 commits: Mutex::new(Commits::default()),
                 done: Condvar::new(),
                 pool: Mutex::new(Pool::default()),
@@ -687,16 +700,18 @@ impl Spool {
         id: &str,
         state: QueueState,
     ) -> Option<Result<(QueueState, Envelope), String>> {
-        let dir = match state {
-            QueueState::Queued => "queue",
-            QueueState::Active => "active",
-            QueueState::Held => "hold",
+        let (dir, fd) = match state {
+            QueueState::Queued => ("queue", &self.shared.queue_dir),
+            QueueState::Active => ("active", &self.shared.active_dir),
+            QueueState::Held => ("hold", &self.shared.hold_dir),
         };
-        let p = self.dir(dir).join(id);
-        match open_noatime(&p).map_err(ReadError::Io).and_then(read_head) {
+        match crate::os::open_in(fd, id)
+            .map_err(ReadError::Io)
+            .and_then(read_head)
+        {
             Ok((env, _, _)) => Some(Ok((state, env))),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => Some(Err(format!("{}: {e}", p.display()))),
+            Err(e) => Some(Err(format!("{}: {e}", self.dir(dir).join(id).display()))),
         }
     }
 
