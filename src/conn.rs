@@ -21,6 +21,9 @@ use crate::time;
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
 
+/// What to do when a session has queued a message (given its queue ID).
+pub type OnQueued = std::sync::Arc<dyn Fn(String) + Send + Sync>;
+
 /// Everything a session needs that outlives it.
 pub struct Context {
     pub cfg: Config,
@@ -31,7 +34,7 @@ pub struct Context {
     /// Shared by the contexts that SIGHUP reloads put in place.
     pub shutdown: std::sync::Arc<AtomicBool>,
     /// Told the ID of each queued message (the delivery scheduler's wake-up).
-    pub on_queued: Option<crossbeam_channel::Sender<String>>,
+    pub on_queued: Option<OnQueued>,
     /// The STARTTLS configuration, when `tls_cert` and `tls_key` are set.
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
@@ -508,7 +511,8 @@ fn receive_data<R: Read, W: Write>(
     incoming.write(received.as_bytes());
 
     let mut decoder = DataDecoder::new(ctx.cfg.message_size_limit);
-    let mut content = Vec::with_capacity(64 * 1024);
+    // What one read of the 16 KiB reader decodes to.
+    let mut content = Vec::with_capacity(16 * 1024 + 64);
     // §4.5.3.2.5: each data block (here: each line) within data_timeout.
     let mut lines_seen = 0;
     let mut deadline = Instant::now() + ctx.cfg.data_timeout;
@@ -595,8 +599,8 @@ fn receive_data<R: Read, W: Write>(
                 env.size,
                 env.rcpts.len()
             );
-            if let Some(tx) = &ctx.on_queued {
-                let _ = tx.try_send(id.clone());
+            if let Some(queued) = &ctx.on_queued {
+                queued(id.clone());
             }
             write_event(session.queued(&id), out)
         }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crate::handoff::Handoff;
 
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::aliases::Target;
@@ -52,8 +52,8 @@ pub struct Deliverer {
     pub spool: Spool,
     pub policy: LocalPolicy,
     pub resolver: Arc<dyn Resolver>,
-    /// Wakes the scheduler for a newly queued message (bounces too).
-    pub wake: Sender<String>,
+    /// The scheduler's inbox: newly queued messages (bounces too) wake it.
+    pub wake: Handoff<Event>,
     /// Connections in progress per destination domain (kept across reloads).
     domains: Arc<Mutex<HashMap<String, usize>>>,
     tls_client: crate::relay::ClientTls,
@@ -109,13 +109,24 @@ pub enum Control {
     Scan,
 }
 
+/// What the scheduler hears, in one inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message was queued (its ID): due now.
+    Queued(String),
+    /// A delivery thread is done with a message: its next attempt, or
+    /// `None` when it left the queue.
+    Done(String, Option<u64>),
+    Control(Control),
+}
+
 impl Deliverer {
     pub fn new(
         cfg: Config,
         spool: Spool,
         policy: LocalPolicy,
         resolver: Arc<dyn Resolver>,
-        wake: Sender<String>,
+        wake: Handoff<Event>,
     ) -> Deliverer {
         Deliverer {
             tls_client: client_tls(&cfg),
@@ -212,28 +223,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Starts the scheduler and the delivery pool; they run until the process ends.
-pub fn start(slot: Slot, wake_rx: Receiver<String>, ctl_rx: Receiver<Control>) -> io::Result<()> {
+pub fn start(slot: Slot) -> io::Result<()> {
     // Thread counts and the scan interval are fixed at start.
     let d = current(&slot);
-    let (job_tx, job_rx) = crossbeam_channel::bounded::<String>(d.cfg.delivery_threads);
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(String, Option<u64>)>();
+    // At most `delivery_threads` messages are claimed at a time, so the
+    // job queue never holds more.
+    let jobs = Handoff::<String>::new();
     for n in 0..d.cfg.delivery_threads {
-        let (slot, job_rx, done_tx) = (slot.clone(), job_rx.clone(), done_tx.clone());
+        let (slot, jobs, inbox) = (slot.clone(), jobs.clone(), d.wake.clone());
         thread::Builder::new().name(format!("delivery {n}")).stack_size(DELIVERY_STACK).spawn(move || {
-            while let Ok(id) = job_rx.recv() {
+            loop {
+                let id = jobs.recv();
                 let d = current(&slot);
                 let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver_message(&d, &id)))
                     .unwrap_or_else(|_| {
                         log::error!("error: {id}: delivery panicked; the message stays in active/ until restart");
                         None
                     });
-                let _ = done_tx.send((id, next));
+                inbox.send(Event::Done(id, next));
             }
         })?;
     }
     thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || scheduler(&d, &wake_rx, &ctl_rx, &job_tx, &done_rx))?;
+        .spawn(move || scheduler(&d, &jobs))?;
     Ok(())
 }
 
@@ -325,13 +338,7 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
     }
 }
 
-fn scheduler(
-    d: &Deliverer,
-    wake_rx: &Receiver<String>,
-    ctl_rx: &Receiver<Control>,
-    job_tx: &Sender<String>,
-    done_rx: &Receiver<(String, Option<u64>)>,
-) {
+fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
     let mut s = Schedule::default();
     let mut in_flight = HashSet::new();
     scan(d, &mut s, &in_flight);
@@ -349,9 +356,7 @@ fn scheduler(
             ) {
                 Ok(()) => {
                     in_flight.insert(id.clone());
-                    if job_tx.send(id).is_err() {
-                        return;
-                    }
+                    jobs.send(id);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted, or taken by another runner
                 Err(e) => log::warn!("warning: {id}: cannot claim: {e}"),
@@ -374,31 +379,25 @@ fn scheduler(
                 wait = wait.min(u);
             }
         }
-        select! {
-            recv(wake_rx) -> id => match id {
-                Ok(id) if !in_flight.contains(&id) => s.set(id, 0),
-                Ok(_) => {}
-                Err(_) => return,
-            },
-            recv(done_rx) -> r => if let Ok((id, next)) = r {
+        match d.wake.recv_timeout(wait) {
+            Some(Event::Queued(id)) if !in_flight.contains(&id) => s.set(id, 0),
+            Some(Event::Queued(_)) => {}
+            Some(Event::Done(id, next)) => {
                 in_flight.remove(&id);
                 if let Some(t) = next {
                     s.set(id, t);
                 }
-            },
-            recv(ctl_rx) -> c => match c {
-                Ok(Control::Flush) => {
-                    scan(d, &mut s, &in_flight);
-                    let ids = s.ids();
-                    log::info!("flush: {} queued message(s) due now", ids.len());
-                    for id in ids {
-                        s.set(id, 0);
-                    }
+            }
+            Some(Event::Control(Control::Flush)) => {
+                scan(d, &mut s, &in_flight);
+                let ids = s.ids();
+                log::info!("flush: {} queued message(s) due now", ids.len());
+                for id in ids {
+                    s.set(id, 0);
                 }
-                Ok(Control::Scan) => scan(d, &mut s, &in_flight),
-                Err(_) => return,
-            },
-            default(wait) => {}
+            }
+            Some(Event::Control(Control::Scan)) => scan(d, &mut s, &in_flight),
+            None => {}
         }
         if std::time::Instant::now() >= next_scan {
             scan(d, &mut s, &in_flight);
@@ -411,7 +410,7 @@ fn scheduler(
 /// and the detached runs that inetd-mode sessions start). Bounces created
 /// on the way are delivered in the same run. Returns how many messages
 /// were worked on. The caller holds the runner lock.
-pub fn run_once(d: &Arc<Deliverer>, wake_rx: &Receiver<String>, all: bool) -> usize {
+pub fn run_once(d: &Arc<Deliverer>, all: bool) -> usize {
     let mut s = Schedule::default();
     scan(d, &mut s, &HashSet::new());
     let now = unix_now();
@@ -448,7 +447,11 @@ pub fn run_once(d: &Arc<Deliverer>, wake_rx: &Receiver<String>, all: bool) -> us
         for h in handles {
             done += h.join().unwrap_or(0);
         }
-        batch.extend(wake_rx.try_iter());
+        while let Some(ev) = d.wake.try_recv() {
+            if let Event::Queued(id) = ev {
+                batch.push(id);
+            }
+        }
         if batch.is_empty() && rounds < 3 {
             // Mail queued while we worked (a session that saw us running
             // did not start another runner): pick it up before leaving.
@@ -499,7 +502,7 @@ pub fn control_path(spool: &Path) -> PathBuf {
 
 /// Listens on `spool/control` for `flush` requests. Refuses to start when
 /// another live server already answers there.
-pub fn control_socket(spool: &Path, ctl: Sender<Control>) -> Result<(), String> {
+pub fn control_socket(spool: &Path, inbox: Handoff<Event>) -> Result<(), String> {
     let path = control_path(spool);
     if UnixStream::connect(&path).is_ok() {
         return Err(format!(
@@ -523,11 +526,11 @@ pub fn control_socket(spool: &Path, ctl: Sender<Control>) -> Result<(), String> 
                 let mut r = BufReader::new(&stream).take(256);
                 let answer = match r.read_line(&mut line) {
                     Ok(_) if line.trim() == "flush" => {
-                        let _ = ctl.send(Control::Flush);
+                        inbox.send(Event::Control(Control::Flush));
                         "ok\n"
                     }
                     Ok(_) if line.trim() == "scan" => {
-                        let _ = ctl.send(Control::Scan);
+                        inbox.send(Event::Control(Control::Scan));
                         "ok\n"
                     }
                     _ => "error: unknown request\n",
@@ -946,7 +949,7 @@ fn notify(
             "delay"
         }
     );
-    let _ = d.wake.send(bid);
+    d.wake.send(Event::Queued(bid));
     Ok(())
 }
 

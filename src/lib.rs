@@ -15,6 +15,7 @@ pub mod conn;
 pub mod delivery;
 pub mod dns;
 pub mod envelope;
+pub mod handoff;
 pub mod local;
 pub mod maildrop;
 pub mod os;

@@ -23,6 +23,7 @@ use satchel::config::Config;
 use satchel::conn::Context;
 use satchel::delivery::{self, Deliverer};
 use satchel::dns::{DnsResolver, Resolver};
+use satchel::handoff::Handoff;
 use satchel::policy::LocalPolicy;
 use satchel::sendmail::{self, Mode};
 use satchel::spool::Spool;
@@ -208,9 +209,8 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
         );
     }
     // Before recovery: a second server on the same spool must not touch it.
-    let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
-    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-    if let Err(e) = delivery::control_socket(&cfg.spool_dir, ctl_tx) {
+    let inbox = Handoff::<delivery::Event>::new();
+    if let Err(e) = delivery::control_socket(&cfg.spool_dir, inbox.clone()) {
         log::error!("fatal: {e}");
         return ExitCode::FAILURE;
     }
@@ -247,7 +247,10 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    ctx.on_queued = Some(wake_tx.clone());
+    ctx.on_queued = Some({
+        let inbox = inbox.clone();
+        Arc::new(move |id| inbox.send(delivery::Event::Queued(id)))
+    });
     if let Err(e) = check_root_ports(&cfg) {
         log::error!("fatal: {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -274,11 +277,11 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
         spool,
         policy,
         Arc::from(resolver),
-        wake_tx,
+        inbox,
     ))));
     if cfg.defer_delivery {
         log::info!("defer_delivery = yes: mail is queued, not delivered");
-    } else if let Err(e) = delivery::start(delivery_slot.clone(), wake_rx, ctl_rx) {
+    } else if let Err(e) = delivery::start(delivery_slot.clone()) {
         log::error!("fatal: cannot start delivery: {e}");
         return ExitCode::FAILURE;
     }
@@ -597,7 +600,7 @@ fn inetd(cfg: Config) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let source = cfg.source.clone();
     let mut ctx = match with_tls(Context::new(cfg, policy, spool.clone())) {
         Ok(c) => c,
@@ -607,9 +610,14 @@ fn inetd(cfg: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    ctx.on_queued = Some(tx);
+    ctx.on_queued = Some({
+        let queued = queued.clone();
+        Arc::new(move |_| {
+            queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+    });
     let client = satchel::stdio::serve(&ctx);
-    let queued = rx.try_iter().count();
+    let queued = queued.load(std::sync::atomic::Ordering::Relaxed);
     log::info!(
         "disconnect from {}: {queued} message(s) queued",
         client
@@ -673,15 +681,14 @@ fn queue_run(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (wake_tx, wake_rx) = crossbeam_channel::unbounded();
     let d = Arc::new(Deliverer::new(
         cfg,
         spool,
         policy,
         Arc::from(resolver),
-        wake_tx,
+        Handoff::new(),
     ));
-    let n = delivery::run_once(&d, &wake_rx, false);
+    let n = delivery::run_once(&d, false);
     log::info!("queue run: {n} message(s) processed");
     ExitCode::SUCCESS
 }

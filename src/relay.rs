@@ -791,8 +791,11 @@ fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), Str
         .open()
         .map_err(|e| format!("cannot read the queued message: {e}"))?;
     let mut enc = DataEncoder::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(70 * 1024);
+    // Buffers the size of the message, up to 64 KiB; a small message goes
+    // out in one write with its final dot.
+    let size = usize::try_from(content.len).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; size.clamp(512, 64 * 1024)];
+    let mut out = Vec::with_capacity(buf.len() + buf.len() / 8 + 8);
     loop {
         let n = f
             .read(&mut buf)
@@ -801,8 +804,10 @@ fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), Str
             break;
         }
         enc.encode(&buf[..n], &mut out);
-        c.send(&out)?;
-        out.clear();
+        if out.len() >= 64 * 1024 {
+            c.send(&out)?;
+            out.clear();
+        }
     }
     enc.finish(&mut out);
     c.send(&out)

@@ -1,5 +1,5 @@
 //! The accept loop and the session pool. One listener thread per listen
-//! address hands each connection over a crossbeam channel to a bounded pool
+//! address hands each connection over a `Handoff` queue to a bounded pool
 //! of session threads (spawned on demand, at most `max_connections`, kept
 //! for reuse). A connection beyond the limit, or beyond the per-client-IP
 //! limit, hears `421` at once and is closed: the thread count never grows
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crate::handoff::Handoff;
 
 use crate::conn::{self, Context};
 use crate::smtp::reply::{Enhanced, Reply};
@@ -106,7 +106,7 @@ pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Res
         open: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(0),
     });
-    let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+    let jobs = Handoff::<Job>::new();
     let mut local_addrs = Vec::new();
     let mut handles = Vec::new();
     for Listener {
@@ -124,14 +124,13 @@ pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Res
             }
         );
         local_addrs.push(addr);
-        let (slot, pool, tx, rx) = (slot.clone(), pool.clone(), tx.clone(), rx.clone());
+        let (slot, pool, jobs) = (slot.clone(), pool.clone(), jobs.clone());
         let h = thread::Builder::new()
             .name(format!("listen {addr}"))
-            .spawn(move || accept_loop(l, submission, slot, pool, tx, rx))
+            .spawn(move || accept_loop(l, submission, slot, pool, jobs))
             .map_err(|e| e.to_string())?;
         handles.push(h);
     }
-    drop(tx);
 
     let stopper = {
         let (ctx, pool) = (ctx.clone(), pool.clone());
@@ -209,8 +208,7 @@ fn accept_loop(
     submission: bool,
     slot: ContextSlot,
     pool: Arc<Pool>,
-    tx: Sender<Job>,
-    rx: Receiver<Job>,
+    jobs: Handoff<Job>,
 ) {
     loop {
         let (stream, peer) = match l.accept() {
@@ -274,32 +272,28 @@ fn accept_loop(
             // Every active connection has a thread: spawn when there are fewer.
             let mut spawned = lock(&pool.spawned);
             if *spawned < active {
-                let (slot, pool2, rx) = (slot.clone(), pool.clone(), rx.clone());
+                let (slot, pool2, jobs) = (slot.clone(), pool.clone(), jobs.clone());
                 match thread::Builder::new()
                     .name("smtpd".into())
                     .stack_size(SESSION_STACK)
-                    .spawn(move || worker(rx, slot, pool2))
+                    .spawn(move || worker(jobs, slot, pool2))
                 {
                     Ok(_) => *spawned += 1,
                     Err(e) => log::warn!("warning: cannot start a session thread: {e}"),
                 }
             }
         }
-        if tx
-            .send(Job {
-                stream,
-                peer,
-                submission,
-            })
-            .is_err()
-        {
-            return;
-        }
+        jobs.send(Job {
+            stream,
+            peer,
+            submission,
+        });
     }
 }
 
-fn worker(rx: Receiver<Job>, slot: ContextSlot, pool: Arc<Pool>) {
-    while let Ok(job) = rx.recv() {
+fn worker(jobs: Handoff<Job>, slot: ContextSlot, pool: Arc<Pool>) {
+    loop {
+        let job = jobs.recv();
         let ctx = current(&slot);
         // An IPv4 client on a dual-stack socket: record it as IPv4.
         let ip = job.peer.ip().to_canonical();

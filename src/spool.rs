@@ -569,7 +569,9 @@ impl Spool {
                         id,
                         path,
                         spool: self.clone(),
-                        file: Some(BufWriter::with_capacity(64 * 1024, f)),
+                        // The session hands over at most its reader's
+                        // 16 KiB at a time.
+                        file: Some(BufWriter::with_capacity(16 * 1024, f)),
                         written: 0,
                         error: None,
                         committed: false,
