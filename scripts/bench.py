@@ -509,11 +509,18 @@ def main():
     qsat = Satchel(qdir, a.binary, sink_s, log_level="info")
     fill_queue(os.path.join(qsat.dir, "spool"), a.queue)
     run(["sync"])
-    lst = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %M", a.binary, "queue", "-c", qsat.conf, "list"],
-        capture_output=True,
-    )
-    list_secs, list_kb = lst.stderr.decode().strip().splitlines()[-1].split()
+    # Like the loads: several runs, the median and the spread.
+    list_runs = []
+    for _ in range(a.reps):
+        lst = subprocess.run(
+            ["/usr/bin/time", "-f", "%e %M", a.binary, "queue", "-c", qsat.conf, "list"],
+            capture_output=True,
+        )
+        secs, kb = lst.stderr.decode().strip().splitlines()[-1].split()
+        list_runs.append((float(secs), int(kb)))
+    list_secs = statistics.median(r[0] for r in list_runs)
+    list_kb = max(r[1] for r in list_runs)
+    list_spread = f"{min(r[0] for r in list_runs):.2f}–{max(r[0] for r in list_runs):.2f} s"
     listed = sum(1 for line in lst.stdout.decode().splitlines() if re.match(r"^[0-9A-F]{16} ", line))
     t0 = time.monotonic()
     qsat.start()
@@ -599,7 +606,10 @@ def main():
     emit()
     emit(f"| {a.queue:,} queued messages (satchel) | value |")
     emit("|---|---|")
-    emit(f"| `satchel queue list`: wall time / max RSS | {float(list_secs):.2f} s / {int(list_kb) / 1024:.1f} MB ({listed:,} listed) |")
+    emit(
+        f"| `satchel queue list`: wall time (median of {len(list_runs)}, min–max) / max RSS "
+        f"| {list_secs:.2f} s ({list_spread}) / {list_kb / 1024:.1f} MB ({listed:,} listed) |"
+    )
     emit(f"| daemon start-up until listening | {listening:.2f} s |")
     emit(f"| daemon start-up until the queue is scanned and scheduled | "
          f"{'%.2f s' % scanned if scanned is not None else 'not seen in 120 s'} |")
