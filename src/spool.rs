@@ -740,8 +740,10 @@ impl Spool {
         } else {
             f.metadata().map(|m| m.len())
         };
+        // A damaged `data` or `size` may be anything: no overflow.
+        let end = content.offset.checked_add(content.len);
         match have {
-            Ok(n) if n >= content.offset + content.len => Ok(Queued { env, content }),
+            Ok(n) if end.is_some_and(|end| n >= end) => Ok(Queued { env, content }),
             Ok(n) => Err(ReadError::Damaged(format!(
                 "the message is cut short: {} of {} bytes",
                 n.saturating_sub(content.offset),
@@ -1066,6 +1068,16 @@ mod tests {
         // A file cut short is damaged, not delivered.
         let f = OpenOptions::new().write(true).open(&active).unwrap();
         f.set_len(c.offset + 3).unwrap();
+        match s.read_queued(&active) {
+            Err(ReadError::Damaged(why)) => assert!(why.contains("cut short"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // So is one whose size and offset add up past 2^64 (wrapped, to 5).
+        let text = q.env.to_text(10_000).replace(
+            &format!("size {}\n", q.env.size),
+            &format!("size {}\n", u64::MAX - 9_994),
+        );
+        fs::write(&active, text).unwrap();
         match s.read_queued(&active) {
             Err(ReadError::Damaged(why)) => assert!(why.contains("cut short"), "{why}"),
             other => panic!("{other:?}"),
