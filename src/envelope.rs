@@ -9,9 +9,10 @@
 //! It is the head of a queue file, as in Postfix: the message content
 //! follows it in the same file, at the offset given by `data` (the bytes
 //! between `end` and that offset are newlines, room for the envelope to
-//! be written after the content). Version 1 envelopes, from before queue
-//! files, have no `data`: their content is a file of its own, and they
-//! are still read.
+//! be written after the content). Once delivery has changed the envelope,
+//! the content stays where it was, in a file of its own: `data msg N` says
+//! it is in `msg/<id>` from offset N. Version 1 envelopes, from before
+//! queue files, have no `data`: their content is all of `msg/<id>`.
 //!
 //! ```text
 //! version 2
@@ -39,6 +40,15 @@ use std::fmt;
 use crate::address::{ForwardPath, ReversePath};
 
 pub const VERSION: u32 = 2;
+
+/// Where a queue file's message content is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Data {
+    /// In the queue file itself, from this offset (`data N`).
+    Here(u64),
+    /// In `msg/<id>`, from this offset (`data msg N`; version 1: 0).
+    Msg(u64),
+}
 
 /// Where one recipient stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,9 +231,8 @@ impl Envelope {
         self.rcpts.iter().all(|r| !r.state.is_open())
     }
 
-    /// The envelope as text, with the content at offset `data` of its
-    /// queue file.
-    pub fn to_text(&self, data: u64) -> String {
+    /// The envelope as text, with its content at `data`.
+    pub fn to_text(&self, data: Data) -> String {
         let mut s = String::with_capacity(256 + 64 * self.rcpts.len());
         let mut kv = |k: &str, v: &str| {
             s.push_str(k);
@@ -254,15 +263,17 @@ impl Envelope {
             }
             kv(if r.expanded { "expanded" } else { "rcpt" }, &v);
         }
-        kv("data", &data.to_string());
+        match data {
+            Data::Here(n) => kv("data", &n.to_string()),
+            Data::Msg(n) => kv("data", &format!("msg {n}")),
+        }
         s.push_str("end\n");
         s
     }
 
     /// Parses a whole envelope (a queue file's head, up to and with its
-    /// `end` line). Returns the content's offset in the same file, or
-    /// `None` for a version 1 envelope, whose content is a file of its own.
-    pub fn parse(text: &str) -> Result<(Envelope, Option<u64>), EnvelopeError> {
+    /// `end` line), and where its content is.
+    pub fn parse(text: &str) -> Result<(Envelope, Data), EnvelopeError> {
         let mut e = Envelope {
             id: String::new(),
             created: 0,
@@ -307,7 +318,12 @@ impl Envelope {
                     }
                 }
                 _ if version == 0 => return Err(err("first line must be 'version'")),
-                "data" if version >= 2 => data = Some(num(value)?),
+                "data" if version >= 2 => {
+                    data = Some(match value.strip_prefix("msg ") {
+                        Some(n) => Data::Msg(num(n)?),
+                        None => Data::Here(num(value)?),
+                    })
+                }
                 "id" => {
                     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
                         return Err(err("bad id"));
@@ -366,9 +382,12 @@ impl Envelope {
             return Err(err("missing id, from or rcpt"));
         }
         match data {
-            Some(d) if d < text.len() as u64 => Err(err("'data' points into the envelope")),
+            Some(Data::Here(d)) if d < text.len() as u64 => {
+                Err(err("'data' points into the envelope"))
+            }
+            Some(d) => Ok((e, d)),
             None if version >= 2 => Err(err("no 'data' line")),
-            _ => Ok((e, data)),
+            None => Ok((e, Data::Msg(0))),
         }
     }
 }
@@ -414,30 +433,34 @@ mod tests {
     #[test]
     fn envelope_round_trips_through_text() {
         let e = sample();
-        let text = e.to_text(2048);
+        let text = e.to_text(Data::Here(2048));
         assert!(text.starts_with("version 2\n"));
         assert!(text.ends_with("\ndata 2048\nend\n"));
         assert!(
             text.contains("helo weird\\x0D\\x0Ahelo\\x5Cname\n"),
             "{text}"
         );
-        assert_eq!(Envelope::parse(&text), Ok((e.clone(), Some(2048))));
-        // Version 1: no data line, the content is elsewhere.
+        assert_eq!(Envelope::parse(&text), Ok((e.clone(), Data::Here(2048))));
+        // The content in a file of its own.
+        let apart = e.to_text(Data::Msg(2048));
+        assert!(apart.ends_with("\ndata msg 2048\nend\n"));
+        assert_eq!(Envelope::parse(&apart), Ok((e.clone(), Data::Msg(2048))));
+        // Version 1: no data line, the content is all of msg/<id>.
         let v1 = text
             .replace("version 2\n", "version 1\n")
             .replace("data 2048\n", "");
-        assert_eq!(Envelope::parse(&v1), Ok((e, None)));
+        assert_eq!(Envelope::parse(&v1), Ok((e, Data::Msg(0))));
     }
 
     #[test]
     fn envelope_without_end_is_damaged() {
-        let text = sample().to_text(2048).replace("end\n", "");
+        let text = sample().to_text(Data::Here(2048)).replace("end\n", "");
         assert!(Envelope::parse(&text).unwrap_err().what.contains("end"));
     }
 
     #[test]
     fn truncated_envelope_is_damaged_at_every_cut() {
-        let text = sample().to_text(2048);
+        let text = sample().to_text(Data::Here(2048));
         for cut in 0..text.len() - 1 {
             if let Some(t) = text.get(..cut) {
                 assert!(Envelope::parse(t).is_err(), "cut at {cut} parsed");
@@ -448,10 +471,12 @@ mod tests {
     #[test]
     fn unknown_keys_and_versions_are_refused() {
         assert!(Envelope::parse("version 3\nend\n").is_err());
-        let t = sample().to_text(2048).replace("size 812", "colour blue");
+        let t = sample()
+            .to_text(Data::Here(2048))
+            .replace("size 812", "colour blue");
         assert!(Envelope::parse(&t).is_err());
         // Version 2 needs its data line, and it must point past the envelope.
-        let t = sample().to_text(2048);
+        let t = sample().to_text(Data::Here(2048));
         assert!(Envelope::parse(&t.replace("data 2048\n", "")).is_err());
         assert!(Envelope::parse(&t.replace("data 2048", "data 10")).is_err());
         let v1 = t.replace("version 2\n", "version 1\n");

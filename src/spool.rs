@@ -9,7 +9,8 @@
 //! spool/active/<id>    a message claimed by a delivery thread
 //! spool/hold/<id>      a message put on hold by the operator (never delivered until released)
 //! spool/corrupt/<id>   queue files that failed to parse, kept for a human
-//! spool/msg/<id>       the content of a version 1 envelope (before queue files)
+//! spool/msg/<id>       the content of a message whose envelope changed (and of
+//!                      version 1 envelopes, from before queue files)
 //! ```
 //!
 //! ## Queue files
@@ -21,8 +22,14 @@
 //! written into the room before it (padded with newlines), so one file,
 //! one sync, makes the message durable. An envelope that outgrows the room
 //! (hundreds of recipients) gets a new file with the content copied after
-//! it. Delivery changes an envelope the same way: a new file, never an
-//! update in place.
+//! it.
+//!
+//! Delivery never updates a file in place and never copies the content:
+//! the first change of an envelope (a deferral, an alias expansion) links
+//! the queue file as `msg/<id>` and replaces the queue file by the new
+//! envelope alone, which says where the content is (`data msg N`); see
+//! `Spool::rewrite`. The hot path, a message delivered at the first
+//! attempt, stays one file.
 //!
 //! ## Receiving: the crash protocol
 //!
@@ -80,7 +87,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Data, Envelope};
 
 /// Spool sub-directories, created at open (`msg/` only exists in spools
 /// written by version 1).
@@ -91,14 +98,18 @@ const DIRS: [&str; 5] = ["tmp", "queue", "active", "hold", "corrupt"];
 /// 4 KiB block.
 const HEAD_ROOM: u64 = 2048;
 
-/// The longest envelope read (an envelope names at most a few thousand
-/// recipients).
-const MAX_HEAD: usize = 4 << 20;
+/// The longest envelope read: far beyond any real one (a recipient line is
+/// at most a few hundred bytes), a bound on what a damaged file without an
+/// `end` line can make a reader hold.
+const MAX_HEAD: usize = 64 << 20;
 
 /// A queue ID: 16 upper-case hex digits, the microseconds since the epoch
 /// at arrival (strictly increasing within a process), so IDs sort by
-/// arrival and stay unique across restarts. A clash with another process
-/// is caught by the exclusive create and retried with the next value.
+/// arrival and stay unique across restarts. A clash (another process in
+/// the same microsecond, or a clock stepped back while older messages
+/// wait) is caught when the message is created: `tmp/<id>` is taken
+/// exclusively and no `queue/`, `active/` or `hold/` file may have the
+/// ID; the commit's RENAME_NOREPLACE into `queue/` is the last guard.
 pub type QueueId = String;
 
 static LAST_ID: Mutex<u64> = Mutex::new(0);
@@ -259,16 +270,16 @@ impl std::fmt::Display for ReadError {
 /// where the content starts.
 fn queue_head(env: &Envelope, room: u64) -> Vec<u8> {
     // The text with the longest possible offset bounds every other.
-    let most = env.to_text(u64::MAX).len() as u64;
+    let most = env.to_text(Data::Here(u64::MAX)).len() as u64;
     let data = room.max(most);
-    let mut head = env.to_text(data).into_bytes();
+    let mut head = env.to_text(Data::Here(data)).into_bytes();
     head.resize(data as usize, b'\n');
     head
 }
 
-/// Reads the envelope at the head of the queue file `f`: the envelope,
-/// its content's offset (`None` for version 1) and the file's length.
-fn read_head(mut f: File) -> Result<(Envelope, Option<u64>, File), ReadError> {
+/// Reads the envelope at the head of the queue file `f`: the envelope and
+/// where its content is; `f` is handed back.
+fn read_head(mut f: File) -> Result<(Envelope, Data, File), ReadError> {
     // Most envelopes are a few hundred bytes: read little, grow if needed.
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
@@ -323,7 +334,7 @@ fn commit_batch(sh: &Shared, batch: Vec<Job>) -> Vec<(u64, io::Result<()>)> {
     // The files were synced by their own sessions, in parallel.
     let mut results: Vec<(u64, io::Result<()>)> = batch
         .iter()
-        .map(|j| (j.ticket, fs::rename(&j.tmp, &j.queued)))
+        .map(|j| (j.ticket, crate::os::rename_noreplace(&j.tmp, &j.queued)))
         .collect();
     let renamed: Vec<bool> = results.iter().map(|(_, r)| r.is_ok()).collect();
     if renamed.iter().any(|&ok| ok) {
@@ -378,10 +389,17 @@ impl Spool {
     /// Disposes of the queue file of a message that is done: moved into
     /// the pool when recycling is on and there is room, removed otherwise.
     pub fn discard(&self, path: &Path) -> io::Result<()> {
-        if !self.pool().enabled {
-            return fs::remove_file(path);
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(path);
+        if let (Ok(m), Some(name)) = (&meta, path.file_name()) {
+            if m.nlink() > 1 {
+                // Its content also named `msg/<id>` by a rewrite that a
+                // crash cut short: both names go, and it is not reused.
+                let _ = fs::remove_file(self.dir("msg").join(name));
+                return fs::remove_file(path);
+            }
         }
-        let Ok(size) = fs::metadata(path).map(|m| m.len()) else {
+        let (true, Ok(size)) = (self.pool().enabled, meta.map(|m| m.len())) else {
             return fs::remove_file(path);
         };
         let to = {
@@ -453,33 +471,31 @@ impl Spool {
         }
     }
 
-    /// Writes a whole queue file at `dest` (created locked, see
-    /// `create_locked`): `env` first, then `content` copied (in the
-    /// kernel where it can), synced. Returns the file and the content's
-    /// offset.
-    fn write_queue_file(
+    /// Writes a whole file at `dest` (created locked, see `create_locked`):
+    /// `head`, then `content` copied (in the kernel where it can), cut to
+    /// length, synced. `len` is the length `content` must have.
+    fn write_file(
         &self,
         dest: &Path,
-        env: &Envelope,
+        head: &[u8],
         content: &mut impl Read,
-    ) -> io::Result<(File, u64)> {
+        len: u64,
+    ) -> io::Result<File> {
         let mut f = self.create_locked(dest)?;
         let written = (|| {
-            let head = queue_head(env, 0);
-            f.write_all(&head)?;
+            f.write_all(head)?;
             let n = io::copy(content, &mut f)?;
-            if n != env.size {
+            if n != len {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("the content is {n} bytes, its envelope says {}", env.size),
+                    format!("the content is {n} bytes, its envelope says {len}"),
                 ));
             }
             f.set_len(head.len() as u64 + n)?;
-            f.sync_data()?;
-            Ok(head.len() as u64)
+            f.sync_data()
         })();
         match written {
-            Ok(offset) => Ok((f, offset)),
+            Ok(()) => Ok(f),
             Err(e) => {
                 let _ = fs::remove_file(dest);
                 Err(e)
@@ -487,38 +503,59 @@ impl Spool {
         }
     }
 
-    /// Replaces the queue file at `path` (a claimed message) by one with
-    /// `env` and the same content, atomically and durably: a new file in
-    /// `tmp/`, fsync, rename over `path`, fsync of its directory. A crash
-    /// leaves the old or the new file, never a mix. Returns where the
-    /// content is now; a version 1 message becomes a queue file, and its
-    /// separate message file is removed.
+    /// Replaces the envelope of the claimed message at `path` by `env`,
+    /// atomically and durably, and returns where its content is now.
+    ///
+    /// The content is never copied: the first change gives the queue file
+    /// a second name, `msg/<id>` (a hard link, its directory synced), and
+    /// from then on the message is an envelope alone (`data msg N`) and
+    /// that file. The envelope is written to `tmp/`, synced and renamed
+    /// over `path`, whose directory is synced: a crash leaves the old or
+    /// the new envelope, and either finds its content. So a deferral costs
+    /// a few hundred bytes of disk, not a copy of the message.
     pub fn rewrite(&self, path: &Path, env: &Envelope, content: &Content) -> io::Result<Content> {
         let name = path
             .file_name()
             .ok_or_else(|| io::Error::other("no file name"))?;
+        let msg = self.dir("msg").join(name);
+        if !content.is_separate(path) {
+            self.link_content(path, &msg)?;
+        }
         let tmp = self.dir("tmp").join(name);
-        let offset = (|| {
-            let (_f, offset) = self.write_queue_file(&tmp, env, &mut content.open()?)?;
+        let head = env.to_text(Data::Msg(content.offset));
+        let replaced = (|| {
+            self.write_file(&tmp, head.as_bytes(), &mut io::empty(), 0)?;
             fs::rename(&tmp, path)?;
-            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-            Ok(offset)
+            sync_dir(path.parent().unwrap_or(Path::new(".")))
         })();
-        let offset = match offset {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        if content.is_separate(path) {
-            let _ = fs::remove_file(&content.path);
+        if let Err(e) = replaced {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
         Ok(Content {
-            path: path.to_path_buf(),
-            offset,
+            path: msg,
+            offset: content.offset,
             len: content.len,
         })
+    }
+
+    /// Gives the queue file `path` the second name `msg` (see `rewrite`);
+    /// a leftover of a crash under that name is replaced, unless it
+    /// already is this file.
+    fn link_content(&self, path: &Path, msg: &Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        fs::create_dir_all(self.dir("msg"))?;
+        if let Err(e) = fs::hard_link(path, msg) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            let (a, b) = (fs::metadata(path)?, fs::metadata(msg)?);
+            if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+                fs::remove_file(msg)?;
+                fs::hard_link(path, msg)?;
+            }
+        }
+        sync_dir(&self.dir("msg"))
     }
 
     /// Steps 3 and 4 for `job`, shared with whoever commits at the same
@@ -563,6 +600,10 @@ impl Spool {
             let id = format!("{:016X}", next_id_value());
             let path = self.dir("tmp").join(&id);
             match self.create_locked(&path) {
+                Ok(_) if self.id_in_use(&id) => {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
                 Ok(mut f) => {
                     let started = f.seek(SeekFrom::Start(HEAD_ROOM));
                     let mut inc = Incoming {
@@ -586,6 +627,13 @@ impl Spool {
             }
         }
         Err(io::Error::other("could not allocate a unique queue ID"))
+    }
+
+    /// True when a waiting, claimed or held message has the ID `id`.
+    fn id_in_use(&self, id: &str) -> bool {
+        ["queue", "active", "hold"]
+            .iter()
+            .any(|d| fs::symlink_metadata(self.dir(d).join(id)).is_ok())
     }
 
     /// Queues a whole message held in memory (bounces, local submission);
@@ -631,8 +679,12 @@ impl Spool {
         for name in list_names(&self.dir("tmp"))? {
             let p = self.dir("tmp").join(&name);
             if unlocked(&p) {
-                fs::remove_file(&p)?;
-                r.tmp_removed += 1;
+                match fs::remove_file(&p) {
+                    Ok(()) => r.tmp_removed += 1,
+                    // Committed by its writer between the two looks.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         for id in list_names(&self.dir("active"))? {
@@ -724,14 +776,14 @@ impl Spool {
             .map_err(ReadError::Io)
             .and_then(read_head)?;
         let content = match data {
-            Some(offset) => Content {
+            Data::Here(offset) => Content {
                 path: path.to_path_buf(),
                 offset,
                 len: env.size,
             },
-            None => Content {
+            Data::Msg(offset) => Content {
                 path: self.dir("msg").join(&env.id),
-                offset: 0,
+                offset,
                 len: env.size,
             },
         };
@@ -857,9 +909,10 @@ impl Incoming {
                 offset: HEAD_ROOM,
                 len: self.written,
             };
-            let (f, _) = self
+            let head = queue_head(env, 0);
+            let f = self
                 .spool
-                .write_queue_file(&big, env, &mut content.open()?)?;
+                .write_file(&big, &head, &mut content.open()?, self.written)?;
             if let Err(e) = fs::rename(&big, &self.path) {
                 let _ = fs::remove_file(&big);
                 return Err(e);
@@ -1040,7 +1093,8 @@ mod tests {
     }
 
     #[test]
-    fn a_rewrite_replaces_the_envelope_and_keeps_the_content() {
+    fn a_rewrite_replaces_the_envelope_and_never_copies_the_content() {
+        use std::os::unix::fs::MetadataExt;
         let d = tempdir("rewrite");
         let s = Spool::open(&d).unwrap();
         let mut inc = s.create().unwrap();
@@ -1049,31 +1103,41 @@ mod tests {
         inc.commit(&mut envelope()).unwrap();
         let active = s.dir("active").join(&id);
         fs::rename(s.dir("queue").join(&id), &active).unwrap();
+        let ino = fs::metadata(&active).unwrap().ino();
         let mut q = s.read_queued(&active).unwrap();
         q.env.attempts = 3;
         q.env.rcpts[0].state = RcptState::Deferred("451 4.3.0 try again\r\nlater".into());
         let c = s.rewrite(&active, &q.env, &q.content).unwrap();
-        let again = s.read_queued(&active).unwrap();
-        assert_eq!(again.env, q.env);
-        assert_eq!(again.content, c);
-        assert!(
-            c.offset < HEAD_ROOM,
-            "a rewritten envelope takes only its size"
+        // The content stays in its file, now named msg/<id>; the envelope
+        // is a small file of its own.
+        let msg = s.dir("msg").join(&id);
+        assert_eq!((c.path.clone(), c.offset), (msg.clone(), HEAD_ROOM));
+        assert_eq!(fs::metadata(&msg).unwrap().ino(), ino);
+        assert_eq!(
+            fs::read_to_string(&active).unwrap(),
+            q.env.to_text(Data::Msg(HEAD_ROOM))
         );
+        let again = s.read_queued(&active).unwrap();
+        assert_eq!((&again.env, &again.content), (&q.env, &c));
         let mut v = Vec::new();
         c.open().unwrap().read_to_end(&mut v).unwrap();
         assert_eq!(v, b"Subject: kept\r\n\r\nbody\r\n");
+        // A second change writes the envelope again, and only that.
+        q.env.attempts = 4;
+        assert_eq!(s.rewrite(&active, &q.env, &c).unwrap(), c);
+        assert_eq!(s.read_queued(&active).unwrap().env.attempts, 4);
+        assert_eq!(fs::metadata(&msg).unwrap().ino(), ino);
         assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
 
-        // A file cut short is damaged, not delivered.
-        let f = OpenOptions::new().write(true).open(&active).unwrap();
+        // A content file cut short is damaged, not delivered.
+        let f = OpenOptions::new().write(true).open(&msg).unwrap();
         f.set_len(c.offset + 3).unwrap();
         match s.read_queued(&active) {
             Err(ReadError::Damaged(why)) => assert!(why.contains("cut short"), "{why}"),
             other => panic!("{other:?}"),
         }
         // So is one whose size and offset add up past 2^64 (wrapped, to 5).
-        let text = q.env.to_text(10_000).replace(
+        let text = q.env.to_text(Data::Here(10_000)).replace(
             &format!("size {}\n", q.env.size),
             &format!("size {}\n", u64::MAX - 9_994),
         );
@@ -1082,6 +1146,74 @@ mod tests {
             Err(ReadError::Damaged(why)) => assert!(why.contains("cut short"), "{why}"),
             other => panic!("{other:?}"),
         }
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_cut_short_by_a_crash_leaves_a_deliverable_message() {
+        let d = tempdir("relink");
+        let s = Spool::open(&d).unwrap();
+        s.enable_recycling();
+        let mut inc = s.create().unwrap();
+        let id = inc.id.clone();
+        inc.write(b"Subject: linked\r\n\r\nx\r\n");
+        inc.commit(&mut envelope()).unwrap();
+        let queued = s.dir("queue").join(&id);
+        // The crash came after the link, before the new envelope.
+        fs::create_dir_all(s.dir("msg")).unwrap();
+        fs::hard_link(&queued, s.dir("msg").join(&id)).unwrap();
+        assert_eq!(
+            s.recover().unwrap().orphans_removed,
+            0,
+            "it has an envelope"
+        );
+        let q = s.read_queued(&queued).unwrap();
+        assert!(!q.content.is_separate(&queued));
+        // A later rewrite takes the existing link as it is.
+        let c = s.rewrite(&queued, &q.env, &q.content).unwrap();
+        assert_eq!(content(&s, &id), b"Subject: linked\r\n\r\nx\r\n");
+        assert!(c.is_separate(&queued));
+        // Done without a rewrite: both names go, and the file is not reused.
+        fs::remove_file(&queued).unwrap();
+        let mut inc = s.create().unwrap();
+        let other = inc.id.clone();
+        inc.write(b"y\r\n");
+        inc.commit(&mut envelope()).unwrap();
+        let queued = s.dir("queue").join(&other);
+        fs::hard_link(&queued, s.dir("msg").join(&other)).unwrap();
+        s.discard(&queued).unwrap();
+        assert!(list_names(&s.dir("msg")).unwrap() == vec![id.clone()]);
+        assert!(
+            list_names(&s.dir("tmp")).unwrap().is_empty(),
+            "not in the pool"
+        );
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_queue_id_in_use_is_never_overwritten() {
+        let d = tempdir("clash");
+        let s = Spool::open(&d).unwrap();
+        let mut inc = s.create().unwrap();
+        let id = inc.id.clone();
+        // Another message has the ID meanwhile (a clock stepped back, or
+        // another process in the same microsecond).
+        fs::write(s.dir("queue").join(&id), b"the older message").unwrap();
+        inc.write(b"x\r\n");
+        let e = inc.commit(&mut envelope()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            fs::read(s.dir("queue").join(&id)).unwrap(),
+            b"the older message"
+        );
+        assert!(list_names(&s.dir("tmp")).unwrap().is_empty());
+        // A new message never takes an ID that is waiting, claimed or held.
+        for dir in ["queue", "active", "hold"] {
+            fs::write(s.dir(dir).join("00000000000000AB"), b"x").unwrap();
+            assert!(s.id_in_use("00000000000000AB"), "{dir}");
+            fs::remove_file(s.dir(dir).join("00000000000000AB")).unwrap();
+        }
+        assert!(!s.id_in_use("00000000000000AB"));
         fs::remove_dir_all(d).unwrap();
     }
 
@@ -1164,9 +1296,9 @@ mod tests {
 
     /// `env` as a version 1 envelope (its content in `msg/<id>`).
     fn version_1(env: &Envelope) -> String {
-        env.to_text(0)
+        env.to_text(Data::Msg(0))
             .replace("version 2\n", "version 1\n")
-            .replace("data 0\n", "")
+            .replace("data msg 0\n", "")
     }
 
     #[test]
@@ -1200,16 +1332,18 @@ mod tests {
             s.dir("tmp").join(&live.id).exists(),
             "a locked file belongs to a live writer"
         );
-        // The version 1 message is still read, and a rewrite makes it a
-        // queue file.
+        // The version 1 message is still read, and rewritten in place of
+        // its envelope; its content stays in msg/.
         let queued = s.dir("queue").join(&old.id);
         let q = s.read_queued(&queued).unwrap();
         assert_eq!(q.env, old);
         assert!(q.content.is_separate(&queued));
         let c = s.rewrite(&queued, &q.env, &q.content).unwrap();
-        assert!(!c.is_separate(&queued));
+        assert_eq!(c, q.content);
+        assert!(fs::read_to_string(&queued)
+            .unwrap()
+            .starts_with("version 2\n"));
         assert_eq!(content(&s, &old.id), b"claimed");
-        assert!(!s.dir("msg").join(&old.id).exists());
         drop(live);
         fs::remove_dir_all(d).unwrap();
     }

@@ -455,10 +455,16 @@ fn a_remote_4xx_defers_with_backoff_then_delivers() {
         env.contains("rcpt deferred <x@remote.test> 451 4.3.0 try again later"),
         "{env}"
     );
+    // The deferral wrote the envelope alone; the content stayed in its file.
+    assert!(env.ends_with("\ndata msg 2048\nend\n"), "{env}");
+    let msg = s.spool().join("msg").join(&id);
+    assert!(String::from_utf8_lossy(&fs::read(&msg).unwrap()).ends_with("Hello, retry.\r\n"));
     assert!(s.run(&["queue", "flush"]).status.success());
     s.wait_for("delivery on retry", || {
         host.received().len() == 1 && s.queued().is_empty()
     });
+    assert!(String::from_utf8_lossy(&host.received()[0].data).contains("Hello, retry."));
+    s.wait_for("the content file removed", || !msg.exists());
 }
 
 #[test]
