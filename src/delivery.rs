@@ -315,7 +315,12 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
         let Ok(id) = e.file_name().into_string() else {
             continue;
         };
-        if s.contains(&id) || in_flight.contains(&id) || !is_queue_id(&id) {
+        if !is_queue_id(&id) {
+            continue;
+        }
+        // Queued by another process, perhaps: new IDs stay above it.
+        crate::spool::note_id(&id);
+        if s.contains(&id) || in_flight.contains(&id) {
             continue;
         }
         // The envelope's mtime is its next attempt (set by `requeue`, as

@@ -84,6 +84,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,12 +108,33 @@ const MAX_HEAD: usize = 64 << 20;
 /// at arrival (strictly increasing within a process), so IDs sort by
 /// arrival and stay unique across restarts. A clash (another process in
 /// the same microsecond, or a clock stepped back while older messages
-/// wait) is caught when the message is created: `tmp/<id>` is taken
-/// exclusively and no `queue/`, `active/` or `hold/` file may have the
-/// ID; the commit's RENAME_NOREPLACE into `queue/` is the last guard.
+/// wait) is prevented when the message is created: `tmp/<id>` is taken
+/// exclusively; a process that has listed the spool (the daemon, a queue
+/// run) makes its IDs above every ID it has seen there, and any other
+/// looks the ID up in `queue/`, `active/` and `hold/`. The commit's
+/// RENAME_NOREPLACE into `queue/` is the last guard.
 pub type QueueId = String;
 
 static LAST_ID: Mutex<u64> = Mutex::new(0);
+
+/// The highest queue ID known to be in the spool once this process has
+/// listed it (`recover`, then `note_id`); `u64::MAX` until then. New IDs
+/// are made above it, so only an ID at or below it (a process that has not
+/// listed the spool) needs the look-up in `queue/`, `active/` and `hold/`.
+static KNOWN_MAX: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Records that the queue ID `id` is in the spool (the daemon's scans):
+/// the IDs this process makes from now on are above it.
+pub fn note_id(id: &str) {
+    let Ok(v) = u64::from_str_radix(id, 16) else {
+        return;
+    };
+    let mut last = LAST_ID.lock().unwrap_or_else(|p| p.into_inner());
+    *last = (*last).max(v);
+    let _ = KNOWN_MAX.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| {
+        (k != u64::MAX && k < v).then_some(v)
+    });
+}
 
 fn next_id_value() -> u64 {
     let now = SystemTime::now()
@@ -597,10 +619,11 @@ impl Spool {
     /// Starts a new message: creates `tmp/<id>` exclusively and locks it.
     pub fn create(&self) -> io::Result<Incoming> {
         for _ in 0..100 {
-            let id = format!("{:016X}", next_id_value());
+            let value = next_id_value();
+            let id = format!("{value:016X}");
             let path = self.dir("tmp").join(&id);
             match self.create_locked(&path) {
-                Ok(_) if self.id_in_use(&id) => {
+                Ok(_) if value <= KNOWN_MAX.load(Ordering::SeqCst) && self.id_in_use(&id) => {
                     let _ = fs::remove_file(&path);
                     continue;
                 }
@@ -701,6 +724,17 @@ impl Spool {
             queued.extend(list_names(&self.dir(d))?);
         }
         r.queued = queued.len();
+        // From now on this process makes IDs above every one in the spool.
+        let highest = queued
+            .iter()
+            .filter_map(|id| u64::from_str_radix(id, 16).ok())
+            .max()
+            .unwrap_or(0);
+        {
+            let mut last = LAST_ID.lock().unwrap_or_else(|p| p.into_inner());
+            *last = (*last).max(highest);
+        }
+        KNOWN_MAX.store(highest, Ordering::SeqCst);
         let msg = self.dir("msg");
         let old = match list_names(&msg) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -1188,6 +1222,15 @@ mod tests {
             "not in the pool"
         );
         fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn new_ids_are_made_above_every_id_seen_in_the_spool() {
+        // A message queued before the clock stepped back 1,000 s.
+        let ahead = next_id_value() + 1_000_000_000;
+        note_id(&format!("{ahead:016X}"));
+        let next = next_id_value();
+        assert!(next > ahead, "{next:X} after {ahead:X}");
     }
 
     #[test]
