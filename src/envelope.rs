@@ -147,6 +147,9 @@ pub fn escape(s: &str) -> String {
 }
 
 pub fn unescape(s: &str) -> Result<String, &'static str> {
+    if !s.contains('\\') {
+        return Ok(s.to_string()); // nothing escaped: most values
+    }
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -9,6 +9,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::sync::{Condvar, Mutex};
 
+use crate::address::{ForwardPath, ReversePath};
 use crate::envelope::{Data, Envelope, RcptState};
 use crate::spool::{is_queue_id, QueueState, Spool};
 use crate::time;
@@ -194,18 +195,28 @@ fn text_item(
         QueueState::Held => "!",
         QueueState::Queued => " ",
     };
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "{}{mark} {:>8} {:>20}  {}",
+        "{}{mark} {:>8} {:>20}  ",
         e.id,
         e.size,
         Dates::get(&mut dates.arrival, e.created, time::mailq),
-        strip(&e.from.to_string())
     );
+    // Paths without their angle brackets (`<>` shows as nothing).
+    if let ReversePath::Mailbox(m) = &e.from {
+        let _ = write!(out, "{m}");
+    }
+    out.push('\n');
     for r in &e.rcpts {
         let (word, why) = state_word(&r.state);
         out.push_str(RCPT_INDENT);
-        let _ = write!(out, "{} ({word}", strip(&r.addr.to_string()));
+        match &r.addr {
+            ForwardPath::Postmaster => out.push_str("postmaster"),
+            ForwardPath::Mailbox(m) => {
+                let _ = write!(out, "{m}");
+            }
+        }
+        let _ = write!(out, " ({word}");
         if matches!(r.state, RcptState::Deferred(_)) && e.next_attempt > 0 {
             out.push_str(", next attempt ");
             out.push_str(Dates::get(&mut dates.retry, e.next_attempt, time::iso8601));
