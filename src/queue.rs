@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::sync::{Condvar, Mutex};
 
 use crate::address::{ForwardPath, ReversePath};
-use crate::envelope::{Data, Envelope, RcptState};
+use crate::envelope::{Envelope, RcptState};
 use crate::spool::{is_queue_id, QueueState, Spool};
 use crate::time;
 
@@ -112,9 +112,8 @@ pub fn release(spool: &Spool, id: &str) -> Result<(), QueueError> {
 /// The envelope and the message headers of `id`, for `queue show`.
 pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
     let dir = locate(spool, id)?;
-    let path = spool.dir(dir).join(id);
     let q = spool
-        .read_queued(&path)
+        .read_queued(&spool.dir(dir).join(id))
         .map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
     let mut msg = Vec::new();
     q.content
@@ -127,11 +126,7 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
     let headers = crate::bounce::header_section(&msg);
     Ok(format!(
         "*** ENVELOPE ({dir}) ***\n{}*** HEADERS ***\n{}",
-        q.env.to_text(if q.content.is_separate(&path) {
-            Data::Msg(q.content.offset)
-        } else {
-            Data::Here(q.content.offset)
-        }),
+        q.text,
         String::from_utf8_lossy(headers).replace("\r\n", "\n")
     ))
 }
@@ -466,7 +461,7 @@ mod tests {
                     expanded: false,
                 }],
             };
-            let text = env.to_text(Data::Here(1000));
+            let text = env.to_text(crate::envelope::Data::Here(1000));
             let mut file = text.into_bytes();
             file.resize(1000, b'\n');
             file.extend_from_slice(b"x\r\n");

@@ -267,6 +267,8 @@ impl Content {
 pub struct Queued {
     pub env: Envelope,
     pub content: Content,
+    /// The envelope as stored (`queue show` prints it as it is).
+    pub text: String,
 }
 
 /// Why a queue file could not be read.
@@ -299,9 +301,9 @@ fn queue_head(env: &Envelope, room: u64) -> Vec<u8> {
     head
 }
 
-/// Reads the envelope at the head of the queue file `f`: the envelope and
-/// where its content is; `f` is handed back.
-fn read_head(mut f: File) -> Result<(Envelope, Data, File), ReadError> {
+/// Reads the envelope at the head of the queue file `f`: the envelope,
+/// where its content is, and its text as stored; `f` is handed back.
+fn read_head(mut f: File) -> Result<(Envelope, Data, Vec<u8>, File), ReadError> {
     // Most envelopes are a few hundred bytes: read little, grow if needed.
     let mut buf = vec![0u8; 1024];
     let mut len = 0;
@@ -322,9 +324,10 @@ fn read_head(mut f: File) -> Result<(Envelope, Data, File), ReadError> {
             Err(e) => return Err(ReadError::Io(e)),
         }
     };
-    let text = std::str::from_utf8(&buf[..end]).map_err(|e| ReadError::Damaged(e.to_string()))?;
+    buf.truncate(end);
+    let text = std::str::from_utf8(&buf).map_err(|e| ReadError::Damaged(e.to_string()))?;
     let (env, data) = Envelope::parse(text).map_err(|e| ReadError::Damaged(e.to_string()))?;
-    Ok((env, data, f))
+    Ok((env, data, buf, f))
 }
 
 /// The length of the envelope text in `b` (through its `end` line), once
@@ -806,7 +809,7 @@ impl Spool {
             .map_err(ReadError::Io)
             .and_then(read_head)
         {
-            Ok((env, _, _)) => Some(Ok((state, env))),
+            Ok((env, ..)) => Some(Ok((state, env))),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => Some(Err(format!("{}: {e}", self.dir(dir).join(id).display()))),
         }
@@ -815,7 +818,7 @@ impl Spool {
     /// Reads the queue file at `path`: its envelope, and where its content
     /// is, checked to be all there.
     pub fn read_queued(&self, path: &Path) -> Result<Queued, ReadError> {
-        let (env, data, f) = open_noatime(path)
+        let (env, data, text, f) = open_noatime(path)
             .map_err(ReadError::Io)
             .and_then(read_head)?;
         let content = match data {
@@ -838,7 +841,11 @@ impl Spool {
         // A damaged `data` or `size` may be anything: no overflow.
         let end = content.offset.checked_add(content.len);
         match have {
-            Ok(n) if end.is_some_and(|end| n >= end) => Ok(Queued { env, content }),
+            Ok(n) if end.is_some_and(|end| n >= end) => Ok(Queued {
+                env,
+                content,
+                text: String::from_utf8_lossy(&text).into_owned(),
+            }),
             Ok(n) => Err(ReadError::Damaged(format!(
                 "the message is cut short: {} of {} bytes",
                 n.saturating_sub(content.offset),

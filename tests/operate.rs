@@ -338,6 +338,12 @@ fn hold_keeps_a_message_from_delivery_and_release_lets_it_go() {
         show.contains("from <alice@satchel.test>") && show.contains("Subject: held"),
         "{show}"
     );
+    // The envelope as stored, then the headers.
+    assert!(
+        show.starts_with("*** ENVELOPE (hold) ***\nversion 2\n")
+            && show.contains("\ndata 2048\nend\n*** HEADERS ***\n"),
+        "{show}"
+    );
     s.kill9();
     let text = fs::read_to_string(&s.conf)
         .unwrap()
