@@ -337,7 +337,12 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
         }
         match d.spool.read_envelope(&id, crate::spool::QueueState::Queued) {
             Some(Ok((_, env))) => s.set(id, env.next_attempt),
-            Some(Err(err)) => log::warn!("warning: {err}"),
+            // Due now: delivery reads it again, and moves a damaged file
+            // to corrupt/ (an I/O error is retried later instead).
+            Some(Err(err)) => {
+                log::warn!("warning: {err}");
+                s.set(id, 0);
+            }
             None => {}
         }
     }
