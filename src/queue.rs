@@ -11,7 +11,7 @@ use std::sync::{Condvar, Mutex};
 
 use crate::address::{ForwardPath, ReversePath};
 use crate::envelope::{Envelope, RcptState};
-use crate::spool::{is_queue_id, QueueState, Spool};
+use crate::spool::{is_queue_id, QueueState, ReadError, Spool};
 use crate::time;
 
 #[derive(Debug)]
@@ -111,24 +111,39 @@ pub fn release(spool: &Spool, id: &str) -> Result<(), QueueError> {
 
 /// The envelope and the message headers of `id`, for `queue show`.
 pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
-    let dir = locate(spool, id)?;
-    let q = spool
-        .read_queued(&spool.dir(dir).join(id))
-        .map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
-    let mut msg = Vec::new();
-    q.content
-        .open()
-        .and_then(|f| {
+    // The message may move on while it is read: claimed for delivery (a
+    // rename), rewritten after a deferral, or delivered and its file reused
+    // for another message. A read counts only when the file read is still
+    // one of its names afterwards; otherwise it is read again.
+    for _ in 0..5 {
+        let dir = locate(spool, id)?;
+        let q = match spool.read_queued(&spool.dir(dir).join(id)) {
+            Ok(q) => q,
+            Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(QueueError::Io(format!("{id}: {e}"))),
+        };
+        let mut msg = Vec::new();
+        match q.open_content().and_then(|f| {
             f.take(crate::bounce::MAX_RETURNED_HEADERS as u64)
                 .read_to_end(&mut msg)
-        })
-        .map_err(|e| QueueError::Io(format!("{id}: message: {e}")))?;
-    let headers = crate::bounce::header_section(&msg);
-    Ok(format!(
-        "*** ENVELOPE ({dir}) ***\n{}*** HEADERS ***\n{}",
-        q.text,
-        String::from_utf8_lossy(headers).replace("\r\n", "\n")
-    ))
+        }) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(QueueError::Io(format!("{id}: message: {e}"))),
+        }
+        if !spool.still_names(id, &q.file) {
+            continue;
+        }
+        let headers = crate::bounce::header_section(&msg);
+        return Ok(format!(
+            "*** ENVELOPE ({dir}) ***\n{}*** HEADERS ***\n{}",
+            q.text,
+            String::from_utf8_lossy(headers).replace("\r\n", "\n")
+        ));
+    }
+    Err(QueueError::Io(format!(
+        "{id}: it kept changing while being read; try again"
+    )))
 }
 
 fn state_word(s: &RcptState) -> (&'static str, &str) {

@@ -269,6 +269,23 @@ pub struct Queued {
     pub content: Content,
     /// The envelope as stored (`queue show` prints it as it is).
     pub text: String,
+    /// The queue file as it was opened and read.
+    pub file: File,
+    /// The content is in a file of its own (`msg/<id>`), not in `file`.
+    pub separate: bool,
+}
+
+impl Queued {
+    /// The content's bytes, read from the start: from the file that was
+    /// read, so a rename or rewrite meanwhile cannot swap it for another.
+    pub fn open_content(&self) -> io::Result<io::Take<File>> {
+        if self.separate {
+            return self.content.open();
+        }
+        let mut f = self.file.try_clone()?;
+        f.seek(SeekFrom::Start(self.content.offset))?;
+        Ok(f.take(self.content.len))
+    }
 }
 
 /// Why a queue file could not be read.
@@ -815,6 +832,20 @@ impl Spool {
         }
     }
 
+    /// True when `f`, opened as message `id`, is still one of its names
+    /// (in `queue/`, `active/`, `hold/`, or `msg/` after a rewrite): it has
+    /// not been delivered, and its file recycled, since.
+    pub fn still_names(&self, id: &str, f: &File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = f.metadata() else {
+            return false;
+        };
+        ["queue", "active", "hold", "msg"].iter().any(|d| {
+            fs::metadata(self.dir(d).join(id))
+                .is_ok_and(|n| (n.dev(), n.ino()) == (m.dev(), m.ino()))
+        })
+    }
+
     /// Reads the queue file at `path`: its envelope, and where its content
     /// is, checked to be all there.
     pub fn read_queued(&self, path: &Path) -> Result<Queued, ReadError> {
@@ -843,8 +874,10 @@ impl Spool {
         match have {
             Ok(n) if end.is_some_and(|end| n >= end) => Ok(Queued {
                 env,
+                separate: content.is_separate(path),
                 content,
                 text: String::from_utf8_lossy(&text).into_owned(),
+                file: f,
             }),
             Ok(n) => Err(ReadError::Damaged(format!(
                 "the message is cut short: {} of {} bytes",
@@ -1139,6 +1172,43 @@ mod tests {
         assert_eq!(q.env.rcpts.len(), 201);
         assert_eq!(content(&s, &id), b"Subject: many\r\n\r\nx\r\n");
         assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_message_read_is_its_own_until_its_file_is_recycled() {
+        let d = tempdir("still");
+        let s = Spool::open(&d).unwrap();
+        s.enable_recycling();
+        let mut inc = s.create().unwrap();
+        let id = inc.id.clone();
+        inc.write(b"Subject: first\r\n\r\nbody\r\n");
+        inc.commit(&mut envelope()).unwrap();
+        let queued = s.dir("queue").join(&id);
+        let q = s.read_queued(&queued).unwrap();
+        assert!(s.still_names(&id, &q.file));
+        // Claimed for delivery and rewritten after a deferral: the file
+        // read is now msg/<id>, and its content is still this message's.
+        let active = s.dir("active").join(&id);
+        fs::rename(&queued, &active).unwrap();
+        assert!(s.still_names(&id, &q.file));
+        let claimed = s.read_queued(&active).unwrap();
+        s.rewrite(&active, &claimed.env, &claimed.content).unwrap();
+        assert!(s.still_names(&id, &q.file));
+        let mut v = Vec::new();
+        q.open_content().unwrap().read_to_end(&mut v).unwrap();
+        assert_eq!(v, b"Subject: first\r\n\r\nbody\r\n");
+
+        // A file delivered and recycled is no longer the message's.
+        let mut inc = s.create().unwrap();
+        let id2 = inc.id.clone();
+        inc.write(b"Subject: second\r\n\r\nbody\r\n");
+        inc.commit(&mut envelope()).unwrap();
+        let other = s.dir("queue").join(&id2);
+        let r = s.read_queued(&other).unwrap();
+        s.discard(&other).unwrap();
+        assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 1, "recycled");
+        assert!(!s.still_names(&id2, &r.file));
         fs::remove_dir_all(d).unwrap();
     }
 
