@@ -768,7 +768,19 @@ fn dialogue(
     }
     let final_reply = if data.code == 354 {
         send_content(c, msg.content)?;
-        c.reply(c.timeout * 2)?
+        // Once the final dot is out, the server may have taken the message:
+        // a reply that is lost or late defers it, and no other host gets
+        // it now, which would deliver it twice (RFC 1047; RFC 5321 §6.1).
+        match c.reply(c.timeout * 2) {
+            Ok(r) => r,
+            Err(e) => {
+                let text = format!("451 4.4.2 no reply after the end of the data: {e}");
+                return Ok(outcomes
+                    .into_iter()
+                    .map(|o| o.unwrap_or_else(|| Outcome::Deferred(text.clone())))
+                    .collect());
+            }
+        }
     } else {
         data
     };

@@ -5,7 +5,7 @@
 mod common;
 
 use common::dns::TestDns;
-use common::fake::FakeSmtp;
+use common::fake::{FakeSmtp, Fault};
 use common::{free_port, queue_id, shared_port, Client, Server};
 use std::fs;
 use std::net::SocketAddr;
@@ -277,6 +277,50 @@ fn the_best_mx_refuses_and_the_second_takes_it() {
             "{id}: to=<x@d.test>, relay=mx2.d.test[127.0.0.6]:{port}"
         ))
     });
+}
+
+#[test]
+fn no_reply_after_the_dot_defers_and_the_next_mx_does_not_get_a_copy() {
+    let dns = TestDns::start();
+    let port = shared_port(&[[127, 0, 0, 5], [127, 0, 0, 6]]);
+    let first = FakeSmtp::start_with(
+        SocketAddr::from(([127, 0, 0, 5], port)),
+        Box::new(|_, _| "250 ok".into()),
+        Box::new(|n| {
+            if n == 0 {
+                Fault::DropAfterDot
+            } else {
+                Fault::None
+            }
+        }),
+    );
+    let second = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 6], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    dns.mx("d.test", 10, "mx1.d.test");
+    dns.mx("d.test", 20, "mx2.d.test");
+    dns.a("mx1.d.test", [127, 0, 0, 5].into());
+    dns.a("mx2.d.test", [127, 0, 0, 6].into());
+    let s = delivering(&format!(
+        "dns_servers = {}\nrelay_port = {port}\n",
+        dns.addr
+    ));
+    let id = send(&s, "a@satchel.test", &["x@d.test"], "once");
+    s.wait_for("a deferral for the lost reply", || {
+        s.queued() == vec![id.clone()] && s.log().contains("no reply after the end of the data")
+    });
+    assert_eq!(first.received().len(), 1);
+    assert!(
+        second.received().is_empty(),
+        "the second MX got a copy at once"
+    );
+    // The next attempt goes to the best MX again, which answers this time.
+    assert!(s.run(&["queue", "flush"]).status.success());
+    s.wait_for("delivery on retry", || {
+        first.received().len() == 2 && s.queued().is_empty()
+    });
+    assert!(second.received().is_empty());
 }
 
 #[test]

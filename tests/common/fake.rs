@@ -30,6 +30,9 @@ pub enum Fault {
     Garbage,
     /// Accepts MAIL and RCPT, says 354, reads a little, then hangs up.
     DropInData,
+    /// Reads the whole message and its final dot (recorded as received),
+    /// then hangs up without a reply.
+    DropAfterDot,
 }
 
 pub type Faults = dyn Fn(usize) -> Fault + Send + Sync;
@@ -187,6 +190,9 @@ fn session(
             }
             cur.data = data;
             got.lock().expect("lock").push(cur.clone());
+            if fault == Fault::DropAfterDot {
+                return Ok(());
+            }
             "250 2.0.0 queued on fake".into()
         } else if upper == "RSET" || upper == "NOOP" {
             "250 ok".into()
