@@ -10,9 +10,10 @@
 //! - `maildrop/` is mode 1733, owned by the service user: anyone may create
 //!   files, nobody else may list the directory, and the sticky bit stops
 //!   users from renaming or deleting each other's files.
-//! - A file is created under its final name (`<microseconds>.<pid>.<random>`,
-//!   which other users cannot guess to read it), locked while it is written
-//!   and fsync'd: pickup skips locked files, so it never takes half a file.
+//! - A file is written under a dot name, fsync'd, and only then renamed to
+//!   its final name (`<microseconds>.<pid>.<random>`, which other users
+//!   cannot guess to read it). Pickup passes over dot names, so it never
+//!   takes half a file; one a dead submitter left is removed after a day.
 //! - Pickup trusts nothing in the file: it reads it without following
 //!   symbolic links, caps its size, parses the envelope strictly, and takes
 //!   the submitter's identity from the file's owner (the kernel's word, not
@@ -65,7 +66,10 @@ pub fn submit(
         std::process::id(),
         u64::from_ne_bytes(rnd)
     );
+    // Written under a dot name, which pickup passes over, and renamed once
+    // whole and synced: pickup never sees a file still being written.
     let path = d.join(&name);
+    let part = d.join(format!(".{name}"));
     let mut head = format!("{MAGIC}\nfrom {from}\n");
     for r in rcpts {
         head.push_str(&format!("rcpt {r}\n"));
@@ -77,25 +81,28 @@ pub fn submit(
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(&path)?;
-        // Locked while being written: pickup skips locked files.
-        f.lock()?;
+            .open(&part)?;
         f.write_all(head.as_bytes())?;
         f.write_all(message)?;
-        // On Linux file systems with a journal (ext4, XFS) this fsync also
-        // commits the new directory entry; the directory itself cannot be
-        // opened for an fsync by users who may not list it (mode 1733).
         f.sync_all()?;
+        fs::rename(&part, &path)?;
+        // On Linux file systems with a journal (ext4, XFS) the rename is
+        // committed with the next fsync on the file system; the directory
+        // itself cannot be opened for an fsync by users who may not list
+        // it (mode 1733), so this is best effort.
         if let Ok(dirf) = File::open(&d) {
             let _ = dirf.sync_all();
         }
         Ok(())
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(&part);
     }
     result.map(|()| name)
 }
+
+/// How old an unfinished submission is before pickup removes it.
+const STALE_PART: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Parses a maildrop file: envelope and the offset where the message starts.
 pub fn parse(bytes: &[u8]) -> Result<(ReversePath, Vec<ForwardPath>, usize), String> {
@@ -159,11 +166,16 @@ pub fn pickup(spool: &Spool, hostname: &str, size_limit: u64) -> Vec<String> {
             continue;
         };
         let path = e.path();
-        // Locked: its writer is still at work.
-        if File::open(&path)
-            .map(|f| f.try_lock().is_err())
-            .unwrap_or(true)
-        {
+        if name.starts_with('.') {
+            // Being written, or left by a submitter that died a day ago.
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_PART));
+            if stale {
+                log::warn!("warning: maildrop/{name}: an unfinished submission; removed");
+                let _ = fs::remove_file(&path);
+            }
             continue;
         }
         match pickup_one(spool, &path, hostname, size_limit) {
@@ -238,6 +250,31 @@ fn pickup_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pickup_takes_finished_files_and_passes_over_unfinished_ones() {
+        let root = std::env::temp_dir().join(format!("satchel-maildrop-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let spool = Spool::open(&root).unwrap();
+        prepare(&root).unwrap();
+        let from = ReversePath::parse("<a@b.test>").unwrap();
+        let to = [ForwardPath::parse("<c@d.test>").unwrap()];
+        let name = submit(&root, &from, &to, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        assert!(!name.starts_with('.'));
+        // One being written (empty so far), and one a day and more old.
+        let d = dir(&root);
+        File::create(d.join(".1.2.3")).unwrap();
+        let old = File::create(d.join(".4.5.6")).unwrap();
+        old.set_modified(std::time::SystemTime::now() - 2 * STALE_PART)
+            .unwrap();
+        let queued = pickup(&spool, "me.test", 1 << 20);
+        assert_eq!(queued.len(), 1);
+        assert!(d.join(".1.2.3").exists(), "an unfinished file was taken");
+        assert!(!d.join(".4.5.6").exists(), "a stale one was left");
+        assert!(!d.join(&name).exists());
+        assert_eq!(fs::read_dir(spool.dir("corrupt")).unwrap().count(), 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn maildrop_files_parse_strictly() {
