@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     };
     match words.as_slice() {
         ["serve"] => serve(cfg, m.opt_str("p")),
-        ["inetd"] => inetd(cfg),
+        ["inetd"] => inetd(cfg, false),
         ["queue", "run"] => queue_run(cfg),
         ["check-config"] => check_config(&cfg),
         ["install-links", dir] => install_links(dir),
@@ -387,7 +387,7 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
         eprintln!("sendmail: warning: {w}");
     }
     match o.mode {
-        Mode::Smtp => return inetd(cfg),
+        Mode::Smtp => return inetd(cfg, true),
         Mode::ListQueue => return queue_list(&cfg, false),
         Mode::RunQueue => return queue_run(cfg),
         Mode::CheckAliases => {
@@ -568,7 +568,8 @@ fn runner_lock(spool: &Spool) -> Result<std::fs::File, ExitCode> {
 
 /// `satchel inetd`: one session on stdin/stdout, then a detached queue
 /// run if no runner is alive and a message was queued.
-fn inetd(cfg: Config) -> ExitCode {
+/// One session on stdin/stdout; `local`: `sendmail -bs`.
+fn inetd(cfg: Config, local: bool) -> ExitCode {
     init_logging_to(&cfg, LogTo::Syslog);
     let policy = match LocalPolicy::load(&cfg) {
         Ok(p) => p,
@@ -616,7 +617,7 @@ fn inetd(cfg: Config) -> ExitCode {
             queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         })
     });
-    let client = satchel::stdio::serve(&ctx);
+    let client = satchel::stdio::serve(&ctx, local);
     let queued = queued.load(std::sync::atomic::Ordering::Relaxed);
     log::info!(
         "disconnect from {}: {queued} message(s) queued",

@@ -1,25 +1,35 @@
 //! One SMTP session on standard input and output: `satchel inetd` (inetd,
-//! xinetd, systemd `Accept=yes`, ucspi-tcp) and `sendmail -bs`. Same
-//! protocol, limits and spool as the daemon. The client address comes from
-//! the socket on fd 0 when it is one (getpeername), else from
-//! `TCPREMOTEIP` (the ucspi-tcp convention); otherwise the session is
-//! local (a program on this host), which may relay.
+//! xinetd, systemd `Accept=yes`, ucspi-tcp, socat, stunnel) and
+//! `sendmail -bs`. Same protocol, limits and spool as the daemon.
+//!
+//! The client address comes from the TCP socket on fd 0 when it is one
+//! (getpeername), else from what the super-server put in the environment:
+//! `TCPREMOTEIP` (ucspi-tcp), `SOCAT_PEERADDR` (socat `EXEC` over a
+//! socket pair), `REMOTE_HOST` (stunnel). Without one, `sendmail -bs` is a
+//! program on this host, which may relay like any local submission, but
+//! `satchel inetd` is a peer nobody can name, which may not: it may be
+//! anywhere on the network.
 
 use std::io;
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::conn::{self, Context, Control};
 use crate::smtp::session::Client;
 
-/// Pipes have no time-outs and no early-talker check: the peer is local.
-struct Pipe;
+/// A pipe, or a socket that is not TCP (a socket pair from socat or
+/// stunnel): no early-talker check; time-outs on a socket.
+struct Pipe(Option<UnixStream>);
 
 impl Control for Pipe {
-    fn set_read_timeout(&self, _d: Duration) -> io::Result<()> {
-        Ok(())
+    fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
+        match &self.0 {
+            Some(s) => s.set_read_timeout(Some(d)),
+            None => Ok(()), // a pipe: a local program at the other end
+        }
     }
 
     fn talks_early(&self, _pause: Duration) -> bool {
@@ -28,7 +38,8 @@ impl Control for Pipe {
 }
 
 /// Runs the session; returns the client for the caller's log line.
-pub fn serve(ctx: &Context) -> Client {
+/// `local`: the session is `sendmail -bs`, run by a program on this host.
+pub fn serve(ctx: &Context, local: bool) -> Client {
     let in_data = AtomicBool::new(false);
     // fd 0 as a socket, when inetd handed us one.
     let socket = io::stdin()
@@ -52,9 +63,10 @@ pub fn serve(ctx: &Context) -> Client {
         conn::serve_tcp(&sock, client.clone(), ctx, &in_data);
         return client;
     }
-    let ip = std::env::var("TCPREMOTEIP")
-        .ok()
-        .and_then(|s| s.parse::<IpAddr>().ok());
+    let ip = ["TCPREMOTEIP", "SOCAT_PEERADDR", "REMOTE_HOST"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical());
     let client = match ip {
         Some(ip) => Client {
             auth_required: false,
@@ -64,15 +76,27 @@ pub fn serve(ctx: &Context) -> Client {
         None => Client {
             auth_required: false,
             ip: None,
-            may_relay: true,
+            may_relay: local,
         },
     };
+    if ip.is_none() && !local {
+        log::warn!(
+            "warning: inetd: the client's address is unknown (fd 0 is not a TCP socket, and \
+             TCPREMOTEIP, SOCAT_PEERADDR and REMOTE_HOST are unset); it may not relay"
+        );
+    }
+    let socket = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(UnixStream::from)
+        .filter(|s| s.local_addr().is_ok() || s.peer_addr().is_ok());
     let stdin = io::stdin().lock();
     let stdout = io::stdout().lock();
     conn::run(
         stdin,
         stdout,
-        &Pipe,
+        &Pipe(socket),
         client.clone(),
         ctx,
         &in_data,

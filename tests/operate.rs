@@ -184,6 +184,69 @@ fn sendmail_bs_speaks_smtp_on_stdin() {
     assert!(m.contains("Received: from local (localhost)\r\n"), "{m}");
 }
 
+/// `satchel inetd` on one end of a socket pair (socat's EXEC without
+/// `nofork`), with `env` set; the replies to a session relaying to a remote
+/// domain.
+fn inetd_on_a_socket_pair(s: &Server, env: &[(&str, &str)]) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    let (ours, theirs) = UnixStream::pair().expect("socket pair");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["inetd", "-c"])
+        .arg(&s.conf)
+        .env_remove("TCPREMOTEIP")
+        .env_remove("SOCAT_PEERADDR")
+        .env_remove("REMOTE_HOST")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(
+            theirs.try_clone().expect("dup"),
+        )))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("inetd");
+    (&ours)
+        .write_all(
+            b"HELO far\r\nMAIL FROM:<x@far.test>\r\nRCPT TO:<someone@elsewhere.test>\r\nQUIT\r\n",
+        )
+        .expect("write");
+    let mut text = String::new();
+    for l in BufReader::new(&ours).lines() {
+        let l = l.expect("read");
+        text.push_str(&l);
+        text.push('\n');
+        if l.starts_with("221") {
+            break;
+        }
+    }
+    child.wait().expect("wait");
+    text
+}
+
+#[test]
+fn inetd_mode_with_a_client_it_cannot_name_is_no_open_relay() {
+    let s = host("relay_networks = 127.0.0.0/8\n");
+    let text = inetd_on_a_socket_pair(&s, &[]);
+    assert!(
+        text.contains("554 5.7.1 <someone@elsewhere.test>: Relay access denied"),
+        "{text}"
+    );
+    // The super-server's word for the address counts: a trusted network
+    // may relay, as over TCP.
+    let text = inetd_on_a_socket_pair(&s, &[("SOCAT_PEERADDR", "127.0.0.1")]);
+    assert!(text.contains("250 2.1.5"), "{text}");
+    let text = inetd_on_a_socket_pair(&s, &[("REMOTE_HOST", "192.0.2.7")]);
+    assert!(text.contains("554 5.7.1"), "{text}");
+    // sendmail -bs is a program on this host: it may relay.
+    let out = sendmail(
+        &s,
+        &["-bs"],
+        b"HELO local\r\nMAIL FROM:<alice@satchel.test>\r\nRCPT TO:<someone@elsewhere.test>\r\nQUIT\r\n",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("250 2.1.5"));
+}
+
 #[test]
 fn inetd_mode_on_a_pipe_queues_and_delivers_without_a_daemon() {
     let s = host("");
