@@ -195,7 +195,7 @@ fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<Vec<Hop>
             addresses: Vec::new(),
         }]);
     }
-    match dns.mx(name) {
+    let found = match dns.mx(name) {
         Ok(mxs) => order_mx(name, mxs, &cfg.hostname).map_err(Outcome::Failed),
         Err(DnsError::NxDomain) => Err(Outcome::Failed(format!(
             "550 5.1.2 <{name}>: Host or domain name not found"
@@ -204,6 +204,16 @@ fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<Vec<Hop>
             "451 4.4.3 <{name}>: Host or domain name lookup failed: {}",
             printable(&t)
         ))),
+    };
+    match found {
+        // A relayhost that cannot be found is this host's configuration
+        // (or its DNS) at fault, not the recipients' domain: the mail waits
+        // to be fixed rather than bouncing (as in Postfix).
+        Err(Outcome::Failed(why)) if cfg.relayhost.is_some() => Err(Outcome::Deferred(format!(
+            "451 4.4.3 relayhost {name}: {}",
+            why.split_once(' ').map_or(why.as_str(), |(_, rest)| rest)
+        ))),
+        other => other,
     }
 }
 
@@ -839,6 +849,48 @@ mod tests {
 
     fn names(h: &[Hop]) -> Vec<&str> {
         h.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    struct NoSuchName;
+
+    impl Resolver for NoSuchName {
+        fn mx(&self, _: &str) -> Result<Vec<Mx>, DnsError> {
+            Err(DnsError::NxDomain)
+        }
+        fn addresses(&self, _: &str) -> Result<Vec<IpAddr>, DnsError> {
+            Err(DnsError::NxDomain)
+        }
+    }
+
+    fn relay_config(relayhost: Option<&str>) -> RelayConfig {
+        RelayConfig {
+            hostname: "me.test".into(),
+            port: 25,
+            relayhost: relayhost.and_then(|r| Relayhost::parse(r, 25)),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            tls: ClientTls::default(),
+            auth: None,
+        }
+    }
+
+    #[test]
+    fn a_domain_that_does_not_exist_bounces_but_a_missing_relayhost_defers() {
+        let to_domain = route("gone.test", &relay_config(None), &NoSuchName);
+        assert!(
+            matches!(&to_domain, Err(Outcome::Failed(t)) if t.starts_with("550 5.1.2")),
+            "{to_domain:?}"
+        );
+        let via = route(
+            "d.test",
+            &relay_config(Some("smart.gone.test")),
+            &NoSuchName,
+        );
+        assert!(
+            matches!(&via, Err(Outcome::Deferred(t))
+                if t.starts_with("451 4.4.3 relayhost smart.gone.test: 5.1.2 ")),
+            "{via:?}"
+        );
     }
 
     #[test]
