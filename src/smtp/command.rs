@@ -144,6 +144,11 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
             }
             ("BODY", _) => return Err(Reply::new(501, Enhanced(5, 5, 4), "Bad BODY parameter")),
             ("SMTPUTF8", None) => p.smtputf8 = true,
+            // RFC 4954 §5: a server that offers AUTH must accept AUTH= from
+            // a client that relays mail it authenticated elsewhere; the
+            // value is only a claim, and satchel does not pass it on.
+            ("AUTH", Some(v)) if is_xtext(v) => {}
+            ("AUTH", _) => return Err(Reply::new(501, Enhanced(5, 5, 4), "Bad AUTH parameter")),
             _ => {
                 return Err(Reply::new(
                     555,
@@ -157,6 +162,29 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
         }
     }
     Ok(Command::Mail(from, p))
+}
+
+/// RFC 3461 §4: xtext is "!" to "~" except "+" and "=", or "+" and two
+/// upper-case hex digits.
+fn is_xtext(v: &str) -> bool {
+    let b = v.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex =
+                    |c: Option<&u8>| c.is_some_and(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F'));
+                if !(hex(b.get(i + 1)) && hex(b.get(i + 2))) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            b'!'..=b'~' => i += 1,
+            _ => return false,
+        }
+    }
+    !b.is_empty()
 }
 
 /// `"RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path ) [SP Rcpt-parameters]`
@@ -293,6 +321,24 @@ mod tests {
             ok("MAIL FROM:<>"),
             Command::Mail(ReversePath::Null, MailParams::default())
         );
+    }
+
+    #[test]
+    fn the_auth_parameter_of_mail_is_accepted_and_set_aside() {
+        for good in ["AUTH=<>", "AUTH=alice+40x.test", "auth=e+2Bf"] {
+            let c = ok(&format!("MAIL FROM:<a@b.example> {good} SIZE=10"));
+            assert!(
+                matches!(c, Command::Mail(_, p) if p.size == Some(10)),
+                "{good}"
+            );
+        }
+        for bad in ["AUTH=a+4", "AUTH=a+4g", "AUTH=a=b", "AUTH=", "AUTH"] {
+            assert_eq!(
+                code(format!("MAIL FROM:<a@b> {bad}").as_bytes()),
+                501,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

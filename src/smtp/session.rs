@@ -108,12 +108,20 @@ enum State {
     Data(Helo, Transaction),
 }
 
+/// Recipients over `max_recipients` per transaction that are refused
+/// with 452 without counting as errors (Postfix's default).
+const RCPT_OVERSHOOT: usize = 1000;
+
 pub struct Session<'p> {
     cfg: SessionConfig,
     policy: &'p dyn Policy,
     client: Client,
     state: State,
     errors: usize,
+    /// Recipients refused for `max_recipients` in this transaction.
+    over_limit: usize,
+    /// The last reply is not an error to count (see `RCPT_OVERSHOOT`).
+    uncounted: bool,
     commands: usize,
     /// The session runs inside TLS (after STARTTLS).
     tls_active: bool,
@@ -154,6 +162,8 @@ impl<'p> Session<'p> {
             client,
             state: State::Fresh,
             errors: 0,
+            over_limit: 0,
+            uncounted: false,
             commands: 0,
             tls_active: false,
             authenticated: None,
@@ -185,6 +195,9 @@ impl<'p> Session<'p> {
 
     /// For a line over the 512-octet limit (§4.5.3.1.4).
     pub fn line_too_long(&mut self) -> Event {
+        // An AUTH exchange ends with it (RFC 4954 §4: a response over the
+        // limit is an error), so the next line is a command again.
+        self.auth_step = None;
         self.error(Reply::new(500, Enhanced(5, 5, 2), "Error: line too long"))
     }
 
@@ -240,7 +253,9 @@ impl<'p> Session<'p> {
     /// Counts a reply: 4xx/5xx replies count towards `max_errors`.
     fn answer(&mut self, ev: Event) -> Event {
         match ev {
-            Event::Reply(r) if r.code >= 400 => self.error(r),
+            Event::Reply(r) if r.code >= 400 && !std::mem::take(&mut self.uncounted) => {
+                self.error(r)
+            }
             other => other,
         }
     }
@@ -369,6 +384,7 @@ impl<'p> Session<'p> {
             );
         }
         self.state = State::Mail(helo, from, params);
+        self.over_limit = 0;
         ok(250, Enhanced(2, 1, 0), "Ok")
     }
 
@@ -383,6 +399,13 @@ impl<'p> Session<'p> {
             }
         };
         let verdict = self.check_rcpt(&to, &params, rcpts.len());
+        if rcpts.len() >= self.cfg.max_recipients && verdict.code == 452 {
+            // §4.5.3.1.10: the client sends the rest in a later transaction.
+            // A list's worth of them is no error (Postfix's
+            // smtpd_recipient_overshoot_limit); only a flood counts.
+            self.over_limit += 1;
+            self.uncounted = self.over_limit <= RCPT_OVERSHOOT;
+        }
         if verdict.is_positive() && !rcpts.contains(&to) {
             rcpts.push(to);
         }
@@ -981,6 +1004,20 @@ mod tests {
     }
 
     #[test]
+    fn recipients_over_the_limit_get_452_and_are_no_errors() {
+        // A list of 30 to a server that takes 3 per transaction (and closes
+        // after 20 errors): the transaction keeps its three and goes on.
+        let mut s = session(true);
+        assert_eq!(run(&mut s, "EHLO c.test"), 250);
+        assert_eq!(run(&mut s, "MAIL FROM:<a@local.test>"), 250);
+        for i in 0..30 {
+            let want = if i < 3 { 250 } else { 452 };
+            assert_eq!(run(&mut s, &format!("RCPT TO:<x{i}@remote.test>")), want);
+        }
+        assert!(matches!(s.command(b"DATA"), Event::Data(t) if t.rcpts.len() == 3));
+    }
+
+    #[test]
     fn twenty_errors_close_the_session_with_421() {
         let mut s = session(false);
         for _ in 0..19 {
@@ -1097,6 +1134,13 @@ mod tests {
         assert_eq!(run(&mut s, "YWxpY2U="), 334);
         assert_eq!(run(&mut s, "c2VjcmV0"), 235);
         assert_eq!(run(&mut s, "AUTH LOGIN"), 503, "only once");
+        // A response over the line limit ends the exchange: what follows is
+        // a command again.
+        let mut s = auth_session(false, true, false);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "AUTH LOGIN"), 334);
+        assert_eq!(code(&s.line_too_long()), 500);
+        assert_eq!(run(&mut s, "NOOP"), 250);
     }
 
     #[test]
