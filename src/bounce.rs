@@ -43,20 +43,28 @@ pub struct Notice<'a> {
 }
 
 /// The RFC 3463 status of a reply text, or a generic one from its code.
+/// A text of satchel's own may start with the status itself (`4.4.7
+/// delivery time expired; ...`).
 pub fn status_of(reply_text: &str, permanent: bool) -> String {
-    let mut words = reply_text.split_whitespace();
-    let _code = words.next();
-    if let Some(w) = words.next() {
+    let is_status = |w: &str| {
         let parts: Vec<&str> = w.split('.').collect();
-        if parts.len() == 3
+        parts.len() == 3
             && parts
                 .iter()
                 .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return w.to_string();
-        }
+    };
+    let mut words = reply_text.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(first), _) if is_status(first) => first.to_string(),
+        (_, Some(second)) if is_status(second) => second.to_string(),
+        _ => if permanent { "5.0.0" } else { "4.0.0" }.to_string(),
     }
-    if permanent { "5.0.0" } else { "4.0.0" }.to_string()
+}
+
+/// True when `text` is an SMTP reply (RFC 3464 §2.3.6 `smtp` diagnostic).
+fn is_reply(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit) && b.get(3).is_none_or(|&c| c == b' ')
 }
 
 /// The header section of a message: up to and including the empty line.
@@ -146,7 +154,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
         if let Some(mta) = &r.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
         }
-        let kind = if r.remote_mta.is_some() {
+        let kind = if r.remote_mta.is_some() && is_reply(&r.diagnostic) {
             "smtp"
         } else {
             "x-satchel"
@@ -180,6 +188,11 @@ mod tests {
         assert_eq!(status_of("550 5.1.1 User unknown", true), "5.1.1");
         assert_eq!(status_of("550 User unknown", true), "5.0.0");
         assert_eq!(status_of("451 try later", false), "4.0.0");
+        assert_eq!(
+            status_of("4.4.7 delivery time expired; last error: 451 4.3.0 later", true),
+            "4.4.7"
+        );
+        assert!(is_reply("451 4.3.0 later") && !is_reply("4.4.7 delivery time expired"));
     }
 
     #[test]

@@ -551,6 +551,28 @@ fn a_5xx_for_one_of_two_recipients_delivers_one_and_bounces_the_other() {
 }
 
 #[test]
+fn mail_still_deferred_at_the_end_of_its_lifetime_bounces_with_4_4_7() {
+    let port = free_port();
+    let _host = refuses_prefix(port, "", "451 4.3.0 try again later");
+    let s = delivering(&format!(
+        "relayhost = [127.0.0.1]:{port}\nmax_queue_lifetime = 1s\nmin_backoff = 1s\n"
+    ));
+    send(&s, "alice@satchel.test", &["late@remote.test"], "too late");
+    bounce_for(&s, 1);
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(
+        report.contains("Final-Recipient rfc822; late@remote.test\nAction failed\nStatus 4.4.7"),
+        "{report}"
+    );
+    let b = fs::read_to_string(&s.maildir("alice")[0]).unwrap();
+    assert!(
+        b.contains("Diagnostic-Code: x-satchel; 4.4.7 delivery time expired; last error: "),
+        "{b}"
+    );
+    s.wait_for("queue empty", || s.queued().is_empty());
+}
+
+#[test]
 fn mail_from_the_null_sender_is_never_bounced() {
     let port = free_port();
     let _host = FakeSmtp::start(
