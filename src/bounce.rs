@@ -189,7 +189,10 @@ mod tests {
         assert_eq!(status_of("550 User unknown", true), "5.0.0");
         assert_eq!(status_of("451 try later", false), "4.0.0");
         assert_eq!(
-            status_of("4.4.7 delivery time expired; last error: 451 4.3.0 later", true),
+            status_of(
+                "4.4.7 delivery time expired; last error: 451 4.3.0 later",
+                true
+            ),
             "4.4.7"
         );
         assert!(is_reply("451 4.3.0 later") && !is_reply("4.4.7 delivery time expired"));

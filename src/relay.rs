@@ -694,8 +694,10 @@ fn dialogue(
             )));
         }
     }
-    // RFC 6531 §3.4: SMTPUTF8 mail cannot go to a server without it.
-    if msg.smtputf8 && !caps.smtputf8 {
+    // RFC 6531 §3.2: mail that needs SMTPUTF8 (non-ASCII addresses or
+    // headers) cannot go to a server without it; mail flagged SMTPUTF8
+    // that is all ASCII goes as any other (as in Postfix).
+    if msg.smtputf8 && !caps.smtputf8 && needs_smtputf8(msg.from, rcpts, msg.content) {
         return all(Outcome::Failed(
             "553 5.6.7 remote server does not support SMTPUTF8".into(),
         ));
@@ -806,6 +808,20 @@ fn dialogue(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Outcome::Deferred("no reply".into())))
         .collect())
+}
+
+/// True when the envelope or the header section is not all ASCII (or the
+/// content cannot be read to tell).
+fn needs_smtputf8(from: &str, rcpts: &[String], content: &crate::spool::Content) -> bool {
+    if !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) {
+        return true;
+    }
+    let mut head = Vec::new();
+    let read = content.open().and_then(|f| {
+        f.take(crate::bounce::MAX_RETURNED_HEADERS as u64)
+            .read_to_end(&mut head)
+    });
+    read.is_err() || !crate::bounce::header_section(&head).is_ascii()
 }
 
 fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), String> {

@@ -572,6 +572,37 @@ fn mail_still_deferred_at_the_end_of_its_lifetime_bounces_with_4_4_7() {
     s.wait_for("queue empty", || s.queued().is_empty());
 }
 
+/// Sends a message with the SMTPUTF8 parameter and `subject`.
+fn send_smtputf8(s: &Server, to: &str, subject: &str) {
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<alice@satchel.test> SMTPUTF8").0, 250);
+    assert_eq!(c.cmd(&format!("RCPT TO:<{to}>")).0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(&body(subject));
+    c.send(b".\r\n");
+    assert_eq!(c.reply().0, 250);
+    c.cmd("QUIT");
+}
+
+#[test]
+fn smtputf8_mail_needs_the_extension_only_when_it_is_not_ascii() {
+    let port = free_port();
+    let host = refuses_prefix(port, "nobody-", "550 unused");
+    let s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
+    // The fake server does not offer SMTPUTF8.
+    send_smtputf8(&s, "x@remote.test", "plain ascii");
+    s.wait_for("the ASCII message delivered", || host.received().len() == 1);
+    send_smtputf8(&s, "y@remote.test", "gr\u{fc}\u{df}e");
+    bounce_for(&s, 1);
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(
+        report.contains("Final-Recipient rfc822; y@remote.test\nAction failed\nStatus 5.6.7"),
+        "{report}"
+    );
+    assert_eq!(host.received().len(), 1);
+}
+
 #[test]
 fn mail_from_the_null_sender_is_never_bounced() {
     let port = free_port();
