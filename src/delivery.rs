@@ -25,6 +25,7 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -222,6 +223,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Set when the daemon stops: delivery threads start no new message.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Messages being delivered right now.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts no more deliveries and waits until those under way are done and
+/// recorded, or until `deadline`. Returns how many were still going: a
+/// message cut off there is delivered again after the restart, so a
+/// recipient that already had it may get it twice.
+pub fn stop_and_wait(deadline: std::time::Instant) -> usize {
+    STOPPING.store(true, Ordering::SeqCst);
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    IN_FLIGHT.load(Ordering::SeqCst)
+}
+
 /// Starts the scheduler and the delivery pool; they run until the process ends.
 pub fn start(slot: Slot) -> io::Result<()> {
     // Thread counts and the scan interval are fixed at start.
@@ -234,12 +252,19 @@ pub fn start(slot: Slot) -> io::Result<()> {
         thread::Builder::new().name(format!("delivery {n}")).stack_size(DELIVERY_STACK).spawn(move || {
             loop {
                 let id = jobs.recv();
+                IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+                if STOPPING.load(Ordering::SeqCst) {
+                    // Claimed but not begun: start-up recovery requeues it.
+                    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
                 let d = current(&slot);
                 let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| deliver_message(&d, &id)))
                     .unwrap_or_else(|_| {
                         log::error!("error: {id}: delivery panicked; the message stays in active/ until restart");
                         None
                     });
+                IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
                 inbox.send(Event::Done(id, next));
             }
         })?;
@@ -681,6 +706,8 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     }
     let mut remote_mta: HashMap<usize, String> = HashMap::new();
     let mut postponed = false;
+    // The recipients' states as the queue file has them.
+    let mut recorded: Vec<RcptState> = env.rcpts.iter().map(|r| r.state.clone()).collect();
 
     // Local recipients first: no network, quick.
     for i in 0..env.rcpts.len() {
@@ -729,6 +756,10 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     }
     let rcfg = d.relay_config();
     for (domain, idx) in by_domain {
+        // Before the network, and between domains: what was delivered so
+        // far is written down, so that a crash or a stop does not deliver
+        // it again.
+        checkpoint(d, &active, &env, &mut msg, &failed_before, &mut recorded);
         {
             let mut load = lock(&d.domains);
             let n = load.entry(domain.clone()).or_insert(0);
@@ -847,6 +878,45 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         log::warn!("warning: {id}: cannot update queue file: {e}");
     }
     requeue(d, id, &active, next)
+}
+
+/// Writes down the recipients delivered since `recorded` (the states in
+/// the queue file), when there are any. Only deliveries: a failure is
+/// written with its bounce at the end of the attempt, so one that a crash
+/// cuts off is tried, and reported, again.
+fn checkpoint(
+    d: &Deliverer,
+    active: &Path,
+    env: &Envelope,
+    msg: &mut Content,
+    failed_before: &[ForwardPath],
+    recorded: &mut Vec<RcptState>,
+) {
+    let sent = |s: &RcptState| matches!(s, RcptState::Sent(_));
+    if !env
+        .rcpts
+        .iter()
+        .zip(recorded.iter())
+        .any(|(r, old)| sent(&r.state) && !sent(old))
+    {
+        return;
+    }
+    let mut snap = env.clone();
+    for (r, old) in snap.rcpts.iter_mut().zip(recorded.iter()) {
+        if matches!(r.state, RcptState::Failed(_)) && !failed_before.contains(&r.addr) {
+            r.state = old.clone();
+        }
+    }
+    match d.spool.rewrite(active, &snap, msg) {
+        Ok(c) => {
+            *msg = c;
+            *recorded = snap.rcpts.into_iter().map(|r| r.state).collect();
+        }
+        Err(e) => log::warn!(
+            "warning: {}: cannot record the deliveries so far: {e}",
+            env.id
+        ),
+    }
 }
 
 fn requeue(d: &Deliverer, id: &str, active: &Path, next: u64) -> Option<u64> {

@@ -286,8 +286,19 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let ctx_slot: server::ContextSlot = Arc::new(RwLock::new(Arc::new(ctx)));
+    let (delivering, shutdown_timeout) = (!cfg.defer_delivery, cfg.shutdown_timeout);
     let reload = reloader(cfg, ctx_slot.clone(), delivery_slot);
     let result = server::serve(ctx_slot, listeners, reload);
+    if delivering {
+        // Deliveries under way finish and are written down, so a restart
+        // does not send them again (bounded like the sessions' wait).
+        let left = delivery::stop_and_wait(std::time::Instant::now() + shutdown_timeout);
+        if left > 0 {
+            log::warn!(
+                "stopped with {left} delivery(ies) under way; they are tried again after a restart"
+            );
+        }
+    }
     if let Some(p) = &pidfile {
         let _ = std::fs::remove_file(p);
     }

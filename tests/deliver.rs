@@ -655,6 +655,67 @@ fn kill_9_during_delivery_loses_nothing() {
     s.wait_for("queue empty", || s.queued().is_empty());
 }
 
+/// A remote that keeps its first connection waiting at RCPT for `secs`.
+fn slow_first_connection(port: u16, secs: u64) -> FakeSmtp {
+    FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(move |_, conn| {
+            if conn == 0 {
+                std::thread::sleep(Duration::from_secs(secs));
+            }
+            "250 ok".into()
+        }),
+    )
+}
+
+#[test]
+fn local_deliveries_are_written_down_before_the_remote_ones_start() {
+    let port = free_port();
+    let host = slow_first_connection(port, 3);
+    let mut s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
+    let id = send(
+        &s,
+        "bob@satchel.test",
+        &["alice@satchel.test", "x@remote.test"],
+        "both",
+    );
+    let active = s.spool().join("active").join(&id);
+    s.wait_for(
+        "alice's delivery recorded while the remote one waits",
+        || {
+            fs::read_to_string(&active)
+                .is_ok_and(|e| e.contains("\nrcpt sent <alice@satchel.test>"))
+        },
+    );
+    assert!(host.received().is_empty());
+    // A crash now: after the restart only the remote recipient is left.
+    s.kill9();
+    s.spawn();
+    s.wait_for("the remote delivery", || host.received().len() == 1);
+    s.wait_for("queue empty", || s.queued().is_empty());
+    assert_eq!(s.maildir("alice").len(), 1, "alice got the message twice");
+}
+
+#[test]
+fn a_stop_lets_the_delivery_under_way_finish_and_records_it() {
+    let port = free_port();
+    let host = slow_first_connection(port, 2);
+    let mut s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
+    let id = send(&s, "alice@satchel.test", &["x@remote.test"], "stop");
+    s.wait_for("the delivery under way", || {
+        host.connections.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    s.signal("TERM");
+    assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
+    assert_eq!(host.received().len(), 1);
+    let left: Vec<_> = ["queue", "active"]
+        .iter()
+        .filter(|d| s.spool().join(d).join(&id).exists())
+        .collect();
+    assert!(left.is_empty(), "still in {left:?}: it would go again");
+    assert!(!s.log().contains("under way"), "{}", s.log());
+}
+
 #[test]
 fn a_delay_warning_is_sent_once_when_configured() {
     let port = free_port();
