@@ -709,13 +709,29 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     // The recipients' states as the queue file has them.
     let mut recorded: Vec<RcptState> = env.rcpts.iter().map(|r| r.state.clone()).collect();
 
-    // Local recipients first: no network, quick.
+    // Local recipients first: no network, quick. A mailbox gets one copy
+    // however many recipients lead to it (an alias and its member, two
+    // spellings, two local domains), as with Postfix's duplicate filter.
+    let mut delivered: HashSet<String> = env
+        .rcpts
+        .iter()
+        .filter(|r| matches!(r.state, RcptState::Sent(_)) && is_local(d, &r.addr))
+        .map(|r| local_part(&r.addr))
+        .collect();
     for i in 0..env.rcpts.len() {
         let r = &env.rcpts[i];
         if !r.state.is_open() || !is_local(d, &r.addr) {
             continue;
         }
         let user = local_part(&r.addr);
+        if delivered.contains(&user) {
+            let state = RcptState::Sent(
+                "250 2.0.0 delivered to mailbox (once for all its recipients)".into(),
+            );
+            log_outcome(&env, &r.addr, "local", &state, now);
+            env.rcpts[i].state = state;
+            continue;
+        }
         let known = user == "postmaster" || r.expanded || d.policy.is_known_local(&user);
         let state = if !known || !crate::config::valid_user_name(&user) {
             RcptState::Failed(format!("550 5.1.1 <{}>: user unknown", bare(&r.addr)))
@@ -729,7 +745,10 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
                 &format!("<{}>", bare(&r.addr)),
                 &msg,
             ) {
-                Ok(_) => RcptState::Sent("250 2.0.0 delivered to mailbox".into()),
+                Ok(_) => {
+                    delivered.insert(user.clone());
+                    RcptState::Sent("250 2.0.0 delivered to mailbox".into())
+                }
                 Err(e) => RcptState::Deferred(format!(
                     "451 4.3.0 cannot deliver to mailbox of {user}: {e}"
                 )),

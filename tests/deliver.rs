@@ -185,6 +185,30 @@ fn an_alias_reaches_a_local_and_a_remote_target() {
 /// MX of dest.test is host B, which relays to its internal host C. On C the
 /// message begins with Return-Path and one Received line per hop, newest first.
 #[test]
+fn a_mailbox_reached_through_several_recipients_gets_one_copy() {
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "defer_delivery = no\n");
+    fs::write(s.dir.0.join("aliases"), "staff: alice, bob\n").unwrap();
+    s.spawn();
+    send(
+        &s,
+        "a@example.org",
+        &[
+            "staff@satchel.test",
+            "bob@satchel.test",
+            "Alice@satchel.test",
+        ],
+        "once",
+    );
+    s.wait_for("the message delivered and gone", || {
+        s.queued().is_empty()
+            && fs::read_dir(s.spool().join("active")).is_ok_and(|mut d| d.next().is_none())
+            && s.log().contains(": removed")
+    });
+    assert_eq!(s.maildir("alice").len(), 1);
+    assert_eq!(s.maildir("bob").len(), 1);
+}
+
+#[test]
 fn the_seeds_path_through_three_hosts_gives_the_classic_header() {
     let dns = TestDns::start();
     let (a_ip, b_ip, c_ip) = ([127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]);
