@@ -521,8 +521,37 @@ fn transaction(
     msg: &Message,
     cfg: &RelayConfig,
 ) -> Result<Vec<Outcome>, String> {
+    let mut tls_failed = false;
+    let first = attempt(host, addr, rcpts, msg, cfg, true, &mut tls_failed);
+    // Opportunistic TLS: a server that offers STARTTLS but cannot complete
+    // a handshake with us (old protocol versions, no common cipher) still
+    // gets the mail, in plaintext, as Postfix does at level "may". Never
+    // when TLS is required, or to log in (credentials only go inside TLS).
+    if first.is_err() && tls_failed && !cfg.tls.required && cfg.auth.is_none() {
+        log::info!(
+            "{host}[{}]: TLS handshake failed; trying again without TLS",
+            addr.ip()
+        );
+        return attempt(host, addr, rcpts, msg, cfg, false, &mut tls_failed);
+    }
+    first
+}
+
+/// `transaction`, with STARTTLS when `use_tls` and the configuration has
+/// it; `tls_failed` is set when the handshake failed.
+fn attempt(
+    host: &str,
+    addr: SocketAddr,
+    rcpts: &[String],
+    msg: &Message,
+    cfg: &RelayConfig,
+    use_tls: bool,
+    tls_failed: &mut bool,
+) -> Result<Vec<Outcome>, String> {
+    #[cfg(not(feature = "tls"))]
+    let _ = (use_tls, tls_failed);
     #[cfg(feature = "tls")]
-    let tls_offered = cfg.tls.config.is_some();
+    let tls_offered = use_tls && cfg.tls.config.is_some();
     #[cfg(not(feature = "tls"))]
     let tls_offered = false;
     let key = CacheKey {
@@ -578,11 +607,11 @@ fn transaction(
         Capabilities::default()
     };
     #[cfg(feature = "tls")]
-    if let Some(tls) = cfg.tls.config.clone() {
+    if let Some(tls) = cfg.tls.config.clone().filter(|_| use_tls) {
         if caps.starttls {
             let r = c.command("STARTTLS")?;
             if r.code == 220 {
-                let what = c.start_tls(tls, host)?;
+                let what = c.start_tls(tls, host).inspect_err(|_| *tls_failed = true)?;
                 log::info!("{host}[{}]: TLS established: {what}", addr.ip());
                 // RFC 3207 §4.2: forget what was learned; EHLO again.
                 let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fake::FakeSmtp;
+use common::fake::{FakeSmtp, Fault};
 use common::{free_port, shared_port, Client, Server};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -147,6 +147,56 @@ fn satchel_relays_to_satchel_over_starttls() {
         "{m}"
     );
     assert!(a.log().contains("TLS established"), "{}", a.log());
+}
+
+#[test]
+fn a_failed_handshake_with_opportunistic_tls_falls_back_to_plaintext() {
+    let port = free_port();
+    let broken = FakeSmtp::start_with(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "250 ok".into()),
+        Box::new(|_| Fault::BrokenTls),
+    );
+    let s = Server::start(&format!(
+        "defer_delivery = no\nrelayhost = [127.0.0.1]:{port}\n"
+    ));
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let body = b"Subject: opportunistic\r\n\r\nx\r\n";
+    assert_eq!(
+        c.mail("alice@satchel.test", &["x@remote.test"], body).0,
+        250
+    );
+    s.wait_for("delivery in plaintext", || broken.received().len() == 1);
+    assert!(s
+        .log()
+        .contains("TLS handshake failed; trying again without TLS"));
+    assert_eq!(
+        broken.connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+
+    // Where TLS is required, the mail waits instead.
+    let port = free_port();
+    let broken = FakeSmtp::start_with(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "250 ok".into()),
+        Box::new(|_| Fault::BrokenTls),
+    );
+    let s = Server::start(&format!(
+        "defer_delivery = no\nrelayhost = [127.0.0.1]:{port}\nrelayhost_tls = required\n"
+    ));
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    assert_eq!(
+        c.mail("alice@satchel.test", &["x@remote.test"], body).0,
+        250
+    );
+    s.wait_for("the deferral", || s.log().contains("status=deferred"));
+    assert!(
+        broken.received().is_empty(),
+        "nothing went out in plaintext"
+    );
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub enum Fault {
     /// Reads the whole message and its final dot (recorded as received),
     /// then hangs up without a reply.
     DropAfterDot,
+    /// Offers STARTTLS, says 220 to it, then answers the client's TLS
+    /// handshake with bytes that are not TLS (an old or broken server).
+    BrokenTls,
 }
 
 pub type Faults = dyn Fn(usize) -> Fault + Send + Sync;
@@ -138,7 +141,15 @@ fn session(
         );
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
-        let reply = if upper.starts_with("EHLO") {
+        let reply = if upper.starts_with("EHLO") && fault == Fault::BrokenTls {
+            "250-fake.test\r\n250-STARTTLS\r\n250 8BITMIME".to_string()
+        } else if upper == "STARTTLS" && fault == Fault::BrokenTls {
+            w.write_all(b"220 go ahead\r\n")?;
+            let mut hello = [0u8; 512];
+            let _ = std::io::Read::read(&mut r, &mut hello);
+            w.write_all(b"this is no TLS server hello\r\n")?;
+            return Ok(());
+        } else if upper.starts_with("EHLO") {
             "250-fake.test\r\n250-8BITMIME\r\n250 SIZE 100000000".to_string()
         } else if upper.starts_with("HELO") {
             "250 fake.test".into()
