@@ -89,12 +89,36 @@ fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Content) -> io::Resul
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
+    // The locks of Postfix on Linux (a dot lock, then fcntl), and flock for
+    // our own delivery threads (fcntl locks do not exclude threads of one
+    // process). Each is tried for a while; a mailbox that stays locked
+    // defers the message to a later attempt.
+    let _dot = DotLock::take(path)?;
     let mut f = OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
         .open(path)?;
-    f.lock()?;
+    let mut tries = 0;
+    loop {
+        let flocked = match f.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        };
+        if flocked && crate::os::try_lock_record(&f)? {
+            break;
+        }
+        let _ = f.unlock();
+        tries += 1;
+        if tries >= LOCK_TRIES {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another program", path.display()),
+            ));
+        }
+        std::thread::sleep(LOCK_PAUSE);
+    }
     let old_len = f.seek(SeekFrom::End(0))?;
     let sender = match return_path.trim_start_matches('<').trim_end_matches('>') {
         "" => "MAILER-DAEMON".to_string(),
@@ -135,6 +159,52 @@ fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Content) -> io::Resul
         return Err(e);
     }
     Ok(path.to_path_buf())
+}
+
+/// How often, and how far apart, a locked mbox is tried before the
+/// delivery is deferred (Postfix: 20 tries a second apart).
+const LOCK_TRIES: u32 = 20;
+const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// A dot lock older than this was left by a program that died (Postfix's
+/// stale_lock_time).
+const STALE_DOT_LOCK: std::time::Duration = std::time::Duration::from_secs(500);
+
+/// `<mbox>.lock`, made with O_EXCL, removed when dropped.
+struct DotLock(PathBuf);
+
+impl DotLock {
+    fn take(mbox: &Path) -> io::Result<DotLock> {
+        let mut name = mbox.as_os_str().to_owned();
+        name.push(".lock");
+        let lock = PathBuf::from(name);
+        for _ in 0..LOCK_TRIES {
+            match OpenOptions::new().write(true).create_new(true).open(&lock) {
+                Ok(_) => return Ok(DotLock(lock)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let stale = fs::metadata(&lock)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_DOT_LOCK));
+                    if stale {
+                        log::warn!("warning: {}: removing a stale lock", lock.display());
+                        let _ = fs::remove_file(&lock);
+                        continue;
+                    }
+                    std::thread::sleep(LOCK_PAUSE);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{} is locked (dot lock)", mbox.display()),
+        ))
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 /// `Sun Nov 29 01:54:17 2026`

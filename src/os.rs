@@ -1,8 +1,9 @@
 //! The one module that calls the operating system through `unsafe`:
 //! dropping root privileges after the listeners are bound (setgroups,
 //! setgid, setuid, in that order, then a check that root cannot be
-//! regained), an exclusive rename for the spool's file recycling, and
-//! openat(2) for listing a large queue. User
+//! regained), an exclusive rename for the spool's file recycling,
+//! openat(2) for listing a large queue, and fcntl(2) record locks for
+//! mbox delivery. User
 //! and group names are resolved by reading /etc/passwd and /etc/group,
 //! without unsafe code.
 
@@ -116,4 +117,27 @@ pub fn open_in(dir: &std::fs::File, name: &str) -> io::Result<std::fs::File> {
     }
     // SAFETY: `fd` was just opened and is owned by nobody else.
     Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Takes a POSIX record lock (fcntl F_SETLK, F_WRLCK) on all of `f`
+/// without waiting: `Ok(false)` when another process holds one. This is
+/// the lock mail readers on Linux (Dovecot, mutt, procmail) take on an
+/// mbox; flock(2) locks do not exclude it. Released when `f` is closed.
+pub fn try_lock_record(f: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `flock` is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // l_start = 0, l_len = 0: the whole file, however long it grows.
+    // SAFETY: `f` is an open descriptor and `fl` a valid struct, both
+    // alive for the call.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(false),
+        _ => Err(e),
+    }
 }

@@ -129,6 +129,55 @@ fn mbox_delivery_is_read_back_by_python() {
 }
 
 #[test]
+fn mbox_delivery_waits_for_a_readers_fcntl_lock_and_a_dot_lock() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = delivering("mailbox_format = mbox\n");
+    let mbox = s.mail_dir().join("bob");
+    fs::create_dir_all(s.mail_dir()).unwrap();
+    // A mail reader holds the fcntl lock, as Dovecot or mutt would.
+    let mut reader = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl,os,sys\nf=open(sys.argv[1],'a+')\nfcntl.lockf(f,fcntl.LOCK_EX)\n\
+             print('locked',flush=True)\nsys.stdin.readline()\n\
+             print(os.path.getsize(sys.argv[1]),flush=True)\nfcntl.lockf(f,fcntl.LOCK_UN)",
+        )
+        .arg(&mbox)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(reader.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "locked\n");
+    send(&s, "a@example.org", &["bob@satchel.test"], "locked out");
+    std::thread::sleep(Duration::from_secs(1));
+    writeln!(reader.stdin.take().unwrap(), "release").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "0\n", "written while the reader held its lock");
+    reader.wait().unwrap();
+    let count = || {
+        fs::read_to_string(&mbox)
+            .unwrap_or_default()
+            .matches("\nSubject: ")
+            .count()
+    };
+    s.wait_for("the delivery once the lock is gone", || count() == 1);
+
+    // A dot lock (bob.lock) holds delivery off the same way.
+    let dot = s.mail_dir().join("bob.lock");
+    fs::write(&dot, "").unwrap();
+    send(&s, "a@example.org", &["bob@satchel.test"], "dot locked");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(), 1, "written under a dot lock");
+    fs::remove_file(&dot).unwrap();
+    s.wait_for("the second delivery", || count() == 2);
+    assert!(!dot.exists(), "satchel's own dot lock is removed");
+}
+
+#[test]
 fn an_alias_reaches_a_local_and_a_remote_target() {
     let remote = FakeSmtp::start(
         "127.0.0.1:0".parse().unwrap(),
