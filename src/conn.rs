@@ -97,6 +97,11 @@ pub trait Control {
     fn set_read_timeout(&self, d: Duration) -> io::Result<()>;
     /// True if the client sent something within `pause` (before our greeting).
     fn talks_early(&self, pause: Duration) -> bool;
+    /// True when `set_read_timeout` sets a deadline from now (so it is
+    /// called before every read), not a setting the socket keeps.
+    fn deadline_from_now(&self) -> bool {
+        false
+    }
 }
 
 impl Control for std::net::TcpStream {
@@ -147,7 +152,7 @@ impl<'a> Timer<'a> {
         } else {
             left
         };
-        if self.set.get() != Some(d) {
+        if self.ctl.deadline_from_now() || self.set.get() != Some(d) {
             self.ctl.set_read_timeout(d)?;
             self.set.set(Some(d));
         }
@@ -357,8 +362,69 @@ pub fn run<R: Read, W: Write>(
 /// session thread (they never run at the same time).
 #[cfg(feature = "tls")]
 pub struct TlsStream(
-    pub std::cell::RefCell<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>>,
+    pub std::cell::RefCell<rustls::StreamOwned<rustls::ServerConnection, Deadline>>,
 );
+
+#[cfg(feature = "tls")]
+impl Control for &TlsStream {
+    fn set_read_timeout(&self, d: Duration) -> io::Result<()> {
+        self.0.borrow_mut().sock.until = Some(Instant::now() + d);
+        Ok(())
+    }
+
+    fn talks_early(&self, _pause: Duration) -> bool {
+        false
+    }
+
+    fn deadline_from_now(&self) -> bool {
+        true
+    }
+}
+
+/// The socket under TLS, with the deadline of what is being read (the
+/// handshake, a command line, a data line). The TLS layer reads as often
+/// as it needs to complete a record; each of those reads waits only for
+/// what is left of the deadline, so a peer dripping a byte at a time
+/// cannot stretch it, as it could with a time-out per read.
+#[cfg(feature = "tls")]
+pub struct Deadline {
+    sock: std::net::TcpStream,
+    until: Option<Instant>,
+    /// The read time-out last set on `sock` (whole seconds above 2 s).
+    set: Option<Duration>,
+}
+
+#[cfg(feature = "tls")]
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let d = if left >= Duration::from_secs(2) {
+                Duration::from_secs(left.as_secs())
+            } else {
+                left
+            };
+            if self.set != Some(d) {
+                self.sock.set_read_timeout(Some(d))?;
+                self.set = Some(d);
+            }
+        }
+        self.sock.read(buf)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
 
 #[cfg(feature = "tls")]
 impl Read for &TlsStream {
@@ -406,8 +472,13 @@ pub fn serve_tcp(sock: &std::net::TcpStream, client: Client, ctx: &Context, in_d
                 return;
             }
         };
+        // The whole handshake within one command time-out.
+        let plain = Deadline {
+            sock: plain,
+            until: Some(Instant::now() + ctx.cfg.command_timeout),
+            set: None,
+        };
         let mut tls = rustls::StreamOwned::new(conn, plain);
-        let _ = sock.set_read_timeout(Some(ctx.cfg.command_timeout));
         while tls.conn.is_handshaking() {
             if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
                 log::info!("{peer}: TLS handshake failed: {e}");
@@ -429,7 +500,7 @@ pub fn serve_tcp(sock: &std::net::TcpStream, client: Client, ctx: &Context, in_d
         run(
             &stream,
             &stream,
-            sock,
+            &&stream,
             client,
             ctx,
             in_data,

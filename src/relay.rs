@@ -308,6 +308,9 @@ struct Conn {
     timeout: Duration,
     /// The read time-out last set on `sock` (set again only when it changes).
     read_timeout: Option<Duration>,
+    /// The last read failed with a reset: the peer closed with data of
+    /// ours unread.
+    reset: bool,
 }
 
 /// Idle sessions kept for the next message to the same server, like
@@ -442,6 +445,7 @@ impl Conn {
                     if is_timeout(&e) {
                         "timed out reading a reply".to_string()
                     } else {
+                        self.reset = e.kind() == io::ErrorKind::ConnectionReset;
                         e.to_string()
                     }
                 })?;
@@ -589,6 +593,7 @@ fn attempt(
         sock,
         timeout: cfg.command_timeout,
         read_timeout: None,
+        reset: false,
     };
 
     let greeting = c.reply(cfg.command_timeout)?;
@@ -812,8 +817,11 @@ fn dialogue(
         // Once the final dot is out, the server may have taken the message:
         // a reply that is lost or late defers it, and no other host gets
         // it now, which would deliver it twice (RFC 1047; RFC 5321 §6.1).
+        // Unless the connection was reset: the server closed it with our
+        // data unread, so it cannot have taken the message.
         match c.reply(c.timeout * 2) {
             Ok(r) => r,
+            Err(e) if c.reset => return Err(e),
             Err(e) => {
                 let text = format!("451 4.4.2 no reply after the end of the data: {e}");
                 return Ok(outcomes

@@ -397,6 +397,33 @@ fn no_reply_after_the_dot_defers_and_the_next_mx_does_not_get_a_copy() {
 }
 
 #[test]
+fn a_reset_after_the_dot_means_not_taken_and_the_next_mx_gets_it() {
+    let dns = TestDns::start();
+    let port = shared_port(&[[127, 0, 0, 5], [127, 0, 0, 6]]);
+    let _first = FakeSmtp::start_with(
+        SocketAddr::from(([127, 0, 0, 5], port)),
+        Box::new(|_, _| "250 ok".into()),
+        Box::new(|_| Fault::ResetAfterDot),
+    );
+    let second = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 6], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    dns.mx("d.test", 10, "mx1.d.test");
+    dns.mx("d.test", 20, "mx2.d.test");
+    dns.a("mx1.d.test", [127, 0, 0, 5].into());
+    dns.a("mx2.d.test", [127, 0, 0, 6].into());
+    let s = delivering(&format!(
+        "dns_servers = {}\nrelay_port = {port}\n",
+        dns.addr
+    ));
+    send(&s, "a@satchel.test", &["x@d.test"], "reset");
+    s.wait_for("delivery through the second MX", || {
+        second.received().len() == 1 && s.queued().is_empty()
+    });
+}
+
+#[test]
 fn a_domain_without_mx_gets_mail_at_its_own_address() {
     let dns = TestDns::start();
     let port = free_port();

@@ -82,6 +82,68 @@ fn starttls_with_python_smtplib_gives_an_esmtps_received_line() {
 /// CVE-2011-0411: commands pipelined after STARTTLS, in plaintext, must
 /// not be executed inside the TLS session.
 #[test]
+fn a_tls_handshake_dripped_a_byte_at_a_time_is_cut_off_at_the_command_timeout() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::time::Duration;
+    let s = tls_server("command_timeout = 2s\n");
+    let c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut w = c.try_clone().unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    w.write_all(b"EHLO drip\r\n").unwrap();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    }
+    w.write_all(b"STARTTLS\r\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("220 "), "{line}");
+    // A TLS record header announcing a 512-byte handshake message, then
+    // its body a byte every half second, each well within the 2 s time-out
+    // of a single read: without a deadline for the whole handshake this
+    // would take four minutes.
+    w.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut closed_after = None;
+    for sent in 0..30 {
+        let mut b = [0u8; 64];
+        match r.get_mut().read(&mut b) {
+            Ok(0) => {
+                closed_after = Some(sent);
+                break;
+            }
+            Ok(_) => {} // an alert, perhaps; the close follows
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed_after = Some(sent);
+                break;
+            }
+        }
+        if w.write_all(&[0x01]).is_err() {
+            closed_after = Some(sent);
+            break;
+        }
+    }
+    assert!(
+        closed_after.is_some(),
+        "the server was still waiting after 15 s of dripping"
+    );
+    s.wait_for("the handshake failure logged", || {
+        s.log().contains("TLS handshake failed")
+    });
+}
+
+#[test]
 fn commands_pipelined_after_starttls_are_discarded() {
     let s = tls_server("");
     let out = python(

@@ -149,13 +149,18 @@ fn command_and_recipient_floods_are_bounded() {
     let s = Server::start("");
     let mut c = Client::connect(s.addr());
     c.hello();
-    // 5,000 pipelined NOOPs: every one answered, in order.
+    // 5,000 pipelined NOOPs: answered in order; after 100 each one counts
+    // as an error (Postfix's smtpd_junk_command_limit), so the 20th of
+    // those ends the session.
     let flood: Vec<u8> = b"NOOP\r\n".iter().copied().cycle().take(6 * 5000).collect();
     c.send(&flood);
-    for _ in 0..5000 {
+    for _ in 0..119 {
         assert_eq!(c.reply().0, 250);
     }
-    // RCPT flood: 100 taken, then 452s count as errors and end the session.
+    assert_eq!(c.reply().0, 421);
+    // RCPT flood: unknown users' 550s count as errors and end the session.
+    let mut c = Client::connect(s.addr());
+    c.hello();
     assert_eq!(c.cmd("MAIL FROM:<a@example.org>").0, 250);
     let mut codes = Vec::new();
     for i in 0..200 {
@@ -228,9 +233,12 @@ fn faulty_remote_defers_then_delivers(fault: Fault, why: &str) {
     );
     let s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
     let id = send(&s, why);
+    // (A remote that hangs up after reading what was sent, the final dot
+    // perhaps included, may have taken the message: that defers too, but
+    // names the relay; see `relay::dialogue`.)
     s.wait_for("the deferral", || {
         s.log()
-            .contains(&format!("{id}: to=<x@remote.test>, relay=none"))
+            .contains(&format!("{id}: to=<x@remote.test>, relay="))
             && s.queued() == vec![id.clone()]
     });
     assert!(s.log().contains("status=deferred"), "{}", s.log());

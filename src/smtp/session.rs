@@ -108,6 +108,11 @@ enum State {
     Data(Helo, Transaction),
 }
 
+/// NOOP, RSET, VRFY and HELP commands a session may send before each
+/// further one counts as an error (Postfix's smtpd_junk_command_limit): a
+/// client cannot hold a connection slot for ever with a NOOP now and then.
+const JUNK_LIMIT: usize = 100;
+
 /// Recipients over `max_recipients` per transaction that are refused
 /// with 452 without counting as errors (Postfix's default).
 const RCPT_OVERSHOOT: usize = 1000;
@@ -120,6 +125,8 @@ pub struct Session<'p> {
     errors: usize,
     /// Recipients refused for `max_recipients` in this transaction.
     over_limit: usize,
+    /// NOOP, RSET, VRFY and HELP so far (see `JUNK_LIMIT`).
+    junk: usize,
     /// The last reply is not an error to count (see `RCPT_OVERSHOOT`).
     uncounted: bool,
     commands: usize,
@@ -163,6 +170,7 @@ impl<'p> Session<'p> {
             state: State::Fresh,
             errors: 0,
             over_limit: 0,
+            junk: 0,
             uncounted: false,
             commands: 0,
             tls_active: false,
@@ -241,13 +249,17 @@ impl<'p> Session<'p> {
     fn error(&mut self, r: Reply) -> Event {
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
-            return Event::Close(Reply::new(
-                421,
-                Enhanced(4, 7, 0),
-                format!("{} Error: too many errors", self.cfg.hostname),
-            ));
+            return Event::Close(self.too_many_errors());
         }
         Event::Reply(r)
+    }
+
+    fn too_many_errors(&self) -> Reply {
+        Reply::new(
+            421,
+            Enhanced(4, 7, 0),
+            format!("{} Error: too many errors", self.cfg.hostname),
+        )
     }
 
     /// Counts a reply: 4xx/5xx replies count towards `max_errors`.
@@ -289,6 +301,18 @@ impl<'p> Session<'p> {
     }
 
     fn dispatch(&mut self, cmd: Command) -> Event {
+        if matches!(
+            cmd,
+            Command::Noop | Command::Rset | Command::Vrfy(_) | Command::Help(_)
+        ) {
+            self.junk += 1;
+            if self.junk > JUNK_LIMIT {
+                self.errors += 1;
+                if self.errors >= self.cfg.max_errors {
+                    return Event::Close(self.too_many_errors());
+                }
+            }
+        }
         match cmd {
             Command::Helo(name) => self.hello(name, false),
             Command::Ehlo(name) => self.hello(name, true),
@@ -1015,6 +1039,20 @@ mod tests {
             assert_eq!(run(&mut s, &format!("RCPT TO:<x{i}@remote.test>")), want);
         }
         assert!(matches!(s.command(b"DATA"), Event::Data(t) if t.rcpts.len() == 3));
+    }
+
+    #[test]
+    fn noop_now_and_then_cannot_hold_a_session_for_ever() {
+        let mut s = session(false);
+        assert_eq!(run(&mut s, "EHLO c.test"), 250);
+        for _ in 0..JUNK_LIMIT {
+            assert_eq!(run(&mut s, "NOOP"), 250);
+        }
+        // Beyond the limit each one counts as an error: 20 end the session.
+        for _ in 0..19 {
+            assert_eq!(run(&mut s, "RSET"), 250);
+        }
+        assert!(matches!(s.command(b"NOOP"), Event::Close(r) if r.code == 421));
     }
 
     #[test]

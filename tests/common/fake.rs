@@ -33,6 +33,10 @@ pub enum Fault {
     /// Reads the whole message and its final dot (recorded as received),
     /// then hangs up without a reply.
     DropAfterDot,
+    /// Reads the whole message and its final dot (recorded as received),
+    /// then resets the connection (as a server that crashed with our data
+    /// unread would): the message was not taken.
+    ResetAfterDot,
     /// Offers STARTTLS, says 220 to it, then answers the client's TLS
     /// handshake with bytes that are not TLS (an old or broken server).
     BrokenTls,
@@ -202,6 +206,11 @@ fn session(
             cur.data = data;
             got.lock().expect("lock").push(cur.clone());
             if fault == Fault::DropAfterDot {
+                return Ok(());
+            }
+            if fault == Fault::ResetAfterDot {
+                got.lock().expect("lock").pop();
+                socket2::SockRef::from(&w).set_linger(Some(Duration::ZERO))?;
                 return Ok(());
             }
             "250 2.0.0 queued on fake".into()
