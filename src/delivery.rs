@@ -732,7 +732,7 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
             env.rcpts[i].state = state;
             continue;
         }
-        let known = user == "postmaster" || r.expanded || d.policy.is_known_local(&user);
+        let known = user == "postmaster" || d.policy.is_known_local(&user);
         let state = if !known || !crate::config::valid_user_name(&user) {
             RcptState::Failed(format!("550 5.1.1 <{}>: user unknown", bare(&r.addr)))
         } else {

@@ -258,6 +258,25 @@ fn a_mailbox_reached_through_several_recipients_gets_one_copy() {
 }
 
 #[test]
+fn an_alias_target_that_is_no_user_bounces() {
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "defer_delivery = no\n");
+    fs::write(s.dir.0.join("aliases"), "staff: bob, bbo\n").unwrap();
+    s.spawn();
+    send(&s, "alice@satchel.test", &["staff@satchel.test"], "typo");
+    s.wait_for("bob's copy", || s.maildir("bob").len() == 1);
+    bounce_for(&s, 1);
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(
+        report.contains("Final-Recipient rfc822; bbo@satchel.test\nAction failed\nStatus 5.1.1"),
+        "{report}"
+    );
+    assert!(
+        !s.mail_dir().join("bbo").exists(),
+        "a mailbox was made for a typo"
+    );
+}
+
+#[test]
 fn the_seeds_path_through_three_hosts_gives_the_classic_header() {
     let dns = TestDns::start();
     let (a_ip, b_ip, c_ip) = ([127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]);
