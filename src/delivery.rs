@@ -676,6 +676,16 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
 pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     let active = d.spool.dir("active").join(id);
     let (mut env, mut msg) = match d.spool.read_queued(&active) {
+        // A file under another message's name (a recycled file a crash
+        // left behind) is damaged, not that message.
+        Ok(q) if q.env.id != id => {
+            log::warn!(
+                "warning: {id}: the queue file holds message {}; moved to corrupt/",
+                q.env.id
+            );
+            let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
+            return None;
+        }
         Ok(q) => (q.env, q.content),
         Err(ReadError::Damaged(e)) => {
             log::warn!("warning: {id}: damaged queue file ({e}); moved to corrupt/");

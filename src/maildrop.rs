@@ -36,6 +36,9 @@ use crate::time;
 
 const MAGIC: &str = "satchel-maildrop 1";
 
+/// Recipients a maildrop file may name (its reader's bound).
+pub const MAX_RCPTS: usize = 1000;
+
 pub fn dir(spool_root: &Path) -> PathBuf {
     spool_root.join("maildrop")
 }
@@ -143,7 +146,7 @@ pub fn parse(bytes: &[u8]) -> Result<(ReversePath, Vec<ForwardPath>, usize), Str
                 ))
             }
         }
-        if rcpts.len() > 1000 {
+        if rcpts.len() > MAX_RCPTS {
             return Err("too many recipients".into());
         }
     }
@@ -183,11 +186,17 @@ pub fn pickup(spool: &Spool, hostname: &str, size_limit: u64) -> Vec<String> {
                 let _ = fs::remove_file(&path);
                 queued.push(id);
             }
-            Err(why) => {
-                log::warn!("warning: maildrop/{name}: {why}; moved to corrupt/");
-                if fs::rename(&path, spool.dir("corrupt").join(format!("maildrop.{name}"))).is_err()
-                {
-                    let _ = fs::remove_file(&path);
+            Err(Unqueued::Retry(why)) => {
+                log::warn!("warning: maildrop/{name}: {why}; left for the next scan");
+            }
+            Err(Unqueued::Bad(why)) => {
+                // Kept for a person to look at, never removed.
+                let to = spool.dir("corrupt").join(format!("maildrop.{name}"));
+                match fs::rename(&path, to) {
+                    Ok(()) => log::warn!("warning: maildrop/{name}: {why}; moved to corrupt/"),
+                    Err(e) => log::warn!(
+                        "warning: maildrop/{name}: {why}; cannot move it to corrupt/: {e}"
+                    ),
                 }
             }
         }
@@ -195,37 +204,52 @@ pub fn pickup(spool: &Spool, hostname: &str, size_limit: u64) -> Vec<String> {
     queued
 }
 
+/// Why a maildrop file was not queued.
+enum Unqueued {
+    /// The file cannot be queued as it is (corrupt/).
+    Bad(String),
+    /// This time only (a full disk, an I/O error): left for the next scan.
+    Retry(String),
+}
+
 fn pickup_one(
     spool: &Spool,
     path: &Path,
     hostname: &str,
     size_limit: u64,
-) -> Result<String, String> {
-    let meta = fs::symlink_metadata(path).map_err(|e| e.to_string())?;
-    if !meta.file_type().is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > size_limit.saturating_add(64 * 1024) {
-        return Err(format!(
-            "larger than message_size_limit ({} octets)",
-            meta.len()
-        ));
-    }
-    // O_NOFOLLOW: the name cannot be swapped for a link between the checks.
+) -> Result<String, Unqueued> {
+    use Unqueued::{Bad, Retry};
+    // O_NOFOLLOW: no symbolic link; O_NONBLOCK: a FIFO put in its place
+    // cannot make the open wait. What counts is the file opened (fstat).
     let mut f = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENXIO) | Some(libc::EACCES) | Some(libc::EPERM) => {
+                Bad(e.to_string())
+            }
+            _ => Retry(e.to_string()),
+        })?;
+    let meta = f.metadata().map_err(|e| Retry(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(Bad("not a regular file".into()));
+    }
+    if meta.len() > size_limit.saturating_add(64 * 1024) {
+        return Err(Bad(format!(
+            "larger than message_size_limit ({} octets)",
+            meta.len()
+        )));
+    }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     Read::by_ref(&mut f)
         .take(size_limit.saturating_add(64 * 1024))
         .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    let (from, rcpts, start) = parse(&bytes)?;
+        .map_err(|e| Retry(e.to_string()))?;
+    let (from, rcpts, start) = parse(&bytes).map_err(Bad)?;
     let uid = meta.uid();
     let now = time::unix_now();
-    let mut inc = spool.create().map_err(|e| e.to_string())?;
+    let mut inc = spool.create().map_err(|e| Retry(e.to_string()))?;
     let id = inc.id.clone();
     // The submitter is who the kernel says owns the file.
     inc.write(
@@ -237,7 +261,7 @@ fn pickup_one(
     );
     inc.write(&bytes[start..]);
     let mut env = Envelope::local(from, rcpts, &format!("uid{uid}"), now, &bytes[start..]);
-    inc.commit(&mut env).map_err(|e| e.to_string())?;
+    inc.commit(&mut env).map_err(|e| Retry(e.to_string()))?;
     log::info!(
         "{id}: uid={uid} from={}, size={}, nrcpt={} (picked up from maildrop)",
         env.from,
@@ -273,6 +297,38 @@ mod tests {
         assert!(!d.join(".4.5.6").exists(), "a stale one was left");
         assert!(!d.join(&name).exists());
         assert_eq!(fs::read_dir(spool.dir("corrupt")).unwrap().count(), 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_spool_that_cannot_take_it_now_leaves_it_and_a_fifo_cannot_stall_pickup() {
+        let root = std::env::temp_dir().join(format!("satchel-maildrop-r-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let spool = Spool::open(&root).unwrap();
+        prepare(&root).unwrap();
+        let from = ReversePath::parse("<a@b.test>").unwrap();
+        let to = [ForwardPath::parse("<c@d.test>").unwrap()];
+        let name = submit(&root, &from, &to, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        // tmp/ unusable (as a full disk would be): nothing queued, nothing lost.
+        fs::remove_dir_all(spool.dir("tmp")).unwrap();
+        fs::write(spool.dir("tmp"), b"not a directory").unwrap();
+        assert!(pickup(&spool, "me.test", 1 << 20).is_empty());
+        assert!(
+            dir(&root).join(&name).exists(),
+            "the submission was dropped"
+        );
+        assert_eq!(fs::read_dir(spool.dir("corrupt")).unwrap().count(), 0);
+        fs::remove_file(spool.dir("tmp")).unwrap();
+        fs::create_dir(spool.dir("tmp")).unwrap();
+        // A FIFO under a submission's name: refused, not waited on.
+        let fifo = dir(&root).join("1.2.3");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(pickup(&spool, "me.test", 1 << 20).len(), 1);
+        assert!(spool.dir("corrupt").join("maildrop.1.2.3").exists());
         fs::remove_dir_all(&root).unwrap();
     }
 

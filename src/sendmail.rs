@@ -525,6 +525,28 @@ pub mod submit {
                 "no recipients given (name them, or use -t)".into(),
             ));
         }
+        // The limits a server would apply, said to the program now rather
+        // than found later by the pickup (which could only set it aside).
+        if prepared.message.len() as u64 > cfg.message_size_limit {
+            return Err((
+                EX_DATAERR,
+                format!(
+                    "message too big: {} octets (message_size_limit is {})",
+                    prepared.message.len(),
+                    cfg.message_size_limit
+                ),
+            ));
+        }
+        if inc.is_none() && rcpts.len() > crate::maildrop::MAX_RCPTS {
+            return Err((
+                EX_USAGE,
+                format!(
+                    "too many recipients: {} (at most {} per message)",
+                    rcpts.len(),
+                    crate::maildrop::MAX_RCPTS
+                ),
+            ));
+        }
         let Some(mut inc) = inc else {
             return crate::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)
                 .map(|name| format!("maildrop/{name}"))

@@ -186,6 +186,10 @@ const POOL_BYTES_MAX: u64 = 32 * 1024 * 1024;
 struct Pool {
     enabled: bool,
     files: Vec<(PathBuf, u64)>,
+    /// Files whose old names (in `from`) may not be gone for good yet:
+    /// usable once those directories are synced (see `take_recycled`).
+    pending: Vec<(PathBuf, u64)>,
+    from: Vec<PathBuf>,
     bytes: u64,
     next: u64,
 }
@@ -249,16 +253,51 @@ pub struct Content {
 
 impl Content {
     /// The content's bytes, read from the start.
-    pub fn open(&self) -> io::Result<io::Take<File>> {
+    pub fn open(&self) -> io::Result<ContentReader> {
         let mut f = open_noatime(&self.path)?;
         f.seek(SeekFrom::Start(self.offset))?;
-        Ok(f.take(self.len))
+        Ok(ContentReader {
+            file: f,
+            left: self.len,
+        })
     }
 
     /// True when the content is a version 1 message file, not part of the
     /// queue file at `queue_file`.
     pub fn is_separate(&self, queue_file: &Path) -> bool {
         self.path != queue_file
+    }
+}
+
+/// Exactly the `len` bytes of a message's content: reading fails, rather
+/// than ending early, if the file is shorter than its envelope says, so a
+/// damaged or mistaken file is never delivered cut short.
+#[derive(Debug)]
+pub struct ContentReader {
+    file: File,
+    left: u64,
+}
+
+impl Read for ContentReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..max])?;
+        if n == 0 && max > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the message is {} bytes shorter than its envelope says",
+                    self.left
+                ),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
@@ -278,13 +317,16 @@ pub struct Queued {
 impl Queued {
     /// The content's bytes, read from the start: from the file that was
     /// read, so a rename or rewrite meanwhile cannot swap it for another.
-    pub fn open_content(&self) -> io::Result<io::Take<File>> {
+    pub fn open_content(&self) -> io::Result<ContentReader> {
         if self.separate {
             return self.content.open();
         }
         let mut f = self.file.try_clone()?;
         f.seek(SeekFrom::Start(self.content.offset))?;
-        Ok(f.take(self.content.len))
+        Ok(ContentReader {
+            file: f,
+            left: self.content.len,
+        })
     }
 }
 
@@ -446,7 +488,9 @@ impl Spool {
         };
         let to = {
             let mut pool = self.pool();
-            if pool.files.len() >= POOL_MAX || pool.bytes + size > POOL_BYTES_MAX {
+            if pool.files.len() + pool.pending.len() >= POOL_MAX
+                || pool.bytes + size > POOL_BYTES_MAX
+            {
                 None
             } else {
                 pool.bytes += size; // reserved while the rename runs
@@ -464,10 +508,46 @@ impl Spool {
             self.pool().bytes -= size;
             return fs::remove_file(path);
         }
+        // Reused only once its old name is gone for good (a crash must not
+        // bring the delivered message back over a new message's bytes):
+        // pending until its directory is synced, once for many files.
         let mut pool = self.pool();
-        pool.bytes -= size;
-        pool.push(to, size);
+        pool.pending.push((to, size));
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        if !pool.from.contains(&dir) {
+            pool.from.push(dir);
+        }
         Ok(())
+    }
+
+    /// A recycled file to reuse, if any. When only pending ones are left,
+    /// the directories they were discarded from are synced first (one
+    /// sync makes all of them usable).
+    fn take_recycled(&self) -> Option<(PathBuf, u64)> {
+        let (dirs, batch) = {
+            let mut pool = self.pool();
+            if let Some(f) = pool.pop() {
+                return Some(f);
+            }
+            if pool.pending.is_empty() {
+                return None;
+            }
+            (
+                std::mem::take(&mut pool.from),
+                std::mem::take(&mut pool.pending),
+            )
+        };
+        let synced = dirs.iter().all(|d| sync_dir(d).is_ok());
+        let mut pool = self.pool();
+        for (f, size) in batch {
+            if synced {
+                pool.files.push((f, size));
+            } else {
+                pool.bytes -= size;
+                let _ = fs::remove_file(&f);
+            }
+        }
+        pool.pop()
     }
 
     /// Creates `dest` exclusively, locked, for reading and writing: a
@@ -479,7 +559,7 @@ impl Spool {
     /// systems mounted with `discard`).
     fn create_locked(&self, dest: &Path) -> io::Result<File> {
         loop {
-            let recycled = self.pool().pop();
+            let recycled = self.take_recycled();
             let Some((from, size)) = recycled else {
                 let f = OpenOptions::new()
                     .read(true)
@@ -567,12 +647,19 @@ impl Spool {
         let head = env.to_text(Data::Msg(content.offset));
         let replaced = (|| {
             self.write_file(&tmp, head.as_bytes(), &mut io::empty(), 0)?;
-            fs::rename(&tmp, path)?;
-            sync_dir(path.parent().unwrap_or(Path::new(".")))
+            fs::rename(&tmp, path)
         })();
         if let Err(e) = replaced {
             let _ = fs::remove_file(&tmp);
             return Err(e);
+        }
+        // Renamed: whichever envelope a crash leaves finds the content in
+        // msg/<id>, so a failed sync is no reason to go on with the old one.
+        if let Err(e) = sync_dir(path.parent().unwrap_or(Path::new("."))) {
+            log::warn!(
+                "warning: {}: directory sync after a rewrite: {e}",
+                path.display()
+            );
         }
         Ok(Content {
             path: msg,
@@ -582,8 +669,8 @@ impl Spool {
     }
 
     /// Gives the queue file `path` the second name `msg` (see `rewrite`);
-    /// a leftover of a crash under that name is replaced, unless it
-    /// already is this file.
+    /// fine if it already has it (a rewrite a crash cut short), an error if
+    /// the name is another file's.
     fn link_content(&self, path: &Path, msg: &Path) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         fs::create_dir_all(self.dir("msg"))?;
@@ -591,10 +678,15 @@ impl Spool {
             if e.kind() != io::ErrorKind::AlreadyExists {
                 return Err(e);
             }
+            // Already this file (a rewrite a crash cut short); another file
+            // under that name is never removed: it may be all there is of
+            // some message.
             let (a, b) = (fs::metadata(path)?, fs::metadata(msg)?);
             if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
-                fs::remove_file(msg)?;
-                fs::hard_link(path, msg)?;
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is another file", msg.display()),
+                ));
             }
         }
         sync_dir(&self.dir("msg"))
@@ -744,6 +836,8 @@ impl Spool {
             queued.extend(list_names(&self.dir(d))?);
         }
         r.queued = queued.len();
+        // What is kept in corrupt/ for a person to look at keeps its content.
+        queued.extend(list_names(&self.dir("corrupt")).unwrap_or_default());
         // From now on this process makes IDs above every one in the spool.
         let highest = queued
             .iter()
@@ -1172,6 +1266,42 @@ mod tests {
         assert_eq!(q.env.rcpts.len(), 201);
         assert_eq!(content(&s, &id), b"Subject: many\r\n\r\nx\r\n");
         assert_eq!(fs::read_dir(s.dir("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn content_shorter_than_its_envelope_says_is_an_error_not_a_short_message() {
+        let d = tempdir("short");
+        let s = Spool::open(&d).unwrap();
+        let mut inc = s.create().unwrap();
+        let id = inc.id.clone();
+        inc.write(b"Subject: short\r\n\r\nbody\r\n");
+        inc.commit(&mut envelope()).unwrap();
+        let queued = s.dir("queue").join(&id);
+        let q = s.read_queued(&queued).unwrap();
+        // Cut after it was read, as a stale `Content` would see it.
+        let f = OpenOptions::new().write(true).open(&queued).unwrap();
+        f.set_len(q.content.offset + 5).unwrap();
+        let mut v = Vec::new();
+        let e = q.content.open().unwrap().read_to_end(&mut v).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        // And a rewrite never puts another file's name over msg/<id>.
+        fs::create_dir_all(s.dir("msg")).unwrap();
+        fs::write(s.dir("msg").join(&id), b"someone else").unwrap();
+        assert!(s.rewrite(&queued, &q.env, &q.content).is_err());
+        assert_eq!(fs::read(s.dir("msg").join(&id)).unwrap(), b"someone else");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn recovery_keeps_the_content_of_a_message_kept_in_corrupt() {
+        let d = tempdir("corrupt");
+        let s = Spool::open(&d).unwrap();
+        fs::create_dir_all(s.dir("msg")).unwrap();
+        fs::write(s.dir("corrupt").join("00000000000000AA"), b"version 2\n").unwrap();
+        fs::write(s.dir("msg").join("00000000000000AA"), b"the only copy").unwrap();
+        s.recover().unwrap();
+        assert!(s.dir("msg").join("00000000000000AA").exists());
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -174,7 +174,7 @@ fn mbox_delivery_waits_for_a_readers_fcntl_lock_and_a_dot_lock() {
     assert_eq!(count(), 1, "written under a dot lock");
     fs::remove_file(&dot).unwrap();
     s.wait_for("the second delivery", || count() == 2);
-    assert!(!dot.exists(), "satchel's own dot lock is removed");
+    s.wait_for("satchel's own dot lock removed", || !dot.exists());
 }
 
 #[test]

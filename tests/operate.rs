@@ -169,6 +169,16 @@ fn the_usual_cron_pipe_reaches_a_smarthost() {
 }
 
 #[test]
+fn sendmail_refuses_a_message_over_the_size_limit_at_once() {
+    let s = host("message_size_limit = 1024\ndefer_delivery = yes\n");
+    let body = format!("Subject: big\n\n{}\n", "x".repeat(2000));
+    let out = sendmail(&s, &["bob@satchel.test"], body.as_bytes());
+    assert_eq!(out.status.code(), Some(65), "EX_DATAERR");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("message too big"));
+    assert!(s.queued().is_empty());
+}
+
+#[test]
 fn sendmail_bs_speaks_smtp_on_stdin() {
     let s = host("");
     let out = sendmail(
