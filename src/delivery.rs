@@ -728,6 +728,8 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         .filter(|r| matches!(r.state, RcptState::Sent(_)) && is_local(d, &r.addr))
         .map(|r| local_part(&r.addr))
         .collect();
+    // The message's own Delivered-To: fields, read when first needed.
+    let mut delivered_to: Option<Vec<String>> = None;
     for i in 0..env.rcpts.len() {
         let r = &env.rcpts[i];
         if !r.state.is_open() || !is_local(d, &r.addr) {
@@ -743,8 +745,17 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
             continue;
         }
         let known = user == "postmaster" || d.policy.is_known_local(&user);
+        let addr = bare(&r.addr);
         let state = if !known || !crate::config::valid_user_name(&user) {
-            RcptState::Failed(format!("550 5.1.1 <{}>: user unknown", bare(&r.addr)))
+            RcptState::Failed(format!("550 5.1.1 <{addr}>: user unknown"))
+        } else if delivered_to
+            .get_or_insert_with(|| delivered_to_of(&msg))
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&addr))
+        {
+            // It was delivered here before and came back (Postfix's local
+            // delivery test): a loop through some forwarder.
+            RcptState::Failed(format!("554 5.4.6 <{addr}>: mail forwarding loop"))
         } else {
             match local::deliver(
                 &d.cfg.mail_dir,
@@ -752,7 +763,7 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
                 &d.cfg.hostname,
                 &user,
                 &env.from.to_string(),
-                &format!("<{}>", bare(&r.addr)),
+                &addr,
                 &msg,
             ) {
                 Ok(_) => {
@@ -907,6 +918,36 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         log::warn!("warning: {id}: cannot update queue file: {e}");
     }
     requeue(d, id, &active, next)
+}
+
+/// The addresses in the `Delivered-To:` fields of the message's header
+/// (RFC 9228); none if it cannot be read (delivery reports that itself).
+fn delivered_to_of(msg: &Content) -> Vec<String> {
+    let mut head = Vec::new();
+    if msg
+        .open()
+        .and_then(|f| {
+            f.take(bounce::MAX_RETURNED_HEADERS as u64)
+                .read_to_end(&mut head)
+        })
+        .is_err()
+    {
+        return Vec::new();
+    }
+    bounce::header_section(&head)
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let l = String::from_utf8_lossy(l);
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("Delivered-To").then(|| {
+                value
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+        })
+        .collect()
 }
 
 /// Writes down the recipients delivered since `recorded` (the states in

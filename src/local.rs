@@ -245,14 +245,14 @@ mod tests {
             "h",
             "alice",
             "<a@b>",
-            "<alice@h>",
+            "alice@h",
             &msg,
         )
         .unwrap();
         assert!(p.starts_with(d.join("mail/alice/new")));
         assert_eq!(
             fs::read(&p).unwrap(),
-            b"Return-Path: <a@b>\r\nDelivered-To: <alice@h>\r\nSubject: x\r\n\r\nFrom here\r\n"
+            b"Return-Path: <a@b>\r\nDelivered-To: alice@h\r\nSubject: x\r\n\r\nFrom here\r\n"
         );
         assert_eq!(fs::read_dir(d.join("mail/alice/tmp")).unwrap().count(), 0);
         fs::remove_dir_all(d).unwrap();
@@ -263,13 +263,13 @@ mod tests {
         let d = tmp("mbox");
         let msg = queued(&d, b"Subject: x\r\n\r\nFrom here\r\n>From there\r\n");
         for _ in 0..2 {
-            deliver(&d, MailboxFormat::Mbox, "h", "bob", "<>", "<bob@h>", &msg).unwrap();
+            deliver(&d, MailboxFormat::Mbox, "h", "bob", "<>", "bob@h", &msg).unwrap();
         }
         let text = fs::read_to_string(d.join("bob")).unwrap();
         assert!(text.starts_with("From MAILER-DAEMON "));
         assert_eq!(text.matches("\nFrom MAILER-DAEMON ").count(), 1);
         assert!(text.contains(
-            "Return-Path: <>\nDelivered-To: <bob@h>\nSubject: x\n\n>From here\n>>From there\n\n"
+            "Return-Path: <>\nDelivered-To: bob@h\nSubject: x\n\n>From here\n>>From there\n\n"
         ));
         assert!(!text.contains('\r'));
         fs::remove_dir_all(d).unwrap();

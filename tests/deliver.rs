@@ -88,7 +88,7 @@ fn local_mail_lands_in_maildir_with_return_path_and_python_reads_it() {
     let bytes = fs::read(&s.maildir("alice")[0]).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(
-        text.starts_with("Return-Path: <a@example.org>\r\nDelivered-To: <alice@satchel.test>\r\nReceived: from client.test"),
+        text.starts_with("Return-Path: <a@example.org>\r\nDelivered-To: alice@satchel.test\r\nReceived: from client.test"),
         "{text}"
     );
     assert!(text.ends_with("Hello, maildir.\r\n"));
@@ -214,7 +214,7 @@ fn an_alias_reaches_a_local_and_a_remote_target() {
     assert_eq!(got.rcpts, vec!["carol@remote.test"]);
     assert_eq!(got.from, "<a@example.org>");
     let bob = fs::read_to_string(&s.maildir("bob")[0]).unwrap();
-    assert!(bob.starts_with("Return-Path: <a@example.org>\r\nDelivered-To: <bob@satchel.test>\r\n"));
+    assert!(bob.starts_with("Return-Path: <a@example.org>\r\nDelivered-To: bob@satchel.test\r\n"));
     // An alias loop bounces (to alice, the sender here).
     send(&s, "alice@satchel.test", &["loop1@satchel.test"], "loop");
     s.wait_for("the loop bounce", || s.maildir("alice").len() == 2);
@@ -255,6 +255,35 @@ fn a_mailbox_reached_through_several_recipients_gets_one_copy() {
     });
     assert_eq!(s.maildir("alice").len(), 1);
     assert_eq!(s.maildir("bob").len(), 1);
+}
+
+#[test]
+fn a_message_delivered_here_before_is_a_loop_and_bounces() {
+    let s = delivering("local_users = alice, bob, carol\n");
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let looped = b"Delivered-To: bob@satchel.test\r\nSubject: again\r\n\r\nround and round\r\n";
+    assert_eq!(
+        c.mail(
+            "alice@satchel.test",
+            &["bob@satchel.test", "carol@satchel.test"],
+            looped
+        )
+        .0,
+        250
+    );
+    bounce_for(&s, 1);
+    let report = parse_bounce(&s.maildir("alice")[0]);
+    assert!(
+        report.contains("Final-Recipient rfc822; bob@satchel.test\nAction failed\nStatus 5.4.6"),
+        "{report}"
+    );
+    assert!(s.maildir("bob").is_empty());
+    assert_eq!(
+        s.maildir("carol").len(),
+        1,
+        "the other recipient still gets it"
+    );
 }
 
 #[test]
@@ -321,7 +350,7 @@ fn the_seeds_path_through_three_hosts_gives_the_classic_header() {
         "{text}"
     );
     assert!(
-        text.starts_with("Return-Path: <sender@origin.test>\r\nDelivered-To: <user@dest.test>\r\n")
+        text.starts_with("Return-Path: <sender@origin.test>\r\nDelivered-To: user@dest.test\r\n")
     );
     let hops: Vec<&str> = text.split("Received: from ").skip(1).collect();
     assert!(
