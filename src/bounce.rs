@@ -85,8 +85,38 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
+/// 64 random bits as 16 hex digits, different at every call (RandomState
+/// is seeded from the OS; a counter and the clock make each value new).
+fn unique() -> String {
+    use std::hash::BuildHasher;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:016X}",
+        std::collections::hash_map::RandomState::new().hash_one((n, nanos))
+    )
+}
+
 pub fn build(n: &Notice) -> Vec<u8> {
-    let boundary = format!("{}.{}/{}", n.queue_id, n.now, n.hostname);
+    // RFC 2046 §5.1.1: a boundary (at most 70 characters) that appears in
+    // none of the parts. The returned headers are the sender's text, so it
+    // is not guessable and is checked against them.
+    let returned = header_section(n.original);
+    let boundary = loop {
+        let b = format!("{}/{}", unique(), n.queue_id);
+        let marker = format!("--{b}");
+        if !returned
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes())
+        {
+            break b;
+        }
+    };
+    let message_id = format!("<{}.{}.{}@{}>", n.queue_id, n.now, unique(), n.hostname);
     let (subject, intro) = match n.action {
         Action::Failed => (
             "Undelivered Mail Returned to Sender",
@@ -105,10 +135,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
     m.push_str(&format!("To: <{}>\r\n", n.to));
     m.push_str(&format!("Subject: {subject}\r\n"));
     m.push_str(&format!("Date: {}\r\n", time::rfc5322(n.now)));
-    m.push_str(&format!(
-        "Message-ID: <{}.{}@{}>\r\n",
-        n.queue_id, n.now, n.hostname
-    ));
+    m.push_str(&format!("Message-ID: {message_id}\r\n"));
     // RFC 3834: an automatic response; nobody should answer it.
     m.push_str("Auto-Submitted: auto-replied\r\n");
     m.push_str("MIME-Version: 1.0\r\n");
@@ -170,9 +197,8 @@ pub fn build(n: &Notice) -> Vec<u8> {
         "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     ));
     let mut out = m.into_bytes();
-    let headers = header_section(n.original);
-    out.extend_from_slice(headers);
-    if !headers.ends_with(b"\r\n") {
+    out.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -228,5 +254,31 @@ mod tests {
         );
         assert!(!s.contains("secret body"), "only the headers are returned");
         assert!(!s.replace("\r\n", "").contains('\n'), "CRLF only");
+    }
+
+    #[test]
+    fn two_notices_in_one_second_have_their_own_message_id_and_boundary() {
+        let field = |s: &str, name: &str| -> String {
+            let at = s.find(name).expect(name);
+            s[at..].lines().next().unwrap().to_string()
+        };
+        let notice = |action| {
+            String::from_utf8(build(&Notice {
+                action,
+                hostname: "mx.local.test",
+                queue_id: "00000000000000AB",
+                to: "a@b",
+                arrival: 0,
+                now: 60,
+                reports: &[],
+                original: b"Subject: hi\r\n\r\n",
+            }))
+            .unwrap()
+        };
+        let (a, b) = (notice(Action::Failed), notice(Action::Delayed));
+        assert_ne!(field(&a, "Message-ID:"), field(&b, "Message-ID:"));
+        assert_ne!(field(&a, "\tboundary="), field(&b, "\tboundary="));
+        let boundary = field(&a, "\tboundary=");
+        assert!(boundary.len() - "\tboundary=\"\"".len() <= 70, "{boundary}");
     }
 }

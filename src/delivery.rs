@@ -142,14 +142,19 @@ impl Deliverer {
     }
 
     /// The same spool, resolver and wake-up channel with new settings.
-    pub fn reloaded(&self, cfg: Config, policy: LocalPolicy) -> Deliverer {
+    pub fn reloaded(
+        &self,
+        cfg: Config,
+        policy: LocalPolicy,
+        resolver: Arc<dyn Resolver>,
+    ) -> Deliverer {
         Deliverer {
             tls_client: client_tls(&cfg),
             relay_auth: relay_auth(&cfg),
             cfg,
             spool: self.spool.clone(),
             policy,
-            resolver: self.resolver.clone(),
+            resolver,
             wake: self.wake.clone(),
             domains: self.domains.clone(),
         }

@@ -38,15 +38,15 @@ const MAX_UDP_DATAGRAM: usize = 65535;
 /// chain is a broken answer, not an endless walk.
 const MAX_CNAME_CHAIN: usize = 8;
 
-/// One MX record. `addresses` holds A/AAAA records for the exchange found in
-/// the additional section (may be empty).
+/// One MX record. Addresses that a server adds in the additional section
+/// are not used: a cache may hold only some of them (only the AAAA, say),
+/// so the exchange's addresses are always looked up, as Postfix does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mx {
     pub preference: u16,
     /// The host name without the trailing dot, lower-cased; the null MX
     /// (RFC 7505) target "." is the empty string.
     pub exchange: String,
-    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,7 +250,15 @@ fn query_name(name: &str) -> Result<Name, DnsError> {
     } else {
         format!("{name}.")
     };
-    Name::from_utf8(&fq).map_err(|_| DnsError::NxDomain)
+    // An ASCII name goes as it is: DNS allows any octet (RFC 2181 §11),
+    // and host names with '_' are found in the wild, which IDNA's STD3
+    // rules would refuse. Only a non-ASCII name is converted (RFC 5891).
+    let name = if fq.is_ascii() {
+        Name::from_ascii(&fq)
+    } else {
+        Name::from_utf8(&fq)
+    };
+    name.map_err(|_| DnsError::NxDomain)
 }
 
 /// A query ID no off-path attacker can guess cheaply (RFC 5452 §4.3).
@@ -491,37 +499,11 @@ fn mx_from_message(msg: &Message) -> Result<Vec<Mx>, DnsError> {
             RData::MX(mx) => Some(Mx {
                 preference: mx.preference,
                 exchange: host_text(&mx.exchange),
-                addresses: glue(msg, &mx.exchange),
             }),
             _ => None,
         })
         .collect();
     Ok(mx)
-}
-
-/// A and AAAA records for `host` that the server added to the answer or
-/// additional section, IPv4 first, without repeats.
-fn glue(msg: &Message, host: &Name) -> Vec<IpAddr> {
-    if host.is_root() {
-        return Vec::new();
-    }
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for r in msg.answers.iter().chain(msg.additionals.iter()) {
-        if r.name != *host {
-            continue;
-        }
-        let (list, ip) = match &r.data {
-            RData::A(a) => (&mut v4, IpAddr::V4(a.0)),
-            RData::AAAA(a) => (&mut v6, IpAddr::V6(a.0)),
-            _ => continue,
-        };
-        if !list.contains(&ip) {
-            list.push(ip);
-        }
-    }
-    v4.extend(v6);
-    v4
 }
 
 fn addrs_from_message(msg: &Message) -> Result<Vec<IpAddr>, DnsError> {
@@ -601,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn mx_records_come_with_their_glue_addresses() {
+    fn mx_records_come_without_the_additional_sections_addresses() {
         let mut m = response(7, "example.org.", RecordType::MX, ResponseCode::NoError);
         m.add_answer(mx_rr("example.org.", 10, "MX1.Example.org."));
         m.add_answer(mx_rr("example.org.", 20, "mx2.example.org."));
@@ -615,18 +597,27 @@ mod tests {
                 Mx {
                     preference: 10,
                     exchange: "mx1.example.org".into(),
-                    addresses: vec![
-                        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-                        IpAddr::V6(Ipv6Addr::LOCALHOST)
-                    ],
                 },
                 Mx {
                     preference: 20,
                     exchange: "mx2.example.org".into(),
-                    addresses: vec![],
                 },
             ]
         );
+    }
+
+    #[test]
+    fn query_names_take_underscores_and_international_names() {
+        assert_eq!(
+            query_name("mx_1.Example.com").map(|n| n.to_ascii()),
+            Ok("mx_1.Example.com.".to_string())
+        );
+        assert_eq!(
+            query_name("b\u{fc}cher.example").map(|n| n.to_ascii()),
+            Ok("xn--bcher-kva.example.".to_string())
+        );
+        assert_eq!(query_name("a..b"), Err(DnsError::NxDomain));
+        assert_eq!(query_name(&"x".repeat(64)), Err(DnsError::NxDomain));
     }
 
     #[test]
@@ -639,7 +630,6 @@ mod tests {
             vec![Mx {
                 preference: 0,
                 exchange: String::new(),
-                addresses: vec![]
             }]
         );
     }

@@ -322,6 +322,8 @@ fn reloader(
         let path = start.source.as_ref().map(|p| p.display().to_string());
         let cfg = Config::locate(path.as_deref()).map_err(|e| e.to_string())?;
         let policy = LocalPolicy::load(&cfg)?;
+        // dns_servers, dns_timeout and /etc/resolv.conf, read again.
+        let dns: Arc<dyn satchel::dns::Resolver> = Arc::from(resolver(&cfg)?);
         for (name, same) in [
             ("listen", cfg.listen == start.listen),
             ("spool_dir", cfg.spool_dir == start.spool_dir),
@@ -350,7 +352,7 @@ fn reloader(
         ctx.on_queued = old.on_queued.clone();
         ctx.shutdown = old.shutdown.clone();
         *ctx_slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ctx);
-        let d = delivery::current(&delivery_slot).reloaded(cfg, policy);
+        let d = delivery::current(&delivery_slot).reloaded(cfg, policy, dns);
         *delivery_slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);
         Ok(())
     })

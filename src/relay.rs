@@ -172,7 +172,7 @@ pub fn order_mx(domain: &str, mut mxs: Vec<Mx>, myhostname: &str) -> Result<Vec<
         .into_iter()
         .map(|m| Hop {
             name: m.exchange,
-            addresses: m.addresses,
+            addresses: Vec::new(),
         })
         .collect())
 }
@@ -830,8 +830,20 @@ fn dialogue(
                     .collect());
             }
         }
-    } else {
+    } else if data.code >= 400 {
         data
+    } else {
+        // Only 354 starts the content (§4.1.1.4); any other positive reply
+        // is the server out of step with us, never a delivery.
+        let _ = c.command("RSET");
+        Reply {
+            code: 451,
+            enhanced: None,
+            lines: vec![format!(
+                "4.5.0 unexpected reply to DATA: {}",
+                printable(&data.one_line())
+            )],
+        }
     };
     let text = printable(&final_reply.one_line());
     for o in outcomes.iter_mut().filter(|o| o.is_none()) {
@@ -896,7 +908,6 @@ mod tests {
         Mx {
             preference: p,
             exchange: e.into(),
-            addresses: vec![],
         }
     }
 

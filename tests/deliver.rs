@@ -472,6 +472,57 @@ fn a_reset_after_the_dot_means_not_taken_and_the_next_mx_gets_it() {
 }
 
 #[test]
+fn a_250_to_data_is_no_delivery() {
+    let port = free_port();
+    let host = FakeSmtp::start_with(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "250 ok".into()),
+        Box::new(|_| Fault::DataIs250),
+    );
+    let s = delivering(&format!("relayhost = [127.0.0.1]:{port}\n"));
+    let id = send(&s, "alice@satchel.test", &["x@remote.test"], "out of step");
+    s.wait_for("a deferral", || {
+        s.queued() == vec![id.clone()] && s.log().contains("unexpected reply to DATA")
+    });
+    assert!(!s.log().contains("status=sent"), "{}", s.log());
+    assert!(host.received().is_empty());
+}
+
+#[test]
+fn sighup_reads_the_dns_settings_again() {
+    let old = TestDns::start(); // fails for d.test
+    old.servfail("d.test", true);
+    let new = TestDns::start();
+    let port = free_port();
+    let host = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 8], port)),
+        Box::new(|_, _| "250 ok".into()),
+    );
+    new.a("d.test", [127, 0, 0, 8].into());
+    let s = delivering(&format!(
+        "dns_servers = {}\nrelay_port = {port}\nmin_backoff = 1h\n",
+        old.addr
+    ));
+    let id = send(&s, "a@satchel.test", &["x@d.test"], "new dns");
+    s.wait_for("the first attempt", || {
+        s.log().contains(&format!("{id}: to=<x@d.test>")) && s.queued() == vec![id.clone()]
+    });
+    let text = fs::read_to_string(&s.conf).unwrap().replace(
+        &format!("dns_servers = {}", old.addr),
+        &format!("dns_servers = {}", new.addr),
+    );
+    fs::write(&s.conf, text).unwrap();
+    s.signal("HUP");
+    s.wait_for("the reload", || {
+        s.log().contains("reloaded the configuration")
+    });
+    assert!(s.run(&["queue", "flush"]).status.success());
+    s.wait_for("delivery through the new name server", || {
+        host.received().len() == 1
+    });
+}
+
+#[test]
 fn a_domain_without_mx_gets_mail_at_its_own_address() {
     let dns = TestDns::start();
     let port = free_port();

@@ -23,7 +23,7 @@ fn by_preference(mut mx: Vec<Mx>) -> Vec<Mx> {
 }
 
 #[test]
-fn mx_lookup_returns_both_records_with_their_addresses() {
+fn mx_lookup_returns_both_records() {
     let dns = TestDns::start();
     dns.mx("example.org", 10, "mx1.example.org");
     dns.mx("example.org", 20, "MX2.example.org");
@@ -37,12 +37,10 @@ fn mx_lookup_returns_both_records_with_their_addresses() {
             Mx {
                 preference: 10,
                 exchange: "mx1.example.org".into(),
-                addresses: vec![v4(192, 0, 2, 1), IpAddr::V6(Ipv6Addr::LOCALHOST)],
             },
             Mx {
                 preference: 20,
                 exchange: "mx2.example.org".into(),
-                addresses: vec![v4(192, 0, 2, 2)],
             },
         ]
     );
@@ -100,7 +98,6 @@ fn a_truncated_udp_answer_is_asked_again_over_tcp() {
         vec![Mx {
             preference: 5,
             exchange: "mx.big.example".into(),
-            addresses: vec![v4(192, 0, 2, 5)],
         }]
     );
     assert_eq!(dns.queries(), 2, "one UDP query, one TCP query");
@@ -137,7 +134,6 @@ fn null_mx_comes_back_with_an_empty_exchange() {
         Ok(vec![Mx {
             preference: 0,
             exchange: String::new(),
-            addresses: vec![],
         }])
     );
 }

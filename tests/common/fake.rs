@@ -37,6 +37,8 @@ pub enum Fault {
     /// then resets the connection (as a server that crashed with our data
     /// unread would): the message was not taken.
     ResetAfterDot,
+    /// Answers DATA with 250 instead of 354 (a server out of step).
+    DataIs250,
     /// Offers STARTTLS, says 220 to it, then answers the client's TLS
     /// handshake with bytes that are not TLS (an old or broken server).
     BrokenTls,
@@ -174,6 +176,8 @@ fn session(
                 cur.rcpts.push(rcpt);
             }
             reply
+        } else if upper == "DATA" && fault == Fault::DataIs250 {
+            "250 2.0.0 ok".into()
         } else if upper == "DATA" {
             w.write_all(b"354 go ahead\r\n")?;
             if fault == Fault::DropInData {
