@@ -268,7 +268,7 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Err(e) = become_service_user(&cfg) {
+    if let Err(e) = become_service_user(&cfg, true) {
         log::error!("fatal: {e}");
         return ExitCode::FAILURE;
     }
@@ -393,7 +393,7 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sendmail: {e}");
-            return ExitCode::from(sendmail::EX_SOFTWARE);
+            return ExitCode::from(sendmail::EX_CONFIG);
         }
     };
     for w in &o.warnings {
@@ -429,9 +429,16 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("sendmail: {e}");
-            return ExitCode::from(sendmail::EX_SOFTWARE);
+            return ExitCode::from(sendmail::EX_CONFIG);
         }
     };
+    // Root (cron, say) queues as the service user, so that the daemon owns
+    // what it has to rewrite and link; the Received: line still names root.
+    let invoker = sendmail::submit::invoking_user();
+    if let Err(e) = become_service_user(&cfg, false) {
+        eprintln!("sendmail: {e}");
+        return ExitCode::from(sendmail::EX_TEMPFAIL);
+    }
     let spool = match Spool::open(&cfg.spool_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -446,7 +453,7 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
             return ExitCode::from(sendmail::EX_TEMPFAIL);
         }
     };
-    match sendmail::submit::run(&cfg, &policy, &spool, &o, &input) {
+    match sendmail::submit::run(&cfg, &policy, &spool, &o, &input, invoker) {
         Ok(id) => {
             if o.verbose {
                 eprintln!("sendmail: queued as {id}");
@@ -478,9 +485,11 @@ fn check_root_ports(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Started as root with `user` set: hand the spool and mailboxes to that
-/// account, then become it (before a byte is read from any client).
-fn become_service_user(cfg: &Config) -> Result<(), String> {
+/// Started as root with `user` set: hands the spool and mail directories
+/// over (`thorough`: the whole tree, as the daemon does at start; else only
+/// when their tops are not the service user's yet, so a per-session
+/// process does not walk a large queue) and becomes that user for good.
+fn become_service_user(cfg: &Config, thorough: bool) -> Result<(), String> {
     let Some(user) = cfg.user.as_deref() else {
         return Ok(());
     };
@@ -497,7 +506,11 @@ fn become_service_user(cfg: &Config) -> Result<(), String> {
     std::fs::create_dir_all(&cfg.mail_dir)
         .map_err(|e| format!("{}: {e}", cfg.mail_dir.display()))?;
     for top in [&cfg.spool_dir, &cfg.mail_dir] {
-        chown_tree(top, uid, gid, 3).map_err(|e| format!("chown {}: {e}", top.display()))?;
+        use std::os::unix::fs::MetadataExt;
+        let handed_over = std::fs::metadata(top).is_ok_and(|m| m.uid() == uid);
+        if thorough || !handed_over {
+            chown_tree(top, uid, gid, 3).map_err(|e| format!("chown {}: {e}", top.display()))?;
+        }
     }
     satchel::os::drop_privileges(uid, gid).map_err(|e| format!("cannot become {user}: {e}"))?;
     log::info!("running as {user} (uid {uid}, gid {gid})");
@@ -505,9 +518,22 @@ fn become_service_user(cfg: &Config) -> Result<(), String> {
 }
 
 /// chown of a directory and what it holds, `depth` levels down.
+/// Gives the service user what root made in the spool and mail
+/// directories (a first start, a root `queue run`): only entries root
+/// owns, never through a symbolic link (lchown, no descent into linked
+/// directories), and never in `maildrop/`, whose files belong to the users
+/// who submitted them (and whose owner pickup reports). Anything owned by
+/// someone else stays theirs.
 fn chown_tree(p: &std::path::Path, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
-    std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
-    if depth > 0 && p.is_dir() {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(p)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.uid() == 0 {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+    }
+    if depth > 0 && meta.is_dir() && p.file_name() != Some(std::ffi::OsStr::new("maildrop")) {
         for e in std::fs::read_dir(p)? {
             chown_tree(&e?.path(), uid, gid, depth - 1)?;
         }
@@ -606,13 +632,16 @@ fn inetd(cfg: Config, local: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = become_service_user(&cfg) {
+    if let Err(e) = become_service_user(&cfg, false) {
         log::error!("fatal: {e}");
         println!(
             "421 4.3.0 {} Service temporarily unavailable\r",
             cfg.hostname
         );
         return ExitCode::FAILURE;
+    }
+    if !local && satchel::os::euid() == 0 {
+        log::warn!("warning: inetd: serving SMTP as root; set `user` in the configuration to drop privileges");
     }
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let source = cfg.source.clone();
@@ -649,6 +678,11 @@ fn inetd(cfg: Config, local: bool) -> ExitCode {
 /// another runner (the daemon, or another run) holds the lock.
 fn queue_run(cfg: Config) -> ExitCode {
     init_logging(&cfg);
+    // From root's cron: deliver as the service user, never as root.
+    if let Err(e) = become_service_user(&cfg, false) {
+        log::error!("fatal: {e}");
+        return ExitCode::FAILURE;
+    }
     let spool = match open_spool(&cfg) {
         Ok(s) => s,
         Err(c) => return c,

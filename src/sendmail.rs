@@ -18,6 +18,7 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_NOUSER: u8 = 67;
 pub const EX_SOFTWARE: u8 = 70;
 pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_CONFIG: u8 = 78;
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +83,14 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             i += 1;
             continue;
         };
+        // Flags grouped as getopt allows: -ti, -it, -tiv.
+        if opt.len() > 1 && opt.chars().all(|c| matches!(c, 't' | 'i' | 'v')) {
+            o.extract |= opt.contains('t');
+            o.ignore_dots |= opt.contains('i');
+            o.verbose |= opt.contains('v');
+            i += 1;
+            continue;
+        }
         let (flag, rest) = opt.split_at(1);
         match flag {
             "t" if rest.is_empty() => o.extract = true,
@@ -120,7 +129,16 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
 /// holding a single `.`.
 pub fn normalize(input: &[u8], ignore_dots: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 40);
-    let mut i = 0;
+    // A leading mbox separator ("From sender date", as `git format-patch`
+    // writes) is no header: skipped, as Postfix's and sendmail's do.
+    let mut i = if input.starts_with(b"From ") {
+        input
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(input.len(), |p| p + 1)
+    } else {
+        0
+    };
     while i < input.len() {
         let end = input[i..]
             .iter()
@@ -362,6 +380,12 @@ mod tests {
         assert_eq!(o.recipients, vec!["bob"]);
         assert_eq!(o.warnings, vec!["-oem ignored"]);
         assert_eq!(parse_args(&args(&["-bs"])).unwrap().mode, Mode::Smtp);
+        for grouped in ["-ti", "-it"] {
+            let o = parse_args(&args(&[grouped, "x@y"])).unwrap();
+            assert!(o.extract && o.ignore_dots && !o.verbose, "{grouped}");
+            assert_eq!(o.recipients, vec!["x@y".to_string()]);
+        }
+        assert!(parse_args(&args(&["-tz"])).is_err());
         assert_eq!(parse_args(&args(&["-bp"])).unwrap().mode, Mode::ListQueue);
         assert_eq!(parse_args(&args(&["-q"])).unwrap().mode, Mode::RunQueue);
         assert_eq!(
@@ -381,6 +405,18 @@ mod tests {
         assert_eq!(normalize(b"a\nb\r\nc\rd", false), b"a\r\nb\r\nc\r\nd\r\n");
         assert_eq!(normalize(b"a\n.\nb\n", false), b"a\r\n");
         assert_eq!(normalize(b"a\n.\nb\n", true), b"a\r\n.\r\nb\r\n");
+        // git format-patch --stdout starts with an mbox separator.
+        assert_eq!(
+            normalize(
+                b"From 1a2b Mon Sep 17 00:00:00 2001\nFrom: a@b\n\nx\n",
+                true
+            ),
+            b"From: a@b\r\n\r\nx\r\n"
+        );
+        assert_eq!(
+            normalize(b"From: a@b\n\nx\n", true),
+            b"From: a@b\r\n\r\nx\r\n"
+        );
     }
 
     #[test]
@@ -463,14 +499,17 @@ pub mod submit {
         (uid, name)
     }
 
+    /// Queues `input`; `invoker` is the user who ran sendmail (found before
+    /// any change of identity), whom the `Received:` line names.
     pub fn run(
         cfg: &Config,
         policy: &LocalPolicy,
         spool: &Spool,
         o: &Options,
         input: &[u8],
+        invoker: (u32, String),
     ) -> Result<String, (u8, String)> {
-        let (uid, user) = invoking_user();
+        let (uid, user) = invoker;
         let origin = super::origin(&cfg.hostname, &cfg.local_domains);
         let from = match &o.sender {
             Some(s) => super::sender(s, &origin).map_err(|e| (EX_DATAERR, e))?,

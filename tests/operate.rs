@@ -531,6 +531,85 @@ fn started_as_root_the_server_becomes_the_configured_user() {
 }
 
 #[test]
+fn the_hand_over_to_the_service_user_follows_no_link_and_leaves_maildrop_alone() {
+    if !running_as_root() {
+        println!("skipped: the hand-over needs the tests to run as root");
+        return;
+    }
+    let Some((uid, _)) = satchel::os::lookup_user("nobody") else {
+        println!("skipped: no 'nobody' account");
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "user = nobody\n");
+    // What a local user could put in the world-writable maildrop/: a link
+    // to a file of root's, and a submission of their own (uid 12345).
+    let victim = s.dir.0.join("victim");
+    fs::write(&victim, b"root's").unwrap();
+    let maildrop = s.spool().join("maildrop");
+    fs::create_dir_all(&maildrop).unwrap();
+    std::os::unix::fs::symlink(&victim, maildrop.join("evil")).unwrap();
+    let theirs = maildrop.join("1.2.3");
+    fs::write(&theirs, b"").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(12345), Some(12345)).unwrap();
+    // And a queue directory root made, which the service user must get.
+    let queue = s.spool().join("queue");
+    fs::create_dir_all(&queue).unwrap();
+    s.spawn();
+    s.wait_for("the drop", || s.log().contains("running as nobody"));
+    assert_eq!(
+        fs::metadata(&victim).unwrap().uid(),
+        0,
+        "a link was followed"
+    );
+    assert_eq!(fs::symlink_metadata(&theirs).unwrap().uid(), 12345);
+    assert_eq!(fs::metadata(&queue).unwrap().uid(), uid);
+}
+
+#[test]
+fn roots_sendmail_queues_as_the_service_user_so_the_daemon_can_record_a_deferral() {
+    if !running_as_root() {
+        println!("skipped: needs the tests to run as root");
+        return;
+    }
+    let Some((uid, _)) = satchel::os::lookup_user("nobody") else {
+        println!("skipped: no 'nobody' account");
+        return;
+    };
+    use std::os::unix::fs::MetadataExt;
+    let port = free_port();
+    let _remote = FakeSmtp::start(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Box::new(|_, _| "451 4.3.0 try again later".into()),
+    );
+    let s = Server::start(&format!(
+        "user = nobody\ndefer_delivery = no\nrelayhost = [127.0.0.1]:{port}\nmin_backoff = 1h\n"
+    ));
+    s.wait_for("the drop", || s.log().contains("running as nobody"));
+    let out = sendmail(&s, &["x@remote.test"], b"Subject: from cron\n\nhi\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_for("the deferral written down", || {
+        s.queued()
+            .first()
+            .is_some_and(|id| s.envelope(id).contains("rcpt deferred <x@remote.test>"))
+    });
+    let id = s.queued()[0].clone();
+    assert_eq!(
+        fs::metadata(s.spool().join("queue").join(&id))
+            .unwrap()
+            .uid(),
+        uid
+    );
+    assert!(!s.log().contains("cannot"), "{}", s.log());
+    let m = String::from_utf8_lossy(&s.message(&id)).into_owned();
+    assert!(m.contains("(satchel, from userid 0)"), "{m}");
+}
+
+#[test]
 fn root_without_user_may_not_take_a_privileged_port() {
     if !running_as_root() {
         println!("skipped: needs root");

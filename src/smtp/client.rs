@@ -127,13 +127,22 @@ pub fn mail_command(
 pub struct DataEncoder {
     at_bol: bool,
     pending_cr: bool,
+    /// Octets sent on the current line.
+    col: usize,
 }
+
+/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
+/// A longer one is broken with CRLF and a space, as Postfix's
+/// smtp_line_length_limit does (the next hop, satchel included, would
+/// refuse it whole).
+const MAX_LINE: usize = 998;
 
 impl Default for DataEncoder {
     fn default() -> Self {
         DataEncoder {
             at_bol: true,
             pending_cr: false,
+            col: 0,
         }
     }
 }
@@ -145,6 +154,7 @@ impl DataEncoder {
                 self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");
                 self.at_bol = true;
+                self.col = 0;
                 if c == b'\n' {
                     continue;
                 }
@@ -154,12 +164,20 @@ impl DataEncoder {
                 b'\n' => {
                     out.extend_from_slice(b"\r\n");
                     self.at_bol = true;
+                    self.col = 0;
                 }
                 _ => {
+                    if self.col >= MAX_LINE {
+                        out.extend_from_slice(b"\r\n ");
+                        self.col = 1;
+                        self.at_bol = false;
+                    }
                     if self.at_bol && c == b'.' {
                         out.push(b'.');
+                        self.col += 1;
                     }
                     out.push(c);
+                    self.col += 1;
                     self.at_bol = false;
                 }
             }
@@ -191,6 +209,27 @@ mod tests {
         }
         e.finish(&mut out);
         out
+    }
+
+    #[test]
+    fn lines_over_998_octets_are_broken_with_crlf_and_a_space() {
+        let mut input = b"Subject: long\r\n\r\n".to_vec();
+        input.extend(vec![b'x'; 2500]);
+        input.extend_from_slice(b"\r\n");
+        for chunk in [7, 1200, 4096] {
+            let text = String::from_utf8(encode_all(&input, chunk)).unwrap();
+            assert!(
+                text.split("\r\n").all(|l| l.len() <= 998),
+                "a line over the limit"
+            );
+            let want = format!(
+                "\r\n{}\r\n {}\r\n {}\r\n.\r\n",
+                "x".repeat(998),
+                "x".repeat(997),
+                "x".repeat(505)
+            );
+            assert!(text.ends_with(&want), "chunk {chunk}");
+        }
     }
 
     #[test]
