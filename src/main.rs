@@ -425,13 +425,6 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
             LogTo::Syslog
         },
     );
-    let policy = match LocalPolicy::load(&cfg) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("sendmail: {e}");
-            return ExitCode::from(sendmail::EX_CONFIG);
-        }
-    };
     // Root (cron, say) queues as the service user, so that the daemon owns
     // what it has to rewrite and link; the Received: line still names root.
     let invoker = sendmail::submit::invoking_user();
@@ -453,7 +446,7 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
             return ExitCode::from(sendmail::EX_TEMPFAIL);
         }
     };
-    match sendmail::submit::run(&cfg, &policy, &spool, &o, &input, invoker) {
+    match sendmail::submit::run(&cfg, &spool, &o, &input, invoker) {
         Ok(id) => {
             if o.verbose {
                 eprintln!("sendmail: queued as {id}");

@@ -476,8 +476,6 @@ pub mod submit {
     use super::*;
     use crate::config::Config;
     use crate::envelope::Envelope;
-    use crate::policy::LocalPolicy;
-    use crate::smtp::session::{Policy, RcptClass};
     use crate::spool::Spool;
     use crate::time;
     use std::os::unix::fs::MetadataExt;
@@ -503,7 +501,6 @@ pub mod submit {
     /// any change of identity), whom the `Received:` line names.
     pub fn run(
         cfg: &Config,
-        policy: &LocalPolicy,
         spool: &Spool,
         o: &Options,
         input: &[u8],
@@ -548,12 +545,9 @@ pub mod submit {
         );
         let mut rcpts: Vec<ForwardPath> = Vec::new();
         for r in o.recipients.iter().chain(prepared.header_recipients.iter()) {
+            // An unknown local user is bounced by delivery, as with Postfix:
+            // one typo in a list (MAILTO=root,typo) must not cost the rest.
             let fp = recipient(r, &origin).map_err(|e| (EX_DATAERR, e))?;
-            if let ForwardPath::Mailbox(m) = &fp {
-                if policy.classify(m) == RcptClass::LocalUnknown {
-                    return Err((EX_NOUSER, format!("<{m}>: user unknown")));
-                }
-            }
             if !rcpts.contains(&fp) {
                 rcpts.push(fp);
             }

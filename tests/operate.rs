@@ -179,6 +179,29 @@ fn sendmail_refuses_a_message_over_the_size_limit_at_once() {
 }
 
 #[test]
+fn sendmail_with_an_unknown_local_recipient_still_delivers_to_the_rest() {
+    let s = host("");
+    let out = sendmail(
+        &s,
+        &["-f", "alice@satchel.test", "bob", "nosuchuser"],
+        b"Subject: list\n\nhi\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_for("bob's copy and alice's bounce", || {
+        s.maildir("bob").len() == 1 && s.maildir("alice").len() == 1
+    });
+    let bounce = fs::read_to_string(&s.maildir("alice")[0]).unwrap();
+    assert!(
+        bounce.contains("Final-Recipient: rfc822; nosuchuser@"),
+        "{bounce}"
+    );
+}
+
+#[test]
 fn sendmail_bs_speaks_smtp_on_stdin() {
     let s = host("");
     let out = sendmail(
