@@ -425,6 +425,13 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
             LogTo::Syslog
         },
     );
+    let policy = match LocalPolicy::load(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(sendmail::EX_CONFIG);
+        }
+    };
     // Root (cron, say) queues as the service user, so that the daemon owns
     // what it has to rewrite and link; the Received: line still names root.
     let invoker = sendmail::submit::invoking_user();
@@ -446,15 +453,21 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
             return ExitCode::from(sendmail::EX_TEMPFAIL);
         }
     };
-    match sendmail::submit::run(&cfg, &spool, &o, &input, invoker) {
-        Ok(id) => {
+    match sendmail::submit::run(&cfg, &policy, &spool, &o, &input, invoker) {
+        Ok((id, unknown)) => {
             if o.verbose {
                 eprintln!("sendmail: queued as {id}");
             }
             if !cfg.defer_delivery {
                 delivery::kick_runner(&spool, cfg.source.as_deref());
             }
-            ExitCode::SUCCESS
+            if unknown.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                // Sent to the others; sendmail's word for the rest.
+                eprintln!("sendmail: {}", unknown.join("; "));
+                ExitCode::from(sendmail::EX_NOUSER)
+            }
         }
         Err((code, msg)) => {
             eprintln!("sendmail: {msg}");

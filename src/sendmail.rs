@@ -476,6 +476,8 @@ pub mod submit {
     use super::*;
     use crate::config::Config;
     use crate::envelope::Envelope;
+    use crate::policy::LocalPolicy;
+    use crate::smtp::session::{Policy, RcptClass};
     use crate::spool::Spool;
     use crate::time;
     use std::os::unix::fs::MetadataExt;
@@ -499,13 +501,17 @@ pub mod submit {
 
     /// Queues `input`; `invoker` is the user who ran sendmail (found before
     /// any change of identity), whom the `Received:` line names.
+    /// `Ok((id, unknown))`: queued for every recipient but the local ones
+    /// that do not exist, listed in `unknown` (the caller says so and exits
+    /// 67, as sendmail does, having still sent the message to the others).
     pub fn run(
         cfg: &Config,
+        policy: &LocalPolicy,
         spool: &Spool,
         o: &Options,
         input: &[u8],
         invoker: (u32, String),
-    ) -> Result<String, (u8, String)> {
+    ) -> Result<(String, Vec<String>), (u8, String)> {
         let (uid, user) = invoker;
         let origin = super::origin(&cfg.hostname, &cfg.local_domains);
         let from = match &o.sender {
@@ -544,15 +550,28 @@ pub mod submit {
             &format!("{id}@{}", cfg.hostname),
         );
         let mut rcpts: Vec<ForwardPath> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
         for r in o.recipients.iter().chain(prepared.header_recipients.iter()) {
-            // An unknown local user is bounced by delivery, as with Postfix:
-            // one typo in a list (MAILTO=root,typo) must not cost the rest.
+            // One typo in a list (MAILTO=root,typo) must not cost the rest:
+            // an unknown local user is left out and reported.
             let fp = recipient(r, &origin).map_err(|e| (EX_DATAERR, e))?;
+            if let ForwardPath::Mailbox(m) = &fp {
+                if policy.classify(m) == RcptClass::LocalUnknown {
+                    let line = format!("<{m}>: user unknown");
+                    if !unknown.contains(&line) {
+                        unknown.push(line);
+                    }
+                    continue;
+                }
+            }
             if !rcpts.contains(&fp) {
                 rcpts.push(fp);
             }
         }
         if rcpts.is_empty() {
+            if !unknown.is_empty() {
+                return Err((EX_NOUSER, unknown.join("; ")));
+            }
             return Err((
                 EX_USAGE,
                 "no recipients given (name them, or use -t)".into(),
@@ -582,7 +601,7 @@ pub mod submit {
         }
         let Some(mut inc) = inc else {
             return crate::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)
-                .map(|name| format!("maildrop/{name}"))
+                .map(|name| (format!("maildrop/{name}"), unknown))
                 .map_err(|e| (EX_TEMPFAIL, format!("cannot write to the maildrop: {e}")));
         };
         // RFC 5321 §4.4 asks a time-stamp of every host that handles the message.
@@ -602,6 +621,6 @@ pub mod submit {
             env.size,
             env.rcpts.len()
         );
-        Ok(id)
+        Ok((id, unknown))
     }
 }
