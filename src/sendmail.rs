@@ -166,12 +166,17 @@ pub fn normalize(input: &[u8], ignore_dots: bool) -> Vec<u8> {
 /// `has_separator` is false when the text did not begin with headers.
 pub struct Headers {
     pub fields: Vec<(String, String)>,
+    /// Where each field is in the message (first line through last, without
+    /// its CRLF): copied from there, its bytes stay as they were (a Latin-1
+    /// subject is not made U+FFFD by the text above).
+    pub spans: Vec<(usize, usize)>,
     pub body_start: usize,
     pub has_separator: bool,
 }
 
 pub fn split_headers(msg: &[u8]) -> Headers {
     let mut fields: Vec<(String, String)> = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut pos = 0;
     while pos < msg.len() {
         let end = msg[pos..]
@@ -184,19 +189,21 @@ pub fn split_headers(msg: &[u8]) -> Headers {
         if line.is_empty() {
             return Headers {
                 fields,
+                spans,
                 body_start: next,
                 has_separator: true,
             };
         }
         if line.starts_with([' ', '\t']) {
-            match fields.last_mut() {
-                Some((_, text)) => {
+            match (fields.last_mut(), spans.last_mut()) {
+                (Some((_, text)), Some(span)) => {
                     text.push_str("\r\n");
                     text.push_str(&line);
+                    span.1 = end;
                     pos = next;
                     continue;
                 }
-                None => break,
+                _ => break,
             }
         }
         let name_ok = line
@@ -208,10 +215,12 @@ pub fn split_headers(msg: &[u8]) -> Headers {
         }
         let name = line[..line.find(':').unwrap_or(0)].to_string();
         fields.push((name, line));
+        spans.push((pos, end));
         pos = next;
     }
     Headers {
         fields,
+        spans,
         body_start: pos,
         has_separator: false,
     }
@@ -322,7 +331,7 @@ pub fn prepare(
     let mut header_recipients = Vec::new();
     let mut out = Vec::with_capacity(normalized.len() + 256);
     let has = |n: &str| h.fields.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
-    for (name, text) in &h.fields {
+    for ((name, text), &(start, end)) in h.fields.iter().zip(&h.spans) {
         let value = &text[name.len() + 1..];
         if extract
             && ["to", "cc", "bcc"]
@@ -334,7 +343,7 @@ pub fn prepare(
         if name.eq_ignore_ascii_case("bcc") {
             continue; // never shown to anyone
         }
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&normalized[start..end]);
         out.extend_from_slice(b"\r\n");
     }
     if !has("from") {
@@ -426,6 +435,23 @@ mod tests {
             vec!["jo@x.test", "jd@x.test", "plain@x.test", "a@x.test", "b@x.test"]
         );
         assert!(address_list("undisclosed-recipients:;").is_empty());
+    }
+
+    #[test]
+    fn header_bytes_that_are_not_utf8_are_kept_as_they_are() {
+        let msg = normalize(
+            b"Subject: caf\xe9\n\tand more\nBcc: x@y\n\nbody \xe9\n",
+            true,
+        );
+        let p = prepare(&msg, true, "a@b", "Mon, 1 Jan 2026 00:00:00 +0000", "id@h");
+        assert!(
+            p.message
+                .starts_with(b"Subject: caf\xe9\r\n\tand more\r\nFrom: a@b\r\n"),
+            "{:?}",
+            String::from_utf8_lossy(&p.message)
+        );
+        assert!(p.message.ends_with(b"\r\n\r\nbody \xe9\r\n"));
+        assert_eq!(p.header_recipients, vec!["x@y".to_string()]);
     }
 
     #[test]
