@@ -181,15 +181,28 @@ impl DnsResolver {
         qname: &Name,
         rtype: RecordType,
     ) -> Result<Message, String> {
-        let id = random_id();
-        let query = encode_query(id, qname, rtype)?;
-        let msg = udp_exchange(server, &query, id, qname, rtype, self.timeout)?;
-        if msg.metadata.truncation {
+        let mut edns = true;
+        loop {
             let id = random_id();
-            let query = encode_query(id, qname, rtype)?;
-            return tcp_exchange(server, &query, id, qname, rtype, self.timeout);
+            let query = encode_query(id, qname, rtype, edns)?;
+            let mut msg = udp_exchange(server, &query, id, qname, rtype, self.timeout)?;
+            if msg.metadata.truncation {
+                let id = random_id();
+                let query = encode_query(id, qname, rtype, edns)?;
+                msg = tcp_exchange(server, &query, id, qname, rtype, self.timeout)?;
+            }
+            // RFC 6891 §7: a server that does not know EDNS answers FORMERR
+            // (or NOTIMP) without an OPT record; ask it again without one.
+            let no_edns = matches!(
+                msg.metadata.response_code,
+                ResponseCode::FormErr | ResponseCode::NotImp
+            ) && msg.edns.is_none();
+            if edns && no_edns {
+                edns = false;
+                continue;
+            }
+            return Ok(msg);
         }
-        Ok(msg)
     }
 }
 
@@ -276,13 +289,20 @@ fn random_id() -> u16 {
     (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
 }
 
-fn encode_query(id: u16, qname: &Name, rtype: RecordType) -> Result<Vec<u8>, String> {
+fn encode_query(
+    id: u16,
+    qname: &Name,
+    rtype: RecordType,
+    with_edns: bool,
+) -> Result<Vec<u8>, String> {
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
     msg.add_query(Query::query(qname.clone(), rtype));
-    let mut edns = Edns::new();
-    edns.set_max_payload(EDNS_UDP_PAYLOAD);
-    msg.set_edns(edns);
+    if with_edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_UDP_PAYLOAD);
+        msg.set_edns(edns);
+    }
     msg.to_vec()
         .map_err(|e| format!("cannot encode query: {e}"))
 }
@@ -807,7 +827,7 @@ mod tests {
 
     #[test]
     fn query_asks_for_recursion_once() {
-        let q = encode_query(42, &name("example.org."), RecordType::MX).expect("encode");
+        let q = encode_query(42, &name("example.org."), RecordType::MX, true).expect("encode");
         let m = Message::from_vec(&q).expect("decode");
         assert_eq!(m.metadata.id, 42);
         assert!(m.metadata.recursion_desired);

@@ -104,6 +104,17 @@ fn a_truncated_udp_answer_is_asked_again_over_tcp() {
 }
 
 #[test]
+fn a_server_without_edns_is_asked_again_without_it() {
+    let dns = TestDns::start();
+    dns.no_edns(true);
+    dns.a("old.example", Ipv4Addr::new(192, 0, 2, 7));
+    assert_eq!(
+        resolver(&dns).addresses("old.example"),
+        Ok(vec![v4(192, 0, 2, 7)])
+    );
+}
+
+#[test]
 fn addresses_gives_ipv4_then_ipv6() {
     let dns = TestDns::start();
     dns.aaaa(

@@ -24,6 +24,9 @@ struct Zone {
     servfail: HashSet<String>,
     silent: HashSet<String>,
     truncate_udp: bool,
+    /// Answers any query with an OPT record FORMERR, as a server from
+    /// before EDNS would.
+    no_edns: bool,
 }
 
 struct Shared {
@@ -117,6 +120,10 @@ impl TestDns {
         self.zone().truncate_udp = on;
     }
 
+    pub fn no_edns(&self, on: bool) {
+        self.zone().no_edns = on;
+    }
+
     /// Number of queries seen (UDP and TCP).
     pub fn queries(&self) -> usize {
         self.shared.queries.load(Ordering::SeqCst)
@@ -207,7 +214,9 @@ fn answer(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.authoritative = true;
     resp.add_query(question.clone());
-    if zone.servfail.contains(&name) {
+    if zone.no_edns && req.edns.is_some() {
+        resp.metadata.response_code = ResponseCode::FormErr;
+    } else if zone.servfail.contains(&name) {
         resp.metadata.response_code = ResponseCode::ServFail;
         resp.metadata.authoritative = false;
     } else if udp && zone.truncate_udp {
