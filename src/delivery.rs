@@ -697,9 +697,15 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
             let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
             return None;
         }
-        Err(ReadError::Io(e)) => {
-            log::warn!("warning: {id}: cannot read queue file: {e}");
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            log::warn!("warning: {id}: queue file gone: {e}");
             return None;
+        }
+        Err(ReadError::Io(e)) => {
+            // Out of file descriptors, an I/O error: back to the queue for
+            // a later attempt, not left in active/ until a restart.
+            log::warn!("warning: {id}: cannot read queue file: {e}; tried again later");
+            return requeue(d, id, &active, unix_now() + d.cfg.min_backoff.as_secs());
         }
     };
     let now = unix_now();

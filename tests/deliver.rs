@@ -942,6 +942,21 @@ fn a_delay_warning_is_sent_once_when_configured() {
 }
 
 #[test]
+fn a_queue_file_that_cannot_be_read_goes_back_to_the_queue_not_stuck_in_active() {
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "defer_delivery = no\n");
+    // Opens but cannot be read (EISDIR): an I/O error, not damage.
+    let id = "00000000000000C1";
+    fs::create_dir_all(s.spool().join("queue").join(id)).unwrap();
+    s.spawn();
+    s.wait_for("the failed attempt", || {
+        s.log().contains("tried again later")
+    });
+    s.wait_for("back in queue/", || {
+        s.spool().join("queue").join(id).exists() && !s.spool().join("active").join(id).exists()
+    });
+}
+
+#[test]
 fn queue_delete_removes_a_waiting_message() {
     let s = Server::start("");
     let id = send(&s, "a@example.org", &["alice@satchel.test"], "unwanted");
