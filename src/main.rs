@@ -821,7 +821,25 @@ fn queue_list(cfg: &Config, json: bool) -> ExitCode {
     };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    match queue::write_list(&spool, json, &mut w).and_then(|()| std::io::Write::flush(&mut w)) {
+    let listed = queue::write_list(&spool, json, &mut w).and_then(|()| {
+        // Submissions not picked up yet (the daemon down, say): counted
+        // for whoever may list maildrop/ (root, the service user).
+        let waiting = std::fs::read_dir(satchel::maildrop::dir(spool.root()))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0);
+        if waiting > 0 && !json {
+            writeln!(
+                w,
+                "-- {waiting} submission(s) in maildrop/, not picked up yet"
+            )?;
+        }
+        std::io::Write::flush(&mut w)
+    });
+    match listed {
         Ok(()) => ExitCode::SUCCESS,
         // `satchel queue list | head` is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
