@@ -78,11 +78,17 @@ pub fn header_section(msg: &[u8]) -> &[u8] {
 }
 
 /// Keeps a line of peer text safe inside a header-like field.
+/// Control characters made spaces, and at most 900 octets (whole
+/// characters), so every line stays under RFC 5322's 998.
 fn clean(s: &str) -> String {
-    s.chars()
-        .take(900)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > 900 {
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
 }
 
 /// 64 random bits as 16 hex digits, different at every call (RandomState
@@ -144,7 +150,19 @@ pub fn build(n: &Notice) -> Vec<u8> {
     ));
     m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
 
-    m.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
+    // Text that is not ASCII (a remote's reply, an SMTPUTF8 address, the
+    // returned headers) is labelled 8bit, and the report and headers parts
+    // take their RFC 6533 types.
+    let eight_bit = !returned.is_ascii()
+        || n.reports
+            .iter()
+            .any(|r| !r.recipient.is_ascii() || !r.diagnostic.is_ascii() || !r.status.is_ascii());
+    let cte = if eight_bit {
+        "Content-Transfer-Encoding: 8bit\r\n"
+    } else {
+        ""
+    };
+    m.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n{cte}\r\n"));
     m.push_str(&format!(
         "This is the mail system at host {}.\r\n\r\n{intro}\r\n",
         n.hostname
@@ -159,7 +177,8 @@ pub fn build(n: &Notice) -> Vec<u8> {
     m.push_str("\r\n");
 
     m.push_str(&format!(
-        "--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/{}delivery-status\r\n{cte}\r\n",
+        if eight_bit { "global-" } else { "" }
     ));
     m.push_str(&format!("Reporting-MTA: dns; {}\r\n", n.hostname));
     m.push_str(&format!("X-Satchel-Queue-ID: {}\r\n", n.queue_id));
@@ -167,7 +186,12 @@ pub fn build(n: &Notice) -> Vec<u8> {
     for r in n.reports {
         m.push_str("\r\n");
         m.push_str(&format!(
-            "Final-Recipient: rfc822; {}\r\n",
+            "Final-Recipient: {}; {}\r\n",
+            if r.recipient.is_ascii() {
+                "rfc822"
+            } else {
+                "utf-8"
+            },
             clean(&r.recipient)
         ));
         m.push_str(&format!(
@@ -194,7 +218,8 @@ pub fn build(n: &Notice) -> Vec<u8> {
     m.push_str("\r\n");
 
     m.push_str(&format!(
-        "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: {}\r\n{cte}\r\n",
+        if eight_bit { "message/global-headers" } else { "text/rfc822-headers" }
     ));
     let mut out = m.into_bytes();
     out.extend_from_slice(returned);
@@ -254,6 +279,38 @@ mod tests {
         );
         assert!(!s.contains("secret body"), "only the headers are returned");
         assert!(!s.replace("\r\n", "").contains('\n'), "CRLF only");
+    }
+
+    #[test]
+    fn text_that_is_not_ascii_is_labelled_and_lines_stay_short() {
+        let reports = vec![Report {
+            recipient: "j\u{f6}rg@remote.test".into(),
+            status: "5.1.1".into(),
+            diagnostic: format!("550 5.1.1 unbekannt: {}", "\u{fc}".repeat(2000)),
+            remote_mta: Some("mx.remote.test".into()),
+        }];
+        let b = build(&Notice {
+            action: Action::Failed,
+            hostname: "mx.local.test",
+            queue_id: "ABC",
+            to: "a@b",
+            arrival: 0,
+            now: 60,
+            reports: &reports,
+            original: b"Subject: hello\r\n\r\n",
+        });
+        let s = String::from_utf8(b).unwrap();
+        assert!(s.contains(
+            "Content-Type: message/global-delivery-status\r\nContent-Transfer-Encoding: 8bit\r\n"
+        ));
+        assert!(s.contains(
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+        ));
+        assert!(s.contains("Final-Recipient: utf-8; j\u{f6}rg@remote.test\r\n"));
+        assert!(
+            s.split("\r\n").all(|l| l.len() <= 998),
+            "a line over 998 octets"
+        );
     }
 
     #[test]
