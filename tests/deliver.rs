@@ -548,12 +548,18 @@ fn bounce_for(s: &Server, n: usize) -> String {
 
 /// Parses a bounce with Python's email package; prints the report's fields.
 fn parse_bounce(path: &std::path::Path) -> String {
+    // message/global-delivery-status (RFC 6533, when the report is not all
+    // ASCII) is not parsed into blocks by Python's email package: its
+    // fields are read from the text there.
     python(
-        "import email,sys\nm=email.message_from_binary_file(open(sys.argv[1],'rb'))\n\
+        "import email,re,sys\nm=email.message_from_binary_file(open(sys.argv[1],'rb'))\n\
          print(m.get_content_type(), m.get_param('report-type'), m['Return-Path'])\n\
          for p in m.walk():\n    print(p.get_content_type())\n\
-         st=[p for p in m.walk() if p.get_content_type()=='message/delivery-status'][0]\n\
-         for block in st.get_payload():\n    for k in ('Final-Recipient','Action','Status'):\n        if block[k]: print(k, block[k])",
+         st=[p for p in m.walk() if p.get_content_type() in ('message/delivery-status','message/global-delivery-status')][0]\n\
+         if st.get_content_type()=='message/delivery-status':\n    blocks=[dict(b.items()) for b in st.get_payload()]\n\
+         else:\n    raw=st.get_payload(decode=True) if not st.is_multipart() else b''.join(x.as_bytes() for x in st.get_payload())\n    \
+         blocks=[dict(re.findall(r'^([A-Za-z-]+): (.*?)\\r?$', b, re.M)) for b in raw.decode('utf-8','replace').split('\\r\\n\\r\\n')]\n\
+         for block in blocks:\n    for k in ('Final-Recipient','Action','Status'):\n        if block.get(k): print(k, block[k])",
         path,
     )
 }
