@@ -38,6 +38,9 @@ pub struct Context {
     /// The STARTTLS configuration, when `tls_cert` and `tls_key` are set.
     #[cfg(feature = "tls")]
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// `sendmail -bs` by a user who may not write the spool: messages go
+    /// into `maildrop/`, as that user's `sendmail` does.
+    pub maildrop_fallback: bool,
 }
 
 impl Context {
@@ -62,6 +65,7 @@ impl Context {
             on_queued: None,
             #[cfg(feature = "tls")]
             tls: None,
+            maildrop_fallback: false,
         }
     }
 
@@ -560,7 +564,13 @@ fn receive_data<R: Read, W: Write>(
 ) -> bool {
     let peer = &peer_name(session.client());
     let mut incoming = match ctx.spool.create() {
-        Ok(i) => i,
+        Ok(i) => Sink::Spool(i),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && ctx.maildrop_fallback => {
+            Sink::Maildrop {
+                id: crate::maildrop::new_name(),
+                bytes: Vec::new(),
+            }
+        }
         Err(e) => {
             log::warn!(
                 "warning: spool {}: cannot create message file: {e}",
@@ -573,7 +583,7 @@ fn receive_data<R: Read, W: Write>(
         }
     };
     let arrival = time::unix_now();
-    let (go_ahead, received) = session.data_opened(&incoming.id, &time::rfc5322(arrival));
+    let (go_ahead, received) = session.data_opened(incoming.id(), &time::rfc5322(arrival));
     go_ahead.write_to(out);
     if output.write_all(out).and_then(|_| output.flush()).is_err() {
         return false;
@@ -602,14 +612,14 @@ fn receive_data<R: Read, W: Write>(
             Ok(b) => b,
             Err(e) => {
                 if is_timeout(&e) {
-                    log::info!("{}: timeout during DATA from {peer}", incoming.id);
+                    log::info!("{}: timeout during DATA from {peer}", incoming.id());
                     session.timeout_reply().write_to(out);
                 }
                 return false; // incoming is dropped: nothing is queued
             }
         };
         if buf.is_empty() {
-            log::info!("{}: lost connection during DATA from {peer}", incoming.id);
+            log::info!("{}: lost connection during DATA from {peer}", incoming.id());
             return false;
         }
         let (used, done) = decoder.feed(buf, &mut content);
@@ -631,7 +641,7 @@ fn receive_data<R: Read, W: Write>(
         log_reject(peer, "DATA", &ev);
         return write_event(ev, out);
     }
-    let id = incoming.id.clone();
+    let id = incoming.id().to_string();
     let mut env = Envelope {
         id: id.clone(),
         created: arrival,
@@ -661,7 +671,7 @@ fn receive_data<R: Read, W: Write>(
             })
             .collect(),
     };
-    match incoming.commit(&mut env) {
+    match incoming.commit(ctx, &mut env) {
         Ok(()) => {
             log::info!("{id}: client={peer}, helo=<{}>", escape(&txn.helo));
             log::info!(
@@ -680,6 +690,41 @@ fn receive_data<R: Read, W: Write>(
             let ev = session.queue_failed();
             log_reject(peer, "DATA", &ev);
             write_event(ev, out)
+        }
+    }
+}
+
+/// Where a message being received goes: the spool, or (`sendmail -bs`
+/// by an ordinary user) the maildrop, whole, at the end of DATA.
+enum Sink {
+    Spool(crate::spool::Incoming),
+    Maildrop { id: String, bytes: Vec<u8> },
+}
+
+impl Sink {
+    fn id(&self) -> &str {
+        match self {
+            Sink::Spool(i) => &i.id,
+            Sink::Maildrop { id, .. } => id,
+        }
+    }
+
+    fn write(&mut self, b: &[u8]) {
+        match self {
+            Sink::Spool(i) => i.write(b),
+            Sink::Maildrop { bytes, .. } => bytes.extend_from_slice(b),
+        }
+    }
+
+    /// Queued (or in the maildrop, synced) when `Ok`.
+    fn commit(self, ctx: &Context, env: &mut Envelope) -> io::Result<()> {
+        match self {
+            Sink::Spool(i) => i.commit(env),
+            Sink::Maildrop { id, bytes } => {
+                let rcpts: Vec<_> = env.rcpts.iter().map(|r| r.addr.clone()).collect();
+                env.size = bytes.len() as u64;
+                crate::maildrop::submit_as(ctx.spool.root(), &id, &env.from, &rcpts, &bytes)
+            }
         }
     }
 }

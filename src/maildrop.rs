@@ -50,28 +50,41 @@ pub fn prepare(spool_root: &Path) -> io::Result<()> {
     fs::set_permissions(&d, fs::Permissions::from_mode(0o1733))
 }
 
-/// Writes one submission (as the submitting user).
+/// A name for a new submission: `<microseconds>.<pid>.<random>`, which
+/// other users cannot guess (std's hasher keys come from the OS).
+pub fn new_name() -> String {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let rnd = std::collections::hash_map::RandomState::new().hash_one(now.as_nanos());
+    format!("{}.{}.{rnd}", now.as_micros(), std::process::id())
+}
+
+/// Writes one submission (as the submitting user); returns its name.
 pub fn submit(
     spool_root: &Path,
     from: &ReversePath,
     rcpts: &[ForwardPath],
     message: &[u8],
 ) -> io::Result<String> {
+    let name = new_name();
+    submit_as(spool_root, &name, from, rcpts, message)?;
+    Ok(name)
+}
+
+/// `submit` under a name from `new_name`.
+pub fn submit_as(
+    spool_root: &Path,
+    name: &str,
+    from: &ReversePath,
+    rcpts: &[ForwardPath],
+    message: &[u8],
+) -> io::Result<()> {
     let d = dir(spool_root);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mut rnd = [0u8; 8];
-    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut rnd))?;
-    let name = format!(
-        "{}.{}.{}",
-        now.as_micros(),
-        std::process::id(),
-        u64::from_ne_bytes(rnd)
-    );
     // Written under a dot name, which pickup passes over, and renamed once
     // whole and synced: pickup never sees a file still being written.
-    let path = d.join(&name);
+    let path = d.join(name);
     let part = d.join(format!(".{name}"));
     let mut head = format!("{MAGIC}\nfrom {from}\n");
     for r in rcpts {
@@ -101,7 +114,7 @@ pub fn submit(
     if result.is_err() {
         let _ = fs::remove_file(&part);
     }
-    result.map(|()| name)
+    result
 }
 
 /// How old an unfinished submission is before pickup removes it.

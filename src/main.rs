@@ -665,6 +665,8 @@ fn inetd(cfg: Config, local: bool) -> ExitCode {
             queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         })
     });
+    // sendmail -bs by a user who may not write the spool: the maildrop.
+    ctx.maildrop_fallback = local;
     let client = satchel::stdio::serve(&ctx, local);
     let queued = queued.load(std::sync::atomic::Ordering::Relaxed);
     log::info!(

@@ -654,6 +654,41 @@ fn root_without_user_may_not_take_a_privileged_port() {
 }
 
 #[test]
+fn an_ordinary_users_sendmail_bs_goes_through_the_maildrop() {
+    if !running_as_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipped: needs root and setpriv to act as an ordinary user");
+        return;
+    }
+    let s = Server::start("user = nobody\ndefer_delivery = no\nlocal_users = alice, bob, carol\n");
+    s.wait_for("the drop", || s.log().contains("running as nobody"));
+    let link = s.dir.0.join("sendmail");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    // Symfony Mailer's way: SMTP on stdin/stdout, uid 12345 without rights.
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
+        .arg(&link)
+        .arg("-bs")
+        .env("SATCHEL_CONFIG", &s.conf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"EHLO app\r\nMAIL FROM:<app@satchel.test>\r\nRCPT TO:<carol@satchel.test>\r\nDATA\r\nSubject: via -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("250 2.0.0 Ok: queued as "), "{text}");
+    let m = one_message(&s, "carol");
+    assert!(m.contains("Subject: via -bs"), "{m}");
+    assert!(m.contains("(satchel, from userid 12345)"), "{m}");
+}
+
+#[test]
 fn an_ordinary_user_submits_through_the_maildrop() {
     if !running_as_root() || Command::new("setpriv").arg("--version").output().is_err() {
         println!("skipped: needs root and setpriv to act as an ordinary user");
