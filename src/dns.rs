@@ -118,9 +118,9 @@ impl DnsResolver {
             .map(|ip| match ip {
                 resolv_conf::ScopedIp::V4(v4) => SocketAddr::from((*v4, DNS_PORT)),
                 resolv_conf::ScopedIp::V6(v6, scope) => {
-                    // A link-local server needs its interface; only the
-                    // numeric form can be used without an interface lookup.
-                    let scope_id = scope.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+                    // A link-local server needs its interface: `%2` or, as
+                    // NetworkManager writes it, `%eth0`.
+                    let scope_id = scope.as_deref().map_or(0, interface_index);
                     SocketAddr::V6(SocketAddrV6::new(*v6, DNS_PORT, 0, scope_id))
                 }
             })
@@ -132,8 +132,13 @@ impl DnsResolver {
             };
             return Err(format!("{}: no nameserver line{hint}", path.display()));
         }
-        let timeout = Duration::from_secs(u64::from(conf.timeout.max(1)));
-        Ok(DnsResolver::new(servers, timeout, conf.attempts.max(1)))
+        // glibc's bounds: at most 30 s and 5 attempts.
+        let timeout = Duration::from_secs(u64::from(conf.timeout.clamp(1, 30)));
+        Ok(DnsResolver::new(
+            servers,
+            timeout,
+            conf.attempts.clamp(1, 5),
+        ))
     }
 
     pub fn servers(&self) -> &[SocketAddr] {
@@ -305,6 +310,21 @@ fn encode_query(
     }
     msg.to_vec()
         .map_err(|e| format!("cannot encode query: {e}"))
+}
+
+/// The index of an interface given by number or by name (from sysfs);
+/// 0, no scope, when there is no such interface.
+fn interface_index(scope: &str) -> u32 {
+    if let Ok(n) = scope.parse() {
+        return n;
+    }
+    if scope.is_empty() || scope.contains(['/', '.']) {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/sys/class/net/{scope}/ifindex"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Is this the answer to our question? Same ID, a response, and the same
@@ -638,6 +658,17 @@ mod tests {
         );
         assert_eq!(query_name("a..b"), Err(DnsError::NxDomain));
         assert_eq!(query_name(&"x".repeat(64)), Err(DnsError::NxDomain));
+    }
+
+    #[test]
+    fn a_link_local_name_server_gets_its_interface_by_name_or_number() {
+        let lo = std::fs::read_to_string("/sys/class/net/lo/ifindex")
+            .map(|t| t.trim().parse::<u32>().unwrap())
+            .unwrap_or(1);
+        assert_eq!(interface_index("lo"), lo);
+        assert_eq!(interface_index("7"), 7);
+        assert_eq!(interface_index("no-such-if0"), 0);
+        assert_eq!(interface_index("../../etc"), 0);
     }
 
     #[test]
