@@ -722,6 +722,9 @@ impl Sink {
             Sink::Spool(i) => i.commit(env),
             Sink::Maildrop { id, bytes } => {
                 let rcpts: Vec<_> = env.rcpts.iter().map(|r| r.addr.clone()).collect();
+                if rcpts.len() > crate::maildrop::MAX_RCPTS {
+                    return Err(io::Error::other("too many recipients for the maildrop"));
+                }
                 env.size = bytes.len() as u64;
                 crate::maildrop::submit_as(ctx.spool.root(), &id, &env.from, &rcpts, &bytes)
             }

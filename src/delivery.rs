@@ -945,10 +945,17 @@ fn delivered_to_of(msg: &Content) -> Vec<String> {
     {
         return Vec::new();
     }
-    bounce::header_section(&head)
-        .split(|&b| b == b'\n')
+    // Only a real header section (one that ends in an empty line), with
+    // folded fields unfolded (RFC 5322 §2.2.3).
+    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Vec::new();
+    }
+    let section = bounce::header_section(&head);
+    let text = String::from_utf8_lossy(section)
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
+    text.lines()
         .filter_map(|l| {
-            let l = String::from_utf8_lossy(l);
             let (name, value) = l.split_once(':')?;
             name.eq_ignore_ascii_case("Delivered-To").then(|| {
                 value
@@ -1099,7 +1106,7 @@ fn notify(
         now,
         &bytes,
     );
-    benv.smtputf8 = env.smtputf8;
+    benv.smtputf8 |= env.smtputf8;
     let bid = d.spool.queue_bytes(&bytes, &mut benv)?;
     log::info!(
         "{}: sender {} notification: {bid}",
@@ -1117,6 +1124,28 @@ fn notify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivered_to_fields_are_read_unfolded_and_only_from_a_header_section() {
+        let read = |bytes: &[u8]| {
+            let p = std::env::temp_dir().join(format!("satchel-dt-{}", std::process::id()));
+            fs::write(&p, bytes).unwrap();
+            let c = Content {
+                path: p.clone(),
+                offset: 0,
+                len: bytes.len() as u64,
+            };
+            let v = delivered_to_of(&c);
+            fs::remove_file(&p).unwrap();
+            v
+        };
+        assert_eq!(
+            read(b"Delivered-To:\r\n bob@h.test\r\ndelivered-to: <Carol@h.test>\r\n\r\nDelivered-To: body@h.test\r\n"),
+            vec!["bob@h.test".to_string(), "Carol@h.test".to_string()]
+        );
+        // No empty line: no header section to speak of.
+        assert!(read(b"Delivered-To: bob@h.test\r\nno end of headers").is_empty());
+    }
 
     #[test]
     fn backoff_doubles_from_min_to_max() {

@@ -235,7 +235,10 @@ impl Envelope {
                 "8BITMIME"
             }
             .into(),
-            smtputf8: false,
+            // RFC 6531: an address that is not ASCII needs SMTPUTF8 on the
+            // way out. (Header text alone does not set it: such mail went
+            // out as 8BITMIME before, and still does.)
+            smtputf8: !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()),
             size: 0,
             from,
             attempts: 0,
@@ -420,6 +423,18 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_message_needs_smtputf8_only_for_what_is_not_ascii() {
+        let from = ReversePath::parse("<a@b.test>").unwrap();
+        let ascii = ForwardPath::parse("<c@d.test>").unwrap();
+        let utf8 = ForwardPath::parse("<j\u{f6}rg@d.test>").unwrap();
+        let plain = b"Subject: hi\r\n\r\nbody \xc3\xa9\r\n";
+        assert!(!Envelope::local(from.clone(), vec![ascii.clone()], "h", 0, plain).smtputf8);
+        assert!(Envelope::local(from.clone(), vec![utf8], "h", 0, plain).smtputf8);
+        let header = "Subject: caf\u{e9}\r\n\r\nbody\r\n".as_bytes();
+        assert!(!Envelope::local(from, vec![ascii], "h", 0, header).smtputf8);
+    }
 
     fn sample() -> Envelope {
         Envelope {

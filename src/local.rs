@@ -45,6 +45,13 @@ pub fn deliver(
             format!("unsafe mailbox name '{user}'"),
         ));
     }
+    // With mbox, `<user>.lock` is the lock of `<user>`'s mailbox.
+    if format == MailboxFormat::Mbox && user.ends_with(".lock") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("mailbox name '{user}' is another mailbox's lock file"),
+        ));
+    }
     let head = format!("Return-Path: {return_path}\r\nDelivered-To: {delivered_to}\r\n");
     match format {
         MailboxFormat::Maildir => maildir(&mail_dir.join(user), hostname, head.as_bytes(), msg),
@@ -181,9 +188,14 @@ impl DotLock {
             match OpenOptions::new().write(true).create_new(true).open(&lock) {
                 Ok(_) => return Ok(DotLock(lock)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let stale = fs::metadata(&lock)
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_DOT_LOCK));
+                    // A lock file is empty or holds a PID: anything larger
+                    // is not one, and is never removed.
+                    let stale = fs::symlink_metadata(&lock).is_ok_and(|m| {
+                        m.is_file()
+                            && m.len() <= 64
+                            && m.modified()
+                                .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_DOT_LOCK))
+                    });
                     if stale {
                         log::warn!("warning: {}: removing a stale lock", lock.display());
                         let _ = fs::remove_file(&lock);

@@ -526,12 +526,14 @@ fn become_service_user(cfg: &Config, thorough: bool) -> Result<(), String> {
 /// chown of a directory and what it holds, `depth` levels down.
 /// Gives the service user what root made in the spool and mail
 /// directories (a first start, a root `queue run`): only entries root
-/// owns, never through a symbolic link (lchown, no descent into linked
-/// directories), and never in `maildrop/`, whose files belong to the users
-/// who submitted them (and whose owner pickup reports). Anything owned by
-/// someone else stays theirs.
+/// owns, never through a symbolic link (lchown; directories opened with
+/// O_NOFOLLOW and walked through their open descriptor, so swapping one
+/// for a link while the walk runs leads nowhere), and never in `maildrop/`,
+/// whose files belong to the users who submitted them (and whose owner
+/// pickup reports). Anything owned by someone else stays theirs.
 fn chown_tree(p: &std::path::Path, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let meta = std::fs::symlink_metadata(p)?;
     if meta.file_type().is_symlink() {
         return Ok(());
@@ -539,10 +541,31 @@ fn chown_tree(p: &std::path::Path, uid: u32, gid: u32, depth: u32) -> std::io::R
     if meta.uid() == 0 {
         std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
     }
-    if depth > 0 && meta.is_dir() && p.file_name() != Some(std::ffi::OsStr::new("maildrop")) {
-        for e in std::fs::read_dir(p)? {
-            chown_tree(&e?.path(), uid, gid, depth - 1)?;
+    if depth == 0 || !meta.is_dir() || p.file_name() == Some(std::ffi::OsStr::new("maildrop")) {
+        return Ok(());
+    }
+    let dir = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(p)
+    {
+        Ok(d) => d,
+        // Swapped for a link or for something else since the look above.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+            return Ok(())
         }
+        Err(e) => return Err(e),
+    };
+    let pinned = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    // Without /proc, the path itself (the parents are the service user's
+    // own or root's, so only a compromised service account could race it).
+    let base = if pinned.is_dir() {
+        pinned
+    } else {
+        p.to_path_buf()
+    };
+    for e in std::fs::read_dir(&base)? {
+        chown_tree(&base.join(e?.file_name()), uid, gid, depth - 1)?;
     }
     Ok(())
 }
@@ -686,6 +709,14 @@ fn inetd(cfg: Config, local: bool) -> ExitCode {
 /// another runner (the daemon, or another run) holds the lock.
 fn queue_run(cfg: Config) -> ExitCode {
     init_logging(&cfg);
+    // Read as root, like the daemon does (a root-only credentials file).
+    let policy = match LocalPolicy::load(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     // From root's cron: deliver as the service user, never as root.
     if let Err(e) = become_service_user(&cfg, false) {
         log::error!("fatal: {e}");
@@ -723,13 +754,6 @@ fn queue_run(cfg: Config) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let policy = match LocalPolicy::load(&cfg) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("satchel: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
     let resolver = match resolver(&cfg) {
         Ok(r) => r,
         Err(e) => {

@@ -698,6 +698,9 @@ impl<'p> Session<'p> {
     /// The message is on disk: 250 (RFC 5321 §4.1.1.4, and our promise).
     pub fn queued(&mut self, queue_id: &str) -> Event {
         self.finish_transaction();
+        // As Postfix: the junk count starts again after each message (a
+        // client that reuses its session sends RSET before every one).
+        self.junk = 0;
         ok(250, Enhanced(2, 0, 0), &format!("Ok: queued as {queue_id}"))
     }
 
@@ -1053,6 +1056,19 @@ mod tests {
             assert_eq!(run(&mut s, "RSET"), 250);
         }
         assert!(matches!(s.command(b"NOOP"), Event::Close(r) if r.code == 421));
+        // A message in between starts the count again.
+        let mut s = session(true);
+        assert_eq!(run(&mut s, "EHLO c.test"), 250);
+        for _ in 0..JUNK_LIMIT {
+            assert_eq!(run(&mut s, "RSET"), 250);
+        }
+        assert_eq!(run(&mut s, "MAIL FROM:<a@local.test>"), 250);
+        assert_eq!(run(&mut s, "RCPT TO:<x@remote.test>"), 250);
+        assert!(matches!(s.command(b"DATA"), Event::Data(_)));
+        let _ = s.queued("0000000000000001");
+        for _ in 0..JUNK_LIMIT + 10 {
+            assert_eq!(run(&mut s, "RSET"), 250);
+        }
     }
 
     #[test]
