@@ -716,19 +716,29 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         .filter(|r| matches!(r.state, RcptState::Failed(_)))
         .map(|r| r.addr.clone())
         .collect();
+    // The recipients' states as the queue file has them.
+    let mut recorded: Vec<RcptState> = env.rcpts.iter().map(|r| r.state.clone()).collect();
     if expand_aliases(d, &mut env) {
-        match d.spool.rewrite(&active, &env, &msg) {
+        // An alias that failed (a loop) is written as still to do: it is
+        // written as failed with its bounce, at the end of the attempt, so a
+        // crash before that expands it, fails it and reports it again.
+        let mut snap = env.clone();
+        for r in snap.rcpts.iter_mut() {
+            if matches!(r.state, RcptState::Failed(_)) && !failed_before.contains(&r.addr) {
+                r.state = RcptState::Pending;
+            }
+        }
+        match d.spool.rewrite(&active, &snap, &msg) {
             Ok(c) => msg = c,
             Err(e) => {
                 log::warn!("warning: {id}: cannot record alias expansion: {e}");
                 return requeue(d, id, &active, now + d.cfg.min_backoff.as_secs());
             }
         }
+        recorded = snap.rcpts.into_iter().map(|r| r.state).collect();
     }
     let mut remote_mta: HashMap<usize, String> = HashMap::new();
     let mut postponed = false;
-    // The recipients' states as the queue file has them.
-    let mut recorded: Vec<RcptState> = env.rcpts.iter().map(|r| r.state.clone()).collect();
 
     // Local recipients first: no network, quick. A mailbox gets one copy
     // however many recipients lead to it (an alias and its member, two
