@@ -138,6 +138,20 @@ struct Timer<'a> {
     set: std::cell::Cell<Option<Duration>>,
 }
 
+/// The read time-out for a read that must end within `left`: rounded down
+/// to whole seconds above 2 s (never later than asked; a busy session
+/// reuses one setting), `TimedOut` when nothing is left.
+fn read_timeout_for(left: Duration) -> io::Result<Duration> {
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(if left >= Duration::from_secs(2) {
+        Duration::from_secs(left.as_secs())
+    } else {
+        left
+    })
+}
+
 impl<'a> Timer<'a> {
     fn new(ctl: &'a dyn Control) -> Timer<'a> {
         Timer {
@@ -148,14 +162,7 @@ impl<'a> Timer<'a> {
 
     /// Arms the time-out for a read that must end within `left`.
     fn arm(&self, left: Duration) -> io::Result<()> {
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        let d = if left >= Duration::from_secs(2) {
-            Duration::from_secs(left.as_secs())
-        } else {
-            left
-        };
+        let d = read_timeout_for(left)?;
         if self.ctl.deadline_from_now() || self.set.get() != Some(d) {
             self.ctl.set_read_timeout(d)?;
             self.set.set(Some(d));
@@ -402,15 +409,7 @@ pub struct Deadline {
 impl Read for Deadline {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(until) = self.until {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            let d = if left >= Duration::from_secs(2) {
-                Duration::from_secs(left.as_secs())
-            } else {
-                left
-            };
+            let d = read_timeout_for(until.saturating_duration_since(Instant::now()))?;
             if self.set != Some(d) {
                 self.sock.set_read_timeout(Some(d))?;
                 self.set = Some(d);

@@ -373,8 +373,10 @@ fn the_seeds_path_through_three_hosts_gives_the_classic_header() {
     drop((a, b));
 }
 
-#[test]
-fn the_best_mx_refuses_and_the_second_takes_it() {
+/// d.test with two MX hosts, mx1 at 127.0.0.5 (preference 10) and mx2 at
+/// 127.0.0.6 (20), on one port; the second answers 250. Returns the DNS
+/// server, the port, a server delivering through that DNS, and mx2.
+fn two_mx_hosts() -> (TestDns, u16, Server, FakeSmtp) {
     let dns = TestDns::start();
     let port = shared_port(&[[127, 0, 0, 5], [127, 0, 0, 6]]);
     let second = FakeSmtp::start(
@@ -383,12 +385,19 @@ fn the_best_mx_refuses_and_the_second_takes_it() {
     );
     dns.mx("d.test", 10, "mx1.d.test");
     dns.mx("d.test", 20, "mx2.d.test");
-    dns.a("mx1.d.test", [127, 0, 0, 5].into()); // nothing listens there
+    dns.a("mx1.d.test", [127, 0, 0, 5].into());
     dns.a("mx2.d.test", [127, 0, 0, 6].into());
     let s = delivering(&format!(
         "dns_servers = {}\nrelay_port = {port}\n",
         dns.addr
     ));
+    (dns, port, s, second)
+}
+
+#[test]
+fn the_best_mx_refuses_and_the_second_takes_it() {
+    // Nothing listens at mx1.
+    let (_dns, port, s, second) = two_mx_hosts();
     let id = send(&s, "a@satchel.test", &["x@d.test"], "fallback");
     s.wait_for("delivery via the second MX", || {
         second.received().len() == 1
@@ -402,8 +411,7 @@ fn the_best_mx_refuses_and_the_second_takes_it() {
 
 #[test]
 fn no_reply_after_the_dot_defers_and_the_next_mx_does_not_get_a_copy() {
-    let dns = TestDns::start();
-    let port = shared_port(&[[127, 0, 0, 5], [127, 0, 0, 6]]);
+    let (_dns, port, s, second) = two_mx_hosts();
     let first = FakeSmtp::start_with(
         SocketAddr::from(([127, 0, 0, 5], port)),
         Box::new(|_, _| "250 ok".into()),
@@ -415,18 +423,6 @@ fn no_reply_after_the_dot_defers_and_the_next_mx_does_not_get_a_copy() {
             }
         }),
     );
-    let second = FakeSmtp::start(
-        SocketAddr::from(([127, 0, 0, 6], port)),
-        Box::new(|_, _| "250 ok".into()),
-    );
-    dns.mx("d.test", 10, "mx1.d.test");
-    dns.mx("d.test", 20, "mx2.d.test");
-    dns.a("mx1.d.test", [127, 0, 0, 5].into());
-    dns.a("mx2.d.test", [127, 0, 0, 6].into());
-    let s = delivering(&format!(
-        "dns_servers = {}\nrelay_port = {port}\n",
-        dns.addr
-    ));
     let id = send(&s, "a@satchel.test", &["x@d.test"], "once");
     s.wait_for("a deferral for the lost reply", || {
         s.queued() == vec![id.clone()] && s.log().contains("no reply after the end of the data")
@@ -446,25 +442,12 @@ fn no_reply_after_the_dot_defers_and_the_next_mx_does_not_get_a_copy() {
 
 #[test]
 fn a_reset_after_the_dot_means_not_taken_and_the_next_mx_gets_it() {
-    let dns = TestDns::start();
-    let port = shared_port(&[[127, 0, 0, 5], [127, 0, 0, 6]]);
+    let (_dns, port, s, second) = two_mx_hosts();
     let _first = FakeSmtp::start_with(
         SocketAddr::from(([127, 0, 0, 5], port)),
         Box::new(|_, _| "250 ok".into()),
         Box::new(|_| Fault::ResetAfterDot),
     );
-    let second = FakeSmtp::start(
-        SocketAddr::from(([127, 0, 0, 6], port)),
-        Box::new(|_, _| "250 ok".into()),
-    );
-    dns.mx("d.test", 10, "mx1.d.test");
-    dns.mx("d.test", 20, "mx2.d.test");
-    dns.a("mx1.d.test", [127, 0, 0, 5].into());
-    dns.a("mx2.d.test", [127, 0, 0, 6].into());
-    let s = delivering(&format!(
-        "dns_servers = {}\nrelay_port = {port}\n",
-        dns.addr
-    ));
     send(&s, "a@satchel.test", &["x@d.test"], "reset");
     s.wait_for("delivery through the second MX", || {
         second.received().len() == 1 && s.queued().is_empty()

@@ -653,34 +653,42 @@ fn root_without_user_may_not_take_a_privileged_port() {
     assert!(err.contains("set `user = satchel`"), "{err}");
 }
 
-#[test]
-fn an_ordinary_users_sendmail_bs_goes_through_the_maildrop() {
+/// A server running as nobody, and `sendmail ARG` with `input` run by uid
+/// 12345 (no account, no rights on the spool); `None` when the tests
+/// cannot act as an ordinary user (not root, or no setpriv).
+fn as_ordinary_user(arg: &str, input: &[u8]) -> Option<(Server, Output)> {
     if !running_as_root() || Command::new("setpriv").arg("--version").output().is_err() {
         println!("skipped: needs root and setpriv to act as an ordinary user");
-        return;
+        return None;
     }
     let s = Server::start("user = nobody\ndefer_delivery = no\nlocal_users = alice, bob, carol\n");
     s.wait_for("the drop", || s.log().contains("running as nobody"));
     let link = s.dir.0.join("sendmail");
     std::os::unix::fs::symlink(BIN, &link).unwrap();
-    // Symfony Mailer's way: SMTP on stdin/stdout, uid 12345 without rights.
     let mut child = Command::new("setpriv")
         .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
         .arg(&link)
-        .arg("-bs")
+        .arg(arg)
         .env("SATCHEL_CONFIG", &s.conf)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("setpriv");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"EHLO app\r\nMAIL FROM:<app@satchel.test>\r\nRCPT TO:<carol@satchel.test>\r\nDATA\r\nSubject: via -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
+    Some((s, out))
+}
+
+#[test]
+fn an_ordinary_users_sendmail_bs_goes_through_the_maildrop() {
+    // Symfony Mailer's way: SMTP on stdin/stdout.
+    let Some((s, out)) = as_ordinary_user(
+        "-bs",
+        b"EHLO app\r\nMAIL FROM:<app@satchel.test>\r\nRCPT TO:<carol@satchel.test>\r\nDATA\r\nSubject: via -bs\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    ) else {
+        return;
+    };
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("250 2.0.0 Ok: queued as "), "{text}");
     let m = one_message(&s, "carol");
@@ -690,32 +698,9 @@ fn an_ordinary_users_sendmail_bs_goes_through_the_maildrop() {
 
 #[test]
 fn an_ordinary_user_submits_through_the_maildrop() {
-    if !running_as_root() || Command::new("setpriv").arg("--version").output().is_err() {
-        println!("skipped: needs root and setpriv to act as an ordinary user");
+    let Some((s, out)) = as_ordinary_user("carol", b"Subject: from a user\n\nhello\n") else {
         return;
-    }
-    let s = Server::start("user = nobody\ndefer_delivery = no\nlocal_users = alice, bob, carol\n");
-    s.wait_for("the drop", || s.log().contains("running as nobody"));
-    let link = s.dir.0.join("sendmail");
-    std::os::unix::fs::symlink(BIN, &link).unwrap();
-    // uid 12345 has no account and no rights on the spool.
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
-        .arg(&link)
-        .arg("carol")
-        .env("SATCHEL_CONFIG", &s.conf)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: from a user\n\nhello\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    };
     assert!(
         out.status.success(),
         "{}",
