@@ -234,6 +234,21 @@ pub fn build(n: &Notice) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A non-delivery notice of message ABC to a@b, at time 60.
+    fn failed_notice(reports: &[Report], original: &[u8]) -> String {
+        String::from_utf8(build(&Notice {
+            action: Action::Failed,
+            hostname: "mx.local.test",
+            queue_id: "ABC",
+            to: "a@b",
+            arrival: 0,
+            now: 60,
+            reports,
+            original,
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn status_comes_from_the_enhanced_code_or_the_class() {
         assert_eq!(status_of("550 5.1.1 User unknown", true), "5.1.1");
@@ -258,17 +273,7 @@ mod tests {
             remote_mta: Some("mx.remote.test".into()),
         }];
         let original = b"Subject: hello\r\nFrom: a@b\r\n\r\nsecret body\r\n";
-        let b = build(&Notice {
-            action: Action::Failed,
-            hostname: "mx.local.test",
-            queue_id: "ABC",
-            to: "a@b",
-            arrival: 0,
-            now: 60,
-            reports: &reports,
-            original,
-        });
-        let s = String::from_utf8(b).unwrap();
+        let s = failed_notice(&reports, original);
         assert!(s.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(s.contains(
             "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.local.test\r\n"
@@ -289,17 +294,7 @@ mod tests {
             diagnostic: format!("550 5.1.1 unbekannt: {}", "\u{fc}".repeat(2000)),
             remote_mta: Some("mx.remote.test".into()),
         }];
-        let b = build(&Notice {
-            action: Action::Failed,
-            hostname: "mx.local.test",
-            queue_id: "ABC",
-            to: "a@b",
-            arrival: 0,
-            now: 60,
-            reports: &reports,
-            original: b"Subject: hello\r\n\r\n",
-        });
-        let s = String::from_utf8(b).unwrap();
+        let s = failed_notice(&reports, b"Subject: hello\r\n\r\n");
         assert!(s.contains(
             "Content-Type: message/global-delivery-status\r\nContent-Transfer-Encoding: 8bit\r\n"
         ));

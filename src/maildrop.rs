@@ -288,15 +288,21 @@ fn pickup_one(
 mod tests {
     use super::*;
 
+    /// A fresh spool at `root` with its maildrop and one submission in it.
+    fn spool_with_a_submission(root: &Path) -> (Spool, String) {
+        let _ = fs::remove_dir_all(root);
+        let spool = Spool::open(root).unwrap();
+        prepare(root).unwrap();
+        let from = ReversePath::parse("<a@b.test>").unwrap();
+        let to = [ForwardPath::parse("<c@d.test>").unwrap()];
+        let name = submit(root, &from, &to, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        (spool, name)
+    }
+
     #[test]
     fn pickup_takes_finished_files_and_passes_over_unfinished_ones() {
         let root = std::env::temp_dir().join(format!("satchel-maildrop-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let spool = Spool::open(&root).unwrap();
-        prepare(&root).unwrap();
-        let from = ReversePath::parse("<a@b.test>").unwrap();
-        let to = [ForwardPath::parse("<c@d.test>").unwrap()];
-        let name = submit(&root, &from, &to, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let (spool, name) = spool_with_a_submission(&root);
         assert!(!name.starts_with('.'));
         // One being written (empty so far), and one a day and more old.
         let d = dir(&root);
@@ -316,12 +322,7 @@ mod tests {
     #[test]
     fn a_spool_that_cannot_take_it_now_leaves_it_and_a_fifo_cannot_stall_pickup() {
         let root = std::env::temp_dir().join(format!("satchel-maildrop-r-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let spool = Spool::open(&root).unwrap();
-        prepare(&root).unwrap();
-        let from = ReversePath::parse("<a@b.test>").unwrap();
-        let to = [ForwardPath::parse("<c@d.test>").unwrap()];
-        let name = submit(&root, &from, &to, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let (spool, name) = spool_with_a_submission(&root);
         // tmp/ unusable (as a full disk would be): nothing queued, nothing lost.
         fs::remove_dir_all(spool.dir("tmp")).unwrap();
         fs::write(spool.dir("tmp"), b"not a directory").unwrap();

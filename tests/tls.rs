@@ -211,8 +211,9 @@ fn satchel_relays_to_satchel_over_starttls() {
     assert!(a.log().contains("TLS established"), "{}", a.log());
 }
 
-#[test]
-fn a_failed_handshake_with_opportunistic_tls_falls_back_to_plaintext() {
+/// A relayhost that offers STARTTLS and fails the handshake, and a server
+/// (with `extra` settings) that has queued one message for it.
+fn towards_a_broken_tls_relayhost(extra: &str) -> (FakeSmtp, Server) {
     let port = free_port();
     let broken = FakeSmtp::start_with(
         SocketAddr::from(([127, 0, 0, 1], port)),
@@ -220,7 +221,7 @@ fn a_failed_handshake_with_opportunistic_tls_falls_back_to_plaintext() {
         Box::new(|_| Fault::BrokenTls),
     );
     let s = Server::start(&format!(
-        "defer_delivery = no\nrelayhost = [127.0.0.1]:{port}\n"
+        "defer_delivery = no\nrelayhost = [127.0.0.1]:{port}\n{extra}"
     ));
     let mut c = Client::connect(s.addr());
     c.hello();
@@ -229,6 +230,12 @@ fn a_failed_handshake_with_opportunistic_tls_falls_back_to_plaintext() {
         c.mail("alice@satchel.test", &["x@remote.test"], body).0,
         250
     );
+    (broken, s)
+}
+
+#[test]
+fn a_failed_handshake_with_opportunistic_tls_falls_back_to_plaintext() {
+    let (broken, s) = towards_a_broken_tls_relayhost("");
     s.wait_for("delivery in plaintext", || broken.received().len() == 1);
     assert!(s
         .log()
@@ -239,21 +246,7 @@ fn a_failed_handshake_with_opportunistic_tls_falls_back_to_plaintext() {
     );
 
     // Where TLS is required, the mail waits instead.
-    let port = free_port();
-    let broken = FakeSmtp::start_with(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Box::new(|_, _| "250 ok".into()),
-        Box::new(|_| Fault::BrokenTls),
-    );
-    let s = Server::start(&format!(
-        "defer_delivery = no\nrelayhost = [127.0.0.1]:{port}\nrelayhost_tls = required\n"
-    ));
-    let mut c = Client::connect(s.addr());
-    c.hello();
-    assert_eq!(
-        c.mail("alice@satchel.test", &["x@remote.test"], body).0,
-        250
-    );
+    let (broken, s) = towards_a_broken_tls_relayhost("relayhost_tls = required\n");
     s.wait_for("the deferral", || s.log().contains("status=deferred"));
     assert!(
         broken.received().is_empty(),
