@@ -114,6 +114,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub vrfy: bool,
     pub log_level: log::LevelFilter,
+    /// The syslog socket of the commands that log there (inetd, sendmail,
+    /// the queue verbs).
+    pub syslog_socket: PathBuf,
     pub mail_dir: PathBuf,
     pub mailbox_format: crate::local::MailboxFormat,
     pub delivery_threads: usize,
@@ -226,6 +229,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             vrfy: false,
             log_level: log::LevelFilter::Info,
+            syslog_socket: PathBuf::from("/dev/log"),
             mail_dir: PathBuf::from("./var/mail"),
             mailbox_format: crate::local::MailboxFormat::Maildir,
             delivery_threads: 4,
@@ -471,6 +475,9 @@ impl Config {
                         .parse()
                         .map_err(|_| bad("expected off, error, warn, info, debug or trace"))?
                 }
+                "syslog_socket" => {
+                    c.syslog_socket = non_empty_path(value).ok_or_else(|| bad("expected a path"))?
+                }
                 "mail_dir" => {
                     c.mail_dir = non_empty_path(value).ok_or_else(|| bad("expected a path"))?
                 }
@@ -568,7 +575,10 @@ impl Config {
                 "defer_delivery" => {
                     c.defer_delivery = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
                 }
-                _ => return Err(err(format!("unknown setting '{key}'"))),
+                _ => {
+                    let hint = did_you_mean(key, known_settings().iter().map(String::as_str));
+                    return Err(err(format!("unknown setting '{key}'{hint}")));
+                }
             }
         }
         if !domains_set {
@@ -643,6 +653,7 @@ impl Config {
         kv("shutdown_timeout", secs(self.shutdown_timeout));
         kv("vrfy", if self.vrfy { "yes" } else { "no" }.into());
         kv("log_level", self.log_level.to_string().to_ascii_lowercase());
+        kv("syslog_socket", self.syslog_socket.display().to_string());
         kv("mail_dir", self.mail_dir.display().to_string());
         kv(
             "mailbox_format",
@@ -728,6 +739,51 @@ impl Config {
     }
 }
 
+/// The names of every setting (those `render` writes).
+fn known_settings() -> Vec<String> {
+    Config::default()
+        .render()
+        .lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+/// ` (did you mean 'hostname'?)` when one of `known` is a likely typo of
+/// `word` (two edits, or a third of its letters for long words), else
+/// nothing.
+pub fn did_you_mean<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let limit = (word.chars().count() / 3).clamp(2, 3);
+    known
+        .map(|k| (edit_distance(word, k), k))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, k)| format!(" (did you mean '{k}'?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance, with a swap of two neighbours counted as one
+/// edit (`hostnmae` is one slip from `hostname`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![(0..=b.len()).collect::<Vec<usize>>(); a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = d;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
 fn non_empty_path(v: &str) -> Option<PathBuf> {
     (!v.is_empty()).then(|| PathBuf::from(v))
 }
@@ -782,6 +838,27 @@ mod tests {
     fn unknown_key_names_file_and_line() {
         let e = Config::parse("hostname = a\n\nfrobnicate = 1\n", "etc/x.conf").unwrap_err();
         assert_eq!(e.to_string(), "etc/x.conf:3: unknown setting 'frobnicate'");
+    }
+
+    #[test]
+    fn an_unknown_setting_suggests_the_closest_known_one() {
+        let e = Config::parse("hostnmae = a\n", "x.conf").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.conf:1: unknown setting 'hostnmae' (did you mean 'hostname'?)"
+        );
+        let e = Config::parse("relayhots = [a]:25\n", "x.conf").unwrap_err();
+        assert!(
+            e.to_string().ends_with("(did you mean 'relayhost'?)"),
+            "{e}"
+        );
+        let e = Config::parse("mesage_size_limit = 1\n", "x.conf").unwrap_err();
+        assert!(e.to_string().contains("'message_size_limit'"), "{e}");
+        assert_eq!(
+            did_you_mean("sever", ["serve", "inetd"].into_iter()),
+            " (did you mean 'serve'?)"
+        );
+        assert_eq!(did_you_mean("zz", ["serve"].into_iter()), "");
     }
 
     #[test]

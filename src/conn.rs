@@ -14,7 +14,9 @@ use crate::envelope::{escape, Envelope, RcptState, Recipient};
 use crate::policy::LocalPolicy;
 use crate::smtp::data::DataDecoder;
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::smtp::session::{Client, DataEnd, Event, Session, SessionConfig, Transaction};
+use crate::smtp::session::{
+    AuthOutcome, Client, DataEnd, Event, Session, SessionConfig, Transaction,
+};
 use crate::spool::Spool;
 use crate::time;
 
@@ -232,6 +234,26 @@ fn read_line<R: Read>(
     }
 }
 
+/// True when the client's first bytes are a TLS handshake record (type
+/// 22, version 3.x): waits for them within `CLIENT_HELLO_WAIT`.
+fn sends_tls_handshake<R: Read>(r: &mut BufReader<R>, timer: &Timer) -> bool {
+    if r.buffer().is_empty() && timer.arm(CLIENT_HELLO_WAIT).is_err() {
+        return false;
+    }
+    matches!(r.fill_buf(), Ok([0x16, 0x03, ..]))
+}
+
+/// How long the first look at a client's bytes waits; a client that has
+/// sent nothing by then is read as usual, under the command time-out.
+const CLIENT_HELLO_WAIT: Duration = Duration::from_secs(5);
+
+fn log_implicit_tls(peer: &str) {
+    log::warn!(
+        "warning: {peer}: the client sent a TLS handshake instead of SMTP: it expects \
+         implicit TLS (RFC 8314, port 465), but this port speaks plaintext SMTP and STARTTLS"
+    );
+}
+
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -265,6 +287,10 @@ pub fn run<R: Read, W: Write>(
     } else {
         // RFC 5321 §3.1 / §4.3.1: nothing may arrive before the greeting.
         if ctl.talks_early(ctx.cfg.greet_pause) {
+            if sends_tls_handshake(&mut reader, &Timer::new(ctl)) {
+                log_implicit_tls(&peer);
+                return Ending::Closed;
+            }
             let r = session.early_talker();
             log::info!("reject: early talker from {peer}: {}", r.one_line());
             let _ = output.write_all(&r.to_wire());
@@ -273,6 +299,7 @@ pub fn run<R: Read, W: Write>(
         session.greeting().write_to(&mut out);
     }
     let timer = Timer::new(ctl);
+    let mut first_line = start == Start::Greet;
     'session: loop {
         if reader.buffer().is_empty() {
             if output.write_all(&out).and_then(|_| output.flush()).is_err() {
@@ -283,6 +310,13 @@ pub fn run<R: Read, W: Write>(
                 shutting_down(ctx).write_to(&mut out);
                 break;
             }
+        }
+        // A client that expected TLS from the first byte never sends a
+        // line: told apart from a slow one, and logged for the operator.
+        if std::mem::take(&mut first_line) && sends_tls_handshake(&mut reader, &timer) {
+            log_implicit_tls(&peer);
+            out.clear();
+            break;
         }
         let line = match read_line(
             &mut reader,
@@ -309,17 +343,10 @@ pub fn run<R: Read, W: Write>(
             Line::BareLf => Event::Close(session.bare_lf()),
             Line::Ok(l) => {
                 let verb = verb_of(&l);
-                let failures = session.auth_failures();
                 let ev = session.command(&l);
                 log_reject(&peer, &verb, &ev);
-                if session.auth_failures() > failures {
-                    // RFC 4954 §4: slow down password guessing, a second
-                    // more for every failure (at most five).
-                    log::warn!(
-                        "warning: {peer}: AUTH failed ({} so far)",
-                        session.auth_failures()
-                    );
-                    std::thread::sleep(Duration::from_secs(session.auth_failures().min(5) as u64));
+                if let Some(o) = session.take_auth_outcome() {
+                    log_auth(&peer, &o, session.auth_failures());
                 }
                 ev
             }
@@ -536,6 +563,23 @@ fn verb_of(line: &[u8]) -> String {
         .unwrap_or(line.len())
         .min(16);
     String::from_utf8_lossy(&line[..end]).to_ascii_uppercase()
+}
+
+/// One line per AUTH verdict, as Postfix's smtpd logs it; a failure also
+/// slows the client down (RFC 4954 §4: against password guessing, a
+/// second more for every failure, at most five).
+fn log_auth(peer: &str, o: &AuthOutcome, failures: usize) {
+    let (method, user) = (o.mechanism, escape(&o.user));
+    if o.success {
+        log::info!("{peer}: sasl_method={method}, sasl_username={user}");
+        return;
+    }
+    log::warn!(
+        "warning: {peer}: AUTH failed ({failures} so far): sasl_method={method}, sasl_username={user}"
+    );
+    if failures > 0 {
+        std::thread::sleep(Duration::from_secs(failures.min(5) as u64));
+    }
 }
 
 fn log_reject(peer: &str, verb: &str, ev: &Event) {

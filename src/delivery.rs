@@ -430,7 +430,13 @@ fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
             }
             Some(Event::Control(Control::Flush)) => {
                 scan(d, &mut s, &in_flight);
-                let ids = s.ids();
+                // Only what waits in queue/: a message held since it was
+                // scheduled is not tried, nor counted.
+                let ids: Vec<String> = s
+                    .ids()
+                    .into_iter()
+                    .filter(|id| d.spool.dir("queue").join(id).exists())
+                    .collect();
                 log::info!("flush: {} queued message(s) due now", ids.len());
                 for id in ids {
                     s.set(id, 0);
@@ -573,6 +579,17 @@ pub fn control_socket(spool: &Path, inbox: Handoff<Event>) -> Result<(), String>
                         inbox.send(Event::Control(Control::Scan));
                         "ok\n"
                     }
+                    // Released from hold: due now, whatever was planned.
+                    Ok(_)
+                        if line
+                            .trim()
+                            .strip_prefix("release ")
+                            .is_some_and(is_queue_id) =>
+                    {
+                        let id = line.trim()["release ".len()..].to_string();
+                        inbox.send(Event::Queued(id));
+                        "ok\n"
+                    }
                     _ => "error: unknown request\n",
                 };
                 let _ = (&stream).write_all(answer.as_bytes());
@@ -580,6 +597,14 @@ pub fn control_socket(spool: &Path, inbox: Handoff<Event>) -> Result<(), String>
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// After `queue release`: the running server schedules the message now;
+/// without one, a queue run is started as after a submission.
+pub fn release(spool: &Spool, id: &str, config: Option<&Path>) {
+    if control_request(spool.root(), &format!("release {id}")).is_err() {
+        kick_runner(spool, config);
+    }
 }
 
 /// Asks a running server to flush its queue. `Err` when none answers.

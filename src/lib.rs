@@ -20,6 +20,7 @@ pub mod local;
 pub mod maildrop;
 pub mod os;
 pub mod policy;
+pub mod preflight;
 pub mod queue;
 pub mod relay;
 pub mod sendmail;

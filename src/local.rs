@@ -5,8 +5,10 @@
 //! back to its old length if the append fails).
 //!
 //! Prepends `Return-Path:` (RFC 5321 §4.4: added at final delivery) and
-//! `Delivered-To:`; the message bytes are otherwise kept exactly (Maildir)
-//! or only converted to the mbox line convention (LF). Every failure here is
+//! `Delivered-To:`. Both formats store the local line convention, LF, as
+//! Postfix's local(8) and Dovecot's own deliveries do (the spool's CRLF is
+//! wire format): a CR LF pair becomes LF, a lone CR inside a line stays as
+//! it is; mbox also gets its `From ` quoting. Every failure here is
 //! temporary (a full disk, a permission problem): the message stays queued.
 //! Never talks to the network.
 
@@ -52,7 +54,7 @@ pub fn deliver(
             format!("mailbox name '{user}' is another mailbox's lock file"),
         ));
     }
-    let head = format!("Return-Path: {return_path}\r\nDelivered-To: {delivered_to}\r\n");
+    let head = format!("Return-Path: {return_path}\nDelivered-To: {delivered_to}\n");
     match format {
         MailboxFormat::Maildir => maildir(&mail_dir.join(user), hostname, head.as_bytes(), msg),
         MailboxFormat::Mbox => mbox(&mail_dir.join(user), return_path, head.as_bytes(), msg),
@@ -77,9 +79,11 @@ fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Content) -> io::Result
     );
     let tmp = dir.join("tmp").join(&name);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(head)?;
-        io::copy(&mut msg.open()?, &mut f)?;
+        let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut out = io::BufWriter::with_capacity(64 * 1024, f);
+        out.write_all(head)?;
+        copy_crlf_as_lf(&mut msg.open()?, &mut out)?;
+        let f = out.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         let dest = dir.join("new").join(&name);
         fs::rename(&tmp, &dest)?;
@@ -168,6 +172,45 @@ fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Content) -> io::Resul
     Ok(path.to_path_buf())
 }
 
+/// Copies `r` to `w` with each CR LF pair written as LF (the local line
+/// convention); a CR not followed by LF is kept, also across reads.
+fn copy_crlf_as_lf(r: &mut impl Read, w: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut held_cr = false;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = &buf[..n];
+        if std::mem::take(&mut held_cr) && chunk[0] != b'\n' {
+            w.write_all(b"\r")?;
+        }
+        let mut start = 0;
+        for (i, _) in chunk.iter().enumerate().filter(|&(_, &b)| b == b'\r') {
+            match chunk.get(i + 1) {
+                Some(b'\n') => {
+                    w.write_all(&chunk[start..i])?;
+                    start = i + 1;
+                }
+                Some(_) => {}
+                None => {
+                    w.write_all(&chunk[start..i])?;
+                    start = n;
+                    held_cr = true;
+                }
+            }
+        }
+        w.write_all(&chunk[start..])?;
+    }
+    if held_cr {
+        w.write_all(b"\r")?;
+    }
+    Ok(())
+}
+
 /// How often, and how far apart, a locked mbox is tried before the
 /// delivery is deferred (Postfix: 20 tries a second apart).
 const LOCK_TRIES: u32 = 20;
@@ -248,9 +291,9 @@ mod tests {
     }
 
     #[test]
-    fn maildir_delivery_prepends_return_path_and_keeps_the_bytes() {
+    fn maildir_delivery_prepends_return_path_and_stores_lf_line_ends() {
         let d = tmp("maildir");
-        let msg = queued(&d, b"Subject: x\r\n\r\nFrom here\r\n");
+        let msg = queued(&d, b"Subject: x\r\n\r\nFrom here\r\nlone\rcr\r\n");
         let p = deliver(
             &d.join("mail"),
             MailboxFormat::Maildir,
@@ -264,7 +307,7 @@ mod tests {
         assert!(p.starts_with(d.join("mail/alice/new")));
         assert_eq!(
             fs::read(&p).unwrap(),
-            b"Return-Path: <a@b>\r\nDelivered-To: alice@h\r\nSubject: x\r\n\r\nFrom here\r\n"
+            b"Return-Path: <a@b>\nDelivered-To: alice@h\nSubject: x\n\nFrom here\nlone\rcr\n"
         );
         assert_eq!(fs::read_dir(d.join("mail/alice/tmp")).unwrap().count(), 0);
         fs::remove_dir_all(d).unwrap();
@@ -285,6 +328,29 @@ mod tests {
         ));
         assert!(!text.contains('\r'));
         fs::remove_dir_all(d).unwrap();
+    }
+
+    /// A reader that hands out at most `n` bytes a read, so CR LF pairs
+    /// fall across the reads.
+    struct Drip<'a>(&'a [u8], usize);
+
+    impl Read for Drip<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(self.1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn crlf_becomes_lf_across_reads_and_lone_crs_stay() {
+        let input = b"a\r\nb\rc\r\r\n\r\nend\r";
+        for step in 1..=input.len() {
+            let mut out = Vec::new();
+            copy_crlf_as_lf(&mut Drip(input, step), &mut out).unwrap();
+            assert_eq!(out, b"a\nb\rc\r\n\nend\r", "reads of {step}");
+        }
     }
 
     #[test]

@@ -32,15 +32,30 @@ use satchel::{queue, server, time};
 /// Exit status for a bad configuration or bad usage.
 const EXIT_CONFIG: u8 = 2;
 
-const USAGE: &str = "usage: satchel serve [-c FILE] [-p PIDFILE]
-       satchel inetd [-c FILE]
-       satchel queue run [-c FILE]
-       satchel check-config [-c FILE]
-       satchel install-links DIR
-       satchel queue list [--json] [-c FILE]
-       satchel queue flush [-c FILE]
-       satchel queue show|hold|release ID [-c FILE]
-       satchel queue delete ID|ALL [-c FILE]";
+const USAGE: &str = "usage: satchel COMMAND [-c FILE]
+  serve [-p PIDFILE]          the daemon, in the foreground
+  inetd                       one SMTP session on stdin/stdout (inetd, xinetd, systemd)
+  check-config                check the configuration and print the settings in force
+  queue list [--json]         list the queue (as mailq)
+  queue run                   deliver what is due once, then exit (cron)
+  queue flush                 ask the running server to try everything now
+  queue show|hold|release ID  show a message, keep it back, let it go
+  queue delete ID|ALL         remove a message, or every message not being delivered
+  install-links DIR           make DIR/sendmail, DIR/mailq and DIR/newaliases
+  sendmail [options] [rcpt]   the sendmail command (satchel sendmail --help)
+  --version, --help
+Also runs as sendmail, mailq and newaliases when called by those names
+(see install-links). -c FILE, else $SATCHEL_CONFIG, else /etc/satchel/satchel.conf.";
+
+/// The commands of the usage, for "did you mean".
+const COMMANDS: [&str; 6] = [
+    "serve",
+    "inetd",
+    "check-config",
+    "queue",
+    "install-links",
+    "sendmail",
+];
 
 fn main() -> ExitCode {
     let argv0 = std::env::args().next().unwrap_or_default();
@@ -63,6 +78,7 @@ fn main() -> ExitCode {
     let mut opts = getopts::Options::new();
     opts.optopt("c", "config", "configuration file", "FILE");
     opts.optflag("h", "help", "print this help");
+    opts.optflag("V", "version", "print the version");
     opts.optflag("", "json", "queue list: one JSON object per message");
     opts.optopt(
         "p",
@@ -79,6 +95,10 @@ fn main() -> ExitCode {
     };
     if m.opt_present("h") {
         println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if m.opt_present("V") {
+        println!("{}", version());
         return ExitCode::SUCCESS;
     }
     let words: Vec<&str> = m.free.iter().map(String::as_str).collect();
@@ -109,9 +129,31 @@ fn main() -> ExitCode {
             queue_tool(&cfg, verb, id)
         }
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("satchel: {}\n{USAGE}", unknown_command(&words));
             ExitCode::from(EXIT_CONFIG)
         }
+    }
+}
+
+/// `satchel 0.1.0 (tls)`.
+fn version() -> String {
+    let tls = if cfg!(feature = "tls") {
+        "tls"
+    } else {
+        "no tls"
+    };
+    format!("satchel {} ({tls})", env!("CARGO_PKG_VERSION"))
+}
+
+/// What is wrong with a command line that matched no command.
+fn unknown_command(words: &[&str]) -> String {
+    match words {
+        [] => "no command given".into(),
+        [w, ..] if !COMMANDS.contains(w) => {
+            let hint = satchel::config::did_you_mean(w, COMMANDS.iter().copied());
+            format!("unknown command '{w}'{hint}")
+        }
+        _ => format!("'{}' is not a complete command", words.join(" ")),
     }
 }
 
@@ -123,7 +165,7 @@ enum LogTo {
     Syslog,
 }
 
-/// Sends each log line as one datagram to /dev/log (RFC 3164 form,
+/// Sends each log line as one datagram to `syslog_socket` (RFC 3164 form,
 /// facility mail, severity info: `<22>`).
 struct Syslog {
     sock: Option<std::os::unix::net::UnixDatagram>,
@@ -162,7 +204,7 @@ fn init_logging_to(cfg: &Config, to: LogTo) {
     }
     if to == LogTo::Syslog {
         let sock = std::os::unix::net::UnixDatagram::unbound()
-            .and_then(|s| s.connect("/dev/log").map(|_| s))
+            .and_then(|s| s.connect(&cfg.syslog_socket).map(|_| s))
             .ok();
         b.format(|buf, record| writeln!(buf, "{}", record.args()));
         b.target(env_logger::Target::Pipe(Box::new(Syslog {
@@ -193,10 +235,19 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Everything it would die on later, before it creates anything.
+    let problems = satchel::preflight::check(&cfg);
+    for p in &problems {
+        log::error!("fatal: {p}");
+    }
+    if !problems.is_empty() {
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let spool = match Spool::open(&cfg.spool_dir) {
         Ok(s) => s,
         Err(e) => {
-            log::error!("fatal: spool {}: {e}", cfg.spool_dir.display());
+            let why = satchel::preflight::explain(&e, "spool_dir", &cfg.spool_dir);
+            log::error!("fatal: {why}");
             return ExitCode::FAILURE;
         }
     };
@@ -389,6 +440,17 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
     if let Some(m) = forced {
         o.mode = m;
     }
+    match o.mode {
+        Mode::Help => {
+            println!("{}", sendmail::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Mode::Version => {
+            println!("{}", version());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let cfg = match Config::locate(o.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -402,6 +464,12 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
     match o.mode {
         Mode::Smtp => return inetd(cfg, true),
         Mode::ListQueue => return queue_list(&cfg, false),
+        // A running daemon delivers: ask it, as `queue flush` does.
+        Mode::RunQueue
+            if delivery::request_flush(&cfg.spool_dir).is_ok_and(|a| a.starts_with("ok")) =>
+        {
+            return ExitCode::SUCCESS
+        }
         Mode::RunQueue => return queue_run(cfg),
         Mode::CheckAliases => {
             return match satchel::aliases::Aliases::load(&cfg.aliases_file) {
@@ -415,7 +483,7 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
                 }
             }
         }
-        Mode::Deliver => {}
+        Mode::Deliver | Mode::Help | Mode::Version => {}
     }
     init_logging_to(
         &cfg,
@@ -717,6 +785,13 @@ fn queue_run(cfg: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let problems = satchel::preflight::directories(&cfg);
+    for p in &problems {
+        log::error!("fatal: {p}");
+    }
+    if !problems.is_empty() {
+        return ExitCode::from(EXIT_CONFIG);
+    }
     // From root's cron: deliver as the service user, never as root.
     if let Err(e) = become_service_user(&cfg, false) {
         log::error!("fatal: {e}");
@@ -799,17 +874,55 @@ fn resolver(cfg: &Config) -> Result<Box<dyn Resolver>, String> {
     }
 }
 
+/// The spool, made when missing (`queue run`).
 fn open_spool(cfg: &Config) -> Result<Spool, ExitCode> {
     Spool::open(&cfg.spool_dir).map_err(|e| {
-        eprintln!("satchel: spool {}: {e}", cfg.spool_dir.display());
+        eprintln!(
+            "satchel: {}",
+            satchel::preflight::explain(&e, "spool_dir", &cfg.spool_dir)
+        );
         ExitCode::FAILURE
     })
 }
 
+/// The spool as it is, for the tools that only look or move one message:
+/// they never create it. `Ok(None)` when it does not exist yet. Without a
+/// configuration file, says which spool it looked at.
+fn existing_spool(cfg: &Config) -> Result<Option<Spool>, ExitCode> {
+    if cfg.source.is_none() {
+        eprintln!(
+            "satchel: no configuration file ({} or -c FILE); spool {}",
+            satchel::config::SYSTEM_CONFIG,
+            absolute(&cfg.spool_dir).display()
+        );
+    }
+    match Spool::open_existing(&cfg.spool_dir) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => {
+            eprintln!(
+                "satchel: {}",
+                satchel::preflight::explain(&e, "spool_dir", &cfg.spool_dir)
+            );
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn absolute(p: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 fn queue_flush(cfg: &Config) -> ExitCode {
+    init_logging_to(cfg, LogTo::Syslog);
     match delivery::request_flush(&cfg.spool_dir) {
         Ok(answer) if answer == "ok" => {
-            println!("queue flush requested");
+            let n = match Spool::open_existing(&cfg.spool_dir) {
+                Ok(s) => queue::waiting(&s),
+                Err(_) => 0,
+            };
+            println!("queue flush requested: {n} waiting message(s) to try now (held ones stay)");
+            log::info!("queue flush requested: {n} waiting message(s)");
             ExitCode::SUCCESS
         }
         Ok(answer) => {
@@ -831,9 +944,20 @@ fn check_config(cfg: &Config) -> ExitCode {
         eprintln!("satchel: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    let problems = satchel::preflight::check(cfg);
+    for p in &problems {
+        eprintln!("satchel: {p}");
+    }
+    if !problems.is_empty() {
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match &cfg.source {
         Some(p) => println!("# {} is valid; effective settings:", p.display()),
-        None => println!("# no configuration file; built-in defaults:"),
+        None => println!(
+            "# no configuration file ({} or -c FILE); built-in defaults, spool {}:",
+            satchel::config::SYSTEM_CONFIG,
+            absolute(&cfg.spool_dir).display()
+        ),
     }
     print!("{}", cfg.render());
     ExitCode::SUCCESS
@@ -841,16 +965,22 @@ fn check_config(cfg: &Config) -> ExitCode {
 
 /// `queue list [--json]`.
 fn queue_list(cfg: &Config, json: bool) -> ExitCode {
-    let spool = match open_spool(cfg) {
+    let spool = match existing_spool(cfg) {
         Ok(s) => s,
         Err(c) => return c,
     };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let listed = queue::write_list(&spool, json, &mut w).and_then(|()| {
+    let listed = match &spool {
+        Some(spool) => queue::write_list(spool, json, &mut w),
+        // Nothing received yet: nothing to list, and nothing is made.
+        None if json => Ok(()),
+        None => writeln!(w, "Mail queue is empty"),
+    };
+    let listed = listed.and_then(|()| {
         // Submissions not picked up yet (the daemon down, say): counted
         // for whoever may list maildrop/ (root, the service user).
-        let waiting = std::fs::read_dir(satchel::maildrop::dir(spool.root()))
+        let waiting = std::fs::read_dir(satchel::maildrop::dir(&cfg.spool_dir))
             .map(|d| {
                 d.filter_map(|e| e.ok()?.file_name().into_string().ok())
                     .filter(|n| !n.starts_with('.'))
@@ -876,22 +1006,37 @@ fn queue_list(cfg: &Config, json: bool) -> ExitCode {
     }
 }
 
-/// `queue show|delete|hold|release ID` (delete also takes ALL).
+/// `queue show|delete|hold|release ID` (delete also takes ALL). What
+/// changes the queue is logged, as Postfix's postsuper logs it.
 fn queue_tool(cfg: &Config, verb: &str, id: &str) -> ExitCode {
-    let spool = match open_spool(cfg) {
-        Ok(s) => s,
+    init_logging_to(cfg, LogTo::Syslog);
+    let spool = match existing_spool(cfg) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("satchel: {id}: no such message in the queue (no spool yet)");
+            return ExitCode::FAILURE;
+        }
         Err(c) => return c,
+    };
+    let said = |line: String| {
+        println!("{line}");
+        log::info!("{line}");
     };
     let result = match verb {
         "show" => queue::show(&spool, id).map(|t| print!("{t}")),
-        "delete" if id == "ALL" => {
-            queue::delete_all(&spool).map(|n| println!("{n} message(s) deleted"))
-        }
-        "delete" => queue::delete(&spool, id).map(|()| println!("{id}: deleted")),
-        "hold" => queue::hold(&spool, id).map(|()| println!("{id}: placed on hold")),
-        "release" => queue::release(&spool, id).map(|()| {
-            println!("{id}: released");
-            delivery::kick_runner(&spool, cfg.source.as_deref());
+        "delete" if id.eq_ignore_ascii_case("all") => queue::delete_all(&spool)
+            .map(|n| said(format!("queue delete ALL: {n} message(s) deleted"))),
+        "delete" => queue::delete(&spool, id).map(|()| said(format!("{id}: removed"))),
+        "hold" => queue::hold(&spool, id).map(|moved| match moved {
+            true => said(format!("{id}: placed on hold")),
+            false => println!("{id}: already on hold"),
+        }),
+        "release" => queue::release(&spool, id).map(|moved| match moved {
+            true => {
+                said(format!("{id}: released from hold"));
+                delivery::release(&spool, id, cfg.source.as_deref());
+            }
+            false => println!("{id}: not on hold; it waits for its next attempt as before"),
         }),
         _ => unreachable!("verbs are matched by the caller"),
     };

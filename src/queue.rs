@@ -85,28 +85,53 @@ pub fn delete_all(spool: &Spool) -> Result<usize, QueueError> {
     Ok(n)
 }
 
-/// Moves a message between `queue/` and `hold/` (`from` -> `to`).
-fn shift(spool: &Spool, id: &str, from: &str, to: &str) -> Result<(), QueueError> {
+/// Moves a message between `queue/` and `hold/` (`from` -> `to`); false
+/// when it is in `to` already.
+fn shift(spool: &Spool, id: &str, from: &str, to: &str) -> Result<bool, QueueError> {
     let dir = locate(spool, id)?;
     if dir == "active" {
         return Err(QueueError::Busy(id.to_string()));
     }
-    if dir != from {
-        return Err(QueueError::Io(format!("{id} is not in {from}/")));
+    if dir == to {
+        return Ok(false);
     }
-    fs::rename(spool.dir(from).join(id), spool.dir(to).join(id))
+    let dest = spool.dir(to).join(id);
+    fs::rename(spool.dir(from).join(id), &dest)
         .map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
-    crate::spool::sync_dir(&spool.dir(to)).map_err(|e| QueueError::Io(e.to_string()))
+    if to == "queue" {
+        // The mtime of a waiting envelope is its next attempt (see
+        // `delivery::scan`): a released message is due at once.
+        let _ = fs::File::options()
+            .write(true)
+            .open(&dest)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    }
+    crate::spool::sync_dir(&spool.dir(to)).map_err(|e| QueueError::Io(e.to_string()))?;
+    Ok(true)
 }
 
-/// Keeps a message from delivery until released.
-pub fn hold(spool: &Spool, id: &str) -> Result<(), QueueError> {
+/// Keeps a message from delivery until released; false when it was on
+/// hold already.
+pub fn hold(spool: &Spool, id: &str) -> Result<bool, QueueError> {
     shift(spool, id, "queue", "hold")
 }
 
-/// Returns a held message to the queue.
-pub fn release(spool: &Spool, id: &str) -> Result<(), QueueError> {
+/// Returns a held message to the queue, due at once; false when it was
+/// not on hold.
+pub fn release(spool: &Spool, id: &str) -> Result<bool, QueueError> {
     shift(spool, id, "hold", "queue")
+}
+
+/// How many messages a flush will try: those waiting in `queue/` (held
+/// and active ones are not).
+pub fn waiting(spool: &Spool) -> usize {
+    fs::read_dir(spool.dir("queue"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(is_queue_id))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The envelope and the message headers of `id`, for `queue show`.

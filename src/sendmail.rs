@@ -4,7 +4,9 @@
 //! Bcc removed), `-f sender`, `-F "full name"`, `-i`/`-oi` (a lone dot
 //! does not end the message), `-bs` (SMTP on stdin/stdout), `-bp`
 //! (= mailq), `-q` (run the queue), `-bi` (check the aliases file), `-v`;
-//! other `-o…` options are accepted with a warning. Date, Message-ID and
+//! the rest of sendmail's option set is parsed as its getopt string says
+//! (a value attached or in the next argument) and has no effect, as with
+//! Postfix (see `USAGE`). Date, Message-ID and
 //! From are added when missing. Exit codes follow sysexits(3).
 //!
 //! The parsing of options, headers and address lists is pure and unit
@@ -29,10 +31,14 @@ pub enum Mode {
     Smtp,
     /// `-bp` or invoked as `mailq`.
     ListQueue,
-    /// `-q`: process the queue.
+    /// `-q`: process the queue (a running daemon is asked to flush).
     RunQueue,
-    /// `-bi` or invoked as `newaliases`.
+    /// `-bi`, `-I` or invoked as `newaliases`.
     CheckAliases,
+    /// `--help`.
+    Help,
+    /// `-bV` (as Exim) and `--version`.
+    Version,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,29 @@ pub struct Options {
     pub warnings: Vec<String>,
 }
 
+pub const USAGE: &str = "usage: sendmail [options] [recipient ...]
+  -t            recipients from the To:, Cc: and Bcc: headers (Bcc: removed)
+  -i, -oi       a line with a single dot does not end the message
+  -f sender     the envelope sender (-r too); -f '<>' for the null sender
+  -F name       the sender's full name, for a From: header added here
+  -C file       the configuration file (else $SATCHEL_CONFIG, /etc/satchel/satchel.conf)
+  -v            report the queue ID and log to stderr
+  -bm           read a message and queue it (the default)
+  -bs           SMTP on standard input and output
+  -bp           list the queue (as mailq)
+  -bi, -I       check the aliases file (as newaliases)
+  -q            deliver the queue now (asks a running server to flush)
+  -bV, --version  the version
+Accepted without effect, as Postfix and sendmail accept them: -B type, -G, -U,
+-n, -m, -c, -x, -A c|m, -e x, -h hops, -L tag, -O option=value, -o x [value],
+-p protocol, -d x. Warned about (delivery status notifications are not
+supported yet): -N dsn, -R ret, -V envid, -X logfile.
+Also installed as mailq (list the queue) and newaliases (check the aliases).";
+
+/// Option letters that take a value, attached (`-fuser`) or in the next
+/// argument (`-f user`), as sendmail's and Postfix's getopt strings say.
+const TAKES_VALUE: &str = "ABCFLNORVXbdefhoprq";
+
 /// Parses sendmail-style arguments (without argv[0]).
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -62,66 +91,99 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
         warnings: Vec::new(),
     };
     let mut i = 0;
-    // An option's value: attached (`-fuser`) or the next argument.
-    let value = |i: &mut usize, attached: &str, name: &str| -> Result<String, String> {
-        if !attached.is_empty() {
-            return Ok(attached.to_string());
-        }
-        *i += 1;
-        args.get(*i)
-            .cloned()
-            .ok_or_else(|| format!("option -{name} needs a value"))
-    };
     while i < args.len() {
         let a = &args[i];
-        if a == "--" {
-            o.recipients.extend(args[i + 1..].iter().cloned());
-            break;
-        }
-        let Some(opt) = a.strip_prefix('-').filter(|s| !s.is_empty()) else {
-            o.recipients.push(a.clone());
-            i += 1;
-            continue;
-        };
-        // Flags grouped as getopt allows: -ti, -it, -tiv.
-        if opt.len() > 1 && opt.chars().all(|c| matches!(c, 't' | 'i' | 'v')) {
-            o.extract |= opt.contains('t');
-            o.ignore_dots |= opt.contains('i');
-            o.verbose |= opt.contains('v');
-            i += 1;
-            continue;
-        }
-        let (flag, rest) = opt.split_at(1);
-        match flag {
-            "t" if rest.is_empty() => o.extract = true,
-            "i" if rest.is_empty() => o.ignore_dots = true,
-            "v" => o.verbose = true,
-            "f" | "r" => o.sender = Some(value(&mut i, rest, flag)?),
-            "F" => o.full_name = Some(value(&mut i, rest, flag)?),
-            "C" => o.config = Some(value(&mut i, rest, flag)?),
-            "o" => match rest {
-                "i" => o.ignore_dots = true,
-                "" => return Err("option -o needs a value".into()),
-                other => o.warnings.push(format!("-o{other} ignored")),
-            },
-            "b" => match rest {
-                "m" => o.mode = Mode::Deliver,
-                "s" => o.mode = Mode::Smtp,
-                "p" => o.mode = Mode::ListQueue,
-                "i" => o.mode = Mode::CheckAliases,
-                other => return Err(format!("-b{other} is not supported")),
-            },
-            "q" => o.mode = Mode::RunQueue,
-            "N" | "R" | "V" | "B" | "L" | "X" => {
-                let v = value(&mut i, rest, flag)?;
-                o.warnings.push(format!("-{flag} {v} ignored"));
-            }
-            "O" | "h" | "n" | "U" | "m" | "e" | "d" => o.warnings.push(format!("-{opt} ignored")),
-            _ => return Err(format!("unknown option -{opt}")),
-        }
         i += 1;
+        match a.as_str() {
+            "--" => {
+                o.recipients.extend(args[i..].iter().cloned());
+                break;
+            }
+            "--help" => o.mode = Mode::Help,
+            "--version" => o.mode = Mode::Version,
+            _ => match a.strip_prefix('-').filter(|s| !s.is_empty()) {
+                Some(letters) => cluster(&mut o, letters, args, &mut i)?,
+                None => o.recipients.push(a.clone()),
+            },
+        }
     }
     Ok(o)
+}
+
+/// One argument of option letters (`-ti`, `-oi`, `-f user`): flags may be
+/// grouped; a letter that takes a value takes the rest of the argument or,
+/// when nothing is left, the next one (`args[*i]`).
+fn cluster(o: &mut Options, letters: &str, args: &[String], i: &mut usize) -> Result<(), String> {
+    for (at, flag) in letters.char_indices() {
+        if !TAKES_VALUE.contains(flag) {
+            flag_option(o, flag)?;
+            continue;
+        }
+        let attached = &letters[at + flag.len_utf8()..];
+        // -q takes its optional interval attached only (-q, -q30m).
+        let value = if !attached.is_empty() || flag == 'q' {
+            attached.to_string()
+        } else {
+            let v = args
+                .get(*i)
+                .cloned()
+                .ok_or_else(|| format!("option -{flag} needs a value"))?;
+            *i += 1;
+            v
+        };
+        return value_option(o, flag, value);
+    }
+    Ok(())
+}
+
+fn flag_option(o: &mut Options, flag: char) -> Result<(), String> {
+    match flag {
+        't' => o.extract = true,
+        'i' => o.ignore_dots = true,
+        'v' => o.verbose = true,
+        'I' => o.mode = Mode::CheckAliases,
+        // Gateway submission, initial user submission, no aliasing, me
+        // too, and Postfix's ignored -c and -x: no effect here.
+        'G' | 'U' | 'n' | 'm' | 'c' | 'x' => {}
+        _ => {
+            return Err(format!(
+                "unknown option -{flag} (sendmail --help lists them)"
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn value_option(o: &mut Options, flag: char, v: String) -> Result<(), String> {
+    match flag {
+        'f' | 'r' => o.sender = Some(v),
+        'F' => o.full_name = Some(v),
+        'C' => o.config = Some(v),
+        'q' => o.mode = Mode::RunQueue,
+        'b' => {
+            o.mode = match v.as_str() {
+                "m" => Mode::Deliver,
+                "s" => Mode::Smtp,
+                "p" => Mode::ListQueue,
+                "i" => Mode::CheckAliases,
+                "V" => Mode::Version,
+                other => return Err(format!("-b{other} is not supported")),
+            }
+        }
+        // -oi is the one -o option with an effect; the others (error
+        // mode -oem, delivery mode -odb, -om, alias file -oA…) are
+        // sendmail.cf settings that satchel.conf replaces.
+        'o' if v == "i" => o.ignore_dots = true,
+        // Body type, gateway/submission mode, error mode, hop count, log
+        // tag, protocol, debugging, sendmail.cf options: no effect.
+        'o' | 'B' | 'A' | 'e' | 'h' | 'L' | 'p' | 'd' | 'O' => {}
+        // Asked for and not done: said, so the caller is not misled.
+        'N' | 'R' | 'V' => o.warnings.push(format!(
+            "-{flag} {v} ignored: delivery status notifications are not supported"
+        )),
+        _ => o.warnings.push(format!("-{flag} {v} ignored")),
+    }
+    Ok(())
 }
 
 /// Normalizes line ends to CRLF (LF alone and CR alone both end a line:
@@ -387,7 +449,7 @@ mod tests {
         assert_eq!(o.sender.as_deref(), Some("me@x.test"));
         assert_eq!(o.full_name.as_deref(), Some("Jo Doe"));
         assert_eq!(o.recipients, vec!["bob"]);
-        assert_eq!(o.warnings, vec!["-oem ignored"]);
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
         assert_eq!(parse_args(&args(&["-bs"])).unwrap().mode, Mode::Smtp);
         for grouped in ["-ti", "-it"] {
             let o = parse_args(&args(&[grouped, "x@y"])).unwrap();
@@ -397,6 +459,7 @@ mod tests {
         assert!(parse_args(&args(&["-tz"])).is_err());
         assert_eq!(parse_args(&args(&["-bp"])).unwrap().mode, Mode::ListQueue);
         assert_eq!(parse_args(&args(&["-q"])).unwrap().mode, Mode::RunQueue);
+        assert_eq!(parse_args(&args(&["-q30m"])).unwrap().mode, Mode::RunQueue);
         assert_eq!(
             parse_args(&args(&["-bi"])).unwrap().mode,
             Mode::CheckAliases
@@ -407,6 +470,64 @@ mod tests {
             parse_args(&args(&["--", "-odd"])).unwrap().recipients,
             vec!["-odd"]
         );
+    }
+
+    #[test]
+    fn options_with_a_value_take_it_attached_or_from_the_next_argument() {
+        for argv in [
+            &["-O", "DeliveryMode=b", "alice"][..],
+            &["-h", "10", "alice"],
+            &["-h10", "alice"],
+            &["-o", "em", "alice"],
+            &["-L", "cron", "alice"],
+            &["-p", "local", "alice"],
+            &["-X", "/tmp/log", "alice"],
+            &["-N", "never", "alice"],
+            &["-R", "hdrs", "alice"],
+            &["-V", "envid1", "alice"],
+            &["-B", "8BITMIME", "alice"],
+            &["-A", "m", "alice"],
+            &["-e", "m", "alice"],
+        ] {
+            let o = parse_args(&args(argv)).unwrap();
+            assert_eq!(o.recipients, vec!["alice"], "{argv:?}");
+        }
+        assert!(parse_args(&args(&["-o", "i"])).unwrap().ignore_dots);
+        assert!(parse_args(&args(&["-O"])).is_err());
+    }
+
+    #[test]
+    fn options_without_effect_are_accepted_silently() {
+        let o = parse_args(&args(&[
+            "-oem",
+            "-oee",
+            "-odi",
+            "-odb",
+            "-oi",
+            "-B8BITMIME",
+            "-B7BIT",
+            "-G",
+            "-Am",
+            "-Ac",
+            "-U",
+            "-n",
+            "-m",
+            "-em",
+            "-h",
+            "5",
+            "-O",
+            "DeliveryMode=b",
+            "bob",
+        ]))
+        .unwrap();
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        assert_eq!(o.recipients, vec!["bob"]);
+        assert_eq!(o.mode, Mode::Deliver);
+        let o = parse_args(&args(&["-N", "success", "bob"])).unwrap();
+        assert_eq!(o.warnings.len(), 1, "DSN asked for and not done");
+        assert_eq!(parse_args(&args(&["--help"])).unwrap().mode, Mode::Help);
+        assert_eq!(parse_args(&args(&["-bV"])).unwrap().mode, Mode::Version);
+        assert_eq!(parse_args(&args(&["-I"])).unwrap().mode, Mode::CheckAliases);
     }
 
     #[test]

@@ -90,9 +90,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::envelope::{Data, Envelope};
 
-/// Spool sub-directories, created at open (`msg/` only exists in spools
-/// written by version 1).
-const DIRS: [&str; 5] = ["tmp", "queue", "active", "hold", "corrupt"];
+/// Spool sub-directories, created at open (`msg/` is made by the first
+/// rewrite of an envelope).
+pub const DIRS: [&str; 5] = ["tmp", "queue", "active", "hold", "corrupt"];
 
 /// Room for the envelope before the content of a message being received:
 /// enough for a few dozen recipients, and with a small message still one
@@ -446,6 +446,12 @@ impl Spool {
         for d in DIRS {
             fs::create_dir_all(root.join(d))?;
         }
+        Spool::open_existing(root)
+    }
+
+    /// Opens the spool at `root` without creating anything (the read-only
+    /// tools): `NotFound` when it has not been made yet.
+    pub fn open_existing(root: &Path) -> io::Result<Spool> {
         Ok(Spool {
             root: root.to_path_buf(),
             shared: Arc::new(Shared {

@@ -336,6 +336,132 @@ fn auth_on_the_submission_port_lets_a_user_relay() {
         .unwrap()
         .contains("with ESMTPSA id"));
     assert!(s.log().contains("AUTH failed (1 so far)"));
+    // One line per verdict, as Postfix logs it; never the password.
+    assert!(
+        s.log()
+            .contains("AUTH failed (1 so far): sasl_method=PLAIN, sasl_username=carol"),
+        "{}",
+        s.log()
+    );
+    assert!(s.log().contains("sasl_method=PLAIN, sasl_username=carol\n"));
+    assert!(!s.log().contains("s3cret") && !s.log().contains("wrong"));
+}
+
+/// A submission server offering AUTH only inside TLS.
+fn submission_server() -> (Server, u16) {
+    let sub_port = free_port();
+    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "");
+    let (cert, key) = make_cert(&s.dir.0, "mx.satchel.test");
+    let creds = s.dir.0.join("users");
+    std::fs::write(&creds, format!("carol:{}\n", sha512_crypt("s3cret"))).unwrap();
+    let text = std::fs::read_to_string(&s.conf).unwrap();
+    std::fs::write(
+        &s.conf,
+        format!(
+            "{text}tls_cert = {cert}\ntls_key = {key}\nauth_users_file = {}\nsubmission_listen = 127.0.0.1:{sub_port}\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    s.spawn();
+    (s, sub_port)
+}
+
+#[test]
+fn auth_before_starttls_on_the_submission_port_says_to_start_tls_first() {
+    let (_s, sub_port) = submission_server();
+    let mut c = Client::connect(SocketAddr::from(([127, 0, 0, 1], sub_port)));
+    c.reply();
+    c.cmd("EHLO client.test");
+    assert_eq!(
+        c.cmd("AUTH PLAIN AGNhcm9sAHMzY3JldA=="),
+        (530, "5.7.0 Must issue a STARTTLS command first".into())
+    );
+    assert_eq!(c.cmd("MAIL FROM:<carol@satchel.test>").0, 530);
+}
+
+#[test]
+fn an_implicit_tls_client_on_a_starttls_port_is_named_in_the_log() {
+    let s = tls_server("");
+    // What a client configured for port 465 does: TLS from the first byte.
+    let out = python(
+        "import socket,ssl,sys\n\
+         ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n\
+         raw=socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=20)\n\
+         try:\n    ctx.wrap_socket(raw); print('handshake completed')\n\
+         except (ssl.SSLError, OSError) as e: print('no handshake')",
+        s.port,
+    );
+    assert_eq!(out, "no handshake\n");
+    s.wait_for("the log line", || {
+        s.log()
+            .contains("sent a TLS handshake instead of SMTP: it expects implicit TLS")
+    });
+}
+
+/// `check-config` for a server with these TLS files.
+fn check_tls_files(cert: &str, key: &str) -> (i32, String) {
+    let s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!("tls_cert = {cert}\ntls_key = {key}\n"),
+    );
+    let out = s.run(&["check-config"]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_finds_tls_files_that_serve_would_die_on() {
+    let dir = common::TempDir::new("tlsfiles");
+    let (cert, key) = make_cert(&dir.0, "mx.satchel.test");
+    let other = dir.0.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (_, other_key) = make_cert(&other, "elsewhere.test");
+    let garbage = dir.0.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let missing = dir.0.join("missing.pem").display().to_string();
+    let (code, err) = check_tls_files(&cert, &key);
+    assert_eq!((code, err.as_str()), (0, ""), "a good pair");
+    let (code, err) = check_tls_files(&missing, &key);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("satchel: tls_cert: ") && err.contains("cannot read"),
+        "{err}"
+    );
+    let (code, err) = check_tls_files(&cert, &missing);
+    assert!(code == 2 && err.starts_with("satchel: tls_key: "), "{err}");
+    let (code, err) = check_tls_files(&garbage.display().to_string(), &key);
+    assert!(code == 2 && err.contains("no certificate"), "{err}");
+    let (code, err) = check_tls_files(&cert, &other_key);
+    assert_eq!(code, 2, "a key that is not the certificate's: {err}");
+    assert!(err.starts_with("satchel: tls_cert: "), "{err}");
+}
+
+#[test]
+fn serve_with_a_broken_certificate_names_the_setting_and_creates_nothing() {
+    let dir = common::TempDir::new("tlsbroken");
+    let garbage = dir.0.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let (_, key) = make_cert(&dir.0, "mx.satchel.test");
+    let mut s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!("tls_cert = {}\ntls_key = {key}\n", garbage.display()),
+    );
+    let log = std::fs::File::create(s.dir.0.join("log")).unwrap();
+    let st = Command::new(common::BIN)
+        .args(["serve", "-c"])
+        .arg(&s.conf)
+        .stderr(log)
+        .status()
+        .unwrap();
+    s.child = None;
+    assert_eq!(st.code(), Some(2), "{}", s.log());
+    assert!(s.log().contains("fatal: tls_cert: "), "{}", s.log());
+    assert!(!s.spool().exists(), "no spool made before the check");
 }
 
 #[test]

@@ -137,6 +137,17 @@ pub struct Session<'p> {
     auth_failures: usize,
     /// An AUTH exchange waiting for the client's next line.
     auth_step: Option<AuthStep>,
+    /// How the last AUTH exchange ended, until the loop logs it.
+    auth_outcome: Option<AuthOutcome>,
+}
+
+/// An AUTH exchange that ended with a verdict, for the log (never the
+/// password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthOutcome {
+    pub mechanism: &'static str,
+    pub user: String,
+    pub success: bool,
 }
 
 /// Where a SASL exchange stands (RFC 4954 §4).
@@ -177,6 +188,7 @@ impl<'p> Session<'p> {
             authenticated: None,
             auth_failures: 0,
             auth_step: None,
+            auth_outcome: None,
         }
     }
 
@@ -387,6 +399,13 @@ impl<'p> Session<'p> {
             State::Ready(h) => h.clone(),
             _ => return ok(503, Enhanced(5, 5, 1), "Error: nested MAIL command"),
         };
+        if self.starttls_first() {
+            return ok(
+                530,
+                Enhanced(5, 7, 0),
+                "Must issue a STARTTLS command first",
+            );
+        }
         // RFC 4954 §6: 530 when the policy needs authentication first.
         if self.client.auth_required && self.authenticated.is_none() {
             return ok(530, Enhanced(5, 7, 0), "Error: authentication required");
@@ -514,8 +533,24 @@ impl<'p> Session<'p> {
         self.cfg.auth_available && (self.tls_active || self.cfg.auth_over_plaintext)
     }
 
+    /// A submission listener whose AUTH is offered only inside TLS, before
+    /// STARTTLS: the client is told what to do first (as Postfix does).
+    fn starttls_first(&self) -> bool {
+        self.client.auth_required
+            && self.cfg.auth_available
+            && self.cfg.tls_available
+            && !self.auth_offered()
+    }
+
     /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
     fn auth(&mut self, arg: &str) -> Event {
+        if self.starttls_first() {
+            return ok(
+                530,
+                Enhanced(5, 7, 0),
+                "Must issue a STARTTLS command first",
+            );
+        }
         if !self.auth_offered() {
             return ok(503, Enhanced(5, 5, 1), "Error: authentication not enabled");
         }
@@ -569,6 +604,10 @@ impl<'p> Session<'p> {
         let Some(decoded) = decoded else {
             return ok(501, Enhanced(5, 5, 2), "Error: cannot decode the response");
         };
+        let mechanism = match step {
+            AuthStep::PlainResponse => "PLAIN",
+            AuthStep::LoginUser | AuthStep::LoginPassword(_) => "LOGIN",
+        };
         let (user, password) = match step {
             AuthStep::LoginUser => {
                 let Ok(user) = String::from_utf8(decoded) else {
@@ -587,12 +626,24 @@ impl<'p> Session<'p> {
                 let user = String::from_utf8_lossy(parts[1]).into_owned();
                 let authz = String::from_utf8_lossy(parts[0]);
                 if !authz.is_empty() && authz != user {
+                    self.auth_failures += 1;
+                    self.auth_outcome = Some(AuthOutcome {
+                        mechanism,
+                        user,
+                        success: false,
+                    });
                     return ok(535, Enhanced(5, 7, 8), "Error: authentication failed");
                 }
                 (user, String::from_utf8_lossy(parts[2]).into_owned())
             }
         };
-        if !user.is_empty() && self.policy.authenticate(&user, &password) {
+        let success = !user.is_empty() && self.policy.authenticate(&user, &password);
+        self.auth_outcome = Some(AuthOutcome {
+            mechanism,
+            user: user.clone(),
+            success,
+        });
+        if success {
             self.authenticated = Some(user);
             self.client.may_relay = true;
             ok(235, Enhanced(2, 7, 0), "Authentication successful")
@@ -600,6 +651,11 @@ impl<'p> Session<'p> {
             self.auth_failures += 1;
             ok(535, Enhanced(5, 7, 8), "Error: authentication failed")
         }
+    }
+
+    /// How the AUTH exchange that just ended went (once), for the log.
+    pub fn take_auth_outcome(&mut self) -> Option<AuthOutcome> {
+        self.auth_outcome.take()
     }
 
     /// The authenticated user, for logs.
@@ -1213,6 +1269,52 @@ mod tests {
             run(&mut s, "RCPT TO:<x@foreign.test>"),
             554,
             "still no relaying"
+        );
+    }
+
+    #[test]
+    fn the_submission_port_asks_for_starttls_before_auth_when_auth_needs_tls() {
+        let mut c = cfg();
+        c.auth_available = true;
+        c.tls_available = true;
+        let client = Client {
+            ip: None,
+            may_relay: false,
+            auth_required: true,
+        };
+        let mut s = Session::new(c.clone(), &Table, client.clone());
+        run(&mut s, "EHLO c");
+        let Event::Reply(r) = s.command(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==") else {
+            panic!()
+        };
+        assert_eq!(
+            r.one_line(),
+            "530 5.7.0 Must issue a STARTTLS command first"
+        );
+        assert_eq!(run(&mut s, "MAIL FROM:<alice@local.test>"), 530);
+        let mut s = Session::new(c, &Table, client).after_tls();
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "AUTH PLAIN AGFsaWNlAHNlY3JldA=="), 235);
+        let o = s.take_auth_outcome().unwrap();
+        assert_eq!(
+            (o.mechanism, o.user.as_str(), o.success),
+            ("PLAIN", "alice", true)
+        );
+        assert!(s.take_auth_outcome().is_none(), "taken once");
+    }
+
+    #[test]
+    fn a_failed_auth_is_reported_with_the_mechanism_and_user_tried() {
+        let mut s = auth_session(true, false, false);
+        run(&mut s, "EHLO c");
+        assert_eq!(run(&mut s, "AUTH LOGIN"), 334);
+        assert!(s.take_auth_outcome().is_none(), "not over yet");
+        assert_eq!(run(&mut s, "bWFsbG9yeQ=="), 334); // mallory
+        assert_eq!(run(&mut s, "d3Jvbmc="), 535);
+        let o = s.take_auth_outcome().unwrap();
+        assert_eq!(
+            (o.mechanism, o.user.as_str(), o.success),
+            ("LOGIN", "mallory", false)
         );
     }
 
