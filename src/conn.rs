@@ -616,8 +616,8 @@ fn receive_data<R: Read, W: Write>(
         }
         Err(e) => {
             log::warn!(
-                "warning: spool {}: cannot create message file: {e}",
-                ctx.spool.root().display()
+                "warning: cannot create message file: {}",
+                crate::preflight::explain(&e, "spool_dir", ctx.spool.root())
             );
             if let Event::Reply(r) | Event::Close(r) = session.data_unavailable() {
                 r.write_to(out);
