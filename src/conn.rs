@@ -610,7 +610,7 @@ fn receive_data<R: Read, W: Write>(
         Ok(i) => Sink::Spool(i),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied && ctx.maildrop_fallback => {
             Sink::Maildrop {
-                id: crate::maildrop::new_name(),
+                id: crate::spool::maildrop::new_name(),
                 bytes: Vec::new(),
             }
         }
@@ -765,11 +765,11 @@ impl Sink {
             Sink::Spool(i) => i.commit(env),
             Sink::Maildrop { id, bytes } => {
                 let rcpts: Vec<_> = env.rcpts.iter().map(|r| r.addr.clone()).collect();
-                if rcpts.len() > crate::maildrop::MAX_RCPTS {
+                if rcpts.len() > crate::spool::maildrop::MAX_RCPTS {
                     return Err(io::Error::other("too many recipients for the maildrop"));
                 }
                 env.size = bytes.len() as u64;
-                crate::maildrop::submit_as(ctx.spool.root(), &id, &env.from, &rcpts, &bytes)
+                crate::spool::maildrop::submit_as(ctx.spool.root(), &id, &env.from, &rcpts, &bytes)
             }
         }
     }

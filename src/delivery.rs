@@ -335,7 +335,7 @@ impl Schedule {
 /// Adds the messages in `queue/` that the schedule does not know yet.
 fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
     // Local submissions of unprivileged users first (see `maildrop`).
-    for id in crate::maildrop::pickup(&d.spool, &d.cfg.hostname, d.cfg.message_size_limit) {
+    for id in crate::spool::maildrop::pickup(&d.spool, &d.cfg.hostname, d.cfg.message_size_limit) {
         s.set(id, 0);
     }
     let Ok(rd) = fs::read_dir(d.spool.dir("queue")) else {

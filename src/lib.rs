@@ -17,7 +17,6 @@ pub mod dns;
 pub mod envelope;
 pub mod handoff;
 pub mod local;
-pub mod maildrop;
 pub mod os;
 pub mod policy;
 pub mod preflight;

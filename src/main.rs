@@ -253,7 +253,7 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
     };
     // The daemon lives long: it keeps delivered messages' files for reuse.
     spool.enable_recycling();
-    if let Err(e) = satchel::maildrop::prepare(spool.root()) {
+    if let Err(e) = satchel::spool::maildrop::prepare(spool.root()) {
         log::warn!(
             "warning: spool {}: cannot prepare maildrop/: {e}",
             cfg.spool_dir.display()
@@ -980,7 +980,7 @@ fn queue_list(cfg: &Config, json: bool) -> ExitCode {
     let listed = listed.and_then(|()| {
         // Submissions not picked up yet (the daemon down, say): counted
         // for whoever may list maildrop/ (root, the service user).
-        let waiting = std::fs::read_dir(satchel::maildrop::dir(&cfg.spool_dir))
+        let waiting = std::fs::read_dir(satchel::spool::maildrop::dir(&cfg.spool_dir))
             .map(|d| {
                 d.filter_map(|e| e.ok()?.file_name().into_string().ok())
                     .filter(|n| !n.starts_with('.'))

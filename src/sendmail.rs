@@ -736,18 +736,18 @@ pub mod submit {
                 ),
             ));
         }
-        if inc.is_none() && rcpts.len() > crate::maildrop::MAX_RCPTS {
+        if inc.is_none() && rcpts.len() > crate::spool::maildrop::MAX_RCPTS {
             return Err((
                 EX_USAGE,
                 format!(
                     "too many recipients: {} (at most {} per message)",
                     rcpts.len(),
-                    crate::maildrop::MAX_RCPTS
+                    crate::spool::maildrop::MAX_RCPTS
                 ),
             ));
         }
         let Some(mut inc) = inc else {
-            return crate::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)
+            return crate::spool::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)
                 .map(|name| (format!("maildrop/{name}"), unknown))
                 .map_err(|e| (EX_TEMPFAIL, format!("cannot write to the maildrop: {e}")));
         };

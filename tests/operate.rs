@@ -194,10 +194,10 @@ fn sendmail_with_an_unknown_local_recipient_still_delivers_to_the_rest() {
 fn mailq_counts_what_waits_in_the_maildrop() {
     let s = Server::prepare_at([127, 0, 0, 1], free_port(), "");
     fs::create_dir_all(s.spool()).unwrap();
-    satchel::maildrop::prepare(&s.spool()).unwrap();
+    satchel::spool::maildrop::prepare(&s.spool()).unwrap();
     let from = satchel::address::ReversePath::parse("<a@b.test>").unwrap();
     let to = [satchel::address::ForwardPath::parse("<c@d.test>").unwrap()];
-    satchel::maildrop::submit(&s.spool(), &from, &to, b"Subject: x\r\n\r\nx\r\n").unwrap();
+    satchel::spool::maildrop::submit(&s.spool(), &from, &to, b"Subject: x\r\n\r\nx\r\n").unwrap();
     let out = s.run(&["queue", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
