@@ -338,31 +338,21 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
     for id in crate::spool::maildrop::pickup(&d.spool, &d.cfg.hostname, d.cfg.message_size_limit) {
         s.set(id, 0);
     }
-    let Ok(rd) = fs::read_dir(d.spool.dir("queue")) else {
+    let Ok(waiting) = d.spool.waiting() else {
         return;
     };
-    for e in rd.flatten() {
-        let Ok(id) = e.file_name().into_string() else {
-            continue;
-        };
-        if !is_queue_id(&id) {
-            continue;
-        }
+    for (id, due) in waiting {
         // Queued by another process, perhaps: new IDs stay above it.
         crate::spool::note_id(&id);
         if s.contains(&id) || in_flight.contains(&id) {
             continue;
         }
-        // The envelope's mtime is its next attempt (set by `requeue`, as
-        // Postfix does with deferred queue files), so a large queue is
-        // scheduled from one stat per message; a damaged envelope is found
-        // when it is delivered. Never later than one maximal backoff.
-        let mtime = e.metadata().ok().and_then(|m| m.modified().ok());
-        if let Some(t) = mtime.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
-            s.set(
-                id,
-                t.as_secs().min(unix_now() + d.cfg.max_backoff.as_secs()),
-            );
+        // The envelope's mtime is its next attempt (see `Spool::requeue`),
+        // so a large queue is scheduled from one stat per message; a
+        // damaged envelope is found when it is delivered. Never later than
+        // one maximal backoff.
+        if let Some(t) = due {
+            s.set(id, t.min(unix_now() + d.cfg.max_backoff.as_secs()));
             continue;
         }
         match d.spool.read_envelope(&id, crate::spool::QueueState::Queued) {
@@ -389,16 +379,12 @@ fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
         let now = unix_now();
         while in_flight.len() < d.cfg.delivery_threads {
             let Some(id) = s.pop_due(now) else { break };
-            // The claim: whoever renames first owns the message.
-            match fs::rename(
-                d.spool.dir("queue").join(&id),
-                d.spool.dir("active").join(&id),
-            ) {
-                Ok(()) => {
+            match d.spool.claim(&id) {
+                Ok(true) => {
                     in_flight.insert(id.clone());
                     jobs.send(id);
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted, or taken by another runner
+                Ok(false) => {} // deleted, held, or taken by another runner
                 Err(e) => log::warn!("warning: {id}: cannot claim: {e}"),
             }
         }
@@ -435,7 +421,7 @@ fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
                 let ids: Vec<String> = s
                     .ids()
                     .into_iter()
-                    .filter(|id| d.spool.dir("queue").join(id).exists())
+                    .filter(|id| d.spool.is_waiting(id))
                     .collect();
                 log::info!("flush: {} queued message(s) due now", ids.len());
                 for id in ids {
@@ -478,11 +464,7 @@ pub fn run_once(d: &Arc<Deliverer>, all: bool) -> usize {
                         let Some(id) = lock(&work).pop() else {
                             return n;
                         };
-                        let claimed = fs::rename(
-                            d.spool.dir("queue").join(&id),
-                            d.spool.dir("active").join(&id),
-                        );
-                        if claimed.is_ok() {
+                        if d.spool.claim(&id).unwrap_or(false) {
                             deliver_message(&d, &id);
                             n += 1;
                         }
@@ -543,7 +525,7 @@ pub fn kick_runner(spool: &Spool, config: Option<&Path>) {
 
 /// The path of the control socket in the spool.
 pub fn control_path(spool: &Path) -> PathBuf {
-    spool.join("control")
+    crate::spool::control_path(spool)
 }
 
 /// Listens on `spool/control` for `flush` requests. Refuses to start when
@@ -704,8 +686,7 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
 /// Works one claimed message (its envelope is in `active/`). Returns the
 /// next attempt time, or `None` when the message is gone from the queue.
 pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
-    let active = d.spool.dir("active").join(id);
-    let (mut env, mut msg) = match d.spool.read_queued(&active) {
+    let (mut env, mut msg) = match d.spool.read_claimed(id) {
         // A file under another message's name (a recycled file a crash
         // left behind) is damaged, not that message.
         Ok(q) if q.env.id != id => {
@@ -713,13 +694,13 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
                 "warning: {id}: the queue file holds message {}; moved to corrupt/",
                 q.env.id
             );
-            let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
+            let _ = d.spool.quarantine(id);
             return None;
         }
         Ok(q) => (q.env, q.content),
         Err(ReadError::Damaged(e)) => {
             log::warn!("warning: {id}: damaged queue file ({e}); moved to corrupt/");
-            let _ = fs::rename(&active, d.spool.dir("corrupt").join(id));
+            let _ = d.spool.quarantine(id);
             return None;
         }
         Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
@@ -730,7 +711,7 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
             // Out of file descriptors, an I/O error: back to the queue for
             // a later attempt, not left in active/ until a restart.
             log::warn!("warning: {id}: cannot read queue file: {e}; tried again later");
-            return requeue(d, id, &active, unix_now() + d.cfg.min_backoff.as_secs());
+            return requeue(d, id, unix_now() + d.cfg.min_backoff.as_secs());
         }
     };
     let now = unix_now();
@@ -753,11 +734,11 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
                 r.state = RcptState::Pending;
             }
         }
-        match d.spool.rewrite(&active, &snap, &msg) {
+        match d.spool.record(id, &snap, &msg) {
             Ok(c) => msg = c,
             Err(e) => {
                 log::warn!("warning: {id}: cannot record alias expansion: {e}");
-                return requeue(d, id, &active, now + d.cfg.min_backoff.as_secs());
+                return requeue(d, id, now + d.cfg.min_backoff.as_secs());
             }
         }
         recorded = snap.rcpts.into_iter().map(|r| r.state).collect();
@@ -845,7 +826,7 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         // Before the network, and between domains: what was delivered so
         // far is written down, so that a crash or a stop does not deliver
         // it again.
-        checkpoint(d, &active, &env, &mut msg, &failed_before, &mut recorded);
+        checkpoint(d, &env, &mut msg, &failed_before, &mut recorded);
         {
             let mut load = lock(&d.domains);
             let n = load.entry(domain.clone()).or_insert(0);
@@ -939,11 +920,8 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     }
 
     if env.is_done() {
-        if let Err(e) = d.spool.discard(&active) {
+        if let Err(e) = d.spool.finish(id, &msg) {
             log::warn!("warning: {id}: cannot remove queue file: {e}");
-        }
-        if msg.is_separate(&active) {
-            let _ = fs::remove_file(&msg.path); // a version 1 message file
         }
         log::info!("{id}: removed");
         return None;
@@ -960,10 +938,10 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
         now + backoff(&d.cfg, env.attempts)
     };
     env.next_attempt = next;
-    if let Err(e) = d.spool.rewrite(&active, &env, &msg) {
+    if let Err(e) = d.spool.record(id, &env, &msg) {
         log::warn!("warning: {id}: cannot update queue file: {e}");
     }
-    requeue(d, id, &active, next)
+    requeue(d, id, next)
 }
 
 /// The addresses in the `Delivered-To:` fields of the message's header
@@ -1009,7 +987,6 @@ fn delivered_to_of(msg: &Content) -> Vec<String> {
 /// cuts off is tried, and reported, again.
 fn checkpoint(
     d: &Deliverer,
-    active: &Path,
     env: &Envelope,
     msg: &mut Content,
     failed_before: &[ForwardPath],
@@ -1030,7 +1007,7 @@ fn checkpoint(
             r.state = old.clone();
         }
     }
-    match d.spool.rewrite(active, &snap, msg) {
+    match d.spool.record(&env.id, &snap, msg) {
         Ok(c) => {
             *msg = c;
             *recorded = snap.rcpts.into_iter().map(|r| r.state).collect();
@@ -1042,17 +1019,9 @@ fn checkpoint(
     }
 }
 
-fn requeue(d: &Deliverer, id: &str, active: &Path, next: u64) -> Option<u64> {
-    // The next attempt, for the start-up scan (see `scan`). Only a hint:
-    // lost in a crash, the message is merely tried earlier.
-    if let Ok(f) = fs::File::options().write(true).open(active) {
-        let _ = f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(next));
-    }
-    match fs::rename(active, d.spool.dir("queue").join(id)) {
-        Ok(()) => {
-            let _ = crate::spool::sync_dir(&d.spool.dir("queue"));
-            Some(next)
-        }
+fn requeue(d: &Deliverer, id: &str, next: u64) -> Option<u64> {
+    match d.spool.requeue(id, next) {
+        Ok(()) => Some(next),
         Err(e) => {
             log::warn!(
                 "warning: {id}: cannot return to queue/: {e}; it is retried after a restart"

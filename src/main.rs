@@ -266,9 +266,12 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // The daemon is the queue runner for its whole life.
-    let _runner = match runner_lock(&spool) {
+    let _runner = match spool.wait_runner_lock() {
         Ok(l) => l,
-        Err(c) => return c,
+        Err(e) => {
+            log::error!("fatal: spool {}: runner lock: {e}", spool.root().display());
+            return ExitCode::FAILURE;
+        }
     };
     match spool.recover() {
         Ok(r) => log::info!(
@@ -570,71 +573,27 @@ fn become_service_user(cfg: &Config, thorough: bool) -> Result<(), String> {
     if satchel::os::euid() != 0 {
         return Ok(()); // already unprivileged: nothing to drop
     }
-    let (uid, primary) = satchel::os::lookup_user(user)
-        .ok_or_else(|| format!("user '{user}' not found in /etc/passwd"))?;
-    let gid = match cfg.group.as_deref() {
-        Some(g) => satchel::os::lookup_group(g)
-            .ok_or_else(|| format!("group '{g}' not found in /etc/group"))?,
-        None => primary,
-    };
+    let account = satchel::os::Account::lookup(user, cfg.group.as_deref())?;
     std::fs::create_dir_all(&cfg.mail_dir)
         .map_err(|e| format!("{}: {e}", cfg.mail_dir.display()))?;
-    for top in [&cfg.spool_dir, &cfg.mail_dir] {
+    let handed_over = |top: &std::path::Path| {
         use std::os::unix::fs::MetadataExt;
-        let handed_over = std::fs::metadata(top).is_ok_and(|m| m.uid() == uid);
-        if thorough || !handed_over {
-            chown_tree(top, uid, gid, 3).map_err(|e| format!("chown {}: {e}", top.display()))?;
-        }
-    }
-    satchel::os::drop_privileges(uid, gid).map_err(|e| format!("cannot become {user}: {e}"))?;
-    log::info!("running as {user} (uid {uid}, gid {gid})");
-    Ok(())
-}
-
-/// chown of a directory and what it holds, `depth` levels down.
-/// Gives the service user what root made in the spool and mail
-/// directories (a first start, a root `queue run`): only entries root
-/// owns, never through a symbolic link (lchown; directories opened with
-/// O_NOFOLLOW and walked through their open descriptor, so swapping one
-/// for a link while the walk runs leads nowhere), and never in `maildrop/`,
-/// whose files belong to the users who submitted them (and whose owner
-/// pickup reports). Anything owned by someone else stays theirs.
-fn chown_tree(p: &std::path::Path, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let meta = std::fs::symlink_metadata(p)?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    if meta.uid() == 0 {
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
-    }
-    if depth == 0 || !meta.is_dir() || p.file_name() == Some(std::ffi::OsStr::new("maildrop")) {
-        return Ok(());
-    }
-    let dir = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
-        .open(p)
-    {
-        Ok(d) => d,
-        // Swapped for a link or for something else since the look above.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
-            return Ok(())
-        }
-        Err(e) => return Err(e),
+        std::fs::metadata(top).is_ok_and(|m| m.uid() == account.uid)
     };
-    let pinned = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    // Without /proc, the path itself (the parents are the service user's
-    // own or root's, so only a compromised service account could race it).
-    let base = if pinned.is_dir() {
-        pinned
-    } else {
-        p.to_path_buf()
-    };
-    for e in std::fs::read_dir(&base)? {
-        chown_tree(&base.join(e?.file_name()), uid, gid, depth - 1)?;
+    if thorough || !handed_over(&cfg.spool_dir) {
+        satchel::spool::hand_over(&cfg.spool_dir, account.uid, account.gid)
+            .map_err(|e| format!("chown {}: {e}", cfg.spool_dir.display()))?;
     }
+    if thorough || !handed_over(&cfg.mail_dir) {
+        satchel::os::chown_tree(&cfg.mail_dir, account.uid, account.gid, 3, None)
+            .map_err(|e| format!("chown {}: {e}", cfg.mail_dir.display()))?;
+    }
+    account.become_it()?;
+    log::info!(
+        "running as {user} (uid {}, gid {})",
+        account.uid,
+        account.gid
+    );
     Ok(())
 }
 
@@ -678,27 +637,6 @@ fn with_tls(ctx: Context) -> Result<Context, String> {
             Err("tls_cert is set, but this satchel was built without the tls feature".into())
         }
         _ => Ok(ctx),
-    }
-}
-
-/// Takes the runner lock, waiting for a `queue run` that holds it.
-fn runner_lock(spool: &Spool) -> Result<std::fs::File, ExitCode> {
-    let fail = |e: std::io::Error| {
-        log::error!("fatal: spool {}: runner lock: {e}", spool.root().display());
-        ExitCode::FAILURE
-    };
-    match spool.try_runner_lock() {
-        Ok(Some(f)) => Ok(f),
-        Ok(None) => {
-            log::info!("waiting for the running queue run to finish");
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(spool.root().join("runner.lock"))
-                .map_err(fail)?;
-            f.lock().map_err(fail)?;
-            Ok(f)
-        }
-        Err(e) => Err(fail(e)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one module that calls the operating system through `unsafe`:
 //! dropping root privileges after the listeners are bound (setgroups,
 //! setgid, setuid, in that order, then a check that root cannot be
-//! regained), an exclusive rename for the spool's file recycling,
+//! regained) and handing root's files over to the service user first, an exclusive rename for the spool's file recycling,
 //! openat(2) for listing a large queue, and fcntl(2) record locks for
 //! mbox delivery. User
 //! and group names are resolved by reading /etc/passwd and /etc/group,
@@ -39,6 +39,93 @@ pub fn lookup_group(name: &str) -> Option<u32> {
             .then(|| f[2].parse().ok())
             .flatten()
     })
+}
+
+/// An account to become: looked up in /etc/passwd and /etc/group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Account {
+    /// `user`, with `group` or else the user's primary group.
+    pub fn lookup(user: &str, group: Option<&str>) -> Result<Account, String> {
+        let (uid, primary) =
+            lookup_user(user).ok_or_else(|| format!("user '{user}' not found in /etc/passwd"))?;
+        let gid = match group {
+            Some(g) => {
+                lookup_group(g).ok_or_else(|| format!("group '{g}' not found in /etc/group"))?
+            }
+            None => primary,
+        };
+        Ok(Account {
+            name: user.to_string(),
+            uid,
+            gid,
+        })
+    }
+
+    /// Becomes this account for good (see `drop_privileges`).
+    pub fn become_it(&self) -> Result<(), String> {
+        drop_privileges(self.uid, self.gid).map_err(|e| format!("cannot become {}: {e}", self.name))
+    }
+}
+
+/// chown of a directory and what it holds, `depth` levels down.
+/// Gives the service user what root made in the spool and mail
+/// directories (a first start, a root `queue run`): only entries root
+/// owns, never through a symbolic link (lchown; directories opened with
+/// O_NOFOLLOW and walked through their open descriptor, so swapping one
+/// for a link while the walk runs leads nowhere), and never in the directory `skip` names (the spool's `maildrop/`),
+/// whose files belong to the users who submitted them (and whose owner
+/// pickup reports: `skip` names it). Anything owned by someone else stays
+/// theirs.
+pub fn chown_tree(
+    p: &std::path::Path,
+    uid: u32,
+    gid: u32,
+    depth: u32,
+    skip: Option<&str>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let meta = std::fs::symlink_metadata(p)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if meta.uid() == 0 {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
+    }
+    let skipped = skip.is_some_and(|s| p.file_name() == Some(std::ffi::OsStr::new(s)));
+    if depth == 0 || !meta.is_dir() || skipped {
+        return Ok(());
+    }
+    let dir = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(p)
+    {
+        Ok(d) => d,
+        // Swapped for a link or for something else since the look above.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    let pinned = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    // Without /proc, the path itself (the parents are the service user's
+    // own or root's, so only a compromised service account could race it).
+    let base = if pinned.is_dir() {
+        pinned
+    } else {
+        p.to_path_buf()
+    };
+    for e in std::fs::read_dir(&base)? {
+        chown_tree(&base.join(e?.file_name()), uid, gid, depth - 1, skip)?;
+    }
+    Ok(())
 }
 
 /// Becomes `uid`/`gid` for good: supplementary groups cleared first (or
@@ -139,5 +226,51 @@ pub fn try_lock_record(f: &std::fs::File) -> io::Result<bool> {
     match e.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(false),
         _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn accounts_are_looked_up_with_their_primary_or_named_group() {
+        let root = Account::lookup("root", None).unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert!(Account::lookup("root", Some("no-such-group-here")).is_err());
+        assert!(Account::lookup("no-such-user-here", None)
+            .unwrap_err()
+            .contains("not found in /etc/passwd"));
+    }
+
+    #[test]
+    fn the_hand_over_changes_roots_files_only_and_follows_no_link() {
+        let d = std::env::temp_dir().join(format!("satchel-chown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("queue")).unwrap();
+        std::fs::create_dir_all(d.join("maildrop")).unwrap();
+        std::fs::write(d.join("queue/m"), b"x").unwrap();
+        std::fs::write(d.join("maildrop/u"), b"x").unwrap();
+        let outside = d.with_extension("outside");
+        std::fs::write(&outside, b"not ours").unwrap();
+        std::os::unix::fs::symlink(&outside, d.join("queue/link")).unwrap();
+        let owner = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().uid();
+        // Unprivileged, root owns nothing here: nothing to change, no error.
+        let (to_uid, to_gid) = if euid() == 0 {
+            (12345, 12345)
+        } else {
+            (euid(), 0)
+        };
+        chown_tree(&d, to_uid, to_gid, 3, Some("maildrop")).unwrap();
+        if euid() == 0 {
+            assert_eq!(owner(&d.join("queue/m")), 12345);
+            assert_eq!(owner(&d), 12345);
+            assert_eq!(owner(&d.join("maildrop")), 12345, "the directory itself");
+            assert_eq!(owner(&d.join("maildrop/u")), 0, "not what is in it");
+            assert_eq!(owner(&outside), 0, "no link is followed");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::remove_file(&outside).unwrap();
     }
 }

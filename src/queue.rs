@@ -5,7 +5,6 @@
 //! delivered (`active/`) is refused with a clear message.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::{self, Read};
 use std::sync::{Condvar, Mutex};
 
@@ -47,91 +46,61 @@ fn check_id(id: &str) -> Result<(), QueueError> {
 }
 
 /// Where the envelope of `id` is now.
-fn locate(spool: &Spool, id: &str) -> Result<&'static str, QueueError> {
+fn locate(spool: &Spool, id: &str) -> Result<QueueState, QueueError> {
     check_id(id)?;
-    for dir in ["queue", "hold", "active"] {
-        if spool.dir(dir).join(id).exists() {
-            return Ok(dir);
-        }
+    spool
+        .locate(id)
+        .ok_or_else(|| QueueError::NotFound(id.to_string()))
+}
+
+/// Where `id` is, when it is not being delivered right now.
+fn at_rest(spool: &Spool, id: &str) -> Result<QueueState, QueueError> {
+    match locate(spool, id)? {
+        QueueState::Active => Err(QueueError::Busy(id.to_string())),
+        st => Ok(st),
     }
-    Err(QueueError::NotFound(id.to_string()))
+}
+
+fn io_error(id: &str) -> impl Fn(io::Error) -> QueueError + '_ {
+    move |e| QueueError::Io(format!("{id}: {e}"))
 }
 
 /// Removes a waiting or held message.
 pub fn delete(spool: &Spool, id: &str) -> Result<(), QueueError> {
-    let dir = locate(spool, id)?;
-    if dir == "active" {
-        return Err(QueueError::Busy(id.to_string()));
-    }
-    fs::remove_file(spool.dir(dir).join(id)).map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
-    // A version 1 message has its content in a file of its own.
-    let _ = fs::remove_file(spool.dir("msg").join(id));
-    Ok(())
+    let st = at_rest(spool, id)?;
+    spool.delete(id, st).map_err(io_error(id))
 }
 
 /// Deletes every message that is not being delivered; returns how many.
 pub fn delete_all(spool: &Spool) -> Result<usize, QueueError> {
-    let mut n = 0;
-    for dir in ["queue", "hold"] {
-        let rd = fs::read_dir(spool.dir(dir)).map_err(|e| QueueError::Io(e.to_string()))?;
-        for e in rd.flatten() {
-            if let Ok(id) = e.file_name().into_string() {
-                if is_queue_id(&id) && delete(spool, &id).is_ok() {
-                    n += 1;
-                }
-            }
-        }
-    }
-    Ok(n)
-}
-
-/// Moves a message between `queue/` and `hold/` (`from` -> `to`); false
-/// when it is in `to` already.
-fn shift(spool: &Spool, id: &str, from: &str, to: &str) -> Result<bool, QueueError> {
-    let dir = locate(spool, id)?;
-    if dir == "active" {
-        return Err(QueueError::Busy(id.to_string()));
-    }
-    if dir == to {
-        return Ok(false);
-    }
-    let dest = spool.dir(to).join(id);
-    fs::rename(spool.dir(from).join(id), &dest)
-        .map_err(|e| QueueError::Io(format!("{id}: {e}")))?;
-    if to == "queue" {
-        // The mtime of a waiting envelope is its next attempt (see
-        // `delivery::scan`): a released message is due at once.
-        let _ = fs::File::options()
-            .write(true)
-            .open(&dest)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-    }
-    crate::spool::sync_dir(&spool.dir(to)).map_err(|e| QueueError::Io(e.to_string()))?;
-    Ok(true)
+    let ids = spool
+        .list_ids()
+        .map_err(|e| QueueError::Io(e.to_string()))?;
+    Ok(ids
+        .into_iter()
+        .filter(|(_, st)| *st != QueueState::Active)
+        .filter(|(id, st)| spool.delete(id, *st).is_ok())
+        .count())
 }
 
 /// Keeps a message from delivery until released; false when it was on
 /// hold already.
 pub fn hold(spool: &Spool, id: &str) -> Result<bool, QueueError> {
-    shift(spool, id, "queue", "hold")
+    at_rest(spool, id)?;
+    spool.hold(id).map_err(io_error(id))
 }
 
 /// Returns a held message to the queue, due at once; false when it was
 /// not on hold.
 pub fn release(spool: &Spool, id: &str) -> Result<bool, QueueError> {
-    shift(spool, id, "hold", "queue")
+    at_rest(spool, id)?;
+    spool.release(id).map_err(io_error(id))
 }
 
 /// How many messages a flush will try: those waiting in `queue/` (held
 /// and active ones are not).
 pub fn waiting(spool: &Spool) -> usize {
-    fs::read_dir(spool.dir("queue"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(is_queue_id))
-                .count()
-        })
-        .unwrap_or(0)
+    spool.waiting().map(|w| w.len()).unwrap_or(0)
 }
 
 /// The envelope and the message headers of `id`, for `queue show`.
@@ -142,7 +111,7 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
     // one of its names afterwards; otherwise it is read again.
     for _ in 0..5 {
         let dir = locate(spool, id)?;
-        let q = match spool.read_queued(&spool.dir(dir).join(id)) {
+        let q = match spool.read_in(dir, id) {
             Ok(q) => q,
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(QueueError::Io(format!("{id}: {e}"))),
@@ -161,7 +130,8 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
         }
         let headers = crate::bounce::header_section(&msg);
         return Ok(format!(
-            "*** ENVELOPE ({dir}) ***\n{}*** HEADERS ***\n{}",
+            "*** ENVELOPE ({}) ***\n{}*** HEADERS ***\n{}",
+            dir.name(),
             q.text,
             String::from_utf8_lossy(headers).replace("\r\n", "\n")
         ));
@@ -228,7 +198,7 @@ fn text_item(
     let mark = match state {
         QueueState::Active => "*",
         QueueState::Held => "!",
-        QueueState::Queued => " ",
+        QueueState::Queued | QueueState::Corrupt => " ",
     };
     let _ = write!(
         out,
@@ -410,11 +380,7 @@ pub fn list_json(items: &[Result<(QueueState, Envelope), String>]) -> String {
 }
 
 fn json_item(state: QueueState, e: &Envelope) -> String {
-    let queue = match state {
-        QueueState::Queued => "queue",
-        QueueState::Active => "active",
-        QueueState::Held => "hold",
-    };
+    let queue = state.name();
     let rcpts: Vec<String> = e
         .rcpts
         .iter()
@@ -465,6 +431,7 @@ mod tests {
     fn the_parallel_listing_is_the_sequential_one_in_order() {
         use crate::address::{ForwardPath, ReversePath};
         use crate::envelope::Recipient;
+        use std::fs;
         let d = std::env::temp_dir().join(format!("satchel-list-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         let spool = Spool::open(&d).unwrap();
@@ -473,7 +440,7 @@ mod tests {
         for i in 0..1300u64 {
             let id = format!("{:016X}", 0x0006_0000_0000_0000 + i);
             let dir = ["queue", "hold", "active"][(i % 7).min(2) as usize];
-            let path = spool.dir(dir).join(&id);
+            let path = d.join(dir).join(&id);
             if i == 700 {
                 fs::write(&path, "version 2\nnonsense\n").unwrap();
                 continue;

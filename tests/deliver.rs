@@ -173,9 +173,16 @@ fn mbox_delivery_waits_for_a_readers_fcntl_lock_and_a_dot_lock() {
     };
     s.wait_for("the delivery once the lock is gone", || count() == 1);
 
-    // A dot lock (bob.lock) holds delivery off the same way.
+    // A dot lock (bob.lock) holds delivery off the same way. satchel's own
+    // lock of the first delivery goes just after the message is written:
+    // the test's lock is made once it is gone (or that removal takes it).
     let dot = s.mail_dir().join("bob.lock");
-    fs::write(&dot, "").unwrap();
+    s.wait_for("the first delivery's dot lock removed", || !dot.exists());
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&dot)
+        .unwrap();
     send(&s, "a@example.org", &["bob@satchel.test"], "dot locked");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count(), 1, "written under a dot lock");

@@ -357,7 +357,10 @@ fn sendmail_q_asks_the_running_server_to_flush() {
     });
     // Tried again at once, not at its planned attempt minutes away.
     h.s.wait_for("the second attempt", || {
-        h.s.log().matches(&format!("{id}: to=<x@remote.test>")).count() == 2
+        h.s.log()
+            .matches(&format!("{id}: to=<x@remote.test>"))
+            .count()
+            == 2
     });
 }
 

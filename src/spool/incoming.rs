@@ -13,7 +13,6 @@ use super::queuefile::{queue_head, Content};
 use super::{next_id_value, QueueId, Shared, Spool, HEAD_ROOM, KNOWN_MAX};
 use crate::envelope::Envelope;
 
-
 /// One message waiting for the group commit (steps 3 and 4).
 #[derive(Debug)]
 pub(super) struct Job {
@@ -31,7 +30,6 @@ pub(super) struct Commits {
     leader: bool,
     results: HashMap<u64, io::Result<()>>,
 }
-
 
 /// A copy of `e` for each message of a batch that one error fails.
 fn copy_error(e: &io::Error) -> io::Error {
@@ -148,7 +146,6 @@ impl Spool {
         }
     }
 }
-
 
 /// A message being received. Dropping it without `commit` removes it.
 #[derive(Debug)]

@@ -39,8 +39,12 @@ const MAGIC: &str = "satchel-maildrop 1";
 /// Recipients a maildrop file may name (its reader's bound).
 pub const MAX_RCPTS: usize = 1000;
 
+/// The maildrop's name in the spool.
+pub const NAME: &str = "maildrop";
+
+/// The maildrop directory of the spool at `spool_root`.
 pub fn dir(spool_root: &Path) -> PathBuf {
-    spool_root.join("maildrop")
+    spool_root.join(NAME)
 }
 
 /// Creates `maildrop/` with mode 1733 (call as the spool's owner).

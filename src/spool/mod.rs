@@ -96,14 +96,14 @@ mod recycle;
 #[cfg(test)]
 mod tests;
 
-pub use incoming::Incoming;
-pub use queuefile::{Content, ContentReader, Queued, ReadError};
-pub use recover::Recovery;
 use incoming::Commits;
-use queuefile::read_head;
-use recycle::Pool;
+pub use incoming::Incoming;
 #[cfg(test)]
 use queuefile::find_end;
+use queuefile::read_head;
+pub use queuefile::{Content, ContentReader, Queued, ReadError};
+pub use recover::Recovery;
+use recycle::Pool;
 
 /// Spool sub-directories, created at open (`msg/` is made by the first
 /// rewrite of an envelope).
@@ -189,12 +189,47 @@ struct Shared {
     pid: u32,
 }
 
-/// Where a listed message was found.
+/// Where a message is: each state is a directory of the spool, and a
+/// message changes state by a rename (the qmail way: the queue is a state
+/// table on disk).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum QueueState {
+    /// Waiting for its next attempt (`queue/`).
     Queued,
+    /// Claimed by a delivery thread (`active/`).
     Active,
+    /// Put on hold by the operator (`hold/`).
     Held,
+    /// Damaged, kept for a person to look at (`corrupt/`).
+    Corrupt,
+}
+
+impl QueueState {
+    fn dir(self) -> &'static str {
+        match self {
+            QueueState::Queued => "queue",
+            QueueState::Active => "active",
+            QueueState::Held => "hold",
+            QueueState::Corrupt => "corrupt",
+        }
+    }
+
+    /// The directory's name, for listings (`queue_name` in JSON).
+    pub fn name(self) -> &'static str {
+        self.dir()
+    }
+}
+
+/// Gives the service user what root made in the spool at `root` (a first
+/// start, a root `queue run`), never what is in `maildrop/` (see
+/// `os::chown_tree`).
+pub fn hand_over(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    crate::os::chown_tree(root, uid, gid, 3, Some(maildrop::NAME))
+}
+
+/// The control socket of the daemon that serves the spool at `root`.
+pub fn control_path(root: &Path) -> PathBuf {
+    root.join("control")
 }
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -231,8 +266,160 @@ impl Spool {
         &self.root
     }
 
-    pub fn dir(&self, name: &str) -> PathBuf {
+    fn dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+
+    fn path(&self, state: QueueState, id: &str) -> PathBuf {
+        self.dir(state.dir()).join(id)
+    }
+
+    /// Where message `id` is, if it waits, is claimed or is held.
+    pub fn locate(&self, id: &str) -> Option<QueueState> {
+        [QueueState::Queued, QueueState::Held, QueueState::Active]
+            .into_iter()
+            .find(|&st| fs::symlink_metadata(self.path(st, id)).is_ok())
+    }
+
+    /// The claim: whoever renames `queue/<id>` to `active/<id>` first owns
+    /// the message (one message, one delivery thread or process).
+    /// `Ok(false)` when it is gone (delivered, deleted, held, taken).
+    pub fn claim(&self, id: &str) -> io::Result<bool> {
+        match fs::rename(
+            self.path(QueueState::Queued, id),
+            self.path(QueueState::Active, id),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Returns a claimed message to `queue/`, due at `next` (seconds since
+    /// the epoch). Its mtime carries that time for the start-up scan (as
+    /// Postfix does with deferred queue files): only a hint, lost in a
+    /// crash the message is merely tried earlier.
+    pub fn requeue(&self, id: &str, next: u64) -> io::Result<()> {
+        let active = self.path(QueueState::Active, id);
+        if let Ok(f) = File::options().write(true).open(&active) {
+            let _ = f.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(next));
+        }
+        fs::rename(&active, self.path(QueueState::Queued, id))?;
+        sync_dir(&self.dir(QueueState::Queued.dir()))
+    }
+
+    /// Sets a claimed message whose file is damaged aside in `corrupt/`.
+    pub fn quarantine(&self, id: &str) -> io::Result<()> {
+        fs::rename(
+            self.path(QueueState::Active, id),
+            self.path(QueueState::Corrupt, id),
+        )
+    }
+
+    /// Moves a waiting message to `hold/`. `Ok(false)`: held already.
+    pub fn hold(&self, id: &str) -> io::Result<bool> {
+        self.shift(id, QueueState::Queued, QueueState::Held)
+    }
+
+    /// Returns a held message to `queue/`, due at once (its mtime is now).
+    /// `Ok(false)`: it was not on hold.
+    pub fn release(&self, id: &str) -> io::Result<bool> {
+        let moved = self.shift(id, QueueState::Held, QueueState::Queued)?;
+        if moved {
+            let _ = File::options()
+                .write(true)
+                .open(self.path(QueueState::Queued, id))
+                .and_then(|f| f.set_modified(SystemTime::now()));
+        }
+        Ok(moved)
+    }
+
+    /// `from` -> `to`, the new directory synced; `Ok(false)` when the
+    /// message is in `to` already, `NotFound` when in neither.
+    fn shift(&self, id: &str, from: QueueState, to: QueueState) -> io::Result<bool> {
+        match fs::rename(self.path(from, id), self.path(to, id)) {
+            Ok(()) => sync_dir(&self.dir(to.dir())).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.path(to, id).exists() => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a waiting or held message, with its content file if it has
+    /// one of its own.
+    pub fn delete(&self, id: &str, state: QueueState) -> io::Result<()> {
+        fs::remove_file(self.path(state, id))?;
+        let _ = fs::remove_file(self.dir("msg").join(id));
+        Ok(())
+    }
+
+    /// A claimed message that is done: its file goes (to the recycled
+    /// files when the pool has room), and a version 1 content file too.
+    pub fn finish(&self, id: &str, content: &Content) -> io::Result<()> {
+        let active = self.path(QueueState::Active, id);
+        let separate = content.is_separate(&active);
+        let r = self.discard(&active);
+        if separate {
+            let _ = fs::remove_file(&content.path);
+        }
+        r
+    }
+
+    /// The IDs in `queue/` with their next attempt (the mtime, see
+    /// `requeue`), from one listing and a stat each.
+    pub fn waiting(&self) -> io::Result<Vec<(QueueId, Option<u64>)>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.dir(QueueState::Queued.dir()))?.flatten() {
+            let Ok(id) = e.file_name().into_string() else {
+                continue;
+            };
+            if !is_queue_id(&id) {
+                continue;
+            }
+            let due = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            out.push((id, due));
+        }
+        Ok(out)
+    }
+
+    /// True when `id` waits in `queue/` (not held, not being delivered).
+    pub fn is_waiting(&self, id: &str) -> bool {
+        self.path(QueueState::Queued, id).exists()
+    }
+
+    /// Reads the claimed message `id` (see `read_queued`).
+    pub fn read_claimed(&self, id: &str) -> Result<Queued, ReadError> {
+        self.read_queued(&self.path(QueueState::Active, id))
+    }
+
+    /// Reads message `id` where it is now (`queue show`).
+    pub fn read_in(&self, state: QueueState, id: &str) -> Result<Queued, ReadError> {
+        self.read_queued(&self.path(state, id))
+    }
+
+    /// Replaces the envelope of the claimed message `id` (see `rewrite`).
+    pub fn record(&self, id: &str, env: &Envelope, content: &Content) -> io::Result<Content> {
+        self.rewrite(&self.path(QueueState::Active, id), env, content)
+    }
+
+    /// Takes the runner lock, waiting as long as another process (a `queue
+    /// run`) holds it.
+    pub fn wait_runner_lock(&self) -> io::Result<File> {
+        if let Some(f) = self.try_runner_lock()? {
+            return Ok(f);
+        }
+        log::info!("waiting for the running queue run to finish");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.root.join("runner.lock"))?;
+        f.lock()?;
+        Ok(f)
     }
 
     /// Takes the queue-runner lock (`spool/runner.lock`): whoever holds it
@@ -305,18 +492,16 @@ impl Spool {
         id: &str,
         state: QueueState,
     ) -> Option<Result<(QueueState, Envelope), String>> {
-        let (dir, fd) = match state {
-            QueueState::Queued => ("queue", &self.shared.queue_dir),
-            QueueState::Active => ("active", &self.shared.active_dir),
-            QueueState::Held => ("hold", &self.shared.hold_dir),
+        let opened = match state {
+            QueueState::Queued => crate::os::open_in(&self.shared.queue_dir, id),
+            QueueState::Active => crate::os::open_in(&self.shared.active_dir, id),
+            QueueState::Held => crate::os::open_in(&self.shared.hold_dir, id),
+            QueueState::Corrupt => File::open(self.path(state, id)),
         };
-        match crate::os::open_in(fd, id)
-            .map_err(ReadError::Io)
-            .and_then(read_head)
-        {
+        match opened.map_err(ReadError::Io).and_then(read_head) {
             Ok((env, ..)) => Some(Ok((state, env))),
             Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => Some(Err(format!("{}: {e}", self.dir(dir).join(id).display()))),
+            Err(e) => Some(Err(format!("{}: {e}", self.path(state, id).display()))),
         }
     }
 

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use super::{open_noatime, sync_dir, Spool, MAX_HEAD};
 use crate::envelope::{Data, Envelope};
 
-
 /// Where the content of a queued message is: in its queue file after the
 /// envelope, or (version 1) in `msg/<id>` from the start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +214,12 @@ impl Spool {
     /// over `path`, whose directory is synced: a crash leaves the old or
     /// the new envelope, and either finds its content. So a deferral costs
     /// a few hundred bytes of disk, not a copy of the message.
-    pub fn rewrite(&self, path: &Path, env: &Envelope, content: &Content) -> io::Result<Content> {
+    pub(super) fn rewrite(
+        &self,
+        path: &Path,
+        env: &Envelope,
+        content: &Content,
+    ) -> io::Result<Content> {
         let name = path
             .file_name()
             .ok_or_else(|| io::Error::other("no file name"))?;
@@ -274,7 +278,7 @@ impl Spool {
 
     /// Reads the queue file at `path`: its envelope, and where its content
     /// is, checked to be all there.
-    pub fn read_queued(&self, path: &Path) -> Result<Queued, ReadError> {
+    pub(super) fn read_queued(&self, path: &Path) -> Result<Queued, ReadError> {
         let (env, data, text, f) = open_noatime(path)
             .map_err(ReadError::Io)
             .and_then(read_head)?;

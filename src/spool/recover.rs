@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 
 use super::{list_names, sync_dir, unlocked, Spool, KNOWN_MAX, LAST_ID};
 
-
 /// What start-up recovery found and did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovery {

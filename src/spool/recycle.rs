@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use super::{sync_dir, Spool};
 
-
 /// At most this many recycled files are kept.
 const POOL_MAX: usize = 512;
 /// Recycled files keep their blocks, so the pool holds at most this much
@@ -54,7 +53,7 @@ impl Spool {
 
     /// Disposes of the queue file of a message that is done: moved into
     /// the pool when recycling is on and there is room, removed otherwise.
-    pub fn discard(&self, path: &Path) -> io::Result<()> {
+    pub(super) fn discard(&self, path: &Path) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(path);
         if let (Ok(m), Some(name)) = (&meta, path.file_name()) {

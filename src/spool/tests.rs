@@ -2,8 +2,8 @@ use super::recycle::POOL_BYTES_MAX;
 use super::*;
 use crate::address::{ForwardPath, ReversePath};
 use crate::envelope::Data;
-use std::io::Read;
 use crate::envelope::{RcptState, Recipient};
+use std::io::Read;
 
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(

@@ -249,8 +249,9 @@ impl Server {
         let Ok(spool) = satchel::spool::Spool::open(&self.spool()) else {
             return Vec::new();
         };
-        for dir in ["queue", "active", "hold"] {
-            if let Ok(q) = spool.read_queued(&self.spool().join(dir).join(id)) {
+        use satchel::spool::QueueState;
+        for state in [QueueState::Queued, QueueState::Active, QueueState::Held] {
+            if let Ok(q) = spool.read_in(state, id) {
                 let mut v = Vec::new();
                 if q.content
                     .open()
