@@ -182,6 +182,15 @@ impl ForwardPath {
             ForwardPath::Mailbox(m) => m.is_ascii(),
         }
     }
+
+    /// The address without angle brackets (`postmaster` for
+    /// `<postmaster>`), for logs, DSNs and the SMTP client.
+    pub fn bare(&self) -> String {
+        match self {
+            ForwardPath::Postmaster => "postmaster".to_string(),
+            ForwardPath::Mailbox(m) => m.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for ForwardPath {

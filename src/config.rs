@@ -118,7 +118,7 @@ pub struct Config {
     /// the queue verbs).
     pub syslog_socket: PathBuf,
     pub mail_dir: PathBuf,
-    pub mailbox_format: crate::local::MailboxFormat,
+    pub mailbox_format: crate::transport::local::MailboxFormat,
     pub delivery_threads: usize,
     pub queue_run_interval: Duration,
     pub min_backoff: Duration,
@@ -130,7 +130,7 @@ pub struct Config {
     /// Empty = the nameservers of /etc/resolv.conf.
     pub dns_servers: Vec<SocketAddr>,
     pub relay_port: u16,
-    pub relayhost: Option<crate::relay::Relayhost>,
+    pub relayhost: Option<crate::transport::smtp::Relayhost>,
     pub connect_timeout: Duration,
     pub relay_timeout: Duration,
     /// Per-query DNS time-out (two tries per server).
@@ -231,7 +231,7 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
             syslog_socket: PathBuf::from("/dev/log"),
             mail_dir: PathBuf::from("./var/mail"),
-            mailbox_format: crate::local::MailboxFormat::Maildir,
+            mailbox_format: crate::transport::local::MailboxFormat::Maildir,
             delivery_threads: 4,
             queue_run_interval: Duration::from_secs(60),
             min_backoff: Duration::from_secs(300),
@@ -483,8 +483,8 @@ impl Config {
                 }
                 "mailbox_format" => {
                     c.mailbox_format = match value {
-                        "maildir" => crate::local::MailboxFormat::Maildir,
-                        "mbox" => crate::local::MailboxFormat::Mbox,
+                        "maildir" => crate::transport::local::MailboxFormat::Maildir,
+                        "mbox" => crate::transport::local::MailboxFormat::Mbox,
                         _ => return Err(bad("expected maildir or mbox")),
                     }
                 }
@@ -520,7 +520,7 @@ impl Config {
                         None
                     } else {
                         Some(
-                            crate::relay::Relayhost::parse(value, 25)
+                            crate::transport::smtp::Relayhost::parse(value, 25)
                                 .ok_or_else(|| bad("expected [host]:port, host:port or host"))?,
                         )
                     }
@@ -658,8 +658,8 @@ impl Config {
         kv(
             "mailbox_format",
             match self.mailbox_format {
-                crate::local::MailboxFormat::Maildir => "maildir".into(),
-                crate::local::MailboxFormat::Mbox => "mbox".into(),
+                crate::transport::local::MailboxFormat::Maildir => "maildir".into(),
+                crate::transport::local::MailboxFormat::Mbox => "mbox".into(),
             },
         );
         kv("delivery_threads", self.delivery_threads.to_string());

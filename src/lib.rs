@@ -16,12 +16,10 @@ pub mod delivery;
 pub mod dns;
 pub mod envelope;
 pub mod handoff;
-pub mod local;
 pub mod os;
 pub mod policy;
 pub mod preflight;
 pub mod queue;
-pub mod relay;
 pub mod sendmail;
 pub mod server;
 pub mod smtp;
@@ -30,3 +28,4 @@ pub mod stdio;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod transport;

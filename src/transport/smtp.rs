@@ -7,7 +7,7 @@
 //!
 //! The dialogue's pure parts (reply assembly, capabilities, the DATA
 //! encoder) are in `smtp::client`; the spool and the envelope are the
-//! caller's (`delivery`).
+//! caller's (`delivery`). `Smtp` is this as a `Transport`.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -15,7 +15,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::{Batch, Delivery, Transport};
 use crate::dns::{DnsError, Mx, Resolver};
+use crate::envelope::RcptState;
 use crate::smtp::client::{mail_command, printable, Capabilities, DataEncoder, ReplyBuilder};
 use crate::smtp::reply::Reply;
 
@@ -298,6 +300,54 @@ pub fn deliver(
         )));
     }
     all(Outcome::Deferred(last_error))
+}
+
+/// SMTP to the next hop a route names: the domain's MX hosts (or the
+/// host of a domain literal), or the relayhost.
+pub struct Smtp<'a> {
+    pub cfg: RelayConfig,
+    pub dns: &'a dyn Resolver,
+}
+
+impl Transport for Smtp<'_> {
+    fn deliver(&self, batch: &Batch) -> Delivery {
+        let env = batch.env;
+        let rcpts: Vec<String> = batch
+            .rcpts
+            .iter()
+            .map(|&i| env.rcpts[i].addr.bare())
+            .collect();
+        let from = env.from.to_string();
+        let m = Message {
+            from: &from,
+            content: batch.content,
+            size: env.size,
+            eight_bit: env.body == "8BITMIME",
+            smtputf8: env.smtputf8,
+        };
+        // For domain literals the "domain" is the address itself.
+        let target = batch
+            .next_hop
+            .trim_start_matches("[ipv6:")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let r = deliver(target, &rcpts, &m, &self.cfg, self.dns);
+        let mut outcomes = r.outcomes.into_iter();
+        let states = rcpts
+            .iter()
+            .map(|_| match outcomes.next() {
+                Some(Outcome::Sent(t)) => RcptState::Sent(t),
+                Some(Outcome::Deferred(t)) => RcptState::Deferred(t),
+                Some(Outcome::Failed(t)) => RcptState::Failed(t),
+                None => RcptState::Deferred("451 4.3.0 no result".into()),
+            })
+            .collect();
+        Delivery {
+            states,
+            relay: r.relay.unwrap_or_else(|| "none".into()),
+            remote_mta: r.remote_mta,
+        }
+    }
 }
 
 /// The socket side of a client session.

@@ -17,7 +17,12 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::collections::HashSet;
+
+use super::{Batch, Delivery, Transport};
+use crate::address::ForwardPath;
 use crate::config::valid_user_name;
+use crate::envelope::RcptState;
 use crate::spool::{sync_dir, Content};
 use crate::time;
 
@@ -267,9 +272,161 @@ fn asctime(secs: u64) -> String {
     format!("{} {}", time::mailq(secs), time::civil(secs).year)
 }
 
+/// Final delivery into the mailboxes of local users, as Postfix's
+/// local(8): a recipient who is no local user bounces (user unknown), a
+/// message that already carries the recipient's `Delivered-To:` has looped
+/// and bounces (5.4.6), and a mailbox reached through several recipients
+/// (an alias and its member, two spellings, two local domains) gets one
+/// copy. A failure to write is temporary: the message stays queued.
+pub struct Local<'a> {
+    pub mail_dir: &'a Path,
+    pub format: MailboxFormat,
+    pub hostname: &'a str,
+    /// True for a user who may receive mail here.
+    pub known: &'a dyn Fn(&str) -> bool,
+    /// Mailboxes that had this message in an earlier attempt.
+    pub delivered_before: HashSet<String>,
+}
+
+/// The mailbox a local recipient's mail goes to: the local part, lower
+/// case (`postmaster` for `<postmaster>`).
+pub fn mailbox_name(addr: &ForwardPath) -> String {
+    match addr {
+        ForwardPath::Postmaster => "postmaster".into(),
+        ForwardPath::Mailbox(m) => m.local_unquoted().to_ascii_lowercase(),
+    }
+}
+
+impl Transport for Local<'_> {
+    fn deliver(&self, batch: &Batch) -> Delivery {
+        let mut delivered = self.delivered_before.clone();
+        // The message's own Delivered-To: fields, read when first needed.
+        let mut delivered_to: Option<Vec<String>> = None;
+        let states = batch
+            .rcpts
+            .iter()
+            .map(|&i| {
+                let r = &batch.env.rcpts[i];
+                let user = mailbox_name(&r.addr);
+                if delivered.contains(&user) {
+                    return RcptState::Sent(
+                        "250 2.0.0 delivered to mailbox (once for all its recipients)".into(),
+                    );
+                }
+                let addr = r.addr.bare();
+                let looped = |dt: &mut Option<Vec<String>>| {
+                    dt.get_or_insert_with(|| delivered_to_of(batch.content))
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(&addr))
+                };
+                if !(self.known)(&user) || !valid_user_name(&user) {
+                    RcptState::Failed(format!("550 5.1.1 <{addr}>: user unknown"))
+                } else if looped(&mut delivered_to) {
+                    RcptState::Failed(format!("554 5.4.6 <{addr}>: mail forwarding loop"))
+                } else {
+                    self.write(batch, &user, &addr, &mut delivered)
+                }
+            })
+            .collect();
+        Delivery {
+            states,
+            relay: "local".into(),
+            remote_mta: None,
+        }
+    }
+}
+
+impl Local<'_> {
+    fn write(
+        &self,
+        batch: &Batch,
+        user: &str,
+        addr: &str,
+        done: &mut HashSet<String>,
+    ) -> RcptState {
+        let from = batch.env.from.to_string();
+        match deliver(
+            self.mail_dir,
+            self.format,
+            self.hostname,
+            user,
+            &from,
+            addr,
+            batch.content,
+        ) {
+            Ok(_) => {
+                done.insert(user.to_string());
+                RcptState::Sent("250 2.0.0 delivered to mailbox".into())
+            }
+            Err(e) => RcptState::Deferred(format!(
+                "451 4.3.0 cannot deliver to mailbox of {user}: {e}"
+            )),
+        }
+    }
+}
+
+/// The addresses in the `Delivered-To:` fields of the message's header
+/// (RFC 9228); none if it cannot be read (delivery reports that itself).
+fn delivered_to_of(msg: &Content) -> Vec<String> {
+    let mut head = Vec::new();
+    if msg
+        .open()
+        .and_then(|f| {
+            f.take(crate::bounce::MAX_RETURNED_HEADERS as u64)
+                .read_to_end(&mut head)
+        })
+        .is_err()
+    {
+        return Vec::new();
+    }
+    // Only a real header section (one that ends in an empty line), with
+    // folded fields unfolded (RFC 5322 §2.2.3).
+    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Vec::new();
+    }
+    let section = crate::bounce::header_section(&head);
+    let text = String::from_utf8_lossy(section)
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
+    text.lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("Delivered-To").then(|| {
+                value
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivered_to_fields_are_read_unfolded_and_only_from_a_header_section() {
+        let read = |bytes: &[u8]| {
+            let p = std::env::temp_dir().join(format!("satchel-dt-{}", std::process::id()));
+            fs::write(&p, bytes).unwrap();
+            let c = Content {
+                path: p.clone(),
+                offset: 0,
+                len: bytes.len() as u64,
+            };
+            let v = delivered_to_of(&c);
+            fs::remove_file(&p).unwrap();
+            v
+        };
+        assert_eq!(
+            read(b"Delivered-To:\r\n bob@h.test\r\ndelivered-to: <Carol@h.test>\r\n\r\nDelivered-To: body@h.test\r\n"),
+            vec!["bob@h.test".to_string(), "Carol@h.test".to_string()]
+        );
+        // No empty line: no header section to speak of.
+        assert!(read(b"Delivered-To: bob@h.test\r\nno end of headers").is_empty());
+    }
 
     fn tmp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("satchel-local-{tag}-{}", std::process::id()));

@@ -1,0 +1,511 @@
+//! One message's delivery attempt, as a short sequence of named stages.
+//! Each stage takes the `Attempt` (the claimed message, its envelope and
+//! what has been recorded of it) and says what it may assume and what it
+//! leaves behind:
+//!
+//! | stage | assumes | guarantees |
+//! |---|---|---|
+//! | `claim_and_triage` | the message was claimed (`active/<id>`) | a readable queue file of this ID, or the message set aside (`corrupt/`) or requeued |
+//! | `expand` | open recipients as queued | local aliases replaced by their targets (`expanded`), and that recorded before anything is delivered |
+//! | `route` | expanded recipients | each open recipient in exactly one `Route`: a transport and its next hop |
+//! | `deliver` | routes | each routed recipient `Sent`, `Deferred` or `Failed` by its transport; deliveries recorded before each remote hop (`checkpoint`) |
+//! | `expire` | states of this attempt | what is still deferred past `max_queue_lifetime` failed (RFC 5321 §4.5.4.1) |
+//! | `notices` | final states | a bounce for what failed in this attempt, a delay warning when due, both queued |
+//! | `finish` | all of the above | the message gone from the queue, or recorded and requeued with its next attempt |
+//!
+//! Where the next features go: address rewriting before `route`; a
+//! transport table inside `route`; DKIM signing before the `smtp`
+//! transport; LMTP and pipe beside `local` (see `transport`).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read};
+
+use super::{backoff, is_local, lock, log_outcome, Deliverer, Event};
+use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
+use crate::aliases::Target;
+use crate::bounce::{self, Action, Notice, Report};
+use crate::envelope::{Envelope, RcptState, Recipient};
+use crate::spool::{Content, ReadError};
+use crate::time::unix_now;
+use crate::transport::local::{mailbox_name, Local};
+use crate::transport::smtp::Smtp;
+use crate::transport::{Batch, Transport};
+
+/// One claimed message on its way through the stages.
+struct Attempt {
+    id: String,
+    env: Envelope,
+    content: Content,
+    now: u64,
+    /// Failures already reported by an earlier attempt.
+    failed_before: Vec<ForwardPath>,
+    /// The recipients' states as the queue file has them.
+    recorded: Vec<RcptState>,
+    /// The remote host that answered, per recipient (for DSNs).
+    remote_mta: HashMap<usize, String>,
+    /// Some remote recipients waited for a concurrency slot, untried.
+    postponed: bool,
+}
+
+/// Where a group of recipients goes.
+enum Route {
+    /// Mailboxes here.
+    Local(Vec<usize>),
+    /// SMTP to a domain's MX hosts (or the relayhost): one transaction.
+    Smtp { domain: String, rcpts: Vec<usize> },
+}
+
+/// Recipients per SMTP transaction (RFC 5321 §4.5.3.1.8: a server must
+/// take at least 100).
+const RCPTS_PER_TRANSACTION: usize = 100;
+
+/// Works one claimed message. Returns the next attempt time, or `None`
+/// when the message is gone from the queue.
+pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
+    let mut a = match claim_and_triage(d, id) {
+        Ok(a) => a,
+        Err(next) => return next,
+    };
+    if let Err(next) = expand(d, &mut a) {
+        return next;
+    }
+    for route in route(d, &a.env) {
+        deliver(d, &mut a, route);
+    }
+    expire(d, &mut a);
+    notices(d, &mut a);
+    finish(d, a)
+}
+
+/// Reads the claimed message; a damaged file (or one under another
+/// message's name) goes to `corrupt/`, an unreadable one back to the queue.
+fn claim_and_triage(d: &Deliverer, id: &str) -> Result<Attempt, Option<u64>> {
+    let (env, content) = match d.spool.read_claimed(id) {
+        // A file under another message's name (a recycled file a crash
+        // left behind) is damaged, not that message.
+        Ok(q) if q.env.id != id => {
+            log::warn!(
+                "warning: {id}: the queue file holds message {}; moved to corrupt/",
+                q.env.id
+            );
+            let _ = d.spool.quarantine(id);
+            return Err(None);
+        }
+        Ok(q) => (q.env, q.content),
+        Err(ReadError::Damaged(e)) => {
+            log::warn!("warning: {id}: damaged queue file ({e}); moved to corrupt/");
+            let _ = d.spool.quarantine(id);
+            return Err(None);
+        }
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            log::warn!("warning: {id}: queue file gone: {e}");
+            return Err(None);
+        }
+        Err(ReadError::Io(e)) => {
+            // Out of file descriptors, an I/O error: back to the queue for
+            // a later attempt, not left in active/ until a restart.
+            log::warn!("warning: {id}: cannot read queue file: {e}; tried again later");
+            return Err(requeue(d, id, unix_now() + d.cfg.min_backoff.as_secs()));
+        }
+    };
+    Ok(Attempt {
+        id: id.to_string(),
+        failed_before: env
+            .rcpts
+            .iter()
+            .filter(|r| matches!(r.state, RcptState::Failed(_)))
+            .map(|r| r.addr.clone())
+            .collect(),
+        recorded: env.rcpts.iter().map(|r| r.state.clone()).collect(),
+        env,
+        content,
+        now: unix_now(),
+        remote_mta: HashMap::new(),
+        postponed: false,
+    })
+}
+
+/// Alias expansion, recorded at once. An alias that failed (a loop) is
+/// written as still to do: it is written as failed with its bounce, at
+/// the end of the attempt, so a crash before that expands it, fails it
+/// and reports it again.
+fn expand(d: &Deliverer, a: &mut Attempt) -> Result<(), Option<u64>> {
+    if !expand_aliases(d, &mut a.env) {
+        return Ok(());
+    }
+    let mut snap = a.env.clone();
+    for r in snap.rcpts.iter_mut() {
+        if matches!(r.state, RcptState::Failed(_)) && !a.failed_before.contains(&r.addr) {
+            r.state = RcptState::Pending;
+        }
+    }
+    match d.spool.record(&a.id, &snap, &a.content) {
+        Ok(c) => a.content = c,
+        Err(e) => {
+            log::warn!("warning: {}: cannot record alias expansion: {e}", a.id);
+            return Err(requeue(d, &a.id, a.now + d.cfg.min_backoff.as_secs()));
+        }
+    }
+    a.recorded = snap.rcpts.into_iter().map(|r| r.state).collect();
+    Ok(())
+}
+
+/// Replaces every open local recipient that is an alias by its expansion
+/// (marked `expanded`, so it is never expanded again). True if changed.
+fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
+    let mut changed = false;
+    let mut out: Vec<Recipient> = Vec::with_capacity(env.rcpts.len());
+    for r in std::mem::take(&mut env.rcpts) {
+        let name = mailbox_name(&r.addr);
+        if r.expanded
+            || !r.state.is_open()
+            || !is_local(d, &r.addr)
+            || !d.policy.aliases.contains(&name)
+        {
+            out.push(r);
+            continue;
+        }
+        changed = true;
+        match d.policy.aliases.expand(&name) {
+            Ok(targets) => {
+                for addr in alias_targets(d, &r.addr, targets) {
+                    if !out.iter().any(|o| o.addr == addr && o.expanded) {
+                        out.push(Recipient {
+                            addr,
+                            state: RcptState::Pending,
+                            expanded: true,
+                        });
+                    }
+                }
+                log::info!("{}: alias {} expanded", env.id, r.addr.bare());
+            }
+            Err(why) => out.push(Recipient {
+                state: RcptState::Failed(format!("554 5.4.6 {why}")),
+                ..r
+            }),
+        }
+    }
+    env.rcpts = out;
+    changed
+}
+
+/// An alias's targets as addresses: local users in the alias's own domain.
+fn alias_targets(d: &Deliverer, alias: &ForwardPath, targets: Vec<Target>) -> Vec<ForwardPath> {
+    let domain = match alias {
+        ForwardPath::Mailbox(m) => m.domain.clone(),
+        ForwardPath::Postmaster => Domain::Name(
+            d.cfg
+                .local_domains
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into()),
+        ),
+    };
+    targets
+        .into_iter()
+        .map(|t| match t {
+            Target::Local(user) => ForwardPath::Mailbox(Mailbox {
+                local: user,
+                domain: domain.clone(),
+            }),
+            Target::Remote(m) => ForwardPath::Mailbox(m),
+        })
+        .collect()
+}
+
+/// Routing: local recipients first (no network, quick), then one SMTP
+/// transaction per domain of at most `RCPTS_PER_TRANSACTION` recipients.
+fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
+    let mut local = Vec::new();
+    let mut remote: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, r) in env.rcpts.iter().enumerate() {
+        if !r.state.is_open() {
+            continue;
+        }
+        let domain = match &r.addr {
+            _ if is_local(d, &r.addr) => {
+                local.push(i);
+                continue;
+            }
+            ForwardPath::Mailbox(m) => m.domain.to_lowercase(),
+            ForwardPath::Postmaster => continue,
+        };
+        match remote.iter_mut().find(|(dn, _)| *dn == domain) {
+            Some((_, v)) if v.len() < RCPTS_PER_TRANSACTION => v.push(i),
+            _ => remote.push((domain, vec![i])),
+        }
+    }
+    let mut routes = Vec::with_capacity(remote.len() + 1);
+    if !local.is_empty() {
+        routes.push(Route::Local(local));
+    }
+    routes.extend(
+        remote
+            .into_iter()
+            .map(|(domain, rcpts)| Route::Smtp { domain, rcpts }),
+    );
+    routes
+}
+
+/// Hands one route to its transport and takes the states it returns.
+fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
+    match route {
+        Route::Local(rcpts) => {
+            let known = |user: &str| user == "postmaster" || d.policy.is_known_local(user);
+            let transport = Local {
+                mail_dir: &d.cfg.mail_dir,
+                format: d.cfg.mailbox_format,
+                hostname: &d.cfg.hostname,
+                known: &known,
+                delivered_before: a
+                    .env
+                    .rcpts
+                    .iter()
+                    .filter(|r| matches!(r.state, RcptState::Sent(_)) && is_local(d, &r.addr))
+                    .map(|r| mailbox_name(&r.addr))
+                    .collect::<HashSet<String>>(),
+            };
+            run(a, &transport, &rcpts, "");
+        }
+        Route::Smtp { domain, rcpts } => {
+            // Before the network, and between domains: what was delivered
+            // so far is written down, so that a crash or a stop does not
+            // deliver it again.
+            checkpoint(d, a);
+            if !take_slot(d, &domain) {
+                a.postponed = true;
+                return;
+            }
+            let transport = Smtp {
+                cfg: d.relay_config(),
+                dns: d.resolver.as_ref(),
+            };
+            run(a, &transport, &rcpts, &domain);
+            if let Some(n) = lock(&d.domains).get_mut(&domain) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
+/// A connection slot for `domain` (`destination_concurrency_limit`).
+fn take_slot(d: &Deliverer, domain: &str) -> bool {
+    let mut load = lock(&d.domains);
+    let n = load.entry(domain.to_string()).or_insert(0);
+    if *n >= d.cfg.destination_concurrency_limit {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn run(a: &mut Attempt, t: &dyn Transport, rcpts: &[usize], next_hop: &str) {
+    let result = t.deliver(&Batch {
+        env: &a.env,
+        content: &a.content,
+        rcpts,
+        next_hop,
+    });
+    for (&i, state) in rcpts.iter().zip(result.states) {
+        if let Some(mta) = &result.remote_mta {
+            a.remote_mta.insert(i, mta.clone());
+        }
+        log_outcome(&a.env, &a.env.rcpts[i].addr, &result.relay, &state, a.now);
+        a.env.rcpts[i].state = state;
+    }
+}
+
+/// RFC 5321 §4.5.4.1: give up on what is still deferred after the lifetime.
+fn expire(d: &Deliverer, a: &mut Attempt) {
+    if a.now.saturating_sub(a.env.created) < d.cfg.max_queue_lifetime.as_secs() {
+        return;
+    }
+    for r in a.env.rcpts.iter_mut() {
+        if let RcptState::Deferred(why) = &r.state {
+            r.state = RcptState::Failed(format!("4.4.7 delivery time expired; last error: {why}"));
+        }
+    }
+}
+
+/// A bounce for what failed in this attempt; a delay warning once
+/// (Postfix's delay_warning_time).
+fn notices(d: &Deliverer, a: &mut Attempt) {
+    let env = &mut a.env;
+    let newly_failed: Vec<usize> = (0..env.rcpts.len())
+        .filter(|&i| {
+            matches!(env.rcpts[i].state, RcptState::Failed(_))
+                && !a.failed_before.contains(&env.rcpts[i].addr)
+        })
+        .collect();
+    if !newly_failed.is_empty() {
+        let sent = notify(
+            d,
+            env,
+            &newly_failed,
+            &a.remote_mta,
+            Action::Failed,
+            &a.content,
+        );
+        if let Err(e) = sent {
+            // Kept open: they are tried (and bounced) again later.
+            log::warn!(
+                "warning: {}: cannot queue the bounce: {e}; will retry",
+                a.id
+            );
+            for &i in &newly_failed {
+                if let RcptState::Failed(t) = &env.rcpts[i].state {
+                    env.rcpts[i].state = RcptState::Deferred(t.clone());
+                }
+            }
+        }
+    }
+    let dwt = d.cfg.delay_warning_time.as_secs();
+    if dwt > 0 && !env.warned && a.now.saturating_sub(env.created) >= dwt {
+        let delayed: Vec<usize> = (0..env.rcpts.len())
+            .filter(|&i| matches!(env.rcpts[i].state, RcptState::Deferred(_)))
+            .collect();
+        if !delayed.is_empty()
+            && notify(d, env, &delayed, &a.remote_mta, Action::Delayed, &a.content).is_ok()
+        {
+            env.warned = true;
+        }
+    }
+}
+
+/// The message leaves the queue, or is recorded and requeued.
+fn finish(d: &Deliverer, mut a: Attempt) -> Option<u64> {
+    let id = a.id.as_str();
+    if a.env.is_done() {
+        if let Err(e) = d.spool.finish(id, &a.content) {
+            log::warn!("warning: {id}: cannot remove queue file: {e}");
+        }
+        log::info!("{id}: removed");
+        return None;
+    }
+    let waiting_for_a_slot_only = a.postponed
+        && a.env
+            .rcpts
+            .iter()
+            .all(|r| !matches!(r.state, RcptState::Deferred(_)));
+    let next = if waiting_for_a_slot_only {
+        a.now + 1 // not an attempt
+    } else {
+        a.env.attempts += 1;
+        a.now + backoff(&d.cfg, a.env.attempts)
+    };
+    a.env.next_attempt = next;
+    if let Err(e) = d.spool.record(id, &a.env, &a.content) {
+        log::warn!("warning: {id}: cannot update queue file: {e}");
+    }
+    requeue(d, id, next)
+}
+
+/// Writes down the recipients delivered since `recorded` (the states in
+/// the queue file), when there are any. Only deliveries: a failure is
+/// written with its bounce at the end of the attempt, so one that a crash
+/// cuts off is tried, and reported, again.
+fn checkpoint(d: &Deliverer, a: &mut Attempt) {
+    let sent = |s: &RcptState| matches!(s, RcptState::Sent(_));
+    if !a
+        .env
+        .rcpts
+        .iter()
+        .zip(a.recorded.iter())
+        .any(|(r, old)| sent(&r.state) && !sent(old))
+    {
+        return;
+    }
+    let mut snap = a.env.clone();
+    for (r, old) in snap.rcpts.iter_mut().zip(a.recorded.iter()) {
+        if matches!(r.state, RcptState::Failed(_)) && !a.failed_before.contains(&r.addr) {
+            r.state = old.clone();
+        }
+    }
+    match d.spool.record(&a.id, &snap, &a.content) {
+        Ok(c) => {
+            a.content = c;
+            a.recorded = snap.rcpts.into_iter().map(|r| r.state).collect();
+        }
+        Err(e) => log::warn!(
+            "warning: {}: cannot record the deliveries so far: {e}",
+            a.id
+        ),
+    }
+}
+
+fn requeue(d: &Deliverer, id: &str, next: u64) -> Option<u64> {
+    match d.spool.requeue(id, next) {
+        Ok(()) => Some(next),
+        Err(e) => {
+            log::warn!(
+                "warning: {id}: cannot return to queue/: {e}; it is retried after a restart"
+            );
+            None
+        }
+    }
+}
+
+/// Queues a bounce or delay warning to the reverse-path. A message from
+/// `<>` gets none (RFC 5321 §4.5.5: a bounce is never bounced); like
+/// Postfix's default, such double bounces are logged and dropped.
+fn notify(
+    d: &Deliverer,
+    env: &Envelope,
+    idx: &[usize],
+    mta: &HashMap<usize, String>,
+    action: Action,
+    msg: &Content,
+) -> io::Result<()> {
+    let ReversePath::Mailbox(sender) = &env.from else {
+        log::info!("{}: undeliverable mail from <> (a bounce): not returned; discarded as Postfix does with double bounces", env.id);
+        return Ok(());
+    };
+    let mut original = Vec::new();
+    msg.open()?.take(64 * 1024).read_to_end(&mut original)?;
+    let reports: Vec<Report> = idx
+        .iter()
+        .map(|&i| report(&env.rcpts[i], action, mta.get(&i)))
+        .collect();
+    let now = unix_now();
+    let to = sender.to_string();
+    let bytes = bounce::build(&Notice {
+        action,
+        hostname: &d.cfg.hostname,
+        queue_id: &env.id,
+        to: &to,
+        arrival: env.created,
+        now,
+        reports: &reports,
+        original: &original,
+    });
+    let mut benv = Envelope::local(
+        ReversePath::Null,
+        vec![ForwardPath::Mailbox(sender.clone())],
+        &d.cfg.hostname,
+        now,
+        &bytes,
+    );
+    benv.smtputf8 |= env.smtputf8;
+    let bid = d.spool.queue_bytes(&bytes, &mut benv)?;
+    let kind = match action {
+        Action::Failed => "non-delivery",
+        _ => "delay",
+    };
+    log::info!("{}: sender {kind} notification: {bid}", env.id);
+    d.wake.send(Event::Queued(bid));
+    Ok(())
+}
+
+/// One recipient's block of a DSN.
+fn report(r: &Recipient, action: Action, mta: Option<&String>) -> Report {
+    let text = match &r.state {
+        RcptState::Failed(t) | RcptState::Deferred(t) | RcptState::Sent(t) => t.clone(),
+        RcptState::Pending => String::new(),
+    };
+    Report {
+        recipient: r.addr.bare(),
+        status: bounce::status_of(&text, action == Action::Failed && !text.starts_with('4')),
+        diagnostic: text,
+        remote_mta: mta.cloned(),
+    }
+}
