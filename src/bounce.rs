@@ -5,6 +5,7 @@
 //! warnings (`Action: delayed`). Pure: bytes in, bytes out; queueing the
 //! result (from the null reverse-path `<>`) is `delivery`'s job.
 
+use crate::status::Status;
 use crate::time;
 
 /// RFC 3462/6522: how much of the original header section is returned.
@@ -15,10 +16,9 @@ pub const MAX_RETURNED_HEADERS: usize = 64 * 1024;
 pub struct Report {
     /// Address without angle brackets.
     pub recipient: String,
-    /// RFC 3463 status, such as `5.1.1`.
-    pub status: String,
-    /// The remote reply or the local reason, one line.
-    pub diagnostic: String,
+    /// The remote reply or the local reason: its enhanced code is the
+    /// report's `Status`, its text the `Diagnostic-Code`.
+    pub status: Status,
     /// The host that gave the reply, when one did.
     pub remote_mta: Option<String>,
 }
@@ -40,31 +40,6 @@ pub struct Notice<'a> {
     pub reports: &'a [Report],
     /// The original message (only its header section is returned).
     pub original: &'a [u8],
-}
-
-/// The RFC 3463 status of a reply text, or a generic one from its code.
-/// A text of satchel's own may start with the status itself (`4.4.7
-/// delivery time expired; ...`).
-pub fn status_of(reply_text: &str, permanent: bool) -> String {
-    let is_status = |w: &str| {
-        let parts: Vec<&str> = w.split('.').collect();
-        parts.len() == 3
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let mut words = reply_text.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some(first), _) if is_status(first) => first.to_string(),
-        (_, Some(second)) if is_status(second) => second.to_string(),
-        _ => if permanent { "5.0.0" } else { "4.0.0" }.to_string(),
-    }
-}
-
-/// True when `text` is an SMTP reply (RFC 3464 §2.3.6 `smtp` diagnostic).
-fn is_reply(text: &str) -> bool {
-    let b = text.as_bytes();
-    b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit) && b.get(3).is_none_or(|&c| c == b' ')
 }
 
 /// The header section of a message: up to and including the empty line.
@@ -156,7 +131,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
     let eight_bit = !returned.is_ascii()
         || n.reports
             .iter()
-            .any(|r| !r.recipient.is_ascii() || !r.diagnostic.is_ascii() || !r.status.is_ascii());
+            .any(|r| !r.recipient.is_ascii() || !r.status.text.is_ascii());
     let cte = if eight_bit {
         "Content-Transfer-Encoding: 8bit\r\n"
     } else {
@@ -171,7 +146,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
         m.push_str(&format!(
             "<{}>: {}\r\n",
             clean(&r.recipient),
-            clean(&r.diagnostic)
+            clean(&r.status.to_string())
         ));
     }
     m.push_str("\r\n");
@@ -201,18 +176,19 @@ pub fn build(n: &Notice) -> Vec<u8> {
                 Action::Delayed => "delayed",
             }
         ));
-        m.push_str(&format!("Status: {}\r\n", clean(&r.status)));
+        m.push_str(&format!("Status: {}\r\n", r.status.enhanced));
         if let Some(mta) = &r.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
         }
-        let kind = if r.remote_mta.is_some() && is_reply(&r.diagnostic) {
+        // RFC 3464 §2.3.6: an SMTP reply is an `smtp` diagnostic.
+        let kind = if r.remote_mta.is_some() && r.status.code.is_some() {
             "smtp"
         } else {
             "x-satchel"
         };
         m.push_str(&format!(
             "Diagnostic-Code: {kind}; {}\r\n",
-            clean(&r.diagnostic)
+            clean(&r.status.to_string())
         ));
     }
     m.push_str("\r\n");
@@ -250,26 +226,10 @@ mod tests {
     }
 
     #[test]
-    fn status_comes_from_the_enhanced_code_or_the_class() {
-        assert_eq!(status_of("550 5.1.1 User unknown", true), "5.1.1");
-        assert_eq!(status_of("550 User unknown", true), "5.0.0");
-        assert_eq!(status_of("451 try later", false), "4.0.0");
-        assert_eq!(
-            status_of(
-                "4.4.7 delivery time expired; last error: 451 4.3.0 later",
-                true
-            ),
-            "4.4.7"
-        );
-        assert!(is_reply("451 4.3.0 later") && !is_reply("4.4.7 delivery time expired"));
-    }
-
-    #[test]
     fn a_bounce_has_the_three_parts_of_rfc_3464() {
         let reports = vec![Report {
             recipient: "bob@remote.test".into(),
-            status: "5.1.1".into(),
-            diagnostic: "550 5.1.1 <bob@remote.test>: User unknown".into(),
+            status: Status::parse("550 5.1.1 <bob@remote.test>: User unknown", 5),
             remote_mta: Some("mx.remote.test".into()),
         }];
         let original = b"Subject: hello\r\nFrom: a@b\r\n\r\nsecret body\r\n";
@@ -279,6 +239,7 @@ mod tests {
             "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.local.test\r\n"
         ));
         assert!(s.contains("Final-Recipient: rfc822; bob@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.remote.test\r\n"));
+        assert!(s.contains("Diagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: User unknown\r\n"));
         assert!(
             s.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hello\r\nFrom: a@b\r\n")
         );
@@ -290,8 +251,10 @@ mod tests {
     fn text_that_is_not_ascii_is_labelled_and_lines_stay_short() {
         let reports = vec![Report {
             recipient: "j\u{f6}rg@remote.test".into(),
-            status: "5.1.1".into(),
-            diagnostic: format!("550 5.1.1 unbekannt: {}", "\u{fc}".repeat(2000)),
+            status: Status::parse(
+                &format!("550 5.1.1 unbekannt: {}", "\u{fc}".repeat(2000)),
+                5,
+            ),
             remote_mta: Some("mx.remote.test".into()),
         }];
         let s = failed_notice(&reports, b"Subject: hello\r\n\r\n");

@@ -38,6 +38,7 @@
 use std::fmt;
 
 use crate::address::{ForwardPath, ReversePath};
+use crate::status::Status;
 
 pub const VERSION: u32 = 2;
 
@@ -55,12 +56,12 @@ pub enum Data {
 pub enum RcptState {
     /// Not yet tried, or due for another try.
     Pending,
-    /// Tried, failed temporarily; the text is the last reason.
-    Deferred(String),
-    /// Delivered; the text is the accepting reply.
-    Sent(String),
-    /// Failed for good; the text is the reason (a bounce is owed).
-    Failed(String),
+    /// Tried, failed temporarily; the last reason.
+    Deferred(Status),
+    /// Delivered; the accepting reply.
+    Sent(Status),
+    /// Failed for good; the reason (a bounce is owed).
+    Failed(Status),
 }
 
 impl RcptState {
@@ -73,10 +74,11 @@ impl RcptState {
         }
     }
 
-    fn text(&self) -> &str {
+    /// The status of a tried recipient.
+    pub fn status(&self) -> Option<&Status> {
         match self {
-            RcptState::Pending => "",
-            RcptState::Deferred(t) | RcptState::Sent(t) | RcptState::Failed(t) => t,
+            RcptState::Pending => None,
+            RcptState::Deferred(t) | RcptState::Sent(t) | RcptState::Failed(t) => Some(t),
         }
     }
 
@@ -286,9 +288,9 @@ impl Envelope {
         }
         for r in &self.rcpts {
             let mut v = format!("{} {}", r.state.keyword(), r.addr);
-            if !r.state.text().is_empty() {
+            if let Some(st) = r.state.status() {
                 v.push(' ');
-                v.push_str(&escape(r.state.text()));
+                v.push_str(&escape(&st.to_string()));
             }
             kv(if r.expanded { "expanded" } else { "rcpt" }, &v);
         }
@@ -383,9 +385,9 @@ impl Envelope {
                     let text = txt(text)?;
                     let state = match state {
                         "pending" => RcptState::Pending,
-                        "deferred" => RcptState::Deferred(text),
-                        "sent" => RcptState::Sent(text),
-                        "failed" => RcptState::Failed(text),
+                        "deferred" => RcptState::Deferred(Status::parse(&text, 4)),
+                        "sent" => RcptState::Sent(Status::parse(&text, 2)),
+                        "failed" => RcptState::Failed(Status::parse(&text, 5)),
                         _ => return Err(err("bad recipient state")),
                     };
                     e.rcpts.push(Recipient {
@@ -458,12 +460,12 @@ mod tests {
                 },
                 Recipient {
                     addr: ForwardPath::parse("<\"odd > name\"@example.net>").unwrap(),
-                    state: RcptState::Failed("550 5.1.1 User unknown".into()),
+                    state: RcptState::Failed(Status::parse("550 5.1.1 User unknown", 5)),
                     expanded: true,
                 },
                 Recipient {
                     addr: ForwardPath::Postmaster,
-                    state: RcptState::Sent("250 ok".into()),
+                    state: RcptState::Sent(Status::parse("250 ok", 2)),
                     expanded: false,
                 },
             ],
@@ -542,7 +544,7 @@ mod tests {
     fn open_recipients_decide_done() {
         let mut e = sample();
         assert!(!e.is_done());
-        e.rcpts[0].state = RcptState::Sent("250".into());
+        e.rcpts[0].state = RcptState::Sent(Status::parse("250", 2));
         assert!(e.is_done());
     }
 }

@@ -24,6 +24,7 @@ pub mod sendmail;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod status;
 pub mod stdio;
 pub mod time;
 #[cfg(feature = "tls")]

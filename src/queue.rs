@@ -141,13 +141,17 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
     )))
 }
 
-fn state_word(s: &RcptState) -> (&'static str, &str) {
-    match s {
-        RcptState::Pending => ("pending", ""),
-        RcptState::Deferred(t) => ("deferred", t),
-        RcptState::Sent(t) => ("sent", t),
-        RcptState::Failed(t) => ("failed", t),
-    }
+fn state_word(s: &RcptState) -> (&'static str, String) {
+    let word = match s {
+        RcptState::Pending => "pending",
+        RcptState::Deferred(_) => "deferred",
+        RcptState::Sent(_) => "sent",
+        RcptState::Failed(_) => "failed",
+    };
+    (
+        word,
+        s.status().map(ToString::to_string).unwrap_or_default(),
+    )
 }
 
 fn strip(a: &str) -> &str {
@@ -229,7 +233,7 @@ fn text_item(
         out.push(')');
         if !why.is_empty() {
             out.push_str(": ");
-            out.push_str(why);
+            out.push_str(&why);
         }
         out.push('\n');
     }
@@ -390,7 +394,7 @@ fn json_item(state: QueueState, e: &Envelope) -> String {
                 "{{\"address\":{},\"state\":{},\"reason\":{}}}",
                 js(strip(&r.addr.to_string())),
                 js(word),
-                js(why)
+                js(&why)
             )
         })
         .collect();
@@ -461,7 +465,7 @@ mod tests {
                 rcpts: vec![Recipient {
                     addr: ForwardPath::parse(&format!("<r{i}@example.net>")).unwrap(),
                     state: if i % 3 == 0 {
-                        RcptState::Deferred("451 later".into())
+                        RcptState::Deferred(crate::status::Status::parse("451 later", 4))
                     } else {
                         RcptState::Pending
                     },

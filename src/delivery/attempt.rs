@@ -25,7 +25,9 @@ use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::aliases::Target;
 use crate::bounce::{self, Action, Notice, Report};
 use crate::envelope::{Envelope, RcptState, Recipient};
+use crate::smtp::reply::Enhanced;
 use crate::spool::{Content, ReadError};
+use crate::status::Status;
 use crate::time::unix_now;
 use crate::transport::local::{mailbox_name, Local};
 use crate::transport::smtp::Smtp;
@@ -180,7 +182,7 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
                 log::info!("{}: alias {} expanded", env.id, r.addr.bare());
             }
             Err(why) => out.push(Recipient {
-                state: RcptState::Failed(format!("554 5.4.6 {why}")),
+                state: RcptState::Failed(Status::new(554, Enhanced(5, 4, 6), why)),
                 ..r
             }),
         }
@@ -322,7 +324,10 @@ fn expire(d: &Deliverer, a: &mut Attempt) {
     }
     for r in a.env.rcpts.iter_mut() {
         if let RcptState::Deferred(why) = &r.state {
-            r.state = RcptState::Failed(format!("4.4.7 delivery time expired; last error: {why}"));
+            r.state = RcptState::Failed(Status::bare(
+                Enhanced(4, 4, 7),
+                format!("delivery time expired; last error: {why}"),
+            ));
         }
     }
 }
@@ -464,7 +469,7 @@ fn notify(
     msg.open()?.take(64 * 1024).read_to_end(&mut original)?;
     let reports: Vec<Report> = idx
         .iter()
-        .map(|&i| report(&env.rcpts[i], action, mta.get(&i)))
+        .map(|&i| report(&env.rcpts[i], mta.get(&i)))
         .collect();
     let now = unix_now();
     let to = sender.to_string();
@@ -497,15 +502,14 @@ fn notify(
 }
 
 /// One recipient's block of a DSN.
-fn report(r: &Recipient, action: Action, mta: Option<&String>) -> Report {
-    let text = match &r.state {
-        RcptState::Failed(t) | RcptState::Deferred(t) | RcptState::Sent(t) => t.clone(),
-        RcptState::Pending => String::new(),
-    };
+fn report(r: &Recipient, mta: Option<&String>) -> Report {
     Report {
         recipient: r.addr.bare(),
-        status: bounce::status_of(&text, action == Action::Failed && !text.starts_with('4')),
-        diagnostic: text,
+        status: r
+            .state
+            .status()
+            .cloned()
+            .unwrap_or_else(|| Status::bare(Enhanced(4, 0, 0), "not tried yet")),
         remote_mta: mta.cloned(),
     }
 }

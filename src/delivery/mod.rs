@@ -309,7 +309,7 @@ pub(super) fn log_outcome(
         env.id,
         addr,
         now.saturating_sub(env.created),
-        crate::envelope::escape(text)
+        crate::envelope::escape(&text.to_string())
     );
 }
 

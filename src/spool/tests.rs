@@ -237,7 +237,10 @@ fn a_rewrite_replaces_the_envelope_and_never_copies_the_content() {
     let ino = fs::metadata(&active).unwrap().ino();
     let mut q = s.read_queued(&active).unwrap();
     q.env.attempts = 3;
-    q.env.rcpts[0].state = RcptState::Deferred("451 4.3.0 try again\r\nlater".into());
+    q.env.rcpts[0].state = RcptState::Deferred(crate::status::Status::parse(
+        "451 4.3.0 try again\r\nlater",
+        4,
+    ));
     let c = s.rewrite(&active, &q.env, &q.content).unwrap();
     // The content stays in its file, now named msg/<id>; the envelope
     // is a small file of its own.

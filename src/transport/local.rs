@@ -23,7 +23,9 @@ use super::{Batch, Delivery, Transport};
 use crate::address::ForwardPath;
 use crate::config::valid_user_name;
 use crate::envelope::RcptState;
+use crate::smtp::reply::Enhanced;
 use crate::spool::{sync_dir, Content};
+use crate::status::Status;
 use crate::time;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,9 +311,11 @@ impl Transport for Local<'_> {
                 let r = &batch.env.rcpts[i];
                 let user = mailbox_name(&r.addr);
                 if delivered.contains(&user) {
-                    return RcptState::Sent(
-                        "250 2.0.0 delivered to mailbox (once for all its recipients)".into(),
-                    );
+                    return RcptState::Sent(Status::new(
+                        250,
+                        Enhanced(2, 0, 0),
+                        "delivered to mailbox (once for all its recipients)",
+                    ));
                 }
                 let addr = r.addr.bare();
                 let looped = |dt: &mut Option<Vec<String>>| {
@@ -320,9 +324,17 @@ impl Transport for Local<'_> {
                         .any(|a| a.eq_ignore_ascii_case(&addr))
                 };
                 if !(self.known)(&user) || !valid_user_name(&user) {
-                    RcptState::Failed(format!("550 5.1.1 <{addr}>: user unknown"))
+                    RcptState::Failed(Status::new(
+                        550,
+                        Enhanced(5, 1, 1),
+                        format!("<{addr}>: user unknown"),
+                    ))
                 } else if looped(&mut delivered_to) {
-                    RcptState::Failed(format!("554 5.4.6 <{addr}>: mail forwarding loop"))
+                    RcptState::Failed(Status::new(
+                        554,
+                        Enhanced(5, 4, 6),
+                        format!("<{addr}>: mail forwarding loop"),
+                    ))
                 } else {
                     self.write(batch, &user, &addr, &mut delivered)
                 }
@@ -356,10 +368,12 @@ impl Local<'_> {
         ) {
             Ok(_) => {
                 done.insert(user.to_string());
-                RcptState::Sent("250 2.0.0 delivered to mailbox".into())
+                RcptState::Sent(Status::new(250, Enhanced(2, 0, 0), "delivered to mailbox"))
             }
-            Err(e) => RcptState::Deferred(format!(
-                "451 4.3.0 cannot deliver to mailbox of {user}: {e}"
+            Err(e) => RcptState::Deferred(Status::new(
+                451,
+                Enhanced(4, 3, 0),
+                format!("cannot deliver to mailbox of {user}: {e}"),
             )),
         }
     }

@@ -19,7 +19,8 @@ use super::{Batch, Delivery, Transport};
 use crate::dns::{DnsError, Mx, Resolver};
 use crate::envelope::RcptState;
 use crate::smtp::client::{mail_command, printable, Capabilities, DataEncoder, ReplyBuilder};
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::status::Status;
 
 /// Postfix's smtp_mx_address_limit: addresses tried per delivery.
 const MAX_ADDRESSES: usize = 5;
@@ -29,9 +30,9 @@ const MAX_REPLY_LINE: u64 = 4096;
 /// What became of one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Sent(String),
-    Deferred(String),
-    Failed(String),
+    Sent(Status),
+    Deferred(Status),
+    Failed(Status),
 }
 
 /// Outcomes plus the host that gave them (for logs and Remote-MTA).
@@ -132,7 +133,7 @@ pub struct Hop {
 
 /// RFC 5321 §5.1 and RFC 7505: orders MX records for delivery.
 /// `Err` carries a permanent failure reason for every recipient.
-pub fn order_mx(domain: &str, mut mxs: Vec<Mx>, myhostname: &str) -> Result<Vec<Hop>, String> {
+pub fn order_mx(domain: &str, mut mxs: Vec<Mx>, myhostname: &str) -> Result<Vec<Hop>, Status> {
     if mxs.is_empty() {
         // §5.1: no MX records: the domain itself is the implicit MX.
         return Ok(vec![Hop {
@@ -146,8 +147,10 @@ pub fn order_mx(domain: &str, mut mxs: Vec<Mx>, myhostname: &str) -> Result<Vec<
         .cloned()
         .collect();
     if real.is_empty() {
-        return Err(format!(
-            "550 5.1.10 <{domain}>: Domain does not accept mail (null MX, RFC 7505)"
+        return Err(Status::new(
+            550,
+            Enhanced(5, 1, 10),
+            format!("<{domain}>: Domain does not accept mail (null MX, RFC 7505)"),
         ));
     }
     mxs = real;
@@ -167,7 +170,11 @@ pub fn order_mx(domain: &str, mut mxs: Vec<Mx>, myhostname: &str) -> Result<Vec<
     {
         mxs.retain(|m| m.preference < mine);
         if mxs.is_empty() {
-            return Err(format!("554 5.4.6 mail for {domain} loops back to myself"));
+            return Err(Status::new(
+                554,
+                Enhanced(5, 4, 6),
+                format!("mail for {domain} loops back to myself"),
+            ));
         }
     }
     Ok(mxs
@@ -199,22 +206,31 @@ fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<Vec<Hop>
     }
     let found = match dns.mx(name) {
         Ok(mxs) => order_mx(name, mxs, &cfg.hostname).map_err(Outcome::Failed),
-        Err(DnsError::NxDomain) => Err(Outcome::Failed(format!(
-            "550 5.1.2 <{name}>: Host or domain name not found"
+        Err(DnsError::NxDomain) => Err(Outcome::Failed(Status::new(
+            550,
+            Enhanced(5, 1, 2),
+            format!("<{name}>: Host or domain name not found"),
         ))),
-        Err(DnsError::Temporary(t)) => Err(Outcome::Deferred(format!(
-            "451 4.4.3 <{name}>: Host or domain name lookup failed: {}",
-            printable(&t)
+        Err(DnsError::Temporary(t)) => Err(Outcome::Deferred(Status::new(
+            451,
+            Enhanced(4, 4, 3),
+            format!(
+                "<{name}>: Host or domain name lookup failed: {}",
+                printable(&t)
+            ),
         ))),
     };
     match found {
         // A relayhost that cannot be found is this host's configuration
         // (or its DNS) at fault, not the recipients' domain: the mail waits
         // to be fixed rather than bouncing (as in Postfix).
-        Err(Outcome::Failed(why)) if cfg.relayhost.is_some() => Err(Outcome::Deferred(format!(
-            "451 4.4.3 relayhost {name}: {}",
-            why.split_once(' ').map_or(why.as_str(), |(_, rest)| rest)
-        ))),
+        Err(Outcome::Failed(why)) if cfg.relayhost.is_some() => {
+            Err(Outcome::Deferred(Status::new(
+                451,
+                Enhanced(4, 4, 3),
+                format!("relayhost {name}: {} {}", why.enhanced, why.text),
+            )))
+        }
         other => other,
     }
 }
@@ -237,7 +253,7 @@ pub fn deliver(
         Err(o) => return all(o),
     };
     let port = cfg.relayhost.as_ref().map_or(cfg.port, |r| r.port);
-    let mut last_error = String::from("451 4.4.1 no address to deliver to");
+    let mut last_error = Status::new(451, Enhanced(4, 4, 1), "no address to deliver to");
     let mut permanent_dns_failures = 0;
     let mut tried = 0;
     for hop in &hops {
@@ -245,20 +261,28 @@ pub fn deliver(
             match dns.addresses(&hop.name) {
                 Ok(a) if a.is_empty() => {
                     permanent_dns_failures += 1;
-                    last_error = format!("451 4.4.4 {}: no A or AAAA record", hop.name);
+                    last_error = Status::new(
+                        451,
+                        Enhanced(4, 4, 4),
+                        format!("{}: no A or AAAA record", hop.name),
+                    );
                     continue;
                 }
                 Ok(a) => a,
                 Err(DnsError::NxDomain) => {
                     permanent_dns_failures += 1;
-                    last_error = format!("451 4.4.4 {}: Host not found", hop.name);
+                    last_error = Status::new(
+                        451,
+                        Enhanced(4, 4, 4),
+                        format!("{}: Host not found", hop.name),
+                    );
                     continue;
                 }
                 Err(DnsError::Temporary(t)) => {
-                    last_error = format!(
-                        "451 4.4.3 {}: address lookup failed: {}",
-                        hop.name,
-                        printable(&t)
+                    last_error = Status::new(
+                        451,
+                        Enhanced(4, 4, 3),
+                        format!("{}: address lookup failed: {}", hop.name, printable(&t)),
                     );
                     continue;
                 }
@@ -283,7 +307,7 @@ pub fn deliver(
                 }
                 Err(e) => {
                     log::info!("{relay}: {e}; trying the next host");
-                    last_error = format!("451 4.4.1 {relay}: {e}");
+                    last_error = Status::new(451, Enhanced(4, 4, 1), format!("{relay}: {e}"));
                 }
             }
         }
@@ -295,8 +319,10 @@ pub fn deliver(
         && hops.len() == 1
         && hops[0].name == domain
     {
-        return all(Outcome::Failed(format!(
-            "550 5.1.2 <{domain}>: Host or domain name not found"
+        return all(Outcome::Failed(Status::new(
+            550,
+            Enhanced(5, 1, 2),
+            format!("<{domain}>: Host or domain name not found"),
         )));
     }
     all(Outcome::Deferred(last_error))
@@ -339,7 +365,7 @@ impl Transport for Smtp<'_> {
                 Some(Outcome::Sent(t)) => RcptState::Sent(t),
                 Some(Outcome::Deferred(t)) => RcptState::Deferred(t),
                 Some(Outcome::Failed(t)) => RcptState::Failed(t),
-                None => RcptState::Deferred("451 4.3.0 no result".into()),
+                None => RcptState::Deferred(Status::new(451, Enhanced(4, 3, 0), "no result")),
             })
             .collect();
         Delivery {
@@ -348,6 +374,15 @@ impl Transport for Smtp<'_> {
             remote_mta: r.remote_mta,
         }
     }
+}
+
+/// A peer's reply as a status (its text made printable for logs).
+fn said(r: &Reply) -> Status {
+    Status::from_reply(&Reply {
+        code: r.code,
+        enhanced: r.enhanced,
+        lines: r.lines.iter().map(|l| printable(l)).collect(),
+    })
 }
 
 /// The socket side of a client session.
@@ -772,9 +807,13 @@ fn dialogue(
     // RFC 1870 §6.1: a message larger than the announced limit is refused.
     if let Some(limit) = caps.size.filter(|&l| l > 0) {
         if msg.size > limit {
-            return all(Outcome::Failed(format!(
-                "552 5.3.4 message size {} exceeds the remote limit of {limit}",
-                msg.size
+            return all(Outcome::Failed(Status::new(
+                552,
+                Enhanced(5, 3, 4),
+                format!(
+                    "message size {} exceeds the remote limit of {limit}",
+                    msg.size
+                ),
             )));
         }
     }
@@ -782,9 +821,11 @@ fn dialogue(
     // headers) cannot go to a server without it; mail flagged SMTPUTF8
     // that is all ASCII goes as any other (as in Postfix).
     if msg.smtputf8 && !caps.smtputf8 && needs_smtputf8(msg.from, rcpts, msg.content) {
-        return all(Outcome::Failed(
-            "553 5.6.7 remote server does not support SMTPUTF8".into(),
-        ));
+        return all(Outcome::Failed(Status::new(
+            553,
+            Enhanced(5, 6, 7),
+            "remote server does not support SMTPUTF8",
+        )));
     }
     let mail = mail_command(msg.from, msg.size, msg.eight_bit, msg.smtputf8, caps);
     let rcpt_lines: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect();
@@ -825,7 +866,7 @@ fn dialogue(
     };
 
     if mail_reply.code != 250 {
-        let text = printable(&mail_reply.one_line());
+        let text = said(&mail_reply);
         if data_reply.as_ref().is_some_and(|d| d.code == 354) {
             // A server that took DATA anyway: end it without content.
             c.send(b".\r\n")?;
@@ -842,8 +883,8 @@ fn dialogue(
         .iter()
         .map(|r| match r.code {
             250 | 251 => None,
-            c if c >= 500 => Some(Outcome::Failed(printable(&r.one_line()))),
-            _ => Some(Outcome::Deferred(printable(&r.one_line()))),
+            c if c >= 500 => Some(Outcome::Failed(said(r))),
+            _ => Some(Outcome::Deferred(said(r))),
         })
         .collect();
     let accepted = outcomes.iter().filter(|o| o.is_none()).count();
@@ -873,7 +914,11 @@ fn dialogue(
             Ok(r) => r,
             Err(e) if c.reset => return Err(e),
             Err(e) => {
-                let text = format!("451 4.4.2 no reply after the end of the data: {e}");
+                let text = Status::new(
+                    451,
+                    Enhanced(4, 4, 2),
+                    format!("no reply after the end of the data: {e}"),
+                );
                 return Ok(outcomes
                     .into_iter()
                     .map(|o| o.unwrap_or_else(|| Outcome::Deferred(text.clone())))
@@ -895,7 +940,7 @@ fn dialogue(
             )],
         }
     };
-    let text = printable(&final_reply.one_line());
+    let text = said(&final_reply);
     for o in outcomes.iter_mut().filter(|o| o.is_none()) {
         *o = Some(match final_reply.code {
             250 => Outcome::Sent(text.clone()),
@@ -905,7 +950,9 @@ fn dialogue(
     }
     Ok(outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Deferred("no reply".into())))
+        .map(|o| {
+            o.unwrap_or_else(|| Outcome::Deferred(Status::new(451, Enhanced(4, 4, 2), "no reply")))
+        })
         .collect())
 }
 
@@ -992,7 +1039,7 @@ mod tests {
     fn a_domain_that_does_not_exist_bounces_but_a_missing_relayhost_defers() {
         let to_domain = route("gone.test", &relay_config(None), &NoSuchName);
         assert!(
-            matches!(&to_domain, Err(Outcome::Failed(t)) if t.starts_with("550 5.1.2")),
+            matches!(&to_domain, Err(Outcome::Failed(t)) if t.to_string().starts_with("550 5.1.2")),
             "{to_domain:?}"
         );
         let via = route(
@@ -1002,7 +1049,7 @@ mod tests {
         );
         assert!(
             matches!(&via, Err(Outcome::Deferred(t))
-                if t.starts_with("451 4.4.3 relayhost smart.gone.test: 5.1.2 ")),
+                if t.to_string().starts_with("451 4.4.3 relayhost smart.gone.test: 5.1.2 ")),
             "{via:?}"
         );
     }
@@ -1040,6 +1087,7 @@ mod tests {
     fn null_mx_fails_with_5_1_10() {
         assert!(order_mx("d.test", vec![mx(0, "")], "me")
             .unwrap_err()
+            .to_string()
             .contains("5.1.10"));
     }
 
@@ -1053,6 +1101,7 @@ mod tests {
         .unwrap();
         assert_eq!(names(&h), vec!["a"]);
         let e = order_mx("d.test", vec![mx(10, "me.test"), mx(20, "c")], "me.test").unwrap_err();
+        let e = e.to_string();
         assert!(e.contains("5.4.6") && e.contains("loops back to myself"));
     }
 
