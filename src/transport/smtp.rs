@@ -385,6 +385,50 @@ fn said(r: &Reply) -> Status {
     })
 }
 
+/// Why a host took no part in a delivery (and the next one is tried).
+#[derive(Debug)]
+pub enum HostError {
+    /// The TCP connection could not be made (or set up).
+    Connect(io::Error),
+    /// No reply within the time-out.
+    Timeout,
+    /// The TLS handshake, or its setup, failed.
+    Tls(String),
+    /// The connection broke: reset, closed, a write that failed.
+    Lost(String),
+    /// The peer said something that does not fit (a greeting other than
+    /// 220, a refused EHLO or STARTTLS, AUTH refused, a broken reply).
+    Protocol(String),
+    /// Our side: the queued message could not be read.
+    Spool(String),
+}
+
+impl HostError {
+    fn proto(what: impl Into<String>) -> HostError {
+        HostError::Protocol(what.into())
+    }
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostError::Connect(e) => write!(f, "connect: {e}"),
+            HostError::Timeout => f.write_str("timed out reading a reply"),
+            HostError::Tls(t)
+            | HostError::Lost(t)
+            | HostError::Protocol(t)
+            | HostError::Spool(t) => f.write_str(t),
+        }
+    }
+}
+
+/// A broken reply line (from the reply assembler) is a protocol error.
+impl From<String> for HostError {
+    fn from(what: String) -> HostError {
+        HostError::Protocol(what)
+    }
+}
+
 /// The socket side of a client session.
 struct Conn {
     io: Io,
@@ -490,36 +534,36 @@ enum Io {
 }
 
 impl Conn {
-    fn reader(&mut self) -> Result<&mut dyn BufRead, String> {
+    fn reader(&mut self) -> Result<&mut dyn BufRead, HostError> {
         match &mut self.io {
             Io::Plain(r) => Ok(r),
             #[cfg(feature = "tls")]
             Io::Tls(r) => Ok(r.as_mut()),
-            Io::Gone => Err("connection lost during STARTTLS".into()),
+            Io::Gone => Err(HostError::Lost("connection lost during STARTTLS".into())),
         }
     }
 
-    fn writer(&mut self) -> Result<&mut dyn Write, String> {
+    fn writer(&mut self) -> Result<&mut dyn Write, HostError> {
         match &mut self.io {
             Io::Plain(r) => Ok(r.get_mut()),
             #[cfg(feature = "tls")]
             Io::Tls(r) => Ok(r.get_mut()),
-            Io::Gone => Err("connection lost during STARTTLS".into()),
+            Io::Gone => Err(HostError::Lost("connection lost during STARTTLS".into())),
         }
     }
 
-    fn reply(&mut self, timeout: Duration) -> Result<Reply, String> {
+    fn reply(&mut self, timeout: Duration) -> Result<Reply, HostError> {
         if self.read_timeout != Some(timeout) {
             self.sock
                 .set_read_timeout(Some(timeout))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| HostError::Lost(e.to_string()))?;
             self.read_timeout = Some(timeout);
         }
         let deadline = Instant::now() + timeout;
         let mut b = ReplyBuilder::default();
         loop {
             if Instant::now() > deadline {
-                return Err("timed out reading a reply".into());
+                return Err(HostError::Timeout);
             }
             let mut line = Vec::new();
             let n = self
@@ -528,17 +572,17 @@ impl Conn {
                 .read_until(b'\n', &mut line)
                 .map_err(|e| {
                     if is_timeout(&e) {
-                        "timed out reading a reply".to_string()
+                        HostError::Timeout
                     } else {
                         self.reset = e.kind() == io::ErrorKind::ConnectionReset;
-                        e.to_string()
+                        HostError::Lost(e.to_string())
                     }
                 })?;
             if n == 0 {
-                return Err("lost connection".into());
+                return Err(HostError::Lost("lost connection".into()));
             }
             if line.last() != Some(&b'\n') {
-                return Err("reply line too long".into());
+                return Err(HostError::Protocol("reply line too long".into()));
             }
             let text = String::from_utf8_lossy(&line);
             if let Some(r) = b.push(text.trim_end_matches(['\r', '\n']))? {
@@ -547,11 +591,11 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn send(&mut self, bytes: &[u8]) -> Result<(), HostError> {
         let w = self.writer()?;
         w.write_all(bytes)
             .and_then(|()| w.flush())
-            .map_err(|e| format!("write failed: {e}"))
+            .map_err(|e| HostError::Lost(format!("write failed: {e}")))
     }
 
     /// RFC 3207: after the 220, the TLS handshake on the same socket. Any
@@ -561,18 +605,18 @@ impl Conn {
         &mut self,
         cfg: std::sync::Arc<rustls::ClientConfig>,
         host: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, HostError> {
         let Io::Plain(r) = std::mem::replace(&mut self.io, Io::Gone) else {
-            return Err("TLS already active".into());
+            return Err(HostError::Tls("TLS already active".into()));
         };
-        let name = crate::tls::server_name(host)?;
-        let conn =
-            rustls::ClientConnection::new(cfg, name).map_err(|e| format!("TLS setup: {e}"))?;
+        let name = crate::tls::server_name(host).map_err(HostError::Tls)?;
+        let conn = rustls::ClientConnection::new(cfg, name)
+            .map_err(|e| HostError::Tls(format!("TLS setup: {e}")))?;
         let mut tls = rustls::StreamOwned::new(conn, r.into_inner());
         while tls.conn.is_handshaking() {
             tls.conn
                 .complete_io(&mut tls.sock)
-                .map_err(|e| format!("TLS handshake: {e}"))?;
+                .map_err(|e| HostError::Tls(format!("TLS handshake: {e}")))?;
         }
         let what = format!(
             "{:?} {:?}",
@@ -588,7 +632,7 @@ impl Conn {
         Ok(what)
     }
 
-    fn command(&mut self, line: &str) -> Result<Reply, String> {
+    fn command(&mut self, line: &str) -> Result<Reply, HostError> {
         self.send(format!("{line}\r\n").as_bytes())?;
         self.reply(self.timeout)
     }
@@ -609,25 +653,26 @@ fn transaction(
     rcpts: &[String],
     msg: &Message,
     cfg: &RelayConfig,
-) -> Result<Vec<Outcome>, String> {
-    let mut tls_failed = false;
-    let first = attempt(host, addr, rcpts, msg, cfg, true, &mut tls_failed);
-    // Opportunistic TLS: a server that offers STARTTLS but cannot complete
-    // a handshake with us (old protocol versions, no common cipher) still
-    // gets the mail, in plaintext, as Postfix does at level "may". Never
-    // when TLS is required, or to log in (credentials only go inside TLS).
-    if first.is_err() && tls_failed && !cfg.tls.required && cfg.auth.is_none() {
-        log::info!(
-            "{host}[{}]: TLS handshake failed; trying again without TLS",
-            addr.ip()
-        );
-        return attempt(host, addr, rcpts, msg, cfg, false, &mut tls_failed);
+) -> Result<Vec<Outcome>, HostError> {
+    match attempt(host, addr, rcpts, msg, cfg, true) {
+        // Opportunistic TLS: a server that offers STARTTLS but cannot
+        // complete a handshake with us (old protocol versions, no common
+        // cipher) still gets the mail, in plaintext, as Postfix does at
+        // level "may". Never when TLS is required, or to log in
+        // (credentials only go inside TLS).
+        Err(HostError::Tls(e)) if !cfg.tls.required && cfg.auth.is_none() => {
+            log::info!(
+                "{host}[{}]: TLS handshake failed; trying again without TLS ({e})",
+                addr.ip()
+            );
+            attempt(host, addr, rcpts, msg, cfg, false)
+        }
+        other => other,
     }
-    first
 }
 
 /// `transaction`, with STARTTLS when `use_tls` and the configuration has
-/// it; `tls_failed` is set when the handshake failed.
+/// it.
 fn attempt(
     host: &str,
     addr: SocketAddr,
@@ -635,10 +680,9 @@ fn attempt(
     msg: &Message,
     cfg: &RelayConfig,
     use_tls: bool,
-    tls_failed: &mut bool,
-) -> Result<Vec<Outcome>, String> {
+) -> Result<Vec<Outcome>, HostError> {
     #[cfg(not(feature = "tls"))]
-    let _ = (use_tls, tls_failed);
+    let _ = use_tls;
     #[cfg(feature = "tls")]
     let tls_offered = use_tls && cfg.tls.config.is_some();
     #[cfg(not(feature = "tls"))]
@@ -666,13 +710,13 @@ fn attempt(
             }
         }
     }
-    let stream = TcpStream::connect_timeout(&addr, cfg.connect_timeout)
-        .map_err(|e| format!("connect: {e}"))?;
+    let stream =
+        TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(HostError::Connect)?;
     stream
         .set_write_timeout(Some(cfg.command_timeout))
-        .map_err(|e| e.to_string())?;
+        .map_err(HostError::Connect)?;
     let _ = stream.set_nodelay(true);
-    let sock = stream.try_clone().map_err(|e| e.to_string())?;
+    let sock = stream.try_clone().map_err(HostError::Connect)?;
     let mut c = Conn {
         io: Io::Plain(BufReader::new(stream)),
         sock,
@@ -683,7 +727,10 @@ fn attempt(
 
     let greeting = c.reply(cfg.command_timeout)?;
     if greeting.code != 220 {
-        return Err(format!("greeting: {}", printable(&greeting.one_line())));
+        return Err(HostError::proto(format!(
+            "greeting: {}",
+            printable(&greeting.one_line())
+        )));
     }
     let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
     #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
@@ -692,7 +739,10 @@ fn attempt(
     } else {
         let helo = c.command(&format!("HELO {}", cfg.hostname))?;
         if helo.code != 250 {
-            return Err(format!("HELO: {}", printable(&helo.one_line())));
+            return Err(HostError::proto(format!(
+                "HELO: {}",
+                printable(&helo.one_line())
+            )));
         }
         Capabilities::default()
     };
@@ -701,22 +751,25 @@ fn attempt(
         if caps.starttls {
             let r = c.command("STARTTLS")?;
             if r.code == 220 {
-                let what = c.start_tls(tls, host).inspect_err(|_| *tls_failed = true)?;
+                let what = c.start_tls(tls, host)?;
                 log::info!("{host}[{}]: TLS established: {what}", addr.ip());
                 // RFC 3207 §4.2: forget what was learned; EHLO again.
                 let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
                 if ehlo.code != 250 {
-                    return Err(format!(
+                    return Err(HostError::proto(format!(
                         "EHLO after STARTTLS: {}",
                         printable(&ehlo.one_line())
-                    ));
+                    )));
                 }
                 caps = Capabilities::from_ehlo(&ehlo);
             } else if cfg.tls.required {
-                return Err(format!("STARTTLS refused: {}", printable(&r.one_line())));
+                return Err(HostError::proto(format!(
+                    "STARTTLS refused: {}",
+                    printable(&r.one_line())
+                )));
             }
         } else if cfg.tls.required {
-            return Err("STARTTLS is required but not offered".into());
+            return Err(HostError::proto("STARTTLS is required but not offered"));
         }
     }
     if let Some((user, password)) = &cfg.auth {
@@ -724,9 +777,9 @@ fn attempt(
     }
     #[cfg(not(feature = "tls"))]
     if cfg.tls.required {
-        return Err(format!(
+        return Err(HostError::proto(format!(
             "{host}: TLS is required but this satchel was built without the tls feature"
-        ));
+        )));
     }
     match dialogue(&mut c, rcpts, msg, &caps, false) {
         Ok(outcomes) => {
@@ -748,13 +801,15 @@ fn authenticate(
     caps: &Capabilities,
     user: &str,
     password: &str,
-) -> Result<(), String> {
+) -> Result<(), HostError> {
     #[cfg(feature = "tls")]
     let encrypted = matches!(c.io, Io::Tls(_));
     #[cfg(not(feature = "tls"))]
     let encrypted = false;
     if !encrypted {
-        return Err("will not send AUTH credentials without TLS".into());
+        return Err(HostError::proto(
+            "will not send AUTH credentials without TLS",
+        ));
     }
     use crate::smtp::base64::encode;
     let r = if caps.auth.iter().any(|m| m == "PLAIN") {
@@ -765,21 +820,29 @@ fn authenticate(
     } else if caps.auth.iter().any(|m| m == "LOGIN") {
         let r = c.command("AUTH LOGIN")?;
         if r.code != 334 {
-            return Err(format!("AUTH LOGIN: {}", printable(&r.one_line())));
+            return Err(HostError::proto(format!(
+                "AUTH LOGIN: {}",
+                printable(&r.one_line())
+            )));
         }
         let r = c.command(&encode(user.as_bytes()))?;
         if r.code != 334 {
-            return Err(format!("AUTH LOGIN: {}", printable(&r.one_line())));
+            return Err(HostError::proto(format!(
+                "AUTH LOGIN: {}",
+                printable(&r.one_line())
+            )));
         }
         c.command(&encode(password.as_bytes()))?
     } else {
-        return Err("the relayhost offers no AUTH mechanism satchel knows (PLAIN, LOGIN)".into());
+        return Err(HostError::proto(
+            "the relayhost offers no AUTH mechanism satchel knows (PLAIN, LOGIN)",
+        ));
     };
     if r.code != 235 {
-        return Err(format!(
+        return Err(HostError::proto(format!(
             "authentication failed: {}",
             printable(&r.one_line())
-        ));
+        )));
     }
     Ok(())
 }
@@ -792,12 +855,15 @@ fn dialogue(
     msg: &Message,
     caps: &Capabilities,
     rset: bool,
-) -> Result<Vec<Outcome>, String> {
+) -> Result<Vec<Outcome>, HostError> {
     let rset_ok = |r: Reply| {
         if r.code == 250 {
             Ok(())
         } else {
-            Err(format!("RSET: {}", printable(&r.one_line())))
+            Err(HostError::proto(format!(
+                "RSET: {}",
+                printable(&r.one_line())
+            )))
         }
     };
     if rset && !caps.pipelining {
@@ -970,10 +1036,10 @@ fn needs_smtputf8(from: &str, rcpts: &[String], content: &crate::spool::Content)
     read.is_err() || !crate::bounce::header_section(&head).is_ascii()
 }
 
-fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), String> {
+fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), HostError> {
     let mut f = content
         .open()
-        .map_err(|e| format!("cannot read the queued message: {e}"))?;
+        .map_err(|e| HostError::Spool(format!("cannot read the queued message: {e}")))?;
     let mut enc = DataEncoder::default();
     // Buffers the size of the message, up to 64 KiB; a small message goes
     // out in one write with its final dot.
@@ -983,7 +1049,7 @@ fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), Str
     loop {
         let n = f
             .read(&mut buf)
-            .map_err(|e| format!("cannot read the queued message: {e}"))?;
+            .map_err(|e| HostError::Spool(format!("cannot read the queued message: {e}")))?;
         if n == 0 {
             break;
         }
