@@ -588,6 +588,32 @@ fn host_text(name: &Name) -> String {
     s
 }
 
+/// DNS: the configured servers, else those of /etc/resolv.conf.
+pub fn from_config(cfg: &crate::config::Config) -> Result<Box<dyn Resolver>, String> {
+    let timeout = cfg.dns_timeout;
+    if !cfg.dns_servers.is_empty() {
+        return Ok(Box::new(DnsResolver::new(
+            cfg.dns_servers.clone(),
+            timeout,
+            2,
+        )));
+    }
+    match DnsResolver::from_resolv_conf(std::path::Path::new("/etc/resolv.conf")) {
+        Ok(r) => Ok(Box::new(r)),
+        // With a smarthost by IP address no DNS is needed at all.
+        Err(e)
+            if cfg
+                .relayhost
+                .as_ref()
+                .is_some_and(|r| r.host.parse::<std::net::IpAddr>().is_ok()) =>
+        {
+            log::info!("no DNS ({e}); all mail goes to the relayhost");
+            Ok(Box::new(DnsResolver::new(Vec::new(), timeout, 1)))
+        }
+        Err(e) => Err(format!("DNS: {e} (set dns_servers)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,14 +20,14 @@ use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 
 use satchel::config::Config;
-use satchel::conn::Context;
 use satchel::delivery::{self, Deliverer};
-use satchel::dns::{DnsResolver, Resolver};
 use satchel::handoff::Handoff;
+use satchel::logging::{self, LogTo};
 use satchel::policy::LocalPolicy;
+use satchel::receive::Context;
 use satchel::sendmail::{self, Mode};
 use satchel::spool::Spool;
-use satchel::{queue, server, time};
+use satchel::{queue, server};
 
 /// Exit status for a bad configuration or bad usage.
 const EXIT_CONFIG: u8 = 2;
@@ -107,10 +107,8 @@ fn main() -> ExitCode {
         // Under inetd, stdout and stderr are the client's socket: it gets a
         // 421, and the reason goes to syslog, never to the peer.
         Err(e) if words == ["inetd"] => {
-            init_logging_to(&Config::default(), LogTo::Syslog);
-            log::error!("fatal: {e}");
-            println!("421 4.3.0 Service temporarily unavailable\r");
-            return ExitCode::from(EXIT_CONFIG);
+            logging::init(&Config::default(), LogTo::Syslog);
+            return unavailable(None, &e.to_string(), EXIT_CONFIG);
         }
         Err(e) => {
             eprintln!("satchel: {e}");
@@ -157,77 +155,8 @@ fn unknown_command(words: &[&str]) -> String {
     }
 }
 
-/// Where log lines go: stderr, or syslog when stderr may be the client's
-/// socket (inetd and systemd `Accept=yes` hand the socket to fd 2 too).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum LogTo {
-    Stderr,
-    Syslog,
-}
-
-/// Sends each log line as one datagram to `syslog_socket` (RFC 3164 form,
-/// facility mail, severity info: `<22>`).
-struct Syslog {
-    sock: Option<std::os::unix::net::UnixDatagram>,
-    line: Vec<u8>,
-}
-
-impl Write for Syslog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.line.extend_from_slice(buf);
-        while let Some(i) = self.line.iter().position(|&b| b == b'\n') {
-            let rest = self.line.split_off(i + 1);
-            let mut msg = format!("<22>satchel[{}]: ", std::process::id()).into_bytes();
-            msg.extend_from_slice(&self.line[..i]);
-            if let Some(s) = &self.sock {
-                let _ = s.send(&msg);
-            }
-            self.line = rest;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn init_logging(cfg: &Config) {
-    init_logging_to(cfg, LogTo::Stderr);
-}
-
-fn init_logging_to(cfg: &Config, to: LogTo) {
-    let mut b = env_logger::Builder::new();
-    b.filter_level(cfg.log_level);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
-    }
-    if to == LogTo::Syslog {
-        let sock = std::os::unix::net::UnixDatagram::unbound()
-            .and_then(|s| s.connect(&cfg.syslog_socket).map(|_| s))
-            .ok();
-        b.format(|buf, record| writeln!(buf, "{}", record.args()));
-        b.target(env_logger::Target::Pipe(Box::new(Syslog {
-            sock,
-            line: Vec::new(),
-        })));
-    } else {
-        b.format(|buf, record| {
-            writeln!(
-                buf,
-                "{} satchel[{}]: {}",
-                time::iso8601(time::unix_now()),
-                std::process::id(),
-                record.args()
-            )
-        });
-        b.target(env_logger::Target::Stderr);
-    }
-    let _ = b.try_init();
-}
-
 fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
-    init_logging(&cfg);
+    logging::init(&cfg, LogTo::Stderr);
     let policy = match LocalPolicy::load(&cfg) {
         Ok(p) => p,
         Err(e) => {
@@ -287,7 +216,7 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let resolver = match resolver(&cfg) {
+    let resolver = match satchel::dns::from_config(&cfg) {
         Ok(r) => r,
         Err(e) => {
             log::error!("fatal: {e}");
@@ -377,7 +306,7 @@ fn reloader(
         let cfg = Config::locate(path.as_deref()).map_err(|e| e.to_string())?;
         let policy = LocalPolicy::load(&cfg)?;
         // dns_servers, dns_timeout and /etc/resolv.conf, read again.
-        let dns: Arc<dyn satchel::dns::Resolver> = Arc::from(resolver(&cfg)?);
+        let dns: Arc<dyn satchel::dns::Resolver> = Arc::from(satchel::dns::from_config(&cfg)?);
         for (name, same) in [
             ("listen", cfg.listen == start.listen),
             ("spool_dir", cfg.spool_dir == start.spool_dir),
@@ -488,7 +417,7 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
         }
         Mode::Deliver | Mode::Help | Mode::Version => {}
     }
-    init_logging_to(
+    logging::init(
         &cfg,
         if o.verbose {
             LogTo::Stderr
@@ -640,54 +569,17 @@ fn with_tls(ctx: Context) -> Result<Context, String> {
     }
 }
 
-/// `satchel inetd`: one session on stdin/stdout, then a detached queue
-/// run if no runner is alive and a message was queued.
-/// One session on stdin/stdout; `local`: `sendmail -bs`.
+/// `satchel inetd`: one session on stdin/stdout (`local`: `sendmail
+/// -bs`), then a detached queue run if no runner is alive and a message
+/// was queued.
 fn inetd(cfg: Config, local: bool) -> ExitCode {
-    init_logging_to(&cfg, LogTo::Syslog);
-    let policy = match LocalPolicy::load(&cfg) {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("fatal: {e}");
-            println!(
-                "421 4.3.0 {} Service temporarily unavailable\r",
-                cfg.hostname
-            );
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let spool = match Spool::open(&cfg.spool_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("fatal: spool {}: {e}", cfg.spool_dir.display());
-            println!(
-                "421 4.3.0 {} Service temporarily unavailable\r",
-                cfg.hostname
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = become_service_user(&cfg, false) {
-        log::error!("fatal: {e}");
-        println!(
-            "421 4.3.0 {} Service temporarily unavailable\r",
-            cfg.hostname
-        );
-        return ExitCode::FAILURE;
-    }
-    if !local && satchel::os::euid() == 0 {
-        log::warn!("warning: inetd: serving SMTP as root; set `user` in the configuration to drop privileges");
-    }
-    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let source = cfg.source.clone();
-    let mut ctx = match with_tls(Context::new(cfg, policy, spool.clone())) {
+    logging::init(&cfg, LogTo::Syslog);
+    let hostname = cfg.hostname.clone();
+    let (mut ctx, spool) = match inetd_context(cfg, local) {
         Ok(c) => c,
-        Err(e) => {
-            log::error!("fatal: {e}");
-            println!("421 4.3.0 Service temporarily unavailable\r");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err((why, code)) => return unavailable(Some(&hostname), &why, code),
     };
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     ctx.on_queued = Some({
         let queued = queued.clone();
         Arc::new(move |_| {
@@ -706,15 +598,40 @@ fn inetd(cfg: Config, local: bool) -> ExitCode {
             .unwrap_or_else(|| "localhost".into())
     );
     if queued > 0 && !ctx.cfg.defer_delivery {
-        delivery::kick_runner(&spool, source.as_deref());
+        delivery::kick_runner(&spool, ctx.cfg.source.as_deref());
     }
     ExitCode::SUCCESS
+}
+
+/// What an inetd session needs, as the service user; or why it cannot
+/// run, with the exit status.
+fn inetd_context(cfg: Config, local: bool) -> Result<(Context, Spool), (String, u8)> {
+    let policy = LocalPolicy::load(&cfg).map_err(|e| (e, EXIT_CONFIG))?;
+    let spool = Spool::open(&cfg.spool_dir).map_err(|e| {
+        let why = satchel::preflight::explain(&e, "spool_dir", &cfg.spool_dir);
+        (why, 1)
+    })?;
+    become_service_user(&cfg, false).map_err(|e| (e, 1))?;
+    if !local && satchel::os::euid() == 0 {
+        log::warn!("warning: inetd: serving SMTP as root; set `user` in the configuration to drop privileges");
+    }
+    let ctx = with_tls(Context::new(cfg, policy, spool.clone())).map_err(|e| (e, EXIT_CONFIG))?;
+    Ok((ctx, spool))
+}
+
+/// An inetd session that cannot be served: the reason to syslog, never
+/// to the peer, which hears 421 (RFC 5321 §3.8) on what is its socket.
+fn unavailable(hostname: Option<&str>, why: &str, code: u8) -> ExitCode {
+    log::error!("fatal: {why}");
+    let name = hostname.map(|h| format!("{h} ")).unwrap_or_default();
+    println!("421 4.3.0 {name}Service temporarily unavailable\r");
+    ExitCode::from(code)
 }
 
 /// `satchel queue run`: deliver what is due once and exit. A no-op when
 /// another runner (the daemon, or another run) holds the lock.
 fn queue_run(cfg: Config) -> ExitCode {
-    init_logging(&cfg);
+    logging::init(&cfg, LogTo::Stderr);
     // Read as root, like the daemon does (a root-only credentials file).
     let policy = match LocalPolicy::load(&cfg) {
         Ok(p) => p,
@@ -767,7 +684,7 @@ fn queue_run(cfg: Config) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let resolver = match resolver(&cfg) {
+    let resolver = match satchel::dns::from_config(&cfg) {
         Ok(r) => r,
         Err(e) => {
             log::error!("fatal: {e}");
@@ -784,32 +701,6 @@ fn queue_run(cfg: Config) -> ExitCode {
     let n = delivery::run_once(&d, false);
     log::info!("queue run: {n} message(s) processed");
     ExitCode::SUCCESS
-}
-
-/// DNS: the configured servers, else those of /etc/resolv.conf.
-fn resolver(cfg: &Config) -> Result<Box<dyn Resolver>, String> {
-    let timeout = cfg.dns_timeout;
-    if !cfg.dns_servers.is_empty() {
-        return Ok(Box::new(DnsResolver::new(
-            cfg.dns_servers.clone(),
-            timeout,
-            2,
-        )));
-    }
-    match DnsResolver::from_resolv_conf(std::path::Path::new("/etc/resolv.conf")) {
-        Ok(r) => Ok(Box::new(r)),
-        // With a smarthost by IP address no DNS is needed at all.
-        Err(e)
-            if cfg
-                .relayhost
-                .as_ref()
-                .is_some_and(|r| r.host.parse::<std::net::IpAddr>().is_ok()) =>
-        {
-            log::info!("no DNS ({e}); all mail goes to the relayhost");
-            Ok(Box::new(DnsResolver::new(Vec::new(), timeout, 1)))
-        }
-        Err(e) => Err(format!("DNS: {e} (set dns_servers)")),
-    }
 }
 
 /// The spool, made when missing (`queue run`).
@@ -852,7 +743,7 @@ fn absolute(p: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn queue_flush(cfg: &Config) -> ExitCode {
-    init_logging_to(cfg, LogTo::Syslog);
+    logging::init(cfg, LogTo::Syslog);
     match delivery::request_flush(&cfg.spool_dir) {
         Ok(answer) if answer == "ok" => {
             let n = match Spool::open_existing(&cfg.spool_dir) {
@@ -947,7 +838,7 @@ fn queue_list(cfg: &Config, json: bool) -> ExitCode {
 /// `queue show|delete|hold|release ID` (delete also takes ALL). What
 /// changes the queue is logged, as Postfix's postsuper logs it.
 fn queue_tool(cfg: &Config, verb: &str, id: &str) -> ExitCode {
-    init_logging_to(cfg, LogTo::Syslog);
+    logging::init(cfg, LogTo::Syslog);
     let spool = match existing_spool(cfg) {
         Ok(Some(s)) => s,
         Ok(None) => {

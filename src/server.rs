@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::handoff::Handoff;
 
-use crate::conn::{self, Context};
+use crate::receive::{self, Context};
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::smtp::session::Client;
 
@@ -312,7 +312,7 @@ fn worker(jobs: Handoff<Job>, slot: ContextSlot, pool: Arc<Pool>) {
             auth_required: job.submission,
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            conn::serve_tcp(&job.stream, client, &ctx, &in_data);
+            receive::serve_tcp(&job.stream, client, &ctx, &in_data);
         }));
         if result.is_err() {
             log::error!("error: session with [{ip}] panicked; connection closed");

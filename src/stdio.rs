@@ -17,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::conn::{self, Context, Control};
+use crate::receive::{self, Context, Control};
 use crate::smtp::session::Client;
 
 /// A pipe, or a socket that is not TCP (a socket pair from socat or
@@ -60,7 +60,7 @@ pub fn serve(ctx: &Context, local: bool) -> Client {
             ip.map(|i| i.to_string()).unwrap_or_default()
         );
         let _ = sock.set_write_timeout(Some(ctx.cfg.command_timeout));
-        conn::serve_tcp(&sock, client.clone(), ctx, &in_data);
+        receive::serve_tcp(&sock, client.clone(), ctx, &in_data);
         return client;
     }
     let ip = ["TCPREMOTEIP", "SOCAT_PEERADDR", "REMOTE_HOST"]
@@ -93,14 +93,14 @@ pub fn serve(ctx: &Context, local: bool) -> Client {
         .filter(|s| s.local_addr().is_ok() || s.peer_addr().is_ok());
     let stdin = io::stdin().lock();
     let stdout = io::stdout().lock();
-    conn::run(
+    receive::run(
         stdin,
         stdout,
         &Pipe(socket),
         client.clone(),
         ctx,
         &in_data,
-        conn::Start::Greet,
+        receive::Start::Greet,
         false,
     );
     client

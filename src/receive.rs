@@ -1,9 +1,17 @@
-//! The thin loop that joins one byte stream (a TCP socket, or stdin/stdout
-//! under inetd) to `smtp::session` and the spool: it reads CRLF lines with
-//! the RFC 5321 size limits, feeds them to the session, streams DATA through
-//! the decoder into a spool entry, and writes replies, flushing only when no
-//! pipelined input is waiting (RFC 2920 §3.1). Protocol decisions are the
-//! session's; this module only moves bytes and keeps time.
+//! Receiving: what happens to a message from the first byte to the 250.
+//!
+//! A connection (a TCP socket from `server`, or stdin/stdout from `stdio`
+//! under inetd and `sendmail -bs`) is joined to `smtp::session` by a thin
+//! loop (`run`): it reads CRLF lines with the RFC 5321 size limits, feeds
+//! them to the session, and writes replies, flushing only when no
+//! pipelined input is waiting (RFC 2920 §3.1). At DATA (`receive_data`):
+//! a new spool file (`open_sink`), 354, the content streamed through the
+//! DATA decoder into it (`stream_data`), the envelope built from the
+//! session's transaction (`envelope_of`, a pure function), the group
+//! commit (`spool::Incoming::commit`: fdatasync, rename, directory sync),
+//! and only then 250. STARTTLS hands the socket to rustls and starts a new
+//! session inside TLS (`serve_tcp`). Protocol decisions are the session's;
+//! this module only moves bytes and keeps time.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -281,26 +289,14 @@ pub fn run<R: Read, W: Write>(
     let mut session = Session::new(scfg, &ctx.policy, client.clone());
     let mut reader = BufReader::with_capacity(16 * 1024, input);
     let mut out = Vec::with_capacity(1024);
-
     if start == Start::AfterTls {
         session = session.after_tls();
-    } else {
-        // RFC 5321 §3.1 / §4.3.1: nothing may arrive before the greeting.
-        if ctl.talks_early(ctx.cfg.greet_pause) {
-            if sends_tls_handshake(&mut reader, &Timer::new(ctl)) {
-                log_implicit_tls(&peer);
-                return Ending::Closed;
-            }
-            let r = session.early_talker();
-            log::info!("reject: early talker from {peer}: {}", r.one_line());
-            let _ = output.write_all(&r.to_wire());
-            return Ending::Closed;
-        }
-        session.greeting().write_to(&mut out);
+    } else if !greet(&mut reader, &mut output, &mut out, ctl, &mut session, ctx) {
+        return Ending::Closed;
     }
     let timer = Timer::new(ctl);
     let mut first_line = start == Start::Greet;
-    'session: loop {
+    loop {
         if reader.buffer().is_empty() {
             if output.write_all(&out).and_then(|_| output.flush()).is_err() {
                 break;
@@ -318,38 +314,8 @@ pub fn run<R: Read, W: Write>(
             out.clear();
             break;
         }
-        let line = match read_line(
-            &mut reader,
-            MAX_COMMAND_LINE,
-            &timer,
-            ctx.cfg.command_timeout,
-        ) {
-            Ok(l) => l,
-            Err(e) if is_timeout(&e) => {
-                log::info!("timeout after {} commands from {peer}", session.commands());
-                session.timeout_reply().write_to(&mut out);
-                break;
-            }
-            Err(_) => break,
-        };
-        let event = match line {
-            Line::Eof => {
-                if ctx.shutdown.load(Ordering::SeqCst) {
-                    shutting_down(ctx).write_to(&mut out);
-                }
-                break;
-            }
-            Line::TooLong => session.line_too_long(),
-            Line::BareLf => Event::Close(session.bare_lf()),
-            Line::Ok(l) => {
-                let verb = verb_of(&l);
-                let ev = session.command(&l);
-                log_reject(&peer, &verb, &ev);
-                if let Some(o) = session.take_auth_outcome() {
-                    log_auth(&peer, &o, session.auth_failures());
-                }
-                ev
-            }
+        let Some(event) = next_event(&mut reader, &timer, &mut session, ctx, &mut out) else {
+            break;
         };
         match event {
             Event::Reply(r) => r.write_to(&mut out),
@@ -386,7 +352,7 @@ pub fn run<R: Read, W: Write>(
                 );
                 in_data.store(false, Ordering::SeqCst);
                 if !keep_going {
-                    break 'session;
+                    break;
                 }
             }
         }
@@ -394,6 +360,73 @@ pub fn run<R: Read, W: Write>(
     let _ = output.write_all(&out).and_then(|_| output.flush());
     log::info!("disconnect from {peer} commands={}", session.commands());
     Ending::Closed
+}
+
+/// The greeting, unless the client talked first (RFC 5321 §3.1, §4.3.1:
+/// nothing may arrive before it): an early talker gets 554 and is closed
+/// (false), an implicit-TLS client is logged as such.
+fn greet<R: Read, W: Write>(
+    reader: &mut BufReader<R>,
+    output: &mut W,
+    out: &mut Vec<u8>,
+    ctl: &dyn Control,
+    session: &mut Session,
+    ctx: &Context,
+) -> bool {
+    if !ctl.talks_early(ctx.cfg.greet_pause) {
+        session.greeting().write_to(out);
+        return true;
+    }
+    let peer = peer_name(session.client());
+    if sends_tls_handshake(reader, &Timer::new(ctl)) {
+        log_implicit_tls(&peer);
+        return false;
+    }
+    let r = session.early_talker();
+    log::info!("reject: early talker from {peer}: {}", r.one_line());
+    let _ = output.write_all(&r.to_wire());
+    false
+}
+
+/// Reads the next command line and gives it to the session; `None` when
+/// the session is over (time-out, end of input, a read error), with any
+/// last reply in `out`.
+fn next_event<R: Read>(
+    reader: &mut BufReader<R>,
+    timer: &Timer,
+    session: &mut Session,
+    ctx: &Context,
+    out: &mut Vec<u8>,
+) -> Option<Event> {
+    let peer = peer_name(session.client());
+    let line = match read_line(reader, MAX_COMMAND_LINE, timer, ctx.cfg.command_timeout) {
+        Ok(l) => l,
+        Err(e) if is_timeout(&e) => {
+            log::info!("timeout after {} commands from {peer}", session.commands());
+            session.timeout_reply().write_to(out);
+            return None;
+        }
+        Err(_) => return None,
+    };
+    Some(match line {
+        Line::Eof => {
+            if ctx.shutdown.load(Ordering::SeqCst) {
+                shutting_down(ctx).write_to(out);
+            }
+            return None;
+        }
+        Line::TooLong => session.line_too_long(),
+        Line::BareLf => Event::Close(session.bare_lf()),
+        Line::Ok(l) => {
+            let verb = verb_of(&l);
+            let ev = session.command(&l);
+            log_reject(&peer, &verb, &ev);
+            if let Some(o) = session.take_auth_outcome() {
+                log_auth(&peer, &o, session.auth_failures());
+            }
+            ev
+        }
+    })
 }
 
 /// A TLS server stream shared by the reading and writing halves of one
@@ -605,25 +638,11 @@ fn receive_data<R: Read, W: Write>(
     ctx: &Context,
     txn: &Transaction,
 ) -> bool {
-    let peer = &peer_name(session.client());
-    let mut incoming = match ctx.spool.create() {
-        Ok(i) => Sink::Spool(i),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && ctx.maildrop_fallback => {
-            Sink::Maildrop {
-                id: crate::spool::maildrop::new_name(),
-                bytes: Vec::new(),
-            }
+    let Some(mut incoming) = open_sink(ctx) else {
+        if let Event::Reply(r) | Event::Close(r) = session.data_unavailable() {
+            r.write_to(out);
         }
-        Err(e) => {
-            log::warn!(
-                "warning: cannot create message file: {}",
-                crate::preflight::explain(&e, "spool_dir", ctx.spool.root())
-            );
-            if let Event::Reply(r) | Event::Close(r) = session.data_unavailable() {
-                r.write_to(out);
-            }
-            return true;
-        }
+        return true;
     };
     let arrival = time::unix_now();
     let (go_ahead, received) = session.data_opened(incoming.id(), &time::rfc5322(arrival));
@@ -633,7 +652,68 @@ fn receive_data<R: Read, W: Write>(
     }
     out.clear();
     incoming.write(received.as_bytes());
+    let Some(end) = stream_data(reader, out, timer, session, ctx, &mut incoming) else {
+        return false; // incoming is dropped: nothing is queued
+    };
+    let peer = &peer_name(session.client());
+    if let Some(ev) = session.data_ended(end) {
+        log_reject(peer, "DATA", &ev);
+        return write_event(ev, out);
+    }
+    let client = peer.trim_start_matches('[').trim_end_matches(']');
+    let mut env = envelope_of(txn, incoming.id(), arrival, client);
+    let ev = match incoming.commit(ctx, &mut env) {
+        Ok(()) => {
+            log_queued(&env, peer, &txn.helo);
+            if let Some(queued) = &ctx.on_queued {
+                queued(env.id.clone());
+            }
+            session.queued(&env.id)
+        }
+        Err(e) => {
+            log::warn!("warning: {}: cannot queue message: {e}", env.id);
+            let ev = session.queue_failed();
+            log_reject(peer, "DATA", &ev);
+            ev
+        }
+    };
+    write_event(ev, out)
+}
 
+/// A new message file in the spool, or (for `sendmail -bs` by a user who
+/// may not write the spool) a maildrop entry; `None` when neither can be
+/// had (the client hears 452).
+fn open_sink(ctx: &Context) -> Option<Sink> {
+    match ctx.spool.create() {
+        Ok(i) => Some(Sink::Spool(i)),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && ctx.maildrop_fallback => {
+            Some(Sink::Maildrop {
+                id: crate::spool::maildrop::new_name(),
+                bytes: Vec::new(),
+            })
+        }
+        Err(e) => {
+            log::warn!(
+                "warning: cannot create message file: {}",
+                crate::preflight::explain(&e, "spool_dir", ctx.spool.root())
+            );
+            None
+        }
+    }
+}
+
+/// Reads the message through the DATA decoder into `sink` up to the end
+/// of data; `None` when the client timed out (the reply is in `out`) or
+/// went away.
+fn stream_data<R: Read>(
+    reader: &mut BufReader<R>,
+    out: &mut Vec<u8>,
+    timer: &Timer,
+    session: &mut Session,
+    ctx: &Context,
+    sink: &mut Sink,
+) -> Option<DataEnd> {
+    let peer = &peer_name(session.client());
     let mut decoder = DataDecoder::new(ctx.cfg.message_size_limit);
     // What one read of the 16 KiB reader decodes to.
     let mut content = Vec::with_capacity(16 * 1024 + 64);
@@ -655,43 +735,39 @@ fn receive_data<R: Read, W: Write>(
             Ok(b) => b,
             Err(e) => {
                 if is_timeout(&e) {
-                    log::info!("{}: timeout during DATA from {peer}", incoming.id());
+                    log::info!("{}: timeout during DATA from {peer}", sink.id());
                     session.timeout_reply().write_to(out);
                 }
-                return false; // incoming is dropped: nothing is queued
+                return None;
             }
         };
         if buf.is_empty() {
-            log::info!("{}: lost connection during DATA from {peer}", incoming.id());
-            return false;
+            log::info!("{}: lost connection during DATA from {peer}", sink.id());
+            return None;
         }
         let (used, done) = decoder.feed(buf, &mut content);
         reader.consume(used);
         if !content.is_empty() {
-            incoming.write(&content);
+            sink.write(&content);
             content.clear();
         }
         if done {
-            break;
+            return Some(DataEnd {
+                defect: decoder.defect(),
+                received_headers: decoder.received_headers(),
+            });
         }
     }
+}
 
-    let end = DataEnd {
-        defect: decoder.defect(),
-        received_headers: decoder.received_headers(),
-    };
-    if let Some(ev) = session.data_ended(end) {
-        log_reject(peer, "DATA", &ev);
-        return write_event(ev, out);
-    }
-    let id = incoming.id().to_string();
-    let mut env = Envelope {
-        id: id.clone(),
+/// The envelope of a message received in transaction `txn`: a pure
+/// function of what the session agreed to (RFC 5321 §4.1.4: the
+/// reverse-path and forward-paths of one transaction).
+pub fn envelope_of(txn: &Transaction, id: &str, arrival: u64, client: &str) -> Envelope {
+    Envelope {
+        id: id.to_string(),
         created: arrival,
-        client: peer
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
+        client: client.to_string(),
         helo: txn.helo.clone(),
         protocol: txn.protocol.to_string(),
         body: match txn.params.body {
@@ -713,28 +789,19 @@ fn receive_data<R: Read, W: Write>(
                 expanded: false,
             })
             .collect(),
-    };
-    match incoming.commit(ctx, &mut env) {
-        Ok(()) => {
-            log::info!("{id}: client={peer}, helo=<{}>", escape(&txn.helo));
-            log::info!(
-                "{id}: from={}, size={}, nrcpt={} (queue active)",
-                env.from,
-                env.size,
-                env.rcpts.len()
-            );
-            if let Some(queued) = &ctx.on_queued {
-                queued(id.clone());
-            }
-            write_event(session.queued(&id), out)
-        }
-        Err(e) => {
-            log::warn!("warning: {id}: cannot queue message: {e}");
-            let ev = session.queue_failed();
-            log_reject(peer, "DATA", &ev);
-            write_event(ev, out)
-        }
     }
+}
+
+/// The two lines of a queued message (Postfix's smtpd and cleanup lines).
+fn log_queued(env: &Envelope, peer: &str, helo: &str) {
+    log::info!("{}: client={peer}, helo=<{}>", env.id, escape(helo));
+    log::info!(
+        "{}: from={}, size={}, nrcpt={} (queue active)",
+        env.id,
+        env.from,
+        env.size,
+        env.rcpts.len()
+    );
 }
 
 /// Where a message being received goes: the spool, or (`sendmail -bs`
@@ -793,6 +860,38 @@ fn write_event(ev: Event, out: &mut Vec<u8>) -> bool {
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn the_envelope_is_the_transaction_as_agreed() {
+        use crate::address::{ForwardPath, ReversePath};
+        let txn = Transaction {
+            helo: "client.test".into(),
+            protocol: "ESMTPS",
+            from: ReversePath::parse("<a@b.test>").unwrap(),
+            params: Default::default(),
+            rcpts: vec![
+                ForwardPath::parse("<c@d.test>").unwrap(),
+                ForwardPath::Postmaster,
+            ],
+        };
+        let e = envelope_of(&txn, "00000000000000AB", 1_795_917_257, "192.0.2.1");
+        assert_eq!(
+            (e.id.as_str(), e.created, e.client.as_str(), e.helo.as_str()),
+            (
+                "00000000000000AB",
+                1_795_917_257,
+                "192.0.2.1",
+                "client.test"
+            )
+        );
+        assert_eq!((e.protocol.as_str(), e.body.as_str()), ("ESMTPS", "7BIT"));
+        assert_eq!(e.rcpts.len(), 2);
+        assert!(e
+            .rcpts
+            .iter()
+            .all(|r| r.state == RcptState::Pending && !r.expanded));
+        assert_eq!((e.attempts, e.next_attempt, e.size), (0, 0, 0));
+    }
 
     struct NoTimeouts;
     impl Control for NoTimeouts {
