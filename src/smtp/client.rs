@@ -1,10 +1,15 @@
-//! The pure parts of the outbound SMTP dialogue: assembling multi-line
-//! replies, reading an EHLO response into capabilities, building MAIL
-//! parameters, and the DATA encoder (dot-stuffing, RFC 5321 §4.5.2, with
-//! every line end forced to CRLF so no bare CR or LF ever leaves satchel).
-//! The socket loop that uses them is `relay`.
+//! The outbound SMTP dialogue without I/O: assembling multi-line replies,
+//! reading an EHLO response into capabilities, building MAIL parameters,
+//! the mail transaction as a state machine (`MailTransaction`: what to
+//! send next, and what each reply means for each recipient), and the DATA
+//! encoder (dot-stuffing, RFC 5321 §4.5.2, with every line end forced to
+//! CRLF so no bare CR or LF ever leaves satchel). The socket loop that
+//! drives them is `transport::smtp`.
 
-use super::reply::{parse_reply_line, split_enhanced, Reply, ReplyLine};
+use std::collections::VecDeque;
+
+use super::reply::{parse_reply_line, split_enhanced, Enhanced, Reply, ReplyLine};
+use crate::status::Status;
 
 /// Collects reply lines until the last one. Returns `Err` for a line that
 /// is not a reply line, or whose code differs from the first line's.
@@ -197,9 +202,505 @@ impl DataEncoder {
     }
 }
 
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent(Status),
+    Deferred(Status),
+    Failed(Status),
+}
+
+/// What a mail transaction needs to know of the message.
+#[derive(Debug, Clone)]
+pub struct MailFacts<'a> {
+    /// The reverse-path with angle brackets (`<>` allowed).
+    pub from: &'a str,
+    /// Forward-paths without angle brackets.
+    pub rcpts: &'a [String],
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    /// The message cannot go as ASCII (RFC 6531 §3.2): non-ASCII
+    /// addresses or headers.
+    pub needs_smtputf8: bool,
+}
+
+/// What the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send these bytes, then read a reply and hand it to `reply`.
+    Send(Vec<u8>),
+    /// Read the next reply of a pipelined group and hand it to `reply`.
+    Read,
+    /// Send the message content and its final dot, then read the reply
+    /// (within twice the command time-out: RFC 5321 §4.5.3.2.6).
+    SendContent,
+    /// Over: one outcome per recipient, in order.
+    Done(Vec<Outcome>),
+    /// The session is not usable (a reused one that refused RSET): the
+    /// caller tries a new connection.
+    Broken(String),
+}
+
+/// The reply the transaction waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Rset,
+    Mail,
+    Rcpt(usize),
+    Data,
+    /// The reply to the final dot.
+    Final,
+    /// A reply read only to keep the session in step (the dot of an
+    /// abandoned DATA, a closing RSET): the outcomes are known already.
+    Courtesy,
+}
+
+/// One mail transaction as the client sees it, without I/O (RFC 5321
+/// §3.3, RFC 2920 pipelining): it says what to send next and what each
+/// reply means for each recipient; the caller moves the bytes.
+#[derive(Debug)]
+pub struct MailTransaction {
+    pipelining: bool,
+    mail_line: String,
+    rcpt_lines: Vec<String>,
+    expect: VecDeque<Expect>,
+    /// MAIL was refused: every recipient gets this.
+    mail_refused: Option<Outcome>,
+    /// Per recipient: `None` while accepted and waiting for the data.
+    outcomes: Vec<Option<Outcome>>,
+    /// Commands still to send, one reply each (`Courtesy`).
+    then: VecDeque<Vec<u8>>,
+}
+
+impl MailTransaction {
+    /// Checks what can be refused before anything is sent, then the first
+    /// commands. `rset`: a reused session, checked with RSET first (in the
+    /// same group as MAIL with PIPELINING, RFC 2920 §3.1).
+    pub fn start(m: &MailFacts, caps: &Capabilities, rset: bool) -> (MailTransaction, Step) {
+        let mut t = MailTransaction {
+            pipelining: caps.pipelining,
+            mail_line: mail_command(m.from, m.size, m.eight_bit, m.smtputf8, caps),
+            rcpt_lines: m.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect(),
+            expect: VecDeque::new(),
+            mail_refused: None,
+            outcomes: vec![None; m.rcpts.len()],
+            then: VecDeque::new(),
+        };
+        if let Some(refused) = refused_before_sending(m, caps) {
+            return (t, Step::Done(vec![refused; m.rcpts.len()]));
+        }
+        let step = if !t.pipelining {
+            let first = if rset { Expect::Rset } else { Expect::Mail };
+            t.expect.push_back(first);
+            Step::Send(line(if rset { "RSET" } else { &t.mail_line }))
+        } else {
+            let mut batch = Vec::new();
+            if rset {
+                batch.extend(line("RSET"));
+                t.expect.push_back(Expect::Rset);
+            }
+            batch.extend(line(&t.mail_line));
+            t.expect.push_back(Expect::Mail);
+            for (i, l) in t.rcpt_lines.iter().enumerate() {
+                batch.extend(line(l));
+                t.expect.push_back(Expect::Rcpt(i));
+            }
+            batch.extend(line("DATA"));
+            t.expect.push_back(Expect::Data);
+            Step::Send(batch)
+        };
+        (t, step)
+    }
+
+    /// The next reply, for what the transaction is waiting for.
+    pub fn reply(&mut self, r: &Reply) -> Step {
+        match self.expect.pop_front() {
+            Some(Expect::Rset) => self.on_rset(r),
+            Some(Expect::Mail) => self.on_mail(r),
+            Some(Expect::Rcpt(i)) => self.on_rcpt(i, r),
+            Some(Expect::Data) => self.on_data(r),
+            Some(Expect::Final) => self.finish(r),
+            Some(Expect::Courtesy) | None => self.next_courtesy(),
+        }
+    }
+
+    /// The connection failed while waiting for a reply: the outcomes when
+    /// they are known (only courtesy replies were left) or the message is
+    /// past its final dot (deferred: the server may have taken it, so no
+    /// other host gets it now, RFC 1047); `None` when the host took no part.
+    pub fn lost(&mut self, why: &str) -> Option<Vec<Outcome>> {
+        match self.expect.front() {
+            Some(Expect::Courtesy) => Some(self.outcomes_now()),
+            Some(Expect::Final) => {
+                let s = Status::new(
+                    451,
+                    Enhanced(4, 4, 2),
+                    format!("no reply after the end of the data: {why}"),
+                );
+                Some(self.settle(Outcome::Deferred(s)))
+            }
+            _ => None,
+        }
+    }
+
+    /// True while the reply to the final dot is awaited.
+    pub fn awaits_final_reply(&self) -> bool {
+        self.expect.front() == Some(&Expect::Final)
+    }
+
+    fn on_rset(&mut self, r: &Reply) -> Step {
+        if r.code != 250 {
+            return Step::Broken(format!("RSET: {}", printable(&r.one_line())));
+        }
+        if self.pipelining {
+            return Step::Read;
+        }
+        self.expect.push_back(Expect::Mail);
+        Step::Send(line(&self.mail_line))
+    }
+
+    fn on_mail(&mut self, r: &Reply) -> Step {
+        if r.code != 250 {
+            self.mail_refused = Some(verdict(r));
+            if self.pipelining {
+                return Step::Read; // the RCPT and DATA replies still come
+            }
+            return self.close_with(&["RSET"]);
+        }
+        if self.pipelining {
+            return Step::Read;
+        }
+        match self.rcpt_lines.first() {
+            Some(l) => {
+                self.expect.push_back(Expect::Rcpt(0));
+                Step::Send(line(l))
+            }
+            None => self.close_with(&["RSET"]),
+        }
+    }
+
+    fn on_rcpt(&mut self, i: usize, r: &Reply) -> Step {
+        if let Some(o) = self.outcomes.get_mut(i) {
+            *o = match r.code {
+                250 | 251 => None,
+                _ => Some(verdict(r)),
+            };
+        }
+        if self.pipelining {
+            return Step::Read;
+        }
+        if let Some(l) = self.rcpt_lines.get(i + 1) {
+            self.expect.push_back(Expect::Rcpt(i + 1));
+            return Step::Send(line(l));
+        }
+        if self.accepted() == 0 {
+            return self.close_with(&["RSET"]);
+        }
+        self.expect.push_back(Expect::Data);
+        Step::Send(line("DATA"))
+    }
+
+    fn on_data(&mut self, r: &Reply) -> Step {
+        let refused = self.mail_refused.is_some() || self.accepted() == 0;
+        if refused {
+            // A server that took DATA anyway: end it without content.
+            let mut close: Vec<&str> = Vec::new();
+            if r.code == 354 {
+                close.push(".");
+            }
+            if self.mail_refused.is_some() {
+                close.push("RSET");
+            }
+            return self.close_with(&close);
+        }
+        match r.code {
+            354 => {
+                self.expect.push_back(Expect::Final);
+                Step::SendContent
+            }
+            c if c >= 400 => self.finish(r),
+            _ => {
+                // Only 354 starts the content (§4.1.1.4); any other
+                // positive reply is the server out of step, never a
+                // delivery.
+                let out_of_step = Status::new(
+                    451,
+                    Enhanced(4, 5, 0),
+                    format!("unexpected reply to DATA: {}", printable(&r.one_line())),
+                );
+                self.settle(Outcome::Deferred(out_of_step));
+                self.close_with(&["RSET"])
+            }
+        }
+    }
+
+    /// The reply to the final dot (or a refused DATA) for every recipient
+    /// still waiting.
+    fn finish(&mut self, r: &Reply) -> Step {
+        let o = match r.code {
+            250 => Outcome::Sent(said(r)),
+            _ => verdict(r),
+        };
+        Step::Done(self.settle(o))
+    }
+
+    /// `o` for every accepted recipient; all outcomes, in order.
+    fn settle(&mut self, o: Outcome) -> Vec<Outcome> {
+        for slot in self.outcomes.iter_mut().filter(|s| s.is_none()) {
+            *slot = Some(o.clone());
+        }
+        self.outcomes_now()
+    }
+
+    fn outcomes_now(&self) -> Vec<Outcome> {
+        if let Some(o) = &self.mail_refused {
+            return vec![o.clone(); self.outcomes.len()];
+        }
+        let none = Outcome::Deferred(Status::new(451, Enhanced(4, 4, 2), "no reply"));
+        self.outcomes
+            .iter()
+            .map(|o| o.clone().unwrap_or_else(|| none.clone()))
+            .collect()
+    }
+
+    /// Sends `commands` one at a time, each reply only read; then done.
+    fn close_with(&mut self, commands: &[&str]) -> Step {
+        self.then.extend(commands.iter().map(|c| line(c)));
+        self.next_courtesy()
+    }
+
+    fn next_courtesy(&mut self) -> Step {
+        match self.then.pop_front() {
+            Some(bytes) => {
+                self.expect.push_back(Expect::Courtesy);
+                Step::Send(bytes)
+            }
+            None => Step::Done(self.outcomes_now()),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.is_none()).count()
+    }
+}
+
+/// What can be refused for every recipient before anything is sent.
+fn refused_before_sending(m: &MailFacts, caps: &Capabilities) -> Option<Outcome> {
+    // RFC 1870 §6.1: a message larger than the announced limit.
+    if let Some(limit) = caps.size.filter(|&l| l > 0 && m.size > l) {
+        return Some(Outcome::Failed(Status::new(
+            552,
+            Enhanced(5, 3, 4),
+            format!(
+                "message size {} exceeds the remote limit of {limit}",
+                m.size
+            ),
+        )));
+    }
+    // RFC 6531 §3.2: mail that needs SMTPUTF8 cannot go to a server
+    // without it; mail flagged SMTPUTF8 that is all ASCII goes as any
+    // other (as in Postfix).
+    if m.smtputf8 && !caps.smtputf8 && m.needs_smtputf8 {
+        return Some(Outcome::Failed(Status::new(
+            553,
+            Enhanced(5, 6, 7),
+            "remote server does not support SMTPUTF8",
+        )));
+    }
+    None
+}
+
+/// A refusal: permanent (5xx) or not.
+fn verdict(r: &Reply) -> Outcome {
+    if r.code >= 500 {
+        Outcome::Failed(said(r))
+    } else {
+        Outcome::Deferred(said(r))
+    }
+}
+
+/// A peer's reply as a status, its text made printable for logs.
+pub fn said(r: &Reply) -> Status {
+    Status::from_reply(&Reply {
+        code: r.code,
+        enhanced: r.enhanced,
+        lines: r.lines.iter().map(|l| printable(l)).collect(),
+    })
+}
+
+fn line(command: &str) -> Vec<u8> {
+    format!("{command}\r\n").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply as it arrives on the wire.
+    fn wire(text: &str) -> Reply {
+        let mut b = ReplyBuilder::default();
+        for l in text.split("\r\n").filter(|l| !l.is_empty()) {
+            if let Some(r) = b.push(l).unwrap() {
+                return r;
+            }
+        }
+        panic!("incomplete reply {text:?}")
+    }
+
+    fn sent(step: &Step) -> String {
+        match step {
+            Step::Send(b) => String::from_utf8(b.clone()).unwrap(),
+            other => panic!("expected bytes to send, got {other:?}"),
+        }
+    }
+
+    fn facts(rcpts: &[String]) -> MailFacts<'_> {
+        MailFacts {
+            from: "<a@b.test>",
+            rcpts,
+            size: 100,
+            eight_bit: false,
+            smtputf8: false,
+            needs_smtputf8: false,
+        }
+    }
+
+    fn words(o: &[Outcome]) -> Vec<String> {
+        o.iter()
+            .map(|o| match o {
+                Outcome::Sent(s) => format!("sent {s}"),
+                Outcome::Deferred(s) => format!("deferred {s}"),
+                Outcome::Failed(s) => format!("failed {s}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_transaction_sends_one_group_and_reads_the_replies_in_order() {
+        let rcpts = ["x@d.test".to_string(), "y@d.test".to_string()];
+        let caps = Capabilities {
+            pipelining: true,
+            size: Some(0),
+            ..Default::default()
+        };
+        let (mut t, step) = MailTransaction::start(&facts(&rcpts), &caps, false);
+        assert_eq!(
+            sent(&step),
+            "MAIL FROM:<a@b.test> SIZE=100\r\nRCPT TO:<x@d.test>\r\nRCPT TO:<y@d.test>\r\nDATA\r\n"
+        );
+        assert_eq!(t.reply(&wire("250 2.1.0 Ok\r\n")), Step::Read);
+        assert_eq!(t.reply(&wire("250 2.1.5 Ok\r\n")), Step::Read);
+        assert_eq!(t.reply(&wire("550 5.1.1 no such user\r\n")), Step::Read);
+        assert_eq!(t.reply(&wire("354 go ahead\r\n")), Step::SendContent);
+        assert!(t.awaits_final_reply());
+        let Step::Done(o) = t.reply(&wire("250 2.0.0 queued as X\r\n")) else {
+            panic!()
+        };
+        assert_eq!(
+            words(&o),
+            [
+                "sent 250 2.0.0 queued as X",
+                "failed 550 5.1.1 no such user"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_pipelining_each_command_waits_for_its_reply() {
+        let rcpts = ["x@d.test".to_string()];
+        let (mut t, step) = MailTransaction::start(&facts(&rcpts), &Capabilities::default(), true);
+        assert_eq!(sent(&step), "RSET\r\n", "a reused session is checked first");
+        assert_eq!(
+            sent(&t.reply(&wire("250 Ok\r\n"))),
+            "MAIL FROM:<a@b.test>\r\n"
+        );
+        assert_eq!(
+            sent(&t.reply(&wire("250 Ok\r\n"))),
+            "RCPT TO:<x@d.test>\r\n"
+        );
+        assert_eq!(sent(&t.reply(&wire("250 Ok\r\n"))), "DATA\r\n");
+        assert_eq!(t.reply(&wire("354 go\r\n")), Step::SendContent);
+        let Step::Done(o) = t.reply(&wire("451 4.3.0 try later\r\n")) else {
+            panic!()
+        };
+        assert_eq!(words(&o), ["deferred 451 4.3.0 try later"]);
+    }
+
+    #[test]
+    fn a_refused_mail_command_answers_for_every_recipient_and_ends_data() {
+        let rcpts = ["x@d.test".to_string(), "y@d.test".to_string()];
+        let caps = Capabilities {
+            pipelining: true,
+            ..Default::default()
+        };
+        let (mut t, _) = MailTransaction::start(&facts(&rcpts), &caps, false);
+        assert_eq!(t.reply(&wire("553 5.7.1 sender refused\r\n")), Step::Read);
+        t.reply(&wire("503 need MAIL\r\n"));
+        t.reply(&wire("503 need MAIL\r\n"));
+        // A server that says 354 anyway gets an empty message, then RSET.
+        assert_eq!(sent(&t.reply(&wire("354 go\r\n"))), ".\r\n");
+        assert_eq!(sent(&t.reply(&wire("554 no\r\n"))), "RSET\r\n");
+        let Step::Done(o) = t.reply(&wire("250 Ok\r\n")) else {
+            panic!()
+        };
+        assert_eq!(words(&o), vec!["failed 553 5.7.1 sender refused"; 2]);
+    }
+
+    #[test]
+    fn a_positive_reply_to_data_other_than_354_is_never_a_delivery() {
+        let rcpts = ["x@d.test".to_string()];
+        let (mut t, _) = MailTransaction::start(&facts(&rcpts), &Capabilities::default(), false);
+        t.reply(&wire("250 Ok\r\n"));
+        t.reply(&wire("250 Ok\r\n"));
+        assert_eq!(sent(&t.reply(&wire("250 Ok\r\n"))), "RSET\r\n");
+        let Step::Done(o) = t.reply(&wire("250 Ok\r\n")) else {
+            panic!()
+        };
+        assert_eq!(
+            words(&o),
+            ["deferred 451 4.5.0 unexpected reply to DATA: 250 Ok"]
+        );
+    }
+
+    #[test]
+    fn a_lost_reply_after_the_dot_defers_and_before_it_is_the_hosts_failure() {
+        let rcpts = ["x@d.test".to_string()];
+        let (mut t, _) = MailTransaction::start(&facts(&rcpts), &Capabilities::default(), false);
+        assert_eq!(t.lost("reset"), None, "before the data: try the next host");
+        t.reply(&wire("250 Ok\r\n"));
+        t.reply(&wire("250 Ok\r\n"));
+        assert_eq!(t.reply(&wire("354 go\r\n")), Step::SendContent);
+        let o = t.lost("timed out").unwrap();
+        assert_eq!(
+            words(&o),
+            ["deferred 451 4.4.2 no reply after the end of the data: timed out"]
+        );
+    }
+
+    #[test]
+    fn what_the_server_announced_refuses_a_message_before_anything_is_sent() {
+        let rcpts = ["x@d.test".to_string()];
+        let caps = Capabilities {
+            size: Some(50),
+            ..Default::default()
+        };
+        let (_, step) = MailTransaction::start(&facts(&rcpts), &caps, false);
+        let Step::Done(o) = step else { panic!() };
+        assert!(words(&o)[0].starts_with("failed 552 5.3.4 message size 100"));
+        let mut f = facts(&rcpts);
+        f.smtputf8 = true;
+        f.needs_smtputf8 = true;
+        let (_, step) = MailTransaction::start(&f, &Capabilities::default(), false);
+        assert_eq!(
+            step,
+            Step::Done(vec![Outcome::Failed(Status::new(
+                553,
+                Enhanced(5, 6, 7),
+                "remote server does not support SMTPUTF8"
+            ))])
+        );
+    }
 
     fn encode_all(input: &[u8], chunk: usize) -> Vec<u8> {
         let mut e = DataEncoder::default();

@@ -1,5 +1,6 @@
 //! The SMTP protocol without I/O: commands, replies, the DATA decoder and
-//! the server session state machine. Imports only `address`.
+//! the server session and the client transaction as state machines.
+//! Imports only pure modules (`address`, `status`).
 
 pub mod base64;
 pub mod client;

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use super::{Batch, Delivery, Transport};
 use crate::dns::{DnsError, Mx, Resolver};
 use crate::envelope::RcptState;
-use crate::smtp::client::{mail_command, printable, Capabilities, DataEncoder, ReplyBuilder};
+use crate::smtp::client::{
+    printable, Capabilities, DataEncoder, MailFacts, MailTransaction, ReplyBuilder, Step,
+};
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::status::Status;
 
@@ -27,13 +29,7 @@ const MAX_ADDRESSES: usize = 5;
 /// A reply line longer than this is a broken peer.
 const MAX_REPLY_LINE: u64 = 4096;
 
-/// What became of one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Sent(Status),
-    Deferred(Status),
-    Failed(Status),
-}
+pub use crate::smtp::client::Outcome;
 
 /// Outcomes plus the host that gave them (for logs and Remote-MTA).
 #[derive(Debug, Clone)]
@@ -374,15 +370,6 @@ impl Transport for Smtp<'_> {
             remote_mta: r.remote_mta,
         }
     }
-}
-
-/// A peer's reply as a status (its text made printable for logs).
-fn said(r: &Reply) -> Status {
-    Status::from_reply(&Reply {
-        code: r.code,
-        enhanced: r.enhanced,
-        lines: r.lines.iter().map(|l| printable(l)).collect(),
-    })
 }
 
 /// Why a host took no part in a delivery (and the next one is tried).
@@ -847,8 +834,9 @@ fn authenticate(
     Ok(())
 }
 
-/// One mail transaction on an open session. `rset`: a reused session,
-/// checked with RSET first (`Err` unless it says 250).
+/// One mail transaction on an open session (`smtp::client::MailTransaction`
+/// decides, this moves the bytes). `rset`: a reused session, checked with
+/// RSET first (`Err` unless it says 250).
 fn dialogue(
     c: &mut Conn,
     rcpts: &[String],
@@ -856,174 +844,49 @@ fn dialogue(
     caps: &Capabilities,
     rset: bool,
 ) -> Result<Vec<Outcome>, HostError> {
-    let rset_ok = |r: Reply| {
-        if r.code == 250 {
-            Ok(())
-        } else {
-            Err(HostError::proto(format!(
-                "RSET: {}",
-                printable(&r.one_line())
-            )))
-        }
+    let facts = MailFacts {
+        from: msg.from,
+        rcpts,
+        size: msg.size,
+        eight_bit: msg.eight_bit,
+        smtputf8: msg.smtputf8,
+        // Only looked at when it matters: the message is read for it.
+        needs_smtputf8: msg.smtputf8
+            && !caps.smtputf8
+            && needs_smtputf8(msg.from, rcpts, msg.content),
     };
-    if rset && !caps.pipelining {
-        rset_ok(c.command("RSET")?)?;
-    }
-    let all = |o: Outcome| Ok(vec![o; rcpts.len()]);
-    // RFC 1870 §6.1: a message larger than the announced limit is refused.
-    if let Some(limit) = caps.size.filter(|&l| l > 0) {
-        if msg.size > limit {
-            return all(Outcome::Failed(Status::new(
-                552,
-                Enhanced(5, 3, 4),
-                format!(
-                    "message size {} exceeds the remote limit of {limit}",
-                    msg.size
-                ),
-            )));
-        }
-    }
-    // RFC 6531 §3.2: mail that needs SMTPUTF8 (non-ASCII addresses or
-    // headers) cannot go to a server without it; mail flagged SMTPUTF8
-    // that is all ASCII goes as any other (as in Postfix).
-    if msg.smtputf8 && !caps.smtputf8 && needs_smtputf8(msg.from, rcpts, msg.content) {
-        return all(Outcome::Failed(Status::new(
-            553,
-            Enhanced(5, 6, 7),
-            "remote server does not support SMTPUTF8",
-        )));
-    }
-    let mail = mail_command(msg.from, msg.size, msg.eight_bit, msg.smtputf8, caps);
-    let rcpt_lines: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect();
-
-    let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
-        // RFC 2920: MAIL, every RCPT and DATA in one go, replies in order.
-        let mut batch = String::new();
-        if rset {
-            batch.push_str("RSET\r\n");
-        }
-        batch.push_str(&mail);
-        batch.push_str("\r\n");
-        for l in &rcpt_lines {
-            batch.push_str(l);
-            batch.push_str("\r\n");
-        }
-        batch.push_str("DATA\r\n");
-        c.send(batch.as_bytes())?;
-        if rset {
-            rset_ok(c.reply(c.timeout)?)?;
-        }
-        let m = c.reply(c.timeout)?;
-        let mut rs = Vec::new();
-        for _ in &rcpt_lines {
-            rs.push(c.reply(c.timeout)?);
-        }
-        let d = c.reply(c.timeout)?;
-        (m, rs, Some(d))
-    } else {
-        let m = c.command(&mail)?;
-        let mut rs = Vec::new();
-        if m.code == 250 {
-            for l in &rcpt_lines {
-                rs.push(c.command(l)?);
+    let (mut t, mut step) = MailTransaction::start(&facts, caps, rset);
+    loop {
+        step = match step {
+            Step::Send(bytes) => {
+                c.send(&bytes)?;
+                read_reply(c, &mut t, c.timeout)?
             }
-        }
-        (m, rs, None)
-    };
-
-    if mail_reply.code != 250 {
-        let text = said(&mail_reply);
-        if data_reply.as_ref().is_some_and(|d| d.code == 354) {
-            // A server that took DATA anyway: end it without content.
-            c.send(b".\r\n")?;
-            let _ = c.reply(c.timeout);
-        }
-        let _ = c.command("RSET");
-        return all(if mail_reply.is_permanent() {
-            Outcome::Failed(text)
-        } else {
-            Outcome::Deferred(text)
-        });
-    }
-    let mut outcomes: Vec<Option<Outcome>> = rcpt_replies
-        .iter()
-        .map(|r| match r.code {
-            250 | 251 => None,
-            c if c >= 500 => Some(Outcome::Failed(said(r))),
-            _ => Some(Outcome::Deferred(said(r))),
-        })
-        .collect();
-    let accepted = outcomes.iter().filter(|o| o.is_none()).count();
-    let data = match data_reply {
-        Some(d) => d,
-        None if accepted == 0 => {
-            let _ = c.command("RSET");
-            return Ok(outcomes.into_iter().flatten().collect());
-        }
-        None => c.command("DATA")?,
-    };
-    if accepted == 0 {
-        if data.code == 354 {
-            c.send(b".\r\n")?;
-            let _ = c.reply(c.timeout);
-        }
-        return Ok(outcomes.into_iter().flatten().collect());
-    }
-    let final_reply = if data.code == 354 {
-        send_content(c, msg.content)?;
-        // Once the final dot is out, the server may have taken the message:
-        // a reply that is lost or late defers it, and no other host gets
-        // it now, which would deliver it twice (RFC 1047; RFC 5321 §6.1).
-        // Unless the connection was reset: the server closed it with our
-        // data unread, so it cannot have taken the message.
-        match c.reply(c.timeout * 2) {
-            Ok(r) => r,
-            Err(e) if c.reset => return Err(e),
-            Err(e) => {
-                let text = Status::new(
-                    451,
-                    Enhanced(4, 4, 2),
-                    format!("no reply after the end of the data: {e}"),
-                );
-                return Ok(outcomes
-                    .into_iter()
-                    .map(|o| o.unwrap_or_else(|| Outcome::Deferred(text.clone())))
-                    .collect());
+            Step::Read => read_reply(c, &mut t, c.timeout)?,
+            Step::SendContent => {
+                send_content(c, msg.content)?;
+                // RFC 5321 §4.5.3.2.6: ten minutes for the final reply.
+                read_reply(c, &mut t, c.timeout * 2)?
             }
-        }
-    } else if data.code >= 400 {
-        data
-    } else {
-        // Only 354 starts the content (§4.1.1.4); any other positive reply
-        // is the server out of step with us, never a delivery.
-        let _ = c.command("RSET");
-        Reply {
-            code: 451,
-            enhanced: None,
-            lines: vec![format!(
-                "4.5.0 unexpected reply to DATA: {}",
-                printable(&data.one_line())
-            )],
-        }
-    };
-    let text = said(&final_reply);
-    for o in outcomes.iter_mut().filter(|o| o.is_none()) {
-        *o = Some(match final_reply.code {
-            250 => Outcome::Sent(text.clone()),
-            c if c >= 500 => Outcome::Failed(text.clone()),
-            _ => Outcome::Deferred(text.clone()),
-        });
+            Step::Done(outcomes) => return Ok(outcomes),
+            Step::Broken(why) => return Err(HostError::proto(why)),
+        };
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| Outcome::Deferred(Status::new(451, Enhanced(4, 4, 2), "no reply")))
-        })
-        .collect())
 }
 
-/// True when the envelope or the header section is not all ASCII (or the
-/// content cannot be read to tell).
+/// The next reply for the transaction. A read that fails ends it with the
+/// outcomes it knows (after the final dot: deferred, RFC 1047), or as a
+/// host that took no part: always when the connection was reset after the
+/// dot (the server closed it with our data unread, so it cannot have
+/// taken the message).
+fn read_reply(c: &mut Conn, t: &mut MailTransaction, timeout: Duration) -> Result<Step, HostError> {
+    match c.reply(timeout) {
+        Ok(r) => Ok(t.reply(&r)),
+        Err(e) if c.reset && t.awaits_final_reply() => Err(e),
+        Err(e) => t.lost(&e.to_string()).map(Step::Done).ok_or(e),
+    }
+}
+
 fn needs_smtputf8(from: &str, rcpts: &[String], content: &crate::spool::Content) -> bool {
     if !from.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()) {
         return true;
