@@ -307,28 +307,8 @@ fn reloader(
         let policy = LocalPolicy::load(&cfg)?;
         // dns_servers, dns_timeout and /etc/resolv.conf, read again.
         let dns: Arc<dyn satchel::dns::Resolver> = Arc::from(satchel::dns::from_config(&cfg)?);
-        for (name, same) in [
-            ("listen", cfg.listen == start.listen),
-            ("spool_dir", cfg.spool_dir == start.spool_dir),
-            (
-                "max_connections",
-                cfg.max_connections == start.max_connections,
-            ),
-            (
-                "delivery_threads",
-                cfg.delivery_threads == start.delivery_threads,
-            ),
-            (
-                "submission_listen",
-                cfg.submission_listen == start.submission_listen,
-            ),
-            ("user", cfg.user == start.user),
-            ("group", cfg.group == start.group),
-            ("log_level", cfg.log_level == start.log_level),
-        ] {
-            if !same {
-                log::warn!("warning: {name} changed: it takes effect at the next restart");
-            }
+        for name in Config::needs_restart(&start, &cfg) {
+            log::warn!("warning: {name} changed: it takes effect at the next restart");
         }
         let old = ctx_slot.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut ctx = with_tls(Context::new(cfg.clone(), policy.clone(), old.spool.clone()))?;

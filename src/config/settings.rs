@@ -1,0 +1,367 @@
+//! The settings table: every setting of satchel.conf, defined once, with
+//! its name, type, default, limits, whether SIGHUP applies it, and its
+//! documentation. The `settings!` macro turns the table into the `Config`
+//! struct (one field per row, documented with the row's text), its
+//! `Default`, and the rows of [`SETTINGS`] that parsing, `render`, the
+//! SIGHUP restart warnings and the sample etc/satchel.conf are driven by.
+//!
+//! Owns the definitions only: never reads a file, never checks one
+//! setting against another (that is `Config::parse`, in `mod.rs`).
+//!
+//! A row reads: doc comment, `name: field type = "default"`, the value
+//! kind (its limits included, see `values.rs`), and `Live` (a SIGHUP
+//! applies it) or `Restart`. The default is written in the file's syntax
+//! and parsed by the row's own kind; a default that depends on the machine
+//! is written `"placeholder" => expression`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::values::*;
+use super::{system_hostname, Cidr, RelayTls};
+use crate::transport::local::MailboxFormat;
+
+/// When a changed value takes effect in a running daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// At the next SIGHUP.
+    Live,
+    /// Only after a restart; a SIGHUP warns that it changed.
+    Restart,
+}
+
+/// One row of the table.
+pub struct Setting {
+    pub name: &'static str,
+    /// The heading it is listed under in etc/satchel.conf.
+    pub section: &'static str,
+    /// The default as etc/satchel.conf shows it.
+    pub default: &'static str,
+    pub reload: Reload,
+    /// Its documentation, one string per line.
+    pub doc: &'static [&'static str],
+    /// Parses a value into the field; the error is what is wrong with it.
+    pub(super) set: fn(&mut Config, &str) -> Result<(), String>,
+    /// The field's value in the file's syntax.
+    pub(super) get: fn(&Config) -> String,
+}
+
+/// A default: the literal parsed by the row's kind, or the expression
+/// given for a default that depends on the machine.
+macro_rules! default_value {
+    ($name:ident, $kind:expr, $text:literal) => {
+        Kind::parse(&$kind, $text).expect(concat!("the default of ", stringify!($name)))
+    };
+    ($name:ident, $kind:expr, $text:literal, $computed:expr) => {
+        $computed
+    };
+}
+
+macro_rules! settings {
+    ($(section $section:literal {$(
+        $(#[doc = $doc:literal])*
+        $name:ident: $ty:ty = $default:literal $(=> $computed:expr)?, $kind:expr, $reload:ident;
+    )*})*) => {
+        /// The settings in force: the built-in defaults, overridden by
+        /// satchel.conf. One field per row of [`SETTINGS`].
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            /// The file this came from, for messages (`None` = built-in defaults).
+            pub source: Option<PathBuf>,
+            /// True when `listen` was not set: a missing IPv6 loopback is then no error.
+            pub listen_is_default: bool,
+            $($($(#[doc = $doc])* pub $name: $ty,)*)*
+        }
+
+        impl Default for Config {
+            fn default() -> Config {
+                Config {
+                    source: None,
+                    listen_is_default: true,
+                    $($($name: default_value!($name, $kind, $default $(, $computed)?),)*)*
+                }
+            }
+        }
+
+        /// Every setting, in the order of etc/satchel.conf and `render`.
+        pub static SETTINGS: &[Setting] = &[$($(Setting {
+            name: stringify!($name),
+            section: $section,
+            default: $default,
+            reload: Reload::$reload,
+            doc: &[$($doc),*],
+            set: |c, v| {
+                c.$name = Kind::parse(&$kind, v)?;
+                Ok(())
+            },
+            get: |c| Kind::render(&$kind, &c.$name),
+        },)*)*];
+    };
+}
+
+const LOG_LEVELS: Choice<log::LevelFilter> = Choice {
+    names: &[
+        ("off", log::LevelFilter::Off),
+        ("error", log::LevelFilter::Error),
+        ("warn", log::LevelFilter::Warn),
+        ("info", log::LevelFilter::Info),
+        ("debug", log::LevelFilter::Debug),
+        ("trace", log::LevelFilter::Trace),
+    ],
+    any_case: true,
+};
+
+const MAILBOX_FORMATS: Choice<MailboxFormat> = Choice {
+    names: &[
+        ("maildir", MailboxFormat::Maildir),
+        ("mbox", MailboxFormat::Mbox),
+    ],
+    any_case: false,
+};
+
+const RELAY_TLS: Choice<RelayTls> = Choice {
+    names: &[
+        ("none", RelayTls::None),
+        ("opportunistic", RelayTls::Opportunistic),
+        ("required", RelayTls::Required),
+        ("verify", RelayTls::Verify),
+    ],
+    any_case: false,
+};
+
+const MAY_BE_ZERO: Time = Time { may_be_zero: true };
+const NOT_ZERO: Time = Time { may_be_zero: false };
+const AT_LEAST_ONE: Count = Count { min: 1 };
+
+settings! {
+section "Receiving" {
+    /// Addresses to listen on, ADDRESS:PORT or [IPv6]:PORT. With the default, a
+    /// host without IPv6 simply gets no [::1] listener; an address you configure
+    /// that cannot be bound is an error. Ports below 1024 need root, and as root
+    /// satchel refuses them unless `user` is set (see below).
+    listen: Vec<SocketAddr> = "127.0.0.1:2525, [::1]:2525",
+        List::of(SocketAddress).not_empty("at least one address is needed"), Restart;
+
+    /// Our own name: the 220 greeting, the EHLO reply, Received: lines, bounces.
+    /// Letters, digits, `.` and `-`. The default is the system host name
+    /// (/proc/sys/kernel/hostname, else /etc/hostname, else `localhost`).
+    hostname: String = "<system host name>" => system_hostname(), HostName, Live;
+
+    /// Domains whose mail is delivered here, into local mailboxes (RFC 5321
+    /// §2.3.5). Mail for any other domain is relayed, and only for
+    /// relay_networks.
+    local_domains: Vec<String> = "localhost, <hostname>"
+        => vec!["localhost".into(), system_hostname()], List::of(Domain), Live;
+
+    /// Who may receive mail in the local domains. The special entry `@passwd`
+    /// stands for the accounts of /etc/passwd (those whose names are usable as
+    /// mailbox names). Alias names of aliases_file and postmaster (RFC 5321
+    /// §4.5.1) are always recipients, whatever this says. Anyone else gets
+    /// 550 5.1.1 at RCPT. Names: letters, digits and `._-+=`, not starting
+    /// with `.`; compared without regard to case.
+    local_users: Vec<String> = "@passwd", List::of(LocalUser), Live;
+
+    /// The aliases file: `name: target, target`, `#` comments, continuation lines
+    /// start with white space (see etc/aliases). A missing file is an empty table.
+    aliases_file: PathBuf = "./etc/aliases", FilePath, Live;
+
+    /// Clients (addresses or CIDR networks) allowed to relay mail to other
+    /// domains. Everyone else may send only to the local domains and gets
+    /// 554 5.7.1 Relay access denied otherwise: satchel is never an open relay
+    /// unless you list the world here. These clients are also exempt from
+    /// max_connections_per_ip, as with Postfix's default
+    /// smtpd_client_event_limit_exceptions = $mynetworks. A session on
+    /// stdin/stdout without a network peer (`sendmail -bs`, inetd on a pipe) is
+    /// local and may relay.
+    relay_networks: Vec<Cidr> = "127.0.0.0/8, ::1/128", List::of(Network), Live;
+
+    /// Concurrent SMTP sessions (one thread each) in the daemon. A connection
+    /// beyond it hears 421 4.3.2 and is closed.
+    max_connections: usize = "100", AT_LEAST_ONE, Restart;
+
+    /// Concurrent sessions from one client address (not counting clients in
+    /// relay_networks). Beyond it: 421 4.7.0 and close.
+    max_connections_per_ip: usize = "10", AT_LEAST_ONE, Live;
+
+    /// Largest message accepted, in octets (at least 1024; the default is 10M),
+    /// announced as the EHLO SIZE keyword (RFC 1870). A larger `MAIL ... SIZE=`
+    /// or a larger message gets 552 5.3.4.
+    message_size_limit: u64 = "10485760", Size { min: 1024 }, Live;
+
+    /// Recipients per message (RFC 5321 §4.5.3.1.8: at least 100 must be
+    /// accepted). Beyond it: 452 4.5.3.
+    max_recipients: usize = "100", AT_LEAST_ONE, Live;
+
+    /// Hop limit (RFC 5321 §6.3): a message that already carries this many
+    /// Received: header lines or more is taken for a mail loop: 554 5.4.6.
+    max_hops: usize = "50", AT_LEAST_ONE, Live;
+
+    /// Errors (4xx/5xx replies) in one session before it is closed with
+    /// 421 4.7.0.
+    max_errors: usize = "20", AT_LEAST_ONE, Live;
+
+    /// Time allowed for each command (RFC 5321 §4.5.3.2.7, server time-out:
+    /// at least 5 minutes). An idle client then hears 421 4.4.2. Must not be 0.
+    command_timeout: Duration = "300s", NOT_ZERO, Live;
+
+    /// Time allowed for each block of message data after DATA (RFC 5321
+    /// §4.5.3.2.5: 3 minutes). Must not be 0.
+    data_timeout: Duration = "180s", NOT_ZERO, Live;
+
+    /// Wait this long before the greeting; a client that talks first (RFC 5321
+    /// §4.3.1: it must wait for the greeting) gets 554 5.5.1 and is closed.
+    /// 0 = no wait, only a check that nothing arrived before the greeting.
+    greet_pause: Duration = "0s", MAY_BE_ZERO, Live;
+
+    /// On SIGTERM/SIGINT the daemon stops accepting and closes idle sessions
+    /// with 421 4.3.2; a transaction in DATA gets this long to finish.
+    shutdown_timeout: Duration = "30s", MAY_BE_ZERO, Live;
+
+    /// VRFY (RFC 5321 §3.5.3): `no` answers 252 (cannot verify, will attempt
+    /// delivery) to everything; `yes` answers 250 or 550 for local addresses,
+    /// revealing who exists. EXPN is always 502.
+    vrfy: bool = "no", YesNo, Live;
+
+    /// off, error, warn, info, debug or trace. The RUST_LOG environment variable
+    /// overrides it.
+    log_level: log::LevelFilter = "info", LOG_LEVELS, Restart;
+
+    /// Where the commands that run without a terminal of their own log (inetd
+    /// sessions, sendmail, the queue verbs hold, release, delete and flush): a
+    /// syslog datagram socket. `serve` and `queue run` log to stderr.
+    syslog_socket: PathBuf = "/dev/log", FilePath, Live;
+}
+
+section "Spool" {
+    /// The queue: tmp/, msg/, queue/, active/, hold/, corrupt/ (created when
+    /// missing; see the table at the top of src/spool.rs), maildrop/ for local
+    /// submissions of unprivileged users, the runner.lock file and the daemon's
+    /// control socket. One daemon per spool. A relative path is relative to the
+    /// working directory.
+    spool_dir: PathBuf = "./var/spool", FilePath, Restart;
+}
+
+section "Privileges" {
+    /// Started as root (to bind port 25): once the listeners are bound, and
+    /// before a byte is read from any client, satchel hands spool_dir and
+    /// mail_dir to this account and becomes it (setgroups, setgid, setuid). Also
+    /// used by `satchel inetd`. Started as root without it, satchel refuses
+    /// ports below 1024 (exit status 2) and warns. Ignored when not root. Empty =
+    /// do not change user.
+    user: Option<String> = "", Optional(Account), Restart;
+
+    /// The group to become with `user`. Empty = the user's primary group from
+    /// /etc/passwd.
+    group: Option<String> = "", Optional(Account), Restart;
+}
+
+section "Delivering" {
+    /// Local mailboxes: `<mail_dir>/<user>/{tmp,new,cur}` (Maildir) or the file
+    /// `<mail_dir>/<user>` (mbox). A relative path is relative to the working
+    /// directory.
+    mail_dir: PathBuf = "./var/mail", FilePath, Live;
+
+    /// maildir or mbox (mboxrd quoting, locked while appending).
+    mailbox_format: MailboxFormat = "maildir", MAILBOX_FORMATS, Live;
+
+    /// Keep mail queued and do not deliver it (maintenance; like Postfix's
+    /// defer_transports). `satchel queue run` still delivers on demand.
+    defer_delivery: bool = "no", YesNo, Live;
+
+    /// Delivery threads in the daemon.
+    delivery_threads: usize = "4", AT_LEAST_ONE, Restart;
+
+    /// How often the daemon rescans queue/ for retries that are due and for mail
+    /// queued by other processes (sendmail, inetd sessions).
+    queue_run_interval: Duration = "60s", NOT_ZERO, Live;
+
+    /// Retry backoff after a temporary failure: min_backoff, doubling with each
+    /// attempt, at most max_backoff. (RFC 5321 §4.5.4.1 asks for retry intervals
+    /// of at least 30 minutes; like Postfix, the first retry comes sooner.)
+    min_backoff: Duration = "5m", NOT_ZERO, Live;
+
+    /// The longest wait between two delivery attempts (see min_backoff, which
+    /// must not be larger).
+    max_backoff: Duration = "1h", MAY_BE_ZERO, Live;
+
+    /// Give up on recipients still not delivered after this long in the queue
+    /// and bounce them (RFC 5321 §4.5.4.1: 4-5 days).
+    max_queue_lifetime: Duration = "5d", NOT_ZERO, Live;
+
+    /// Send the sender a "still trying" notice (RFC 3464, action delayed) once a
+    /// message has waited this long; 0 = never.
+    delay_warning_time: Duration = "0s", MAY_BE_ZERO, Live;
+
+    /// Simultaneous deliveries to one destination domain.
+    destination_concurrency_limit: usize = "10", AT_LEAST_ONE, Live;
+
+    /// Nameservers for MX/A/AAAA look-ups, ADDRESS or ADDRESS:PORT (port 53 when
+    /// left out), e.g. 127.0.0.1:5353. Empty = the nameservers of
+    /// /etc/resolv.conf.
+    dns_servers: Vec<SocketAddr> = "", List::of(Nameserver), Live;
+
+    /// Time-out of each DNS query to the dns_servers above (two rounds over the
+    /// list). Used only with dns_servers: the nameservers of /etc/resolv.conf
+    /// come with its own `options timeout:` and `attempts:` (5s and 2 when absent).
+    dns_timeout: Duration = "5s", NOT_ZERO, Live;
+
+    /// TCP port of remote MX hosts.
+    relay_port: u16 = "25", Port, Live;
+
+    /// Send all remote mail through this host instead of the recipient domains'
+    /// MX hosts: `[host]:port` connects to that host (an IP address or a name)
+    /// with no MX look-up; `host:port` uses host's MX records; the port defaults
+    /// to 25. Empty = MX look-up of each recipient domain (RFC 5321 §5.1).
+    relayhost: Option<crate::transport::smtp::Relayhost> = "", Optional(HostPort), Live;
+
+    /// Time-out of an outbound TCP connect.
+    connect_timeout: Duration = "30s", NOT_ZERO, Live;
+
+    /// Time-out of each reply from a remote server (RFC 5321 §4.5.3.2: 5
+    /// minutes; the reply to the final dot of DATA gets twice this, the RFC's
+    /// 10 minutes).
+    relay_timeout: Duration = "300s", NOT_ZERO, Live;
+}
+
+section "TLS and authentication" {
+    /// STARTTLS (RFC 3207): a PEM certificate chain, its private key in tls_key;
+    /// set both or neither. When set, EHLO offers STARTTLS; after the handshake
+    /// the session starts over (commands pipelined before it are discarded,
+    /// CVE-2011-0411) and Received: lines say "with ESMTPS" (RFC 3848). Needs the
+    /// `tls` build feature (on by default).
+    tls_cert: Option<PathBuf> = "", Optional(FilePath), Live;
+
+    /// The private key of tls_cert (PEM); set both or neither.
+    tls_key: Option<PathBuf> = "", Optional(FilePath), Live;
+
+    /// STARTTLS as a client towards the relayhost: none, opportunistic (when
+    /// offered; plaintext only when it is not), required (defer rather than send
+    /// in plaintext; any certificate), verify (required, and the certificate must
+    /// check out against tls_ca_file for the relayhost's name). Towards MX hosts
+    /// satchel is always opportunistic (RFC 7435).
+    relayhost_tls: RelayTls = "opportunistic", RELAY_TLS, Live;
+
+    /// The CA certificates that `relayhost_tls = verify` trusts (a PEM bundle).
+    tls_ca_file: PathBuf = "/etc/ssl/certs/ca-certificates.crt", FilePath, Live;
+
+    /// SMTP AUTH (RFC 4954, PLAIN and LOGIN): a file of `user:hash` lines with
+    /// SHA-512 crypt hashes, as `openssl passwd -6` prints them. An authenticated
+    /// client may relay. Empty = no AUTH. Failed attempts cost the client one more
+    /// second each (up to five).
+    auth_users_file: Option<PathBuf> = "", Optional(FilePath), Live;
+
+    /// Offer AUTH outside TLS too (the password then crosses the network in the
+    /// clear). Not recommended.
+    auth_over_plaintext: bool = "no", YesNo, Live;
+
+    /// Submission listeners (port 587 style): the same server, but MAIL needs
+    /// AUTH first (530 5.7.0 otherwise), and relay_networks does not apply.
+    submission_listen: Vec<SocketAddr> = "", List::of(SocketAddress), Restart;
+
+    /// `user:password` (one line) for AUTH towards the relayhost. Sent only inside
+    /// TLS. Keep it readable by the service user alone (chmod 600): satchel warns
+    /// otherwise.
+    relayhost_auth_file: Option<PathBuf> = "", Optional(FilePath), Live;
+}
+}
