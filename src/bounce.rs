@@ -82,32 +82,66 @@ fn unique() -> String {
     )
 }
 
+/// The notice as a message: header, then the three parts of RFC 3464.
 pub fn build(n: &Notice) -> Vec<u8> {
-    // RFC 2046 §5.1.1: a boundary (at most 70 characters) that appears in
-    // none of the parts. The returned headers are the sender's text, so it
-    // is not guessable and is checked against them.
     let returned = header_section(n.original);
-    let boundary = loop {
+    let boundary = boundary_for(n, returned);
+    // Text that is not ASCII (a remote's reply, an SMTPUTF8 address, the
+    // returned headers) is labelled 8bit, and the report and headers parts
+    // take their RFC 6533 types.
+    let eight_bit = !returned.is_ascii()
+        || n.reports
+            .iter()
+            .any(|r| !r.recipient.is_ascii() || !r.status.text.is_ascii());
+    let cte = if eight_bit {
+        "Content-Transfer-Encoding: 8bit\r\n"
+    } else {
+        ""
+    };
+    let mut m = header(n, &boundary);
+    m.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n{cte}\r\n"));
+    m.push_str(&explanation(n));
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/{}delivery-status\r\n{cte}\r\n",
+        if eight_bit { "global-" } else { "" }
+    ));
+    m.push_str(&delivery_status(n));
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: {}\r\n{cte}\r\n",
+        if eight_bit { "message/global-headers" } else { "text/rfc822-headers" }
+    ));
+    let mut out = m.into_bytes();
+    out.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// RFC 2046 §5.1.1: a boundary (at most 70 characters) that appears in
+/// none of the parts. The returned headers are the sender's text, so it
+/// is not guessable and is checked against them.
+fn boundary_for(n: &Notice, returned: &[u8]) -> String {
+    loop {
         let b = format!("{}/{}", unique(), n.queue_id);
         let marker = format!("--{b}");
         if !returned
             .windows(marker.len())
             .any(|w| w == marker.as_bytes())
         {
-            break b;
+            return b;
         }
+    }
+}
+
+/// The notice's own header section, through the MIME preamble.
+fn header(n: &Notice, boundary: &str) -> String {
+    let subject = match n.action {
+        Action::Failed => "Undelivered Mail Returned to Sender",
+        Action::Delayed => "Delayed Mail (still being retried)",
     };
     let message_id = format!("<{}.{}.{}@{}>", n.queue_id, n.now, unique(), n.hostname);
-    let (subject, intro) = match n.action {
-        Action::Failed => (
-            "Undelivered Mail Returned to Sender",
-            "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. The reasons are below.\r\n",
-        ),
-        Action::Delayed => (
-            "Delayed Mail (still being retried)",
-            "This is a warning only: your message has not yet been delivered\r\nto the recipients below. Delivery will be retried; you do not\r\nneed to send it again.\r\n",
-        ),
-    };
     let mut m = String::new();
     m.push_str(&format!(
         "From: MAILER-DAEMON@{} (Mail Delivery System)\r\n",
@@ -124,24 +158,19 @@ pub fn build(n: &Notice) -> Vec<u8> {
         "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
     ));
     m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+    m
+}
 
-    // Text that is not ASCII (a remote's reply, an SMTPUTF8 address, the
-    // returned headers) is labelled 8bit, and the report and headers parts
-    // take their RFC 6533 types.
-    let eight_bit = !returned.is_ascii()
-        || n.reports
-            .iter()
-            .any(|r| !r.recipient.is_ascii() || !r.status.text.is_ascii());
-    let cte = if eight_bit {
-        "Content-Transfer-Encoding: 8bit\r\n"
-    } else {
-        ""
+/// The first part: what happened, in words, a line per recipient.
+fn explanation(n: &Notice) -> String {
+    let intro = match n.action {
+        Action::Failed => "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. The reasons are below.\r\n",
+        Action::Delayed => "This is a warning only: your message has not yet been delivered\r\nto the recipients below. Delivery will be retried; you do not\r\nneed to send it again.\r\n",
     };
-    m.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n{cte}\r\n"));
-    m.push_str(&format!(
+    let mut m = format!(
         "This is the mail system at host {}.\r\n\r\n{intro}\r\n",
         n.hostname
-    ));
+    );
     for r in n.reports {
         m.push_str(&format!(
             "<{}>: {}\r\n",
@@ -150,32 +179,29 @@ pub fn build(n: &Notice) -> Vec<u8> {
         ));
     }
     m.push_str("\r\n");
+    m
+}
 
-    m.push_str(&format!(
-        "--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/{}delivery-status\r\n{cte}\r\n",
-        if eight_bit { "global-" } else { "" }
-    ));
-    m.push_str(&format!("Reporting-MTA: dns; {}\r\n", n.hostname));
+/// The second part: the per-message and per-recipient fields (RFC 3464 §2.2, §2.3).
+fn delivery_status(n: &Notice) -> String {
+    let mut m = format!("Reporting-MTA: dns; {}\r\n", n.hostname);
     m.push_str(&format!("X-Satchel-Queue-ID: {}\r\n", n.queue_id));
     m.push_str(&format!("Arrival-Date: {}\r\n", time::rfc5322(n.arrival)));
+    let action = match n.action {
+        Action::Failed => "failed",
+        Action::Delayed => "delayed",
+    };
     for r in n.reports {
-        m.push_str("\r\n");
+        let kind = if r.recipient.is_ascii() {
+            "rfc822"
+        } else {
+            "utf-8"
+        };
         m.push_str(&format!(
-            "Final-Recipient: {}; {}\r\n",
-            if r.recipient.is_ascii() {
-                "rfc822"
-            } else {
-                "utf-8"
-            },
+            "\r\nFinal-Recipient: {kind}; {}\r\n",
             clean(&r.recipient)
         ));
-        m.push_str(&format!(
-            "Action: {}\r\n",
-            match n.action {
-                Action::Failed => "failed",
-                Action::Delayed => "delayed",
-            }
-        ));
+        m.push_str(&format!("Action: {action}\r\n"));
         m.push_str(&format!("Status: {}\r\n", r.status.enhanced));
         if let Some(mta) = &r.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
@@ -192,18 +218,7 @@ pub fn build(n: &Notice) -> Vec<u8> {
         ));
     }
     m.push_str("\r\n");
-
-    m.push_str(&format!(
-        "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: {}\r\n{cte}\r\n",
-        if eight_bit { "message/global-headers" } else { "text/rfc822-headers" }
-    ));
-    let mut out = m.into_bytes();
-    out.extend_from_slice(returned);
-    if !returned.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
+    m
 }
 
 #[cfg(test)]

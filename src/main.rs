@@ -172,106 +172,61 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
     if !problems.is_empty() {
         return ExitCode::from(EXIT_CONFIG);
     }
-    let spool = match Spool::open(&cfg.spool_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            let why = satchel::preflight::explain(&e, "spool_dir", &cfg.spool_dir);
+    match run_daemon(cfg, policy, pidfile.as_deref()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal(why, code)) => {
             log::error!("fatal: {why}");
-            return ExitCode::FAILURE;
+            ExitCode::from(code)
         }
-    };
-    // The daemon lives long: it keeps delivered messages' files for reuse.
-    spool.enable_recycling();
-    if let Err(e) = satchel::spool::maildrop::prepare(spool.root()) {
-        log::warn!(
-            "warning: spool {}: cannot prepare maildrop/: {e}",
-            cfg.spool_dir.display()
-        );
     }
-    // Before recovery: a second server on the same spool must not touch it.
+}
+
+/// Why the daemon stops, and its exit status.
+struct Fatal(String, u8);
+
+fn failure(why: impl std::fmt::Display) -> Fatal {
+    Fatal(why.to_string(), 1)
+}
+
+fn bad_config(why: impl std::fmt::Display) -> Fatal {
+    Fatal(why.to_string(), EXIT_CONFIG)
+}
+
+/// The daemon's life: the spool taken and recovered, listeners bound,
+/// privileges dropped, delivery started, sessions served until a signal
+/// stops it, deliveries under way waited for.
+fn run_daemon(cfg: Config, policy: LocalPolicy, pidfile: Option<&str>) -> Result<(), Fatal> {
     let inbox = Handoff::<delivery::Event>::new();
-    if let Err(e) = delivery::control_socket(&cfg.spool_dir, inbox.clone()) {
-        log::error!("fatal: {e}");
-        return ExitCode::FAILURE;
-    }
-    // The daemon is the queue runner for its whole life.
-    let _runner = match spool.wait_runner_lock() {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("fatal: spool {}: runner lock: {e}", spool.root().display());
-            return ExitCode::FAILURE;
-        }
-    };
-    match spool.recover() {
-        Ok(r) => log::info!(
-            "spool {}: {} queued, {} requeued from active, {} temporary and {} orphaned files removed",
-            cfg.spool_dir.display(),
-            r.queued,
-            r.requeued,
-            r.tmp_removed,
-            r.orphans_removed
-        ),
-        Err(e) => {
-            log::error!("fatal: spool {}: recovery failed: {e}", cfg.spool_dir.display());
-            return ExitCode::FAILURE;
-        }
-    }
-    let resolver = match satchel::dns::from_config(&cfg) {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("fatal: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut ctx = match with_tls(Context::new(cfg.clone(), policy.clone(), spool.clone())) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("fatal: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    let (spool, _runner) = take_spool(&cfg, &inbox)?;
+    let resolver = satchel::dns::from_config(&cfg).map_err(failure)?;
+    let mut ctx =
+        with_tls(Context::new(cfg.clone(), policy.clone(), spool.clone())).map_err(bad_config)?;
     ctx.on_queued = Some({
         let inbox = inbox.clone();
         Arc::new(move |id| inbox.send(delivery::Event::Queued(id)))
     });
-    if let Err(e) = check_root_ports(&cfg) {
-        log::error!("fatal: {e}");
-        return ExitCode::from(EXIT_CONFIG);
+    check_root_ports(&cfg).map_err(bad_config)?;
+    let listeners = server::bind(&ctx).map_err(failure)?;
+    if let Some(p) = pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .map_err(|e| failure(format!("pid file {p}: {e}")))?;
     }
-    let listeners = match server::bind(&ctx) {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("fatal: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Some(p) = &pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            log::error!("fatal: pid file {p}: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    if let Err(e) = become_service_user(&cfg, true) {
-        log::error!("fatal: {e}");
-        return ExitCode::FAILURE;
-    }
-    let delivery_slot: delivery::Slot = Arc::new(RwLock::new(Arc::new(Deliverer::new(
-        cfg.clone(),
-        spool,
-        policy,
-        Arc::from(resolver),
-        inbox,
-    ))));
+    become_service_user(&cfg, true).map_err(failure)?;
+    let deliverer = Deliverer::new(cfg.clone(), spool, policy, Arc::from(resolver), inbox);
+    let delivery_slot: delivery::Slot = Arc::new(RwLock::new(Arc::new(deliverer)));
     if cfg.defer_delivery {
         log::info!("defer_delivery = yes: mail is queued, not delivered");
-    } else if let Err(e) = delivery::start(delivery_slot.clone()) {
-        log::error!("fatal: cannot start delivery: {e}");
-        return ExitCode::FAILURE;
+    } else {
+        delivery::start(delivery_slot.clone())
+            .map_err(|e| failure(format!("cannot start delivery: {e}")))?;
     }
     let ctx_slot: server::ContextSlot = Arc::new(RwLock::new(Arc::new(ctx)));
     let (delivering, shutdown_timeout) = (!cfg.defer_delivery, cfg.shutdown_timeout);
     let reload = reloader(cfg, ctx_slot.clone(), delivery_slot);
     let result = server::serve(ctx_slot, listeners, reload);
+    if let Some(p) = pidfile {
+        let _ = std::fs::remove_file(p);
+    }
     if delivering {
         // Deliveries under way finish and are written down, so a restart
         // does not send them again (bounded like the sessions' wait).
@@ -282,16 +237,42 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
             );
         }
     }
-    if let Some(p) = &pidfile {
-        let _ = std::fs::remove_file(p);
+    result.map_err(failure)
+}
+
+/// The daemon's spool: opened (made when missing), the control socket
+/// bound (a second server on the same spool stops here, before it touches
+/// anything), the runner lock held for life, and recovered.
+fn take_spool(
+    cfg: &Config,
+    inbox: &Handoff<delivery::Event>,
+) -> Result<(Spool, std::fs::File), Fatal> {
+    let spool = Spool::open(&cfg.spool_dir)
+        .map_err(|e| failure(satchel::preflight::explain(&e, "spool_dir", &cfg.spool_dir)))?;
+    // The daemon lives long: it keeps delivered messages' files for reuse.
+    spool.enable_recycling();
+    if let Err(e) = satchel::spool::maildrop::prepare(spool.root()) {
+        log::warn!(
+            "warning: spool {}: cannot prepare maildrop/: {e}",
+            cfg.spool_dir.display()
+        );
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("fatal: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    delivery::control_socket(&cfg.spool_dir, inbox.clone()).map_err(failure)?;
+    let root = cfg.spool_dir.display();
+    let runner = spool
+        .wait_runner_lock()
+        .map_err(|e| failure(format!("spool {root}: runner lock: {e}")))?;
+    let r = spool
+        .recover()
+        .map_err(|e| failure(format!("spool {root}: recovery failed: {e}")))?;
+    log::info!(
+        "spool {root}: {} queued, {} requeued from active, {} temporary and {} orphaned files removed",
+        r.queued,
+        r.requeued,
+        r.tmp_removed,
+        r.orphans_removed
+    );
+    Ok((spool, runner))
 }
 
 /// SIGHUP: read the configuration and aliases again; install them only
@@ -374,86 +355,69 @@ fn sendmail(args: &[String], forced: Option<Mode>) -> ExitCode {
         eprintln!("sendmail: warning: {w}");
     }
     match o.mode {
-        Mode::Smtp => return inetd(cfg, true),
-        Mode::ListQueue => return queue_list(&cfg, false),
+        Mode::Smtp => inetd(cfg, true),
+        Mode::ListQueue => queue_list(&cfg, false),
         // A running daemon delivers: ask it, as `queue flush` does.
         Mode::RunQueue
             if delivery::request_flush(&cfg.spool_dir).is_ok_and(|a| a.starts_with("ok")) =>
         {
-            return ExitCode::SUCCESS
+            ExitCode::SUCCESS
         }
-        Mode::RunQueue => return queue_run(cfg),
-        Mode::CheckAliases => {
-            return match satchel::aliases::Aliases::load(&cfg.aliases_file) {
-                Ok(a) => {
-                    println!("{}: {} aliases", cfg.aliases_file.display(), a.map.len());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("newaliases: {e}");
-                    ExitCode::from(sendmail::EX_DATAERR)
-                }
+        Mode::RunQueue => queue_run(cfg),
+        Mode::CheckAliases => match satchel::aliases::Aliases::load(&cfg.aliases_file) {
+            Ok(a) => {
+                println!("{}: {} aliases", cfg.aliases_file.display(), a.map.len());
+                ExitCode::SUCCESS
             }
-        }
-        Mode::Deliver | Mode::Help | Mode::Version => {}
+            Err(e) => {
+                eprintln!("newaliases: {e}");
+                ExitCode::from(sendmail::EX_DATAERR)
+            }
+        },
+        Mode::Deliver | Mode::Help | Mode::Version => match submit(&cfg, &o) {
+            Ok(code) => code,
+            Err((code, msg)) => {
+                eprintln!("sendmail: {msg}");
+                ExitCode::from(code)
+            }
+        },
     }
+}
+
+/// `sendmail` reading a message: queued as the service user (root's cron
+/// too, so that the daemon owns what it has to rewrite and link; the
+/// `Received:` line still names the invoker), then delivery kicked.
+fn submit(cfg: &Config, o: &sendmail::Options) -> Result<ExitCode, (u8, String)> {
     logging::init(
-        &cfg,
+        cfg,
         if o.verbose {
             LogTo::Stderr
         } else {
             LogTo::Syslog
         },
     );
-    let policy = match LocalPolicy::load(&cfg) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("sendmail: {e}");
-            return ExitCode::from(sendmail::EX_CONFIG);
-        }
-    };
-    // Root (cron, say) queues as the service user, so that the daemon owns
-    // what it has to rewrite and link; the Received: line still names root.
+    let policy = LocalPolicy::load(cfg).map_err(|e| (sendmail::EX_CONFIG, e))?;
     let invoker = sendmail::submit::invoking_user();
-    if let Err(e) = become_service_user(&cfg, false) {
-        eprintln!("sendmail: {e}");
-        return ExitCode::from(sendmail::EX_TEMPFAIL);
+    become_service_user(cfg, false).map_err(|e| (sendmail::EX_TEMPFAIL, e))?;
+    let spool = Spool::open(&cfg.spool_dir).map_err(|e| {
+        let why = satchel::preflight::explain(&e, "spool_dir", &cfg.spool_dir);
+        (sendmail::EX_TEMPFAIL, why)
+    })?;
+    let input = read_message(o.ignore_dots)
+        .map_err(|e| (sendmail::EX_TEMPFAIL, format!("reading the message: {e}")))?;
+    let (id, unknown) = sendmail::submit::run(cfg, &policy, &spool, o, &input, invoker)?;
+    if o.verbose {
+        eprintln!("sendmail: queued as {id}");
     }
-    let spool = match Spool::open(&cfg.spool_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sendmail: spool {}: {e}", cfg.spool_dir.display());
-            return ExitCode::from(sendmail::EX_TEMPFAIL);
-        }
-    };
-    let input = match read_message(o.ignore_dots) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("sendmail: reading the message: {e}");
-            return ExitCode::from(sendmail::EX_TEMPFAIL);
-        }
-    };
-    match sendmail::submit::run(&cfg, &policy, &spool, &o, &input, invoker) {
-        Ok((id, unknown)) => {
-            if o.verbose {
-                eprintln!("sendmail: queued as {id}");
-            }
-            if !cfg.defer_delivery {
-                delivery::kick_runner(&spool, cfg.source.as_deref());
-            }
-            if unknown.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                // Sent to the others; sendmail's word for the rest.
-                eprintln!("sendmail: {}", unknown.join("; "));
-                ExitCode::from(sendmail::EX_NOUSER)
-            }
-        }
-        Err((code, msg)) => {
-            eprintln!("sendmail: {msg}");
-            ExitCode::from(code)
-        }
+    if !cfg.defer_delivery {
+        delivery::kick_runner(&spool, cfg.source.as_deref());
     }
+    if unknown.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Sent to the others; sendmail's word for the rest.
+    eprintln!("sendmail: {}", unknown.join("; "));
+    Ok(ExitCode::from(sendmail::EX_NOUSER))
 }
 
 /// Started as root: refuse privileged ports without `user` (binding them

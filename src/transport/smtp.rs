@@ -697,68 +697,7 @@ fn attempt(
             }
         }
     }
-    let stream =
-        TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(HostError::Connect)?;
-    stream
-        .set_write_timeout(Some(cfg.command_timeout))
-        .map_err(HostError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let sock = stream.try_clone().map_err(HostError::Connect)?;
-    let mut c = Conn {
-        io: Io::Plain(BufReader::new(stream)),
-        sock,
-        timeout: cfg.command_timeout,
-        read_timeout: None,
-        reset: false,
-    };
-
-    let greeting = c.reply(cfg.command_timeout)?;
-    if greeting.code != 220 {
-        return Err(HostError::proto(format!(
-            "greeting: {}",
-            printable(&greeting.one_line())
-        )));
-    }
-    let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
-    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
-    let mut caps = if ehlo.code == 250 {
-        Capabilities::from_ehlo(&ehlo)
-    } else {
-        let helo = c.command(&format!("HELO {}", cfg.hostname))?;
-        if helo.code != 250 {
-            return Err(HostError::proto(format!(
-                "HELO: {}",
-                printable(&helo.one_line())
-            )));
-        }
-        Capabilities::default()
-    };
-    #[cfg(feature = "tls")]
-    if let Some(tls) = cfg.tls.config.clone().filter(|_| use_tls) {
-        if caps.starttls {
-            let r = c.command("STARTTLS")?;
-            if r.code == 220 {
-                let what = c.start_tls(tls, host)?;
-                log::info!("{host}[{}]: TLS established: {what}", addr.ip());
-                // RFC 3207 §4.2: forget what was learned; EHLO again.
-                let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
-                if ehlo.code != 250 {
-                    return Err(HostError::proto(format!(
-                        "EHLO after STARTTLS: {}",
-                        printable(&ehlo.one_line())
-                    )));
-                }
-                caps = Capabilities::from_ehlo(&ehlo);
-            } else if cfg.tls.required {
-                return Err(HostError::proto(format!(
-                    "STARTTLS refused: {}",
-                    printable(&r.one_line())
-                )));
-            }
-        } else if cfg.tls.required {
-            return Err(HostError::proto("STARTTLS is required but not offered"));
-        }
-    }
+    let (mut c, caps) = open_session(host, addr, cfg, use_tls)?;
     if let Some((user, password)) = &cfg.auth {
         authenticate(&mut c, &caps, user, password)?;
     }
@@ -779,6 +718,92 @@ fn attempt(
             Err(e)
         }
     }
+}
+
+/// A new session with `addr`: connected, greeted, EHLO (HELO for an old
+/// server), STARTTLS when the policy and the server allow it (RFC 3207),
+/// and the capabilities in force.
+fn open_session(
+    host: &str,
+    addr: SocketAddr,
+    cfg: &RelayConfig,
+    use_tls: bool,
+) -> Result<(Conn, Capabilities), HostError> {
+    let stream =
+        TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(HostError::Connect)?;
+    stream
+        .set_write_timeout(Some(cfg.command_timeout))
+        .map_err(HostError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let sock = stream.try_clone().map_err(HostError::Connect)?;
+    let mut c = Conn {
+        io: Io::Plain(BufReader::new(stream)),
+        sock,
+        timeout: cfg.command_timeout,
+        read_timeout: None,
+        reset: false,
+    };
+    let greeting = c.reply(cfg.command_timeout)?;
+    if greeting.code != 220 {
+        return Err(refused("greeting", &greeting));
+    }
+    let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
+    let caps = if ehlo.code == 250 {
+        Capabilities::from_ehlo(&ehlo)
+    } else {
+        let helo = c.command(&format!("HELO {}", cfg.hostname))?;
+        if helo.code != 250 {
+            return Err(refused("HELO", &helo));
+        }
+        Capabilities::default()
+    };
+    #[cfg(feature = "tls")]
+    let caps = match cfg.tls.config.clone().filter(|_| use_tls) {
+        Some(tls) => start_tls(&mut c, caps, tls, host, addr, cfg)?,
+        None => caps,
+    };
+    #[cfg(not(feature = "tls"))]
+    let _ = (use_tls, host);
+    Ok((c, caps))
+}
+
+/// STARTTLS when offered (required by the policy or not), and the
+/// capabilities said again inside TLS (RFC 3207 §4.2: forget what was
+/// learned before).
+#[cfg(feature = "tls")]
+fn start_tls(
+    c: &mut Conn,
+    caps: Capabilities,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    host: &str,
+    addr: SocketAddr,
+    cfg: &RelayConfig,
+) -> Result<Capabilities, HostError> {
+    if !caps.starttls {
+        if cfg.tls.required {
+            return Err(HostError::proto("STARTTLS is required but not offered"));
+        }
+        return Ok(caps);
+    }
+    let r = c.command("STARTTLS")?;
+    if r.code != 220 {
+        if cfg.tls.required {
+            return Err(refused("STARTTLS refused", &r));
+        }
+        return Ok(caps);
+    }
+    let what = c.start_tls(tls, host)?;
+    log::info!("{host}[{}]: TLS established: {what}", addr.ip());
+    let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
+    if ehlo.code != 250 {
+        return Err(refused("EHLO after STARTTLS", &ehlo));
+    }
+    Ok(Capabilities::from_ehlo(&ehlo))
+}
+
+/// A reply that ends the session with this host.
+fn refused(what: &str, r: &Reply) -> HostError {
+    HostError::proto(format!("{what}: {}", printable(&r.one_line())))
 }
 
 /// RFC 4954 as a client: PLAIN, else LOGIN; only inside TLS, so the
