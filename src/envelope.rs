@@ -325,78 +325,31 @@ impl Envelope {
         let mut from = false;
         let mut ended = false;
         for (n, line) in lines(text).enumerate() {
-            let err = |what: &str| EnvelopeError {
-                line: n + 1,
-                what: what.to_string(),
-            };
+            let err = |what: String| EnvelopeError { line: n + 1, what };
             if ended {
-                return Err(err("data after 'end'"));
+                return Err(err("data after 'end'".into()));
             }
             if line == "end" {
                 ended = true;
                 continue;
             }
             let (key, value) =
-                split_at_byte(line, b' ').ok_or_else(|| err("expected 'key value'"))?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| err("bad number"));
-            let txt = |v: &str| unescape(v).map_err(err);
+                split_at_byte(line, b' ').ok_or_else(|| err("expected 'key value'".into()))?;
             match key {
                 "version" if version == 0 && n == 0 => {
-                    version = num(value)?;
+                    version = number(value).map_err(err)?;
                     if version != 1 && version != u64::from(VERSION) {
-                        return Err(err("unsupported version"));
+                        return Err(err("unsupported version".into()));
                     }
                 }
-                _ if version == 0 => return Err(err("first line must be 'version'")),
-                "data" if version >= 2 => {
-                    data = Some(match value.strip_prefix("msg ") {
-                        Some(n) => Data::Msg(num(n)?),
-                        None => Data::Here(num(value)?),
-                    })
-                }
-                "id" => {
-                    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                        return Err(err("bad id"));
-                    }
-                    e.id = value.to_string();
-                }
-                "created" => e.created = num(value)?,
-                "client" => e.client = txt(value)?,
-                "helo" => e.helo = txt(value)?,
-                "protocol" => e.protocol = txt(value)?,
-                "body" => e.body = txt(value)?,
-                "smtputf8" => e.smtputf8 = value == "yes",
-                "size" => e.size = num(value)?,
+                _ if version == 0 => return Err(err("first line must be 'version'".into())),
+                "data" if version >= 2 => data = Some(data_line(value).map_err(err)?),
                 "from" => {
                     e.from =
-                        ReversePath::parse(value).map_err(|x| err(&format!("bad sender: {x}")))?;
+                        ReversePath::parse(value).map_err(|x| err(format!("bad sender: {x}")))?;
                     from = true;
                 }
-                "attempts" => {
-                    e.attempts = u32::try_from(num(value)?).map_err(|_| err("bad number"))?
-                }
-                "next-attempt" => e.next_attempt = num(value)?,
-                "warned" => e.warned = value == "yes",
-                "rcpt" | "expanded" => {
-                    let (state, rest) = value.split_once(' ').ok_or_else(|| err("bad rcpt"))?;
-                    let (path, text) = split_path(rest);
-                    let addr = ForwardPath::parse(path)
-                        .map_err(|x| err(&format!("bad recipient: {x}")))?;
-                    let text = txt(text)?;
-                    let state = match state {
-                        "pending" => RcptState::Pending,
-                        "deferred" => RcptState::Deferred(Status::parse(&text, 4)),
-                        "sent" => RcptState::Sent(Status::parse(&text, 2)),
-                        "failed" => RcptState::Failed(Status::parse(&text, 5)),
-                        _ => return Err(err("bad recipient state")),
-                    };
-                    e.rcpts.push(Recipient {
-                        addr,
-                        state,
-                        expanded: key == "expanded",
-                    });
-                }
-                _ => return Err(err("unknown key")),
+                _ => e.set(key, value).map_err(err)?,
             }
         }
         // Counted only for an error: a second pass over every envelope
@@ -420,6 +373,65 @@ impl Envelope {
             None => Ok((e, Data::Msg(0))),
         }
     }
+
+    /// One `key value` line of the envelope's own fields.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "id" => {
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err("bad id".into());
+                }
+                self.id = value.to_string();
+            }
+            "created" => self.created = number(value)?,
+            "client" => self.client = unescape(value)?,
+            "helo" => self.helo = unescape(value)?,
+            "protocol" => self.protocol = unescape(value)?,
+            "body" => self.body = unescape(value)?,
+            "smtputf8" => self.smtputf8 = value == "yes",
+            "size" => self.size = number(value)?,
+            "attempts" => {
+                self.attempts = u32::try_from(number(value)?).map_err(|_| "bad number")?
+            }
+            "next-attempt" => self.next_attempt = number(value)?,
+            "warned" => self.warned = value == "yes",
+            "rcpt" | "expanded" => self.rcpts.push(recipient(value, key == "expanded")?),
+            _ => return Err("unknown key".into()),
+        }
+        Ok(())
+    }
+}
+
+fn number(v: &str) -> Result<u64, String> {
+    v.parse::<u64>().map_err(|_| "bad number".into())
+}
+
+/// `data N` (the content at offset N of the queue file) or `data msg N`.
+fn data_line(v: &str) -> Result<Data, String> {
+    Ok(match v.strip_prefix("msg ") {
+        Some(n) => Data::Msg(number(n)?),
+        None => Data::Here(number(v)?),
+    })
+}
+
+/// `STATE <path> [status]`: one recipient and what became of it.
+fn recipient(value: &str, expanded: bool) -> Result<Recipient, String> {
+    let (state, rest) = value.split_once(' ').ok_or("bad rcpt")?;
+    let (path, text) = split_path(rest);
+    let addr = ForwardPath::parse(path).map_err(|x| format!("bad recipient: {x}"))?;
+    let text = unescape(text)?;
+    let state = match state {
+        "pending" => RcptState::Pending,
+        "deferred" => RcptState::Deferred(Status::parse(&text, 4)),
+        "sent" => RcptState::Sent(Status::parse(&text, 2)),
+        "failed" => RcptState::Failed(Status::parse(&text, 5)),
+        _ => return Err("bad recipient state".into()),
+    };
+    Ok(Recipient {
+        addr,
+        state,
+        expanded,
+    })
 }
 
 #[cfg(test)]

@@ -646,6 +646,47 @@ pub mod submit {
         (uid, name)
     }
 
+    /// The `From:` field for a message that has none (`-F` gives the
+    /// full name).
+    fn from_header(from: &ReversePath, full_name: Option<&str>, hostname: &str) -> String {
+        let addr = match from {
+            ReversePath::Mailbox(m) => m.to_string(),
+            ReversePath::Null => format!("MAILER-DAEMON@{hostname}"),
+        };
+        match full_name {
+            Some(n) => format!("\"{}\" <{addr}>", n.replace(['"', '\\', '\r', '\n'], "")),
+            None => addr,
+        }
+    }
+
+    /// The recipients, each once, and a line for each unknown local one:
+    /// one typo in a list (MAILTO=root,typo) must not cost the rest.
+    #[allow(clippy::type_complexity)]
+    fn recipients<'a>(
+        policy: &LocalPolicy,
+        given: impl Iterator<Item = &'a String>,
+        origin: &str,
+    ) -> Result<(Vec<ForwardPath>, Vec<String>), (u8, String)> {
+        let mut rcpts: Vec<ForwardPath> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        for r in given {
+            let fp = recipient(r, origin).map_err(|e| (EX_DATAERR, e))?;
+            if let ForwardPath::Mailbox(m) = &fp {
+                if policy.classify(m) == RcptClass::LocalUnknown {
+                    let line = format!("<{m}>: user unknown");
+                    if !unknown.contains(&line) {
+                        unknown.push(line);
+                    }
+                    continue;
+                }
+            }
+            if !rcpts.contains(&fp) {
+                rcpts.push(fp);
+            }
+        }
+        Ok((rcpts, unknown))
+    }
+
     /// Queues `input`; `invoker` is the user who ran sendmail (found before
     /// any change of identity), whom the `Received:` line names.
     /// `Ok((id, unknown))`: queued for every recipient but the local ones
@@ -667,17 +708,7 @@ pub mod submit {
         };
         let normalized = normalize(input, o.ignore_dots);
         let now = time::unix_now();
-        let from_addr = match &from {
-            ReversePath::Mailbox(m) => m.to_string(),
-            ReversePath::Null => format!("MAILER-DAEMON@{}", cfg.hostname),
-        };
-        let from_header = match &o.full_name {
-            Some(n) => format!(
-                "\"{}\" <{from_addr}>",
-                n.replace(['"', '\\', '\r', '\n'], "")
-            ),
-            None => from_addr,
-        };
+        let from_header = from_header(&from, o.full_name.as_deref(), &cfg.hostname);
         // Direct into the spool when we may write it; otherwise (an ordinary
         // user on a system-wide install) through the maildrop.
         let inc = match spool.create() {
@@ -696,25 +727,8 @@ pub mod submit {
             &time::rfc5322(now),
             &format!("{id}@{}", cfg.hostname),
         );
-        let mut rcpts: Vec<ForwardPath> = Vec::new();
-        let mut unknown: Vec<String> = Vec::new();
-        for r in o.recipients.iter().chain(prepared.header_recipients.iter()) {
-            // One typo in a list (MAILTO=root,typo) must not cost the rest:
-            // an unknown local user is left out and reported.
-            let fp = recipient(r, &origin).map_err(|e| (EX_DATAERR, e))?;
-            if let ForwardPath::Mailbox(m) = &fp {
-                if policy.classify(m) == RcptClass::LocalUnknown {
-                    let line = format!("<{m}>: user unknown");
-                    if !unknown.contains(&line) {
-                        unknown.push(line);
-                    }
-                    continue;
-                }
-            }
-            if !rcpts.contains(&fp) {
-                rcpts.push(fp);
-            }
-        }
+        let all = o.recipients.iter().chain(prepared.header_recipients.iter());
+        let (rcpts, unknown) = recipients(policy, all, &origin)?;
         if rcpts.is_empty() {
             if !unknown.is_empty() {
                 return Err((EX_NOUSER, unknown.join("; ")));
