@@ -325,19 +325,7 @@ pub fn run<R: Read, W: Write>(
             }
             Event::StartTls(r) => {
                 r.write_to(&mut out);
-                if output.write_all(&out).and_then(|_| output.flush()).is_err() {
-                    return Ending::Closed;
-                }
-                // CVE-2011-0411: whatever the client pipelined after
-                // STARTTLS was sent in plaintext; it is thrown away with
-                // this reader, never read as a command inside TLS.
-                if !reader.buffer().is_empty() {
-                    log::warn!(
-                        "warning: {peer}: {} octets pipelined after STARTTLS discarded",
-                        reader.buffer().len()
-                    );
-                }
-                return Ending::StartTls;
+                return to_tls(&reader, &mut output, &out, &peer);
             }
             Event::Data(txn) => {
                 in_data.store(true, Ordering::SeqCst);
@@ -360,6 +348,28 @@ pub fn run<R: Read, W: Write>(
     let _ = output.write_all(&out).and_then(|_| output.flush());
     log::info!("disconnect from {peer} commands={}", session.commands());
     Ending::Closed
+}
+
+/// After `220 Ready to start TLS`: the reply sent, the plaintext reader
+/// left behind. CVE-2011-0411: whatever the client pipelined after
+/// STARTTLS was sent in plaintext; it is thrown away with this reader,
+/// never read as a command inside TLS.
+fn to_tls<R: Read, W: Write>(
+    reader: &BufReader<R>,
+    output: &mut W,
+    out: &[u8],
+    peer: &str,
+) -> Ending {
+    if output.write_all(out).and_then(|_| output.flush()).is_err() {
+        return Ending::Closed;
+    }
+    if !reader.buffer().is_empty() {
+        log::warn!(
+            "warning: {peer}: {} octets pipelined after STARTTLS discarded",
+            reader.buffer().len()
+        );
+    }
+    Ending::StartTls
 }
 
 /// The greeting, unless the client talked first (RFC 5321 §3.1, §4.3.1:

@@ -687,6 +687,46 @@ pub mod submit {
         Ok((rcpts, unknown))
     }
 
+    /// The limits a server would apply, said to the program now rather
+    /// than found later by the pickup (which could only set it aside).
+    fn check_limits(
+        cfg: &Config,
+        rcpts: &[ForwardPath],
+        unknown: &[String],
+        size: usize,
+        via_maildrop: bool,
+    ) -> Result<(), (u8, String)> {
+        if rcpts.is_empty() {
+            if !unknown.is_empty() {
+                return Err((EX_NOUSER, unknown.join("; ")));
+            }
+            return Err((
+                EX_USAGE,
+                "no recipients given (name them, or use -t)".into(),
+            ));
+        }
+        if size as u64 > cfg.message_size_limit {
+            return Err((
+                EX_DATAERR,
+                format!(
+                    "message too big: {size} octets (message_size_limit is {})",
+                    cfg.message_size_limit
+                ),
+            ));
+        }
+        let most = crate::spool::maildrop::MAX_RCPTS;
+        if via_maildrop && rcpts.len() > most {
+            return Err((
+                EX_USAGE,
+                format!(
+                    "too many recipients: {} (at most {most} per message)",
+                    rcpts.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Queues `input`; `invoker` is the user who ran sendmail (found before
     /// any change of identity), whom the `Received:` line names.
     /// `Ok((id, unknown))`: queued for every recipient but the local ones
@@ -729,37 +769,7 @@ pub mod submit {
         );
         let all = o.recipients.iter().chain(prepared.header_recipients.iter());
         let (rcpts, unknown) = recipients(policy, all, &origin)?;
-        if rcpts.is_empty() {
-            if !unknown.is_empty() {
-                return Err((EX_NOUSER, unknown.join("; ")));
-            }
-            return Err((
-                EX_USAGE,
-                "no recipients given (name them, or use -t)".into(),
-            ));
-        }
-        // The limits a server would apply, said to the program now rather
-        // than found later by the pickup (which could only set it aside).
-        if prepared.message.len() as u64 > cfg.message_size_limit {
-            return Err((
-                EX_DATAERR,
-                format!(
-                    "message too big: {} octets (message_size_limit is {})",
-                    prepared.message.len(),
-                    cfg.message_size_limit
-                ),
-            ));
-        }
-        if inc.is_none() && rcpts.len() > crate::spool::maildrop::MAX_RCPTS {
-            return Err((
-                EX_USAGE,
-                format!(
-                    "too many recipients: {} (at most {} per message)",
-                    rcpts.len(),
-                    crate::spool::maildrop::MAX_RCPTS
-                ),
-            ));
-        }
+        check_limits(cfg, &rcpts, &unknown, prepared.message.len(), inc.is_none())?;
         let Some(mut inc) = inc else {
             return crate::spool::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)
                 .map(|name| (format!("maildrop/{name}"), unknown))

@@ -136,23 +136,7 @@ pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Res
         let (ctx, pool) = (ctx.clone(), pool.clone());
         thread::Builder::new()
             .name("signals".into())
-            .spawn(move || {
-                let mut signals = signals;
-                for sig in signals.forever() {
-                    if sig == signal_hook::consts::SIGHUP {
-                        match reload() {
-                            Ok(()) => log::info!("reloaded the configuration and aliases"),
-                            Err(e) => {
-                                log::error!("error: reload refused, keeping the old settings: {e}")
-                            }
-                        }
-                        continue;
-                    }
-                    log::info!("signal {sig} received: stopping");
-                    stop(&ctx, &pool, &local_addrs);
-                    return;
-                }
-            })
+            .spawn(move || on_signals(signals, reload, &ctx, &pool, &local_addrs))
             .map_err(|e| e.to_string())?
     };
     for h in handles {
@@ -172,6 +156,28 @@ pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Res
         log::info!("stopped");
     }
     Ok(())
+}
+
+/// SIGHUP reloads; SIGTERM or SIGINT stops (and ends this thread).
+fn on_signals(
+    mut signals: signal_hook::iterator::Signals,
+    reload: Reload,
+    ctx: &Context,
+    pool: &Pool,
+    local_addrs: &[SocketAddr],
+) {
+    for sig in signals.forever() {
+        if sig == signal_hook::consts::SIGHUP {
+            match reload() {
+                Ok(()) => log::info!("reloaded the configuration and aliases"),
+                Err(e) => log::error!("error: reload refused, keeping the old settings: {e}"),
+            }
+            continue;
+        }
+        log::info!("signal {sig} received: stopping");
+        stop(ctx, pool, local_addrs);
+        return;
+    }
 }
 
 /// Stops accepting, and closes the read side of every session that is not
@@ -224,48 +230,13 @@ fn accept_loop(
             }
         };
         let ctx = current(&slot);
-        let cfg = &ctx.cfg;
         if ctx.shutdown.load(Ordering::SeqCst) {
             return;
         }
         let ip = peer.ip().to_canonical();
-        if pool.active.load(Ordering::SeqCst) >= cfg.max_connections {
-            log::warn!(
-                "warning: connection limit {} reached: refusing [{ip}]",
-                cfg.max_connections
-            );
-            refuse(
-                stream,
-                Reply::new(
-                    421,
-                    Enhanced(4, 3, 2),
-                    format!("{} Error: too many connections", cfg.hostname),
-                ),
-            );
+        if let Some(r) = over_limit(&ctx, &pool, ip) {
+            refuse(stream, r);
             continue;
-        }
-        // Like Postfix's smtpd_client_event_limit_exceptions, clients in
-        // relay_networks are exempt from the per-address limit.
-        if !cfg.may_relay(ip) {
-            let mut per_ip = lock(&pool.per_ip);
-            let n = per_ip.entry(ip).or_insert(0);
-            if *n >= cfg.max_connections_per_ip {
-                drop(per_ip);
-                log::warn!("warning: too many connections from [{ip}]");
-                refuse(
-                    stream,
-                    Reply::new(
-                        421,
-                        Enhanced(4, 7, 0),
-                        format!(
-                            "{} Error: too many connections from your address",
-                            cfg.hostname
-                        ),
-                    ),
-                );
-                continue;
-            }
-            *n += 1;
         }
         let active = pool.active.fetch_add(1, Ordering::SeqCst) + 1;
         {
@@ -289,6 +260,38 @@ fn accept_loop(
             submission,
         });
     }
+}
+
+/// The 421 for a connection over `max_connections`, or over
+/// `max_connections_per_ip` from a client outside `relay_networks` (which
+/// are exempt, like Postfix's smtpd_client_event_limit_exceptions);
+/// otherwise the client's connection is counted.
+fn over_limit(ctx: &Context, pool: &Pool, ip: IpAddr) -> Option<Reply> {
+    let cfg = &ctx.cfg;
+    if pool.active.load(Ordering::SeqCst) >= cfg.max_connections {
+        log::warn!(
+            "warning: connection limit {} reached: refusing [{ip}]",
+            cfg.max_connections
+        );
+        let text = format!("{} Error: too many connections", cfg.hostname);
+        return Some(Reply::new(421, Enhanced(4, 3, 2), text));
+    }
+    if cfg.may_relay(ip) {
+        return None;
+    }
+    let mut per_ip = lock(&pool.per_ip);
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= cfg.max_connections_per_ip {
+        drop(per_ip);
+        log::warn!("warning: too many connections from [{ip}]");
+        let text = format!(
+            "{} Error: too many connections from your address",
+            cfg.hostname
+        );
+        return Some(Reply::new(421, Enhanced(4, 7, 0), text));
+    }
+    *n += 1;
+    None
 }
 
 fn worker(jobs: Handoff<Job>, slot: ContextSlot, pool: Arc<Pool>) {

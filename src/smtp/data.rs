@@ -140,85 +140,100 @@ impl DataDecoder {
         let mut i = 0;
         while i < input.len() {
             let c = input[i];
-            match self.state {
-                State::Mid => {
-                    // Fast path: copy up to the next CR or LF in one go.
-                    let run = input[i..]
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n')
-                        .unwrap_or(input.len() - i);
-                    if run > 0 {
-                        for &b in &input[i..i + run.min(9)] {
-                            self.note_line_byte(b);
-                        }
-                        self.line_len += run;
-                        self.emit(out, &input[i..i + run]);
-                        i += run;
-                        continue;
-                    }
-                    if c == b'\r' {
-                        self.state = State::Cr;
-                    } else {
-                        self.flag(Defect::BareNewline);
-                    }
-                }
-                State::Bol => match c {
-                    b'.' => {
-                        self.state = State::Dot;
-                    }
-                    b'\r' => self.state = State::Cr,
-                    b'\n' => {
-                        self.flag(Defect::BareNewline);
-                        self.state = State::Mid;
-                    }
-                    _ => {
-                        // Ordinary content: handled as such on the next round.
-                        self.state = State::Mid;
-                        continue;
-                    }
-                },
-                State::Dot => {
-                    // §4.5.2: the first period of a line is removed.
-                    self.line_len += 1;
-                    match c {
-                        b'\r' => {
-                            self.state = State::DotCr;
-                            i += 1;
-                        }
-                        b'\n' => {
-                            self.flag(Defect::BareNewline);
-                            self.state = State::Mid;
-                            i += 1;
-                        }
-                        // Ordinary content: handled as such on the next round.
-                        _ => self.state = State::Mid,
-                    }
-                    continue;
-                }
+            // Each state's step says how many bytes it used: 0 hands the
+            // same byte to the state it moved to.
+            i += match self.state {
+                State::Mid => self.mid(&input[i..], out),
+                State::Bol => self.bol(c),
+                State::Dot => self.dot(c),
+                State::DotCr if c == b'\n' => return (i + 1, true),
                 State::DotCr => {
-                    if c == b'\n' {
-                        return (i + 1, true);
-                    }
                     // "." CR <x>: the CR was bare.
                     self.flag(Defect::BareNewline);
                     self.state = State::Mid;
-                    continue;
+                    0
                 }
-                State::Cr => match c {
-                    b'\n' => self.end_line(out),
-                    b'\r' => {
-                        self.flag(Defect::BareNewline);
-                    }
-                    _ => {
-                        self.flag(Defect::BareNewline);
-                        self.state = State::Mid;
-                        continue;
-                    }
-                },
-            }
-            i += 1;
+                State::Cr => self.cr(c, out),
+            };
         }
         (i, false)
+    }
+
+    /// Inside a line. Fast path: content up to the next CR or LF in one go.
+    #[inline]
+    fn mid(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        let run = input
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(input.len());
+        if run > 0 {
+            for &b in &input[..run.min(9)] {
+                self.note_line_byte(b);
+            }
+            self.line_len += run;
+            self.emit(out, &input[..run]);
+            return run;
+        }
+        if input[0] == b'\r' {
+            self.state = State::Cr;
+        } else {
+            self.flag(Defect::BareNewline);
+        }
+        1
+    }
+
+    /// At the beginning of a line.
+    #[inline]
+    fn bol(&mut self, c: u8) -> usize {
+        match c {
+            b'.' => self.state = State::Dot,
+            b'\r' => self.state = State::Cr,
+            b'\n' => {
+                self.flag(Defect::BareNewline);
+                self.state = State::Mid;
+            }
+            _ => {
+                // Ordinary content: handled as such in the next step.
+                self.state = State::Mid;
+                return 0;
+            }
+        }
+        1
+    }
+
+    /// After a line's leading dot. §4.5.2: the first period of a line is
+    /// removed.
+    #[inline]
+    fn dot(&mut self, c: u8) -> usize {
+        self.line_len += 1;
+        match c {
+            b'\r' => self.state = State::DotCr,
+            b'\n' => {
+                self.flag(Defect::BareNewline);
+                self.state = State::Mid;
+            }
+            _ => {
+                // Ordinary content: handled as such in the next step.
+                self.state = State::Mid;
+                return 0;
+            }
+        }
+        1
+    }
+
+    /// After a CR: only LF may follow.
+    #[inline]
+    fn cr(&mut self, c: u8, out: &mut Vec<u8>) -> usize {
+        match c {
+            b'\n' => self.end_line(out),
+            b'\r' => self.flag(Defect::BareNewline),
+            _ => {
+                self.flag(Defect::BareNewline);
+                self.state = State::Mid;
+                return 0;
+            }
+        }
+        1
     }
 }
 

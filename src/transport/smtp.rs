@@ -253,38 +253,13 @@ pub fn deliver(
     let mut permanent_dns_failures = 0;
     let mut tried = 0;
     for hop in &hops {
-        let addrs = if hop.addresses.is_empty() {
-            match dns.addresses(&hop.name) {
-                Ok(a) if a.is_empty() => {
-                    permanent_dns_failures += 1;
-                    last_error = Status::new(
-                        451,
-                        Enhanced(4, 4, 4),
-                        format!("{}: no A or AAAA record", hop.name),
-                    );
-                    continue;
-                }
-                Ok(a) => a,
-                Err(DnsError::NxDomain) => {
-                    permanent_dns_failures += 1;
-                    last_error = Status::new(
-                        451,
-                        Enhanced(4, 4, 4),
-                        format!("{}: Host not found", hop.name),
-                    );
-                    continue;
-                }
-                Err(DnsError::Temporary(t)) => {
-                    last_error = Status::new(
-                        451,
-                        Enhanced(4, 4, 3),
-                        format!("{}: address lookup failed: {}", hop.name, printable(&t)),
-                    );
-                    continue;
-                }
+        let addrs = match hop_addresses(hop, dns) {
+            Ok(a) => a,
+            Err((why, permanent)) => {
+                permanent_dns_failures += usize::from(permanent);
+                last_error = why;
+                continue;
             }
-        } else {
-            hop.addresses.clone()
         };
         for ip in addrs {
             if tried >= MAX_ADDRESSES {
@@ -322,6 +297,39 @@ pub fn deliver(
         )));
     }
     all(Outcome::Deferred(last_error))
+}
+
+/// The addresses of a hop: given (glue is not used, see `route`) or
+/// looked up. `Err` with the reason, and whether the name has no address
+/// for good (NXDOMAIN, no A or AAAA record).
+fn hop_addresses(hop: &Hop, dns: &dyn Resolver) -> Result<Vec<IpAddr>, (Status, bool)> {
+    if !hop.addresses.is_empty() {
+        return Ok(hop.addresses.clone());
+    }
+    let name = &hop.name;
+    match dns.addresses(name) {
+        Ok(a) if a.is_empty() => Err((
+            Status::new(
+                451,
+                Enhanced(4, 4, 4),
+                format!("{name}: no A or AAAA record"),
+            ),
+            true,
+        )),
+        Ok(a) => Ok(a),
+        Err(DnsError::NxDomain) => Err((
+            Status::new(451, Enhanced(4, 4, 4), format!("{name}: Host not found")),
+            true,
+        )),
+        Err(DnsError::Temporary(t)) => Err((
+            Status::new(
+                451,
+                Enhanced(4, 4, 3),
+                format!("{name}: address lookup failed: {}", printable(&t)),
+            ),
+            false,
+        )),
+    }
 }
 
 /// SMTP to the next hop a route names: the domain's MX hosts (or the
