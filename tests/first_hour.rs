@@ -7,10 +7,9 @@ mod common;
 
 use common::fake::FakeSmtp;
 use common::{free_port, Server, TempDir, BIN};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 /// A host whose syslog lines (inetd, sendmail, the queue verbs) arrive
@@ -54,27 +53,9 @@ impl Host {
         self.s.run(args)
     }
 
-    /// `sendmail ARGS` through a link named sendmail, `input` on stdin.
+    /// `sendmail ARGS` with `input` on stdin.
     fn sendmail(&self, args: &[&str], input: &[u8]) -> Output {
-        let link = self.s.dir.0.join("sendmail");
-        if !link.exists() {
-            std::os::unix::fs::symlink(BIN, &link).expect("symlink");
-        }
-        let mut child = Command::new(&link)
-            .args(args)
-            .env("SATCHEL_CONFIG", &self.s.conf)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run sendmail");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write");
-        child.wait_with_output().expect("wait")
+        self.s.sendmail(args, input)
     }
 }
 

@@ -27,29 +27,6 @@ fn host(extra: &str) -> Server {
     )
 }
 
-/// Runs `sendmail ARGS` (through a symlink named sendmail) with `input`.
-fn sendmail(s: &Server, args: &[&str], input: &[u8]) -> Output {
-    let link = s.dir.0.join("sendmail");
-    if !link.exists() {
-        std::os::unix::fs::symlink(BIN, &link).expect("symlink");
-    }
-    let mut child = Command::new(&link)
-        .args(args)
-        .env("SATCHEL_CONFIG", &s.conf)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sendmail");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write");
-    child.wait_with_output().expect("wait")
-}
-
 fn one_message(s: &Server, user: &str) -> String {
     s.wait_for(&format!("mail for {user}"), || s.maildir(user).len() == 1);
     fs::read_to_string(&s.maildir(user)[0]).expect("read")
@@ -58,9 +35,7 @@ fn one_message(s: &Server, user: &str) -> String {
 #[test]
 fn sendmail_t_delivers_to_to_cc_and_bcc_and_no_copy_shows_bcc() {
     let s = host("");
-    let out = sendmail(
-        &s,
-        &["-t"],
+    let out = s.sendmail(&["-t"],
         b"To: alice@satchel.test\nCc: Bob <bob@satchel.test>\nBcc: carol\nSubject: minutes\n\nsee attached\n",
     );
     assert!(
@@ -86,8 +61,7 @@ fn sendmail_t_delivers_to_to_cc_and_bcc_and_no_copy_shows_bcc() {
 #[test]
 fn sendmail_f_sets_the_reverse_path_and_i_keeps_a_lone_dot() {
     let s = host("");
-    let out = sendmail(
-        &s,
+    let out = s.sendmail(
         &["-i", "-f", "robot@satchel.test", "-F", "The Robot", "alice"],
         b"Subject: dots\n\nbefore\n.\nafter\n",
     );
@@ -108,7 +82,7 @@ fn sendmail_f_sets_the_reverse_path_and_i_keeps_a_lone_dot() {
 #[test]
 fn without_i_a_lone_dot_ends_the_message() {
     let s = host("");
-    let out = sendmail(&s, &["bob"], b"Subject: dot\n\nkept\n.\nnot kept\n");
+    let out = s.sendmail(&["bob"], b"Subject: dot\n\nkept\n.\nnot kept\n");
     assert!(out.status.success());
     let m = one_message(&s, "bob");
     assert!(m.ends_with("kept\n") && !m.contains("not kept"), "{m:?}");
@@ -117,17 +91,17 @@ fn without_i_a_lone_dot_ends_the_message() {
 #[test]
 fn bad_addresses_exit_65_or_67_with_one_clear_line() {
     let s = host("");
-    let out = sendmail(&s, &["bad address@@x"], b"x\n");
+    let out = s.sendmail(&["bad address@@x"], b"x\n");
     assert_eq!(out.status.code(), Some(65));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("bad address syntax"), "{err}");
-    let out = sendmail(&s, &["nosuchuser@satchel.test"], b"x\n");
+    let out = s.sendmail(&["nosuchuser@satchel.test"], b"x\n");
     assert_eq!(out.status.code(), Some(67));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("<nosuchuser@satchel.test>: user unknown")
     );
-    let out = sendmail(&s, &["-Z"], b"");
+    let out = s.sendmail(&["-Z"], b"");
     assert_eq!(out.status.code(), Some(64));
     assert!(s.queued().is_empty(), "nothing was queued");
 }
@@ -140,11 +114,7 @@ fn the_usual_cron_pipe_reaches_a_smarthost() {
         Box::new(|_, _| "250 ok".into()),
     );
     let s = host(&format!("relayhost = [127.0.0.1]:{port}\n"));
-    let out = sendmail(
-        &s,
-        &["-i", "admin@remote.test"],
-        b"the nightly job finished\n",
-    );
+    let out = s.sendmail(&["-i", "admin@remote.test"], b"the nightly job finished\n");
     assert!(
         out.status.success(),
         "{}",
@@ -169,7 +139,7 @@ fn the_usual_cron_pipe_reaches_a_smarthost() {
 fn sendmail_refuses_a_message_over_the_size_limit_at_once() {
     let s = host("message_size_limit = 1024\ndefer_delivery = yes\n");
     let body = format!("Subject: big\n\n{}\n", "x".repeat(2000));
-    let out = sendmail(&s, &["bob@satchel.test"], body.as_bytes());
+    let out = s.sendmail(&["bob@satchel.test"], body.as_bytes());
     assert_eq!(out.status.code(), Some(65), "EX_DATAERR");
     assert!(String::from_utf8_lossy(&out.stderr).contains("message too big"));
     assert!(s.queued().is_empty());
@@ -178,7 +148,7 @@ fn sendmail_refuses_a_message_over_the_size_limit_at_once() {
 #[test]
 fn sendmail_with_an_unknown_local_recipient_still_delivers_to_the_rest() {
     let s = host("");
-    let out = sendmail(&s, &["bob", "nosuchuser"], b"Subject: list\n\nhi\n");
+    let out = s.sendmail(&["bob", "nosuchuser"], b"Subject: list\n\nhi\n");
     // sysexits' 67 and one line for the unknown one, as sendmail says it;
     // the message still goes to the rest.
     assert_eq!(out.status.code(), Some(67));
@@ -209,9 +179,7 @@ fn mailq_counts_what_waits_in_the_maildrop() {
 #[test]
 fn sendmail_bs_speaks_smtp_on_stdin() {
     let s = host("");
-    let out = sendmail(
-        &s,
-        &["-bs"],
+    let out = s.sendmail(&["-bs"],
         b"EHLO local\r\nMAIL FROM:<alice@satchel.test>\r\nRCPT TO:<bob@satchel.test>\r\nDATA\r\nSubject: bs\r\n\r\nvia -bs\r\n.\r\nQUIT\r\n",
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -277,9 +245,7 @@ fn inetd_mode_with_a_client_it_cannot_name_is_no_open_relay() {
     let text = inetd_on_a_socket_pair(&s, &[("REMOTE_HOST", "192.0.2.7")]);
     assert!(text.contains("554 5.7.1"), "{text}");
     // sendmail -bs is a program on this host: it may relay.
-    let out = sendmail(
-        &s,
-        &["-bs"],
+    let out = s.sendmail(&["-bs"],
         b"HELO local\r\nMAIL FROM:<alice@satchel.test>\r\nRCPT TO:<someone@elsewhere.test>\r\nQUIT\r\n",
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("250 2.1.5"));
@@ -335,7 +301,7 @@ fn install_links_creates_the_three_links() {
 fn mailq_and_newaliases_links_work() {
     let s = host("defer_delivery = yes\n");
     fs::write(s.dir.0.join("aliases"), "postmaster: alice\n").unwrap();
-    let out = sendmail(&s, &["alice"], b"Subject: q\n\nx\n");
+    let out = s.sendmail(&["alice"], b"Subject: q\n\nx\n");
     assert!(out.status.success());
     let dir = TempDir::new("links");
     let link = |name: &str| -> PathBuf {
@@ -614,7 +580,7 @@ fn roots_sendmail_queues_as_the_service_user_so_the_daemon_can_record_a_deferral
         "user = nobody\ndefer_delivery = no\nrelayhost = [127.0.0.1]:{port}\nmin_backoff = 1h\n"
     ));
     s.wait_for("the drop", || s.log().contains("running as nobody"));
-    let out = sendmail(&s, &["x@remote.test"], b"Subject: from cron\n\nhi\n");
+    let out = s.sendmail(&["x@remote.test"], b"Subject: from cron\n\nhi\n");
     assert!(
         out.status.success(),
         "{}",

@@ -287,6 +287,32 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// Runs `sendmail ARGS` (through a symlink named sendmail, with this
+    /// server's configuration) with `input` on its standard input.
+    #[allow(dead_code)]
+    pub fn sendmail(&self, args: &[&str], input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let link = self.dir.0.join("sendmail");
+        if !link.exists() {
+            std::os::unix::fs::symlink(BIN, &link).expect("symlink");
+        }
+        let mut child = Command::new(&link)
+            .args(args)
+            .env("SATCHEL_CONFIG", &self.conf)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sendmail");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write");
+        child.wait_with_output().expect("wait")
+    }
+
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
             .args(args)
