@@ -8,7 +8,7 @@
 //! own (it asks for recursion, RD, and trusts the server to do it) and holds
 //! no MX policy: sorting by preference, shuffling equal preferences, the
 //! implicit MX and the null MX (RFC 7505) are decided by the caller
-//! (`relay.rs`). Everything outside this file sees only the `Resolver` trait,
+//! (`transport::smtp`). Everything outside this file sees only the `Resolver` trait,
 //! so tests can aim delivery at a DNS server on loopback or at a fake.
 
 use std::collections::hash_map::RandomState;

@@ -2,7 +2,7 @@
 //!
 //! Pure modules (no sockets, no files): `address`, `smtp`, `envelope`,
 //! `time`, and the parsers of `config` and `aliases`. Edges: `spool`,
-//! `conn`, `server`, `policy` (reads /etc/passwd and the aliases file).
+//! `receive`, `server`, `policy` (reads /etc/passwd and the aliases file).
 
 // No unsafe code, except in `os` (privilege drop), which allows it explicitly.
 #![deny(unsafe_code)]

@@ -235,7 +235,7 @@ section "Receiving" {
 
 section "Spool" {
     /// The queue: tmp/, msg/, queue/, active/, hold/, corrupt/ (created when
-    /// missing; see the table at the top of src/spool.rs), maildrop/ for local
+    /// missing; see the table at the top of src/spool/mod.rs), maildrop/ for local
     /// submissions of unprivileged users, the runner.lock file and the daemon's
     /// control socket. One daemon per spool. A relative path is relative to the
     /// working directory.

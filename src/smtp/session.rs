@@ -2,7 +2,7 @@
 //! a command line in -> an `Event` out (a reply to send, a reply and close,
 //! or "open a spool entry and start DATA"). It decides every reply code and
 //! the relay policy, but never touches a socket or a file: the connection
-//! loop in `conn` feeds it lines and carries out its events, and the spool
+//! loop in `receive` feeds it lines and carries out its events, and the spool
 //! is the connection loop's business.
 
 use std::net::IpAddr;
