@@ -2,9 +2,8 @@
 //! `scan` (look for new messages now) and `release ID` (due now), asked
 //! by the queue tools, `sendmail -q` and local submissions.
 
-use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
@@ -21,20 +20,7 @@ pub fn control_path(spool: &Path) -> PathBuf {
 /// Listens on `spool/control` for `flush` requests. Refuses to start when
 /// another live server already answers there.
 pub fn control_socket(spool: &Path, inbox: Handoff<Event>) -> Result<(), String> {
-    let path = control_path(spool);
-    if UnixStream::connect(&path).is_ok() {
-        return Err(format!(
-            "another satchel already serves the spool {} ({} answers)",
-            spool.display(),
-            path.display()
-        ));
-    }
-    let _ = fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // Any local user may ask for a scan (after a maildrop submission) or a
-    // flush, as with Postfix's public pickup and qmgr FIFOs.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
+    let listener = crate::spool::bind_control(spool)?;
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {

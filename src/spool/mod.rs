@@ -232,6 +232,27 @@ pub fn control_path(root: &Path) -> PathBuf {
     root.join("control")
 }
 
+/// Binds the control socket of the spool at `root` (one left by a dead
+/// daemon is replaced); refuses when a live server already answers there.
+/// Any local user may ask for a scan (after a maildrop submission) or a
+/// flush, as with Postfix's public pickup and qmgr FIFOs: mode 0666.
+pub fn bind_control(root: &Path) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let path = control_path(root);
+    if UnixStream::connect(&path).is_ok() {
+        return Err(format!(
+            "another satchel already serves the spool {} ({} answers)",
+            root.display(),
+            path.display()
+        ));
+    }
+    let _ = fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
+    Ok(listener)
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
