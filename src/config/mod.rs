@@ -231,7 +231,7 @@ impl Config {
             if !seen.insert(key.to_string()) {
                 return Err(err(format!("'{key}' is set twice")));
             }
-            let Some(setting) = SETTINGS.iter().find(|s| s.name == key) else {
+            let Some(setting) = SETTINGS.iter().find(|s| s.name() == key) else {
                 let hint = did_you_mean(key, known_settings());
                 return Err(err(format!("unknown setting '{key}'{hint}")));
             };
@@ -273,7 +273,7 @@ impl Config {
     pub fn render(&self) -> String {
         SETTINGS
             .iter()
-            .map(|s| format!("{} = {}\n", s.name, (s.get)(self)))
+            .map(|s| format!("{} = {}\n", s.name(), (s.get)(self)))
             .collect()
     }
 
@@ -283,7 +283,7 @@ impl Config {
         SETTINGS
             .iter()
             .filter(|s| s.reload == Reload::Restart && (s.get)(old) != (s.get)(new))
-            .map(|s| s.name)
+            .map(|s| s.name())
             .collect()
     }
 
@@ -300,7 +300,7 @@ impl Config {
 
 /// The names of every setting (the rows of the table).
 fn known_settings() -> impl Iterator<Item = &'static str> {
-    SETTINGS.iter().map(|s| s.name)
+    SETTINGS.iter().map(|s| s.name())
 }
 
 /// ` (did you mean 'hostname'?)` when one of `known` is a likely typo of
@@ -495,10 +495,10 @@ mod tests {
         let c = Config::default();
         for s in SETTINGS {
             let rendered = (s.get)(&c);
-            if !s.default.contains('<') {
+            if !s.default().contains('<') {
                 let mut again = Config::default();
-                assert_eq!((s.set)(&mut again, s.default), Ok(()), "{}", s.name);
-                assert_eq!((s.get)(&again), rendered, "{}", s.name);
+                assert_eq!((s.set)(&mut again, s.default()), Ok(()), "{}", s.name());
+                assert_eq!((s.get)(&again), rendered, "{}", s.name());
             }
         }
         assert_eq!(SETTINGS.len(), c.render().lines().count());
@@ -520,7 +520,7 @@ mod tests {
         let restart: Vec<&str> = SETTINGS
             .iter()
             .filter(|s| s.reload == Reload::Restart)
-            .map(|s| s.name)
+            .map(|s| s.name())
             .collect();
         assert_eq!(
             restart,

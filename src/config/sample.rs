@@ -36,25 +36,25 @@ pub fn sample_file() -> String {
     let mut out = String::from(HEADER);
     let mut section = "";
     for s in SETTINGS {
-        if s.section != section {
-            section = s.section;
+        if s.section() != section {
+            section = s.section();
             let heading = format!("# ---- {section} ");
             out.push_str(&format!("\n{heading:-<78}\n"));
         }
         out.push('\n');
-        for line in s.doc {
+        for line in s.doc().lines() {
             out.push_str(&format!("#{line}\n"));
         }
         if s.reload == Reload::Restart {
             out.push_str("# Needs a restart to change.\n");
         }
-        let default = if s.default.is_empty() {
+        let default = if s.default().is_empty() {
             "(empty)"
         } else {
-            s.default
+            s.default()
         };
         out.push_str(&format!("# Default: {default}\n"));
-        out.push_str(format!("#{} = {}", s.name, s.default).trim_end());
+        out.push_str(format!("#{} = {}", s.name(), s.default()).trim_end());
         out.push('\n');
     }
     out

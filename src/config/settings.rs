@@ -33,18 +33,58 @@ pub enum Reload {
 
 /// One row of the table.
 pub struct Setting {
-    pub name: &'static str,
-    /// The heading it is listed under in etc/satchel.conf.
-    pub section: &'static str,
-    /// The default as etc/satchel.conf shows it.
-    pub default: &'static str,
+    /// Name, section, default and documentation, each ended by a NUL:
+    /// one string, so a row costs the binary one relocation for its text
+    /// (see the accessors).
+    text: &'static str,
     pub reload: Reload,
-    /// Its documentation, one string per line.
-    pub doc: &'static [&'static str],
     /// Parses a value into the field; the error is what is wrong with it.
     pub(super) set: fn(&mut Config, &str) -> Result<(), String>,
     /// The field's value in the file's syntax.
     pub(super) get: fn(&Config) -> String,
+}
+
+impl Setting {
+    fn part(&self, i: usize) -> &'static str {
+        self.text.split('\0').nth(i).unwrap_or("")
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.part(0)
+    }
+
+    /// The heading it is listed under in etc/satchel.conf.
+    pub fn section(&self) -> &'static str {
+        self.part(1)
+    }
+
+    /// The default as etc/satchel.conf shows it.
+    pub fn default(&self) -> &'static str {
+        self.part(2)
+    }
+
+    /// Its documentation: lines without the comment's `///`, each ending
+    /// in `\n` (empty outside test builds, see `doc_text`).
+    pub fn doc(&self) -> &'static str {
+        self.part(3)
+    }
+}
+
+/// A row's documentation as one string. Only test builds carry it: the
+/// sample etc/satchel.conf is written and checked by a test, and every
+/// installed binary need not hold 8 KB of text it never prints.
+#[cfg(test)]
+macro_rules! doc_text {
+    ($($doc:literal),*) => {
+        concat!($($doc, "\n",)*)
+    };
+}
+
+#[cfg(not(test))]
+macro_rules! doc_text {
+    ($($doc:literal),*) => {
+        ""
+    };
 }
 
 /// A default: the literal parsed by the row's kind, or the expression
@@ -86,11 +126,10 @@ macro_rules! settings {
 
         /// Every setting, in the order of etc/satchel.conf and `render`.
         pub static SETTINGS: &[Setting] = &[$($(Setting {
-            name: stringify!($name),
-            section: $section,
-            default: $default,
+            text: concat!(
+                stringify!($name), "\0", $section, "\0", $default, "\0", doc_text!($($doc),*), "\0"
+            ),
             reload: Reload::$reload,
-            doc: &[$($doc),*],
             set: |c, v| {
                 c.$name = Kind::parse(&$kind, v)?;
                 Ok(())

@@ -144,8 +144,8 @@ impl DataDecoder {
             // same byte to the state it moved to.
             i += match self.state {
                 State::Mid => self.mid(&input[i..], out),
-                State::Bol => self.bol(c),
-                State::Dot => self.dot(c),
+                State::Bol => self.line_start(c, false),
+                State::Dot => self.line_start(c, true),
                 State::DotCr if c == b'\n' => return (i + 1, true),
                 State::DotCr => {
                     // "." CR <x>: the CR was bare.
@@ -182,32 +182,17 @@ impl DataDecoder {
         1
     }
 
-    /// At the beginning of a line.
+    /// At the beginning of a line, or after its leading dot (`after_dot`;
+    /// §4.5.2: the first period of a line is removed).
     #[inline]
-    fn bol(&mut self, c: u8) -> usize {
-        match c {
-            b'.' => self.state = State::Dot,
-            b'\r' => self.state = State::Cr,
-            b'\n' => {
-                self.flag(Defect::BareNewline);
-                self.state = State::Mid;
-            }
-            _ => {
-                // Ordinary content: handled as such in the next step.
-                self.state = State::Mid;
-                return 0;
-            }
+    fn line_start(&mut self, c: u8, after_dot: bool) -> usize {
+        if after_dot {
+            self.line_len += 1;
         }
-        1
-    }
-
-    /// After a line's leading dot. §4.5.2: the first period of a line is
-    /// removed.
-    #[inline]
-    fn dot(&mut self, c: u8) -> usize {
-        self.line_len += 1;
         match c {
-            b'\r' => self.state = State::DotCr,
+            b'.' if !after_dot => self.state = State::Dot,
+            b'\r' if after_dot => self.state = State::DotCr,
+            b'\r' => self.state = State::Cr,
             b'\n' => {
                 self.flag(Defect::BareNewline);
                 self.state = State::Mid;
