@@ -419,12 +419,18 @@ fn recipient(value: &str, expanded: bool) -> Result<Recipient, String> {
     let (state, rest) = value.split_once(' ').ok_or("bad rcpt")?;
     let (path, text) = split_path(rest);
     let addr = ForwardPath::parse(path).map_err(|x| format!("bad recipient: {x}"))?;
-    let text = unescape(text)?;
+    // Most statuses have nothing escaped: parsed where they are.
+    let status = |class: u8| -> Result<Status, String> {
+        Ok(match text.contains('\\') {
+            true => Status::parse(&unescape(text)?, class),
+            false => Status::parse(text, class),
+        })
+    };
     let state = match state {
         "pending" => RcptState::Pending,
-        "deferred" => RcptState::Deferred(Status::parse(&text, 4)),
-        "sent" => RcptState::Sent(Status::parse(&text, 2)),
-        "failed" => RcptState::Failed(Status::parse(&text, 5)),
+        "deferred" => RcptState::Deferred(status(4)?),
+        "sent" => RcptState::Sent(status(2)?),
+        "failed" => RcptState::Failed(status(5)?),
         _ => return Err("bad recipient state".into()),
     };
     Ok(Recipient {

@@ -165,7 +165,7 @@ fn serve(cfg: Config, pidfile: Option<String>) -> ExitCode {
         }
     };
     // Everything it would die on later, before it creates anything.
-    let problems = satchel::preflight::check(&cfg);
+    let problems = satchel::preflight::check(&cfg, satchel::preflight::Start::ThisProcess);
     for p in &problems {
         log::error!("fatal: {p}");
     }
@@ -584,7 +584,7 @@ fn queue_run(cfg: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let problems = satchel::preflight::directories(&cfg);
+    let problems = satchel::preflight::directories(&cfg, satchel::preflight::Start::ThisProcess);
     for p in &problems {
         log::error!("fatal: {p}");
     }
@@ -717,7 +717,7 @@ fn check_config(cfg: &Config) -> ExitCode {
         eprintln!("satchel: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let problems = satchel::preflight::check(cfg);
+    let problems = satchel::preflight::check(cfg, satchel::preflight::Start::ByRoot);
     for p in &problems {
         eprintln!("satchel: {p}");
     }

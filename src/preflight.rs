@@ -35,12 +35,24 @@ pub struct Identity {
     pub takes_over_root_files: bool,
 }
 
+/// Whose start the check is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// This process, about to run (`serve`, `queue run`): it becomes
+    /// `user` only when it is root.
+    ThisProcess,
+    /// A start by root (`check-config`, run by an administrator for the
+    /// service): `user` when it is set.
+    ByRoot,
+}
+
 impl Identity {
-    /// `user` when set (what a root start becomes; also what a check by
-    /// someone else is made for), else this process.
-    pub fn of(cfg: &Config) -> Result<Identity, Problem> {
+    /// Who will write the spool: `user` when the start becomes it, else
+    /// this process.
+    pub fn of(cfg: &Config, start: Start) -> Result<Identity, Problem> {
         let euid = crate::os::euid();
-        let Some(user) = cfg.user.as_deref() else {
+        let becomes = start == Start::ByRoot || euid == 0;
+        let Some(user) = cfg.user.as_deref().filter(|_| becomes) else {
             let (name, gid) = passwd_entry(euid);
             return Ok(Identity {
                 name,
@@ -85,15 +97,15 @@ fn passwd_entry(uid: u32) -> (String, u32) {
 }
 
 /// Every problem `serve` would meet; empty when it can start.
-pub fn check(cfg: &Config) -> Vec<Problem> {
+pub fn check(cfg: &Config, start: Start) -> Vec<Problem> {
     let mut out = files(cfg);
-    out.extend(directories(cfg));
+    out.extend(directories(cfg, start));
     out
 }
 
 /// The spool and mail directories, as the service user will use them.
-pub fn directories(cfg: &Config) -> Vec<Problem> {
-    match Identity::of(cfg) {
+pub fn directories(cfg: &Config, start: Start) -> Vec<Problem> {
+    match Identity::of(cfg, start) {
         Ok(who) => {
             let mut out = directory("spool_dir", &cfg.spool_dir, &who, SPOOL_DIRS);
             out.extend(directory("mail_dir", &cfg.mail_dir, &who, &[]));

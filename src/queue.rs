@@ -100,7 +100,7 @@ pub fn release(spool: &Spool, id: &str) -> Result<bool, QueueError> {
 /// How many messages a flush will try: those waiting in `queue/` (held
 /// and active ones are not).
 pub fn waiting(spool: &Spool) -> usize {
-    spool.waiting().map(|w| w.len()).unwrap_or(0)
+    spool.waiting().map(Iterator::count).unwrap_or(0)
 }
 
 /// The envelope and the message headers of `id`, for `queue show`.
@@ -141,17 +141,13 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, QueueError> {
     )))
 }
 
-fn state_word(s: &RcptState) -> (&'static str, String) {
-    let word = match s {
+fn state_word(s: &RcptState) -> &'static str {
+    match s {
         RcptState::Pending => "pending",
         RcptState::Deferred(_) => "deferred",
         RcptState::Sent(_) => "sent",
         RcptState::Failed(_) => "failed",
-    };
-    (
-        word,
-        s.status().map(ToString::to_string).unwrap_or_default(),
-    )
+    }
 }
 
 fn strip(a: &str) -> &str {
@@ -217,7 +213,7 @@ fn text_item(
     }
     out.push('\n');
     for r in &e.rcpts {
-        let (word, why) = state_word(&r.state);
+        let word = state_word(&r.state);
         out.push_str(RCPT_INDENT);
         match &r.addr {
             ForwardPath::Postmaster => out.push_str("postmaster"),
@@ -231,9 +227,10 @@ fn text_item(
             out.push_str(Dates::get(&mut dates.retry, e.next_attempt, time::iso8601));
         }
         out.push(')');
-        if !why.is_empty() {
-            out.push_str(": ");
-            out.push_str(&why);
+        // Written in place: a listing of 100,000 messages makes no string
+        // per recipient.
+        if let Some(why) = r.state.status() {
+            let _ = write!(out, ": {why}");
         }
         out.push('\n');
     }
@@ -406,12 +403,12 @@ fn json_item(state: QueueState, e: &Envelope) -> String {
         .rcpts
         .iter()
         .map(|r| {
-            let (word, why) = state_word(&r.state);
+            let why = r.state.status().map(ToString::to_string);
             format!(
                 "{{\"address\":{},\"state\":{},\"reason\":{}}}",
                 js(strip(&r.addr.to_string())),
-                js(word),
-                js(&why)
+                js(state_word(&r.state)),
+                js(why.as_deref().unwrap_or(""))
             )
         })
         .collect();

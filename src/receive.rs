@@ -428,7 +428,12 @@ fn next_event<R: Read>(
         Line::TooLong => session.line_too_long(),
         Line::BareLf => Event::Close(session.bare_lf()),
         Line::Ok(l) => {
-            let verb = verb_of(&l);
+            // A line inside an AUTH exchange is a credential: logged as
+            // "AUTH", never by its words.
+            let verb = match session.in_auth_exchange() {
+                true => "AUTH".to_string(),
+                false => verb_of(&l),
+            };
             let ev = session.command(&l);
             log_reject(&peer, &verb, &ev);
             if let Some(o) = session.take_auth_outcome() {

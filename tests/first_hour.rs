@@ -361,3 +361,48 @@ fn every_submission_logs_sender_size_and_recipients() {
         "{line}"
     );
 }
+
+#[test]
+fn a_credential_sent_in_an_auth_exchange_never_reaches_the_log() {
+    let users = TempDir::new("creds");
+    let hash = Command::new("openssl")
+        .args(["passwd", "-6", "s3cret"])
+        .output()
+        .expect("openssl");
+    let file = users.0.join("users");
+    std::fs::write(&file, format!("carol:{}", text(&hash.stdout))).unwrap();
+    let mut s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!(
+            "auth_users_file = {}\nauth_over_plaintext = yes\n",
+            file.display()
+        ),
+    );
+    s.spawn();
+    let b64 = |t: &str| satchel::smtp::base64::encode(t.as_bytes());
+    let mut c = common::Client::connect(s.addr());
+    c.hello();
+    assert_eq!(c.cmd("AUTH LOGIN").0, 334);
+    assert_eq!(c.cmd(&b64("carol")).0, 334);
+    assert_eq!(c.cmd(&b64("wrong")).0, 535);
+    assert_eq!(c.cmd("AUTH PLAIN").0, 334);
+    assert_eq!(c.cmd(&b64("\0carol\0wrong2")).0, 535);
+    s.wait_for("both failures logged", || {
+        s.log().contains("AUTH failed (2 so far)")
+    });
+    let log = s.log().to_uppercase();
+    for secret in [b64("wrong"), b64("\0carol\0wrong2")] {
+        // Not even upper-cased, as a rejected command's verb is logged.
+        assert!(
+            !log.contains(&secret.to_uppercase()[..8]),
+            "{secret} in the log:\n{}",
+            s.log()
+        );
+    }
+    assert!(
+        s.log().contains("reject: AUTH from [127.0.0.1]: 535 5.7.8"),
+        "{}",
+        s.log()
+    );
+}

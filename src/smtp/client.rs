@@ -521,12 +521,16 @@ fn verdict(r: &Reply) -> Outcome {
 }
 
 /// A peer's reply as a status, its text made printable for logs.
+/// A peer's reply as a status: on one line, made printable and cut to
+/// 300 characters (`printable`), so a peer's thousand-line reply cannot
+/// swell an envelope, a log line or a bounce.
 pub fn said(r: &Reply) -> Status {
-    Status::from_reply(&Reply {
-        code: r.code,
-        enhanced: r.enhanced,
-        lines: r.lines.iter().map(|l| printable(l)).collect(),
-    })
+    let class = match r.code / 100 {
+        2 => 2,
+        5 => 5,
+        _ => 4,
+    };
+    Status::parse(&printable(&r.one_line()), class)
 }
 
 fn line(command: &str) -> Vec<u8> {
@@ -676,6 +680,17 @@ mod tests {
             words(&o),
             ["deferred 451 4.4.2 no reply after the end of the data: timed out"]
         );
+    }
+
+    #[test]
+    fn a_peers_long_reply_is_kept_to_one_short_line() {
+        let long: String = (0..1000)
+            .map(|i| format!("450-4.2.0 line {i}\r\n"))
+            .collect();
+        let r = wire(&format!("{long}450 4.2.0 last\r\n"));
+        let s = said(&r);
+        assert!(s.to_string().len() <= 300, "{}", s.to_string().len());
+        assert_eq!((s.code, s.enhanced), (Some(450), Enhanced(4, 2, 0)));
     }
 
     #[test]

@@ -294,6 +294,12 @@ impl<'p> Session<'p> {
     }
 
     /// Failed AUTH attempts so far (the connection loop slows down by them).
+    /// True while an AUTH exchange waits for the client's next line (a
+    /// credential, never to be logged).
+    pub fn in_auth_exchange(&self) -> bool {
+        self.auth_step.is_some()
+    }
+
     pub fn auth_failures(&self) -> usize {
         self.auth_failures
     }

@@ -326,7 +326,13 @@ impl Spool {
             let _ = f.set_modified(UNIX_EPOCH + std::time::Duration::from_secs(next));
         }
         fs::rename(&active, self.path(QueueState::Queued, id))?;
-        sync_dir(&self.dir(QueueState::Queued.dir()))
+        // Renamed: it waits in queue/ whatever the sync says (a crash
+        // before the sync brings it back to active/, which recovery
+        // requeues).
+        if let Err(e) = sync_dir(&self.dir(QueueState::Queued.dir())) {
+            log::warn!("warning: {id}: directory sync after requeue: {e}");
+        }
+        Ok(())
     }
 
     /// Sets a claimed message whose file is damaged aside in `corrupt/`.
@@ -388,25 +394,24 @@ impl Spool {
     }
 
     /// The IDs in `queue/` with their next attempt (the mtime, see
-    /// `requeue`), from one listing and a stat each.
-    pub fn waiting(&self) -> io::Result<Vec<(QueueId, Option<u64>)>> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(self.dir(QueueState::Queued.dir()))?.flatten() {
-            let Ok(id) = e.file_name().into_string() else {
-                continue;
-            };
-            if !is_queue_id(&id) {
-                continue;
-            }
+    /// `requeue`), from one listing and a stat each, read as they are
+    /// consumed (a queue of 100,000 is never held as a list).
+    pub fn waiting(&self) -> io::Result<impl Iterator<Item = (QueueId, Option<u64>)>> {
+        let entries = fs::read_dir(self.dir(QueueState::Queued.dir()))?;
+        Ok(entries.flatten().filter_map(|e| {
+            let id = e
+                .file_name()
+                .into_string()
+                .ok()
+                .filter(|id| is_queue_id(id))?;
             let due = e
                 .metadata()
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs());
-            out.push((id, due));
-        }
-        Ok(out)
+            Some((id, due))
+        }))
     }
 
     /// True when `id` waits in `queue/` (not held, not being delivered).

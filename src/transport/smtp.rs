@@ -891,10 +891,12 @@ fn dialogue(
     let (mut t, mut step) = MailTransaction::start(&facts, caps, rset);
     loop {
         step = match step {
-            Step::Send(bytes) => {
-                c.send(&bytes)?;
-                read_reply(c, &mut t, c.timeout)?
-            }
+            Step::Send(bytes) => match c.send(&bytes) {
+                Ok(()) => read_reply(c, &mut t, c.timeout)?,
+                // A closing command that cannot be sent costs nothing:
+                // the outcomes are known (see `MailTransaction::lost`).
+                Err(e) => return t.lost(&e.to_string()).ok_or(e),
+            },
             Step::Read => read_reply(c, &mut t, c.timeout)?,
             Step::SendContent => {
                 send_content(c, msg.content)?;
