@@ -15,10 +15,14 @@
 //! of the aliases file. Never talks to the network, and never changes
 //! what it reads: the parsing is pure.
 
+// The sample etc/satchel.conf is written and checked by a test; the
+// documentation it needs is compiled into test builds only.
+#[cfg(test)]
 mod sample;
 mod settings;
 mod values;
 
+#[cfg(test)]
 pub use sample::sample_file;
 pub use settings::{Config, Reload, Setting, SETTINGS};
 
