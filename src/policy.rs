@@ -17,6 +17,37 @@ pub struct LocalPolicy {
     pub aliases: Aliases,
     /// SMTP AUTH: user -> SHA-crypt hash (`$6$…` or `$5$…`).
     credentials: std::collections::HashMap<String, String>,
+    /// `relay_domains`, lower case.
+    relay_domains: Vec<String>,
+    /// `relay_recipients_file`: addresses and `@domain` entries, lower
+    /// case; `None` = every address of the relayed domains.
+    relay_recipients: Option<HashSet<String>>,
+}
+
+/// Reads a relay recipient table: one address or `@domain` a line (the
+/// first word; `#` comments). `FILE:LINE: what is wrong` for a line that
+/// is neither.
+pub fn parse_relay_recipients(text: &str, file: &str) -> Result<HashSet<String>, String> {
+    let mut set = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let Some(key) = line
+            .split_whitespace()
+            .next()
+            .filter(|k| !k.starts_with('#'))
+        else {
+            continue;
+        };
+        let (local, domain) = key.rsplit_once('@').unwrap_or(("", ""));
+        if domain.is_empty() || domain.contains('@') || (local.is_empty() && !key.starts_with('@'))
+        {
+            return Err(format!(
+                "{file}:{}: expected user@domain or @domain, found '{key}'",
+                n + 1
+            ));
+        }
+        set.insert(key.to_ascii_lowercase());
+    }
+    Ok(set)
 }
 
 /// Reads `user:hash` lines (`#` comments). Only SHA-512/SHA-256 crypt
@@ -60,6 +91,16 @@ impl LocalPolicy {
             }
         }
         let mut p = LocalPolicy::new(cfg.local_domains.clone(), users, aliases);
+        p.relay_domains = cfg
+            .relay_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        if let Some(f) = &cfg.relay_recipients_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+            p.relay_recipients = Some(parse_relay_recipients(&text, &f.display().to_string())?);
+        }
         if let Some(f) = &cfg.auth_users_file {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
@@ -74,7 +115,25 @@ impl LocalPolicy {
             users,
             aliases,
             credentials: Default::default(),
+            relay_domains: Vec::new(),
+            relay_recipients: None,
         }
+    }
+
+    /// A domain this host relays for anyone (`relay_domains`).
+    pub fn is_relay_domain(&self, d: &Domain) -> bool {
+        self.relay_domains.iter().any(|n| d.is_name(n))
+    }
+
+    /// A relayed recipient the relay recipient table knows (or any, when
+    /// there is no table).
+    fn is_known_relayed(&self, rcpt: &Mailbox) -> bool {
+        let Some(known) = &self.relay_recipients else {
+            return true;
+        };
+        let domain = rcpt.domain.to_lowercase();
+        let address = format!("{}@{domain}", rcpt.local.to_ascii_lowercase());
+        known.contains(&address) || known.contains(&format!("@{domain}"))
     }
 
     pub fn is_local_domain(&self, d: &Domain) -> bool {
@@ -104,7 +163,11 @@ impl Policy for LocalPolicy {
 
     fn classify(&self, rcpt: &Mailbox) -> RcptClass {
         if !self.is_local_domain(&rcpt.domain) {
-            return RcptClass::Remote;
+            return match self.is_relay_domain(&rcpt.domain) {
+                false => RcptClass::Remote,
+                true if self.is_known_relayed(rcpt) => RcptClass::Relayed,
+                true => RcptClass::RelayedUnknown,
+            };
         }
         if self.is_known_local(&rcpt.local) {
             RcptClass::LocalKnown
@@ -154,6 +217,32 @@ const DUMMY_HASH: &str = "$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_domains_are_accepted_from_anyone_within_their_recipient_table() {
+        let mut p = LocalPolicy::new(vec!["here.test".into()], HashSet::new(), Aliases::default());
+        p.relay_domains = vec!["hub.test".into()];
+        let m = |a: &str| Mailbox::parse(a).unwrap();
+        assert_eq!(p.classify(&m("anyone@HUB.test")), RcptClass::Relayed);
+        assert_eq!(p.classify(&m("x@elsewhere.test")), RcptClass::Remote);
+        assert_eq!(
+            p.classify(&m("x@sub.hub.test")),
+            RcptClass::Remote,
+            "not subdomains"
+        );
+        p.relay_recipients = Some(
+            parse_relay_recipients("# known\nAlice@hub.test OK\n@open.hub.test\n", "r").unwrap(),
+        );
+        p.relay_domains.push("open.hub.test".into());
+        assert_eq!(p.classify(&m("alice@hub.test")), RcptClass::Relayed);
+        assert_eq!(p.classify(&m("bob@hub.test")), RcptClass::RelayedUnknown);
+        assert_eq!(p.classify(&m("bob@open.hub.test")), RcptClass::Relayed);
+        let e = parse_relay_recipients("ok@a.test\nnot-an-address\n", "r.txt").unwrap_err();
+        assert_eq!(
+            e,
+            "r.txt:2: expected user@domain or @domain, found 'not-an-address'"
+        );
+    }
 
     fn policy() -> LocalPolicy {
         let aliases = Aliases::parse("staff: alice\n").unwrap();

@@ -215,6 +215,21 @@ section "Receiving" {
     /// local and may relay.
     relay_networks: Vec<Cidr> = "127.0.0.0/8, ::1/128", List::of(Network), Live;
 
+    /// Domains this host accepts mail for from anyone and forwards (an MX hub,
+    /// a gateway, a backup MX), as Postfix's relay_domains: only these; every
+    /// other domain still needs relay_networks or AUTH. Their mail goes to the
+    /// domain's MX hosts with a better preference than this host's (RFC 5321
+    /// §5.1); when none answers, or this host is the best, it waits in the
+    /// queue and is tried again, never bounced as a loop.
+    relay_domains: Vec<String> = "", List::of(Domain), Live;
+
+    /// The recipients of relay_domains that exist: one address or `@domain` a
+    /// line (`#` comments; anything after the first word is ignored, so a
+    /// Postfix relay_recipients file works). With it, an unknown one gets
+    /// 550 5.1.1 at RCPT instead of a bounce later. Empty = every address of
+    /// relay_domains.
+    relay_recipients_file: Option<PathBuf> = "", Optional(FilePath), Live;
+
     /// Concurrent SMTP sessions (one thread each) in the daemon. A connection
     /// beyond it hears 421 4.3.2 and is closed.
     max_connections: usize = "100", AT_LEAST_ONE, Restart;

@@ -163,6 +163,7 @@ impl Deliverer {
             connect_timeout: self.cfg.connect_timeout,
             command_timeout: self.cfg.relay_timeout,
             tls: self.tls_client.clone(),
+            relay_domains: self.cfg.relay_domains.clone(),
             auth: if self.cfg.relayhost.is_some() {
                 self.relay_auth.clone()
             } else {

@@ -39,6 +39,11 @@ pub enum RcptClass {
     LocalUnknown,
     /// Any other domain: relaying.
     Remote,
+    /// In a domain this host relays for anyone (`relay_domains`), and not
+    /// refused by its recipient table.
+    Relayed,
+    /// In a relayed domain, but not in its recipient table.
+    RelayedUnknown,
 }
 
 /// Answers the questions of the relay and recipient policy (backed by the
@@ -490,6 +495,12 @@ impl<'p> Session<'p> {
                 Enhanced(5, 1, 1),
                 format!("<{mailbox}>: Recipient address rejected: User unknown in local recipient table"),
             ),
+            RcptClass::Relayed => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
+            RcptClass::RelayedUnknown => Reply::new(
+                550,
+                Enhanced(5, 1, 1),
+                format!("<{mailbox}>: Recipient address rejected: User unknown in relay recipient table"),
+            ),
             RcptClass::Remote if self.client.may_relay => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
             RcptClass::Remote => {
                 Reply::new(554, Enhanced(5, 7, 1), format!("<{mailbox}>: Relay access denied"))
@@ -690,7 +701,7 @@ impl<'p> Session<'p> {
                 RcptClass::LocalUnknown => {
                     ok(550, Enhanced(5, 1, 1), &format!("<{m}>: User unknown"))
                 }
-                RcptClass::Remote => ok(
+                RcptClass::Remote | RcptClass::Relayed | RcptClass::RelayedUnknown => ok(
                     252,
                     Enhanced(2, 5, 2),
                     "Cannot VRFY user, but will accept message and attempt delivery",

@@ -99,6 +99,9 @@ pub struct RelayConfig {
     /// User and password for AUTH towards the relayhost (never sent
     /// without TLS).
     pub auth: Option<(String, String)>,
+    /// `relay_domains`: their mail is kept, never bounced as a loop, when
+    /// no better MX than this host is left.
+    pub relay_domains: Vec<String>,
 }
 
 /// The client's STARTTLS policy for one delivery.
@@ -217,6 +220,19 @@ fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<Vec<Hop>
         ))),
     };
     match found {
+        // RFC 5321 §5.1: for a domain this host relays for (a backup MX),
+        // being the best MX left means waiting for a better one, never a
+        // loop to bounce.
+        Err(Outcome::Failed(why))
+            if why.enhanced == Enhanced(5, 4, 6)
+                && cfg.relay_domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) =>
+        {
+            Err(Outcome::Deferred(Status::new(
+                451,
+                Enhanced(4, 4, 6),
+                format!("mail for {domain}: no MX host better than this one (relay_domains); kept for a later try"),
+            )))
+        }
         // A relayhost that cannot be found is this host's configuration
         // (or its DNS) at fault, not the recipients' domain: the mail waits
         // to be fixed rather than bouncing (as in Postfix).
@@ -996,7 +1012,36 @@ mod tests {
             command_timeout: Duration::from_secs(1),
             tls: ClientTls::default(),
             auth: None,
+            relay_domains: vec!["relayed.test".into()],
         }
+    }
+
+    /// A resolver that says this host is the best MX of every domain.
+    struct BestMxIsMe;
+
+    impl Resolver for BestMxIsMe {
+        fn mx(&self, _: &str) -> Result<Vec<Mx>, DnsError> {
+            Ok(vec![mx(10, "me.test"), mx(20, "worse.test")])
+        }
+        fn addresses(&self, _: &str) -> Result<Vec<IpAddr>, DnsError> {
+            Err(DnsError::NxDomain)
+        }
+    }
+
+    #[test]
+    fn a_relayed_domain_whose_best_mx_is_this_host_waits_instead_of_bouncing() {
+        let cfg = relay_config(None);
+        let kept = route("Relayed.test", &cfg, &BestMxIsMe);
+        assert!(
+            matches!(&kept, Err(Outcome::Deferred(t)) if t.enhanced == Enhanced(4, 4, 6)),
+            "{kept:?}"
+        );
+        // Any other domain: the loop bounces, as before (RFC 5321 §5.1).
+        let looped = route("other.test", &cfg, &BestMxIsMe);
+        assert!(
+            matches!(&looped, Err(Outcome::Failed(t)) if t.enhanced == Enhanced(5, 4, 6)),
+            "{looped:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! Standing in a mail network: a hub or backup MX that accepts mail for
+//! the domains it relays for (`relay_domains`) from anyone, and only
+//! those, and hands it to a better MX (RFC 5321 §5.1).
+
+mod common;
+
+use common::dns::TestDns;
+use common::{shared_port, Client, Server, TempDir};
+
+const BODY: &[u8] =
+    b"From: someone@far.test\r\nSubject: via the backup\r\n\r\nkept, then handed on\r\n";
+
+/// A satchel on `ip` that relays `dest.test` for anyone; 127.0.0.1 (the
+/// tests' client) is not in its relay_networks.
+fn relay_host(ip: [u8; 4], port: u16, hostname: &str, dns: &TestDns, extra: &str) -> Server {
+    Server::start_at(
+        ip,
+        port,
+        &format!(
+            "hostname = {hostname}\nlocal_domains = {hostname}\nrelay_domains = dest.test\n\
+             relay_networks = 127.0.0.99/32\ndns_servers = {}\nrelay_port = {port}\n\
+             defer_delivery = no\n{extra}",
+            dns.addr
+        ),
+    )
+}
+
+#[test]
+fn a_backup_mx_keeps_mail_while_the_primary_is_down_and_hands_it_over_later() {
+    let dns = TestDns::start();
+    let (backup_ip, primary_ip) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    let port = shared_port(&[backup_ip, primary_ip]);
+    dns.mx("dest.test", 10, "primary.dest.test");
+    dns.mx("dest.test", 20, "backup.dest.test");
+    dns.a("primary.dest.test", primary_ip.into());
+    dns.a("backup.dest.test", backup_ip.into());
+    let backup = relay_host(backup_ip, port, "backup.dest.test", &dns, "");
+    let mut c = Client::connect(backup.addr());
+    c.hello();
+    // Only the relayed domain: anything else is still refused.
+    assert_eq!(c.cmd("MAIL FROM:<someone@far.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<x@elsewhere.test>").0, 554);
+    assert_eq!(c.cmd("RCPT TO:<x%elsewhere.test@backup.dest.test>").0, 550);
+    // A source route names the final mailbox's domain: still refused.
+    assert_eq!(c.cmd("RCPT TO:<@dest.test:x@elsewhere.test>").0, 554);
+    assert_eq!(c.cmd("RCPT TO:<x@sub.dest.test>").0, 554, "not subdomains");
+    assert_eq!(c.cmd("RSET").0, 250);
+    let (code, text) = c.mail("someone@far.test", &["user@dest.test"], BODY);
+    assert_eq!(code, 250, "{text}");
+    let id = common::queue_id(&text);
+    backup.wait_for("the deferral while the primary is down", || {
+        backup.log().contains(&format!("{id}: to=<user@dest.test>"))
+            && backup.queued() == [id.clone()]
+    });
+    assert!(backup.log().contains("status=deferred"), "{}", backup.log());
+    assert!(!backup.log().contains("bounced"), "{}", backup.log());
+    let primary = Server::start_at(
+        primary_ip,
+        port,
+        "hostname = primary.dest.test\nlocal_domains = dest.test\nlocal_users = user\ndefer_delivery = no\n",
+    );
+    assert!(backup.run(&["queue", "flush"]).status.success());
+    primary.wait_for("the primary's copy", || primary.maildir("user").len() == 1);
+    backup.wait_for("the backup's queue emptied", || backup.queued().is_empty());
+    let text = std::fs::read_to_string(&primary.maildir("user")[0]).unwrap();
+    assert!(
+        text.starts_with("Return-Path: <someone@far.test>\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\nReceived: from ").count(), 2, "{text}");
+    assert!(!backup.log().contains("notification"), "no bounce was sent");
+}
+
+#[test]
+fn the_best_mx_of_a_relayed_domain_keeps_its_mail_instead_of_bouncing_a_loop() {
+    let dns = TestDns::start();
+    let ip = [127, 0, 0, 2];
+    let port = shared_port(&[ip]);
+    dns.mx("dest.test", 10, "mx.dest.test");
+    dns.a("mx.dest.test", ip.into());
+    let s = relay_host(ip, port, "mx.dest.test", &dns, "");
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.mail("someone@far.test", &["user@dest.test"], BODY);
+    assert_eq!(code, 250, "{text}");
+    let id = common::queue_id(&text);
+    s.wait_for("the deferral", || {
+        s.log().contains(&format!("{id}: to=<user@dest.test>")) && s.queued() == [id.clone()]
+    });
+    assert!(
+        s.log().contains(
+            "status=deferred (451 4.4.6 mail for dest.test: no MX host better than this one"
+        ),
+        "{}",
+        s.log()
+    );
+    assert!(!s.log().contains("loops back to myself"), "{}", s.log());
+}
+
+#[test]
+fn a_relay_recipient_table_refuses_unknown_recipients_at_rcpt() {
+    let dns = TestDns::start();
+    let ip = [127, 0, 0, 2];
+    let port = shared_port(&[ip]);
+    let dir = TempDir::new("relayrcpt");
+    let table = dir.0.join("relay_recipients");
+    std::fs::write(&table, "# who exists behind the hub\nalice@dest.test OK\n").unwrap();
+    let s = relay_host(
+        ip,
+        port,
+        "hub.test",
+        &dns,
+        &format!("relay_recipients_file = {}\n", table.display()),
+    );
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<someone@far.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<Alice@dest.test>").0, 250);
+    let (code, text) = c.cmd("RCPT TO:<bob@dest.test>");
+    assert_eq!(code, 550, "{text}");
+    assert!(text.starts_with("5.1.1 <bob@dest.test>: Recipient address rejected: User unknown in relay recipient table"), "{text}");
+    // A broken table is refused with its file and line.
+    std::fs::write(&table, "alice@dest.test\nnot an address\n").unwrap();
+    let out = s.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("relay_recipients:2: expected user@domain or @domain, found 'not'"),
+        "{err}"
+    );
+}
