@@ -22,6 +22,9 @@ pub struct LocalPolicy {
     /// `relay_recipients_file`: addresses and `@domain` entries, lower
     /// case; `None` = every address of the relayed domains.
     relay_recipients: Option<HashSet<String>>,
+    /// `transport_file`: read with the rest of the policy, so a SIGHUP
+    /// installs it only when every table is valid.
+    pub transports: crate::config::transport::TransportTable,
 }
 
 /// Reads a relay recipient table: one address or `@domain` a line (the
@@ -96,6 +99,9 @@ impl LocalPolicy {
             .iter()
             .map(|d| d.to_ascii_lowercase())
             .collect();
+        if let Some(f) = &cfg.transport_file {
+            p.transports = crate::config::transport::TransportTable::load(f)?;
+        }
         if let Some(f) = &cfg.relay_recipients_file {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
@@ -117,6 +123,7 @@ impl LocalPolicy {
             credentials: Default::default(),
             relay_domains: Vec::new(),
             relay_recipients: None,
+            transports: Default::default(),
         }
     }
 

@@ -129,3 +129,88 @@ fn a_relay_recipient_table_refuses_unknown_recipients_at_rcpt() {
         "{err}"
     );
 }
+
+#[test]
+fn a_hub_forwards_by_its_transport_table_and_falls_over_to_the_next_host() {
+    let dns = TestDns::start();
+    let (hub_ip, inner_ip) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    let port = shared_port(&[hub_ip, inner_ip]);
+    let dir = TempDir::new("transport");
+    let table = dir.0.join("transport");
+    // The first host answers nobody: the second takes the mail.
+    std::fs::write(
+        &table,
+        format!(
+            "# the mailboxes are on the inner host\n\
+             dest.test smtp:[127.0.0.9]:{port}, [127.0.0.3]:{port}\n\
+             gone@dest.test error:5.1.1 moved away, no forwarding address\n\
+             later@dest.test defer:4.3.2 mailbox being moved\n"
+        ),
+    )
+    .unwrap();
+    let inner = Server::start_at(
+        inner_ip,
+        port,
+        "hostname = inner.dest.test\nlocal_domains = dest.test\nlocal_users = user\ndefer_delivery = no\n",
+    );
+    let hub = relay_host(
+        hub_ip,
+        port,
+        "hub.dest.test",
+        &dns,
+        &format!("transport_file = {}\n", table.display()),
+    );
+    let mut c = Client::connect(hub.addr());
+    c.hello();
+    let rcpts = ["user@dest.test", "gone@dest.test", "later@dest.test"];
+    let (code, text) = c.mail("someone@far.test", &rcpts, BODY);
+    assert_eq!(code, 250, "{text}");
+    let id = common::queue_id(&text);
+    inner.wait_for("the inner host's copy", || inner.maildir("user").len() == 1);
+    let copy = std::fs::read_to_string(&inner.maildir("user")[0]).unwrap();
+    assert_eq!(copy.matches("\nReceived: from ").count(), 2, "{copy}");
+    hub.wait_for("every recipient settled", || {
+        let log = hub.log();
+        log.contains(&format!(
+            "{id}: to=<user@dest.test>, relay=127.0.0.3[127.0.0.3]"
+        )) && log.contains(&format!("{id}: to=<gone@dest.test>, relay=none"))
+            && log.contains(&format!("{id}: to=<later@dest.test>, relay=none"))
+    });
+    let log = hub.log();
+    assert!(
+        log.contains("status=bounced (550 5.1.1 moved away, no forwarding address)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("status=deferred (451 4.3.2 mailbox being moved)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("trying the next host of the transport table"),
+        "{log}"
+    );
+    assert_eq!(hub.queued(), [id], "kept for the deferred recipient");
+}
+
+#[test]
+fn a_broken_transport_table_is_refused_with_its_file_and_line() {
+    let dns = TestDns::start();
+    let ip = [127, 0, 0, 2];
+    let port = shared_port(&[ip]);
+    let dir = TempDir::new("badtransport");
+    let table = dir.0.join("transport");
+    std::fs::write(&table, "dest.test local\nx.test smtp:[h]:99999\n").unwrap();
+    let s = Server::prepare_at(
+        ip,
+        port,
+        &format!(
+            "transport_file = {}\ndns_servers = {}\n",
+            table.display(),
+            dns.addr
+        ),
+    );
+    let out = s.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("transport:2: bad host '[h]:99999'"), "{err}");
+}

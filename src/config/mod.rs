@@ -20,6 +20,7 @@
 #[cfg(test)]
 mod sample;
 mod settings;
+pub mod transport;
 mod values;
 
 #[cfg(test)]

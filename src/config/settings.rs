@@ -230,6 +230,17 @@ section "Receiving" {
     /// relay_domains.
     relay_recipients_file: Option<PathBuf> = "", Optional(FilePath), Live;
 
+    /// A transport table, as Postfix's transport(5): `key next-hop` lines.
+    /// Keys, most specific first: `user@domain`, `domain`, `.domain` (its
+    /// subdomains), `*`. Next hops: `local` (this host's mailboxes),
+    /// `smtp:[host]:port` (no MX look-up), `smtp:host[:port]` (host's MX
+    /// records), a comma-separated list of those (the next one is tried when
+    /// one cannot take the mail), `error:5.1.1 text` (bounce at once) and
+    /// `defer:text` (keep queued). It routes, it grants nothing: a domain is
+    /// accepted from outside only when it is local or in relay_domains. A bad
+    /// line stops the start with FILE:LINE; on SIGHUP the old table stays.
+    transport_file: Option<PathBuf> = "", Optional(FilePath), Live;
+
     /// Concurrent SMTP sessions (one thread each) in the daemon. A connection
     /// beyond it hears 421 4.3.2 and is closed.
     max_connections: usize = "100", AT_LEAST_ONE, Restart;

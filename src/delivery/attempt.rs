@@ -24,13 +24,14 @@ use super::{backoff, is_local, lock, log_outcome, Deliverer, Event};
 use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::aliases::Target;
 use crate::bounce::{self, Action, Notice, Report};
+use crate::config::transport::NextHop;
 use crate::envelope::{Envelope, RcptState, Recipient};
 use crate::smtp::reply::Enhanced;
 use crate::spool::{Content, ReadError};
 use crate::status::Status;
 use crate::time::unix_now;
 use crate::transport::local::{mailbox_name, Local};
-use crate::transport::smtp::Smtp;
+use crate::transport::smtp::{Relayhost, Smtp};
 use crate::transport::{Batch, Transport};
 
 /// One claimed message on its way through the stages.
@@ -53,8 +54,23 @@ struct Attempt {
 enum Route {
     /// Mailboxes here.
     Local(Vec<usize>),
-    /// SMTP to a domain's MX hosts (or the relayhost): one transaction.
-    Smtp { domain: String, rcpts: Vec<usize> },
+    /// SMTP to a domain's MX hosts (or the relayhost, or the hosts `via`
+    /// that the transport table names): one transaction.
+    Smtp {
+        domain: String,
+        via: Vec<Relayhost>,
+        rcpts: Vec<usize>,
+    },
+    /// Decided by the transport table without delivery (`error:`,
+    /// `defer:`).
+    Settled(Vec<(usize, RcptState)>),
+}
+
+/// One recipient's next hop.
+enum Hop {
+    Local,
+    Smtp(String, Vec<Relayhost>),
+    Settled(RcptState),
 }
 
 /// Recipients per SMTP transaction (RFC 5321 §4.5.3.1.8: a server must
@@ -215,38 +231,62 @@ fn alias_targets(d: &Deliverer, alias: &ForwardPath, targets: Vec<Target>) -> Ve
         .collect()
 }
 
-/// Routing: local recipients first (no network, quick), then one SMTP
-/// transaction per domain of at most `RCPTS_PER_TRANSACTION` recipients.
+/// Routing: what the transport table says, else local domains here and
+/// other domains to their MX hosts (or the relayhost). Settled ones
+/// first, then local recipients (no network, quick), then one SMTP
+/// transaction per domain and next hop of at most `RCPTS_PER_TRANSACTION`
+/// recipients.
 fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
-    let mut local = Vec::new();
-    let mut remote: Vec<(String, Vec<usize>)> = Vec::new();
+    let (mut local, mut settled) = (Vec::new(), Vec::new());
+    let mut remote: Vec<(String, Vec<Relayhost>, Vec<usize>)> = Vec::new();
     for (i, r) in env.rcpts.iter().enumerate() {
         if !r.state.is_open() {
             continue;
         }
-        let domain = match &r.addr {
-            _ if is_local(d, &r.addr) => {
-                local.push(i);
-                continue;
+        match next_hop(d, &r.addr) {
+            Hop::Local => local.push(i),
+            Hop::Settled(state) => settled.push((i, state)),
+            Hop::Smtp(domain, via) => {
+                match remote
+                    .iter_mut()
+                    .find(|(dn, v, _)| *dn == domain && *v == via)
+                {
+                    Some((_, _, v)) if v.len() < RCPTS_PER_TRANSACTION => v.push(i),
+                    _ => remote.push((domain, via, vec![i])),
+                }
             }
-            ForwardPath::Mailbox(m) => m.domain.to_lowercase(),
-            ForwardPath::Postmaster => continue,
-        };
-        match remote.iter_mut().find(|(dn, _)| *dn == domain) {
-            Some((_, v)) if v.len() < RCPTS_PER_TRANSACTION => v.push(i),
-            _ => remote.push((domain, vec![i])),
         }
     }
-    let mut routes = Vec::with_capacity(remote.len() + 1);
+    let mut routes = Vec::with_capacity(remote.len() + 2);
+    if !settled.is_empty() {
+        routes.push(Route::Settled(settled));
+    }
     if !local.is_empty() {
         routes.push(Route::Local(local));
     }
-    routes.extend(
-        remote
-            .into_iter()
-            .map(|(domain, rcpts)| Route::Smtp { domain, rcpts }),
-    );
+    routes.extend(remote.into_iter().map(|(domain, via, rcpts)| Route::Smtp {
+        domain,
+        via,
+        rcpts,
+    }));
     routes
+}
+
+/// The transport table's entry for a recipient, else the default: local
+/// domains (and `<postmaster>`) here, other domains by SMTP.
+fn next_hop(d: &Deliverer, addr: &ForwardPath) -> Hop {
+    let ForwardPath::Mailbox(m) = addr else {
+        return Hop::Local;
+    };
+    let domain = m.domain.to_lowercase();
+    match d.policy.transports.lookup(m) {
+        Some(NextHop::Local) => Hop::Local,
+        Some(NextHop::Smtp(hosts)) => Hop::Smtp(domain, hosts.clone()),
+        Some(NextHop::Error(s)) => Hop::Settled(RcptState::Failed(s.clone())),
+        Some(NextHop::Defer(s)) => Hop::Settled(RcptState::Deferred(s.clone())),
+        None if is_local(d, addr) => Hop::Local,
+        None => Hop::Smtp(domain, Vec::new()),
+    }
 }
 
 /// Hands one route to its transport and takes the states it returns.
@@ -269,7 +309,13 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             };
             run(a, &transport, &rcpts, "");
         }
-        Route::Smtp { domain, rcpts } => {
+        Route::Settled(states) => {
+            for (i, state) in states {
+                log_outcome(&a.env, &a.env.rcpts[i].addr, "none", &state, a.now);
+                a.env.rcpts[i].state = state;
+            }
+        }
+        Route::Smtp { domain, via, rcpts } => {
             // Before the network, and between domains: what was delivered
             // so far is written down, so that a crash or a stop does not
             // deliver it again.
@@ -281,6 +327,7 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             let transport = Smtp {
                 cfg: d.relay_config(),
                 dns: d.resolver.as_ref(),
+                via: &via,
             };
             run(a, &transport, &rcpts, &domain);
             if let Some(n) = lock(&d.domains).get_mut(&domain) {

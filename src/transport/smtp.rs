@@ -86,6 +86,7 @@ impl std::fmt::Display for Relayhost {
     }
 }
 
+#[derive(Clone)]
 pub struct RelayConfig {
     pub hostname: String,
     pub port: u16,
@@ -353,6 +354,10 @@ fn hop_addresses(hop: &Hop, dns: &dyn Resolver) -> Result<Vec<IpAddr>, (Status, 
 pub struct Smtp<'a> {
     pub cfg: RelayConfig,
     pub dns: &'a dyn Resolver,
+    /// Next hops a transport table named, tried in turn: the next one when
+    /// one could not take the mail (every recipient deferred). Empty: the
+    /// domain's MX hosts, or the relayhost.
+    pub via: &'a [Relayhost],
 }
 
 impl Transport for Smtp<'_> {
@@ -377,7 +382,7 @@ impl Transport for Smtp<'_> {
             .trim_start_matches("[ipv6:")
             .trim_start_matches('[')
             .trim_end_matches(']');
-        let r = deliver(target, &rcpts, &m, &self.cfg, self.dns);
+        let r = self.deliver_via(target, &rcpts, &m);
         let mut outcomes = r.outcomes.into_iter();
         let states = rcpts
             .iter()
@@ -393,6 +398,35 @@ impl Transport for Smtp<'_> {
             relay: r.relay.unwrap_or_else(|| "none".into()),
             remote_mta: r.remote_mta,
         }
+    }
+}
+
+impl Smtp<'_> {
+    /// One transaction by the configured route, or through the hosts of
+    /// `via` in turn, the next while every recipient is deferred.
+    fn deliver_via(&self, target: &str, rcpts: &[String], m: &Message) -> DomainResult {
+        let Some((last, before)) = self.via.split_last() else {
+            return deliver(target, rcpts, m, &self.cfg, self.dns);
+        };
+        let through = |host: &Relayhost| {
+            // The relayhost's credentials are for the relayhost only.
+            let cfg = RelayConfig {
+                relayhost: Some(host.clone()),
+                auth: None,
+                ..self.cfg.clone()
+            };
+            deliver(target, rcpts, m, &cfg, self.dns)
+        };
+        for host in before {
+            let r = through(host);
+            if !r.outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_))) {
+                return r;
+            }
+            log::info!(
+                "{host}: could not take the mail; trying the next host of the transport table"
+            );
+        }
+        through(last)
     }
 }
 

@@ -1,0 +1,232 @@
+//! The transport table (`transport_file`), in the spirit of Postfix's
+//! transport(5): which next hop a recipient's mail takes, instead of the
+//! domain's MX hosts or the relayhost. Keys, most specific first:
+//! `user@domain`, `domain`, `.domain` (its subdomains, the nearest parent
+//! first), `*`. Next hops: `local`, `smtp:` and a comma-separated list of
+//! `[host]:port` (no MX look-up) or `host[:port]` (the host's MX records),
+//! tried in turn when one cannot take the mail, `error:[x.y.z] text`
+//! (bounce now) and `defer:text` (keep queued). Parsing is pure; a bad
+//! line is `FILE:LINE: what is wrong`. Look-ups are hash look-ups.
+
+use std::collections::HashMap;
+
+use crate::address::Mailbox;
+use crate::smtp::reply::{split_enhanced, Enhanced};
+use crate::status::Status;
+use crate::transport::smtp::Relayhost;
+
+/// Where the table sends a recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    /// This host's mailboxes.
+    Local,
+    /// SMTP to these hosts, the next one tried when one cannot take it.
+    Smtp(Vec<Relayhost>),
+    /// Bounce at once (`error:`).
+    Error(Status),
+    /// Keep queued (`defer:`).
+    Defer(Status),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TransportTable {
+    /// `user@domain`, `domain`, `.domain` and `*` keys, lower case.
+    entries: HashMap<String, NextHop>,
+}
+
+impl TransportTable {
+    /// Reads the table at `path`.
+    pub fn load(path: &std::path::Path) -> Result<TransportTable, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        TransportTable::parse(&text, &path.display().to_string())
+    }
+
+    /// `key next-hop` lines; `#` comments and blank lines skipped.
+    pub fn parse(text: &str, file: &str) -> Result<TransportTable, String> {
+        let mut entries = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |what: String| format!("{file}:{}: {what}", n + 1);
+            let (key, hop) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| err(format!("expected 'key next-hop', found '{line}'")))?;
+            let key = key.to_ascii_lowercase();
+            if !valid_key(&key) {
+                return Err(err(format!(
+                    "'{key}' is not user@domain, domain, .domain or *"
+                )));
+            }
+            let hop = next_hop(hop.trim()).map_err(err)?;
+            if entries.insert(key.clone(), hop).is_some() {
+                return Err(err(format!("'{key}' is listed twice")));
+            }
+        }
+        Ok(TransportTable { entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry for `rcpt`, most specific first.
+    pub fn lookup(&self, rcpt: &Mailbox) -> Option<&NextHop> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let domain = rcpt.domain.to_lowercase();
+        let address = format!("{}@{domain}", rcpt.local.to_ascii_lowercase());
+        if let Some(h) = self
+            .entries
+            .get(&address)
+            .or_else(|| self.entries.get(&domain))
+        {
+            return Some(h);
+        }
+        // `.example.test` covers a.example.test and b.a.example.test.
+        let mut rest = domain.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(h) = self.entries.get(&format!(".{parent}")) {
+                return Some(h);
+            }
+            rest = parent;
+        }
+        self.entries.get("*")
+    }
+}
+
+fn valid_key(key: &str) -> bool {
+    let name = |d: &str| {
+        !d.is_empty()
+            && d.split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    };
+    match key.rsplit_once('@') {
+        _ if key == "*" => true,
+        Some((local, domain)) => !local.is_empty() && name(domain),
+        None => name(key.strip_prefix('.').unwrap_or(key)),
+    }
+}
+
+/// One next hop: `local`, `smtp:HOSTS`, `error:TEXT`, `defer:TEXT`.
+fn next_hop(text: &str) -> Result<NextHop, String> {
+    let (scheme, rest) = text.split_once(':').unwrap_or((text, ""));
+    match scheme {
+        "local" if rest.is_empty() => Ok(NextHop::Local),
+        "smtp" => smtp_hosts(rest).map(NextHop::Smtp),
+        "error" => Ok(NextHop::Error(status(rest, 550, 5))),
+        "defer" => Ok(NextHop::Defer(status(rest, 451, 4))),
+        "smtps" | "lmtp" => Err(format!(
+            "'{scheme}:' next hops are not supported yet (use smtp:, local, error: or defer:)"
+        )),
+        _ => Err(format!(
+            "unknown next hop '{text}' (expected local, smtp:, error: or defer:)"
+        )),
+    }
+}
+
+/// `[a.test]:25, b.test:2525, c.test`: each with port 25 unless given.
+fn smtp_hosts(list: &str) -> Result<Vec<Relayhost>, String> {
+    let hosts: Vec<Relayhost> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            Relayhost::parse(h, 25)
+                .ok_or_else(|| format!("bad host '{h}' (expected [host]:port, host:port or host)"))
+        })
+        .collect::<Result<_, _>>()?;
+    if hosts.is_empty() {
+        return Err("smtp: needs a host".into());
+    }
+    Ok(hosts)
+}
+
+/// `5.1.1 text` or `text`: the reason given, with the class's codes.
+fn status(text: &str, code: u16, class: u8) -> Status {
+    let text = text.trim();
+    match split_enhanced(text) {
+        (Some(e), rest) if e.0 == class => Status::new(code, e, rest.trim()),
+        _ => Status::new(code, Enhanced(class, 0, 0), text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> TransportTable {
+        TransportTable::parse(text, "t").unwrap()
+    }
+
+    fn hop<'a>(t: &'a TransportTable, addr: &str) -> Option<&'a NextHop> {
+        t.lookup(&Mailbox::parse(addr).unwrap())
+    }
+
+    #[test]
+    fn the_most_specific_key_wins() {
+        let t = table(
+            "# comment\nboss@example.test local\nexample.test smtp:[10.0.0.1]:2525\n\
+             .example.test smtp:inner.test\n* defer:4.3.2 not now\n",
+        );
+        assert_eq!(hop(&t, "Boss@Example.test"), Some(&NextHop::Local));
+        let smtp = |h: &str| NextHop::Smtp(vec![Relayhost::parse(h, 25).unwrap()]);
+        assert_eq!(hop(&t, "x@example.test"), Some(&smtp("[10.0.0.1]:2525")));
+        assert_eq!(hop(&t, "x@a.b.example.test"), Some(&smtp("inner.test")));
+        let Some(NextHop::Defer(s)) = hop(&t, "x@other.test") else {
+            panic!()
+        };
+        assert_eq!(s.to_string(), "451 4.3.2 not now");
+        assert_eq!(table("").lookup(&Mailbox::parse("x@y.test").unwrap()), None);
+    }
+
+    #[test]
+    fn next_hops_parse_with_their_lists_and_statuses() {
+        let t = table("a.test smtp:[dead.test]:25, [live.test]:2525\nb.test error:5.1.1 gone\nc.test error:no such domain here\n");
+        let Some(NextHop::Smtp(hosts)) = hop(&t, "x@a.test") else {
+            panic!()
+        };
+        assert_eq!(hosts.len(), 2);
+        assert_eq!((hosts[1].host.as_str(), hosts[1].port), ("live.test", 2525));
+        let Some(NextHop::Error(s)) = hop(&t, "x@b.test") else {
+            panic!()
+        };
+        assert_eq!(s.to_string(), "550 5.1.1 gone");
+        let Some(NextHop::Error(s)) = hop(&t, "x@c.test") else {
+            panic!()
+        };
+        assert_eq!(s.to_string(), "550 5.0.0 no such domain here");
+    }
+
+    #[test]
+    fn bad_lines_name_their_file_and_line() {
+        for (text, what) in [
+            ("a.test\n", "t:1: expected 'key next-hop'"),
+            (
+                "ok.test local\na.test smtp:[h]:99999\n",
+                "t:2: bad host '[h]:99999'",
+            ),
+            ("a.test ftp:x\n", "t:1: unknown next hop 'ftp:x'"),
+            (
+                "a.test smtps:[h]:465\n",
+                "t:1: 'smtps:' next hops are not supported yet",
+            ),
+            ("a_b.test local\n", "t:1: 'a_b.test' is not user@domain"),
+            (
+                "a.test local\nA.test local\n",
+                "t:2: 'a.test' is listed twice",
+            ),
+            ("a.test smtp:\n", "t:1: smtp: needs a host"),
+        ] {
+            let e = TransportTable::parse(text, "t").unwrap_err();
+            assert!(e.starts_with(what), "{text:?}: {e}");
+        }
+    }
+}
