@@ -104,6 +104,8 @@ pub enum Start {
     Greet,
     /// Inside TLS after STARTTLS: no greeting; the client sends EHLO.
     AfterTls,
+    /// Inside TLS from the first byte (RFC 8314): the greeting.
+    ImplicitTls,
 }
 
 /// What the connection loop needs of its transport beyond reading.
@@ -289,10 +291,16 @@ pub fn run<R: Read, W: Write>(
     let mut session = Session::new(scfg, &ctx.policy, client.clone());
     let mut reader = BufReader::with_capacity(16 * 1024, input);
     let mut out = Vec::with_capacity(1024);
-    if start == Start::AfterTls {
-        session = session.after_tls();
-    } else if !greet(&mut reader, &mut output, &mut out, ctl, &mut session, ctx) {
-        return Ending::Closed;
+    match start {
+        Start::AfterTls => session = session.after_tls(),
+        Start::ImplicitTls => {
+            session = session.after_tls();
+            session.greeting().write_to(&mut out);
+        }
+        Start::Greet if !greet(&mut reader, &mut output, &mut out, ctl, &mut session, ctx) => {
+            return Ending::Closed;
+        }
+        Start::Greet => {}
     }
     let timer = Timer::new(ctl);
     let mut first_line = start == Start::Greet;
@@ -523,7 +531,36 @@ impl Write for &TlsStream {
 
 /// Serves a TCP connection: plaintext first, then, after STARTTLS, the
 /// handshake and a new session inside TLS.
-pub fn serve_tcp(sock: &std::net::TcpStream, client: Client, ctx: &Context, in_data: &AtomicBool) {
+/// Serves a TCP connection: plaintext first, then, after STARTTLS, the
+/// handshake and a new session inside TLS; with `implicit_tls` (an
+/// `smtps_listen` port, RFC 8314 §3.3), TLS from the first byte.
+pub fn serve_tcp(
+    sock: &std::net::TcpStream,
+    client: Client,
+    ctx: &Context,
+    in_data: &AtomicBool,
+    implicit_tls: bool,
+) {
+    #[cfg(feature = "tls")]
+    if implicit_tls {
+        if let Some(stream) = server_tls(sock, &client, ctx) {
+            run(
+                &stream,
+                &stream,
+                &&stream,
+                client,
+                ctx,
+                in_data,
+                Start::ImplicitTls,
+                false,
+            );
+        }
+        return;
+    }
+    #[cfg(not(feature = "tls"))]
+    if implicit_tls {
+        return; // refused at start: smtps_listen needs the tls feature
+    }
     #[cfg(feature = "tls")]
     let tls_possible = ctx.tls.is_some();
     #[cfg(not(feature = "tls"))]
@@ -540,52 +577,60 @@ pub fn serve_tcp(sock: &std::net::TcpStream, client: Client, ctx: &Context, in_d
         tls_possible,
     );
     #[cfg(feature = "tls")]
-    if let (Ending::StartTls, Some(cfg)) = (ending, &ctx.tls) {
-        let peer = peer_name(&client);
-        let Ok(plain) = sock.try_clone() else { return };
-        let conn = match rustls::ServerConnection::new(cfg.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("warning: {peer}: TLS setup: {e}");
-                return;
-            }
-        };
-        // The whole handshake within one command time-out.
-        let plain = Deadline {
-            sock: plain,
-            until: Some(Instant::now() + ctx.cfg.command_timeout),
-            set: None,
-        };
-        let mut tls = rustls::StreamOwned::new(conn, plain);
-        while tls.conn.is_handshaking() {
-            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-                log::info!("{peer}: TLS handshake failed: {e}");
-                return;
-            }
+    if ending == Ending::StartTls {
+        if let Some(stream) = server_tls(sock, &client, ctx) {
+            run(
+                &stream,
+                &stream,
+                &&stream,
+                client,
+                ctx,
+                in_data,
+                Start::AfterTls,
+                false,
+            );
         }
-        let version = tls
-            .conn
-            .protocol_version()
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_default();
-        let suite = tls
-            .conn
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_default();
-        log::info!("{peer}: TLS established: {version} {suite}");
-        let stream = TlsStream(std::cell::RefCell::new(tls));
-        run(
-            &stream,
-            &stream,
-            &&stream,
-            client,
-            ctx,
-            in_data,
-            Start::AfterTls,
-            false,
-        );
     }
+}
+
+/// The server side of a TLS handshake on `sock`, within one command
+/// time-out; `None` (logged) when it fails or TLS is not configured.
+#[cfg(feature = "tls")]
+fn server_tls(sock: &std::net::TcpStream, client: &Client, ctx: &Context) -> Option<TlsStream> {
+    let peer = peer_name(client);
+    let cfg = ctx.tls.as_ref()?;
+    let plain = sock.try_clone().ok()?;
+    let conn = match rustls::ServerConnection::new(cfg.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("warning: {peer}: TLS setup: {e}");
+            return None;
+        }
+    };
+    let plain = Deadline {
+        sock: plain,
+        until: Some(Instant::now() + ctx.cfg.command_timeout),
+        set: None,
+    };
+    let mut tls = rustls::StreamOwned::new(conn, plain);
+    while tls.conn.is_handshaking() {
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            log::info!("{peer}: TLS handshake failed: {e}");
+            return None;
+        }
+    }
+    let version = tls
+        .conn
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    let suite = tls
+        .conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    log::info!("{peer}: TLS established: {version} {suite}");
+    Some(TlsStream(std::cell::RefCell::new(tls)))
 }
 
 /// `[192.0.2.1]` for logs, or `localhost` for a local session.

@@ -26,14 +26,25 @@ const SESSION_STACK: usize = 256 * 1024;
 struct Job {
     stream: TcpStream,
     peer: SocketAddr,
-    /// Accepted on a submission listener: AUTH before MAIL.
-    submission: bool,
+    /// The kind of listener that accepted it.
+    port: Port,
 }
 
-/// A bound listener; `submission` listeners require AUTH.
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// SMTP (RFC 5321), STARTTLS when configured.
+    Smtp,
+    /// Submission (RFC 6409): AUTH before MAIL.
+    Submission,
+    /// Submission with TLS from the first byte (RFC 8314 §3.3).
+    Smtps,
+}
+
+/// A bound listener.
 pub struct Listener {
     pub socket: TcpListener,
-    pub submission: bool,
+    pub port: Port,
 }
 
 /// Book-keeping shared by listeners, workers and the signal thread.
@@ -55,15 +66,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// be bound is an error.
 pub fn bind(ctx: &Context) -> Result<Vec<Listener>, String> {
     let mut listeners = Vec::new();
-    let all = ctx
-        .cfg
+    let cfg = &ctx.cfg;
+    let all = cfg
         .listen
         .iter()
-        .map(|a| (a, false))
-        .chain(ctx.cfg.submission_listen.iter().map(|a| (a, true)));
-    for (addr, submission) in all {
+        .map(|a| (a, Port::Smtp))
+        .chain(cfg.submission_listen.iter().map(|a| (a, Port::Submission)))
+        .chain(cfg.smtps_listen.iter().map(|a| (a, Port::Smtps)));
+    for (addr, port) in all {
         match TcpListener::bind(addr) {
-            Ok(socket) => listeners.push(Listener { socket, submission }),
+            Ok(socket) => listeners.push(Listener { socket, port }),
             Err(e) if ctx.cfg.listen_is_default && addr.is_ipv6() => {
                 log::info!("not listening on {addr}: {e}");
             }
@@ -109,25 +121,21 @@ pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Res
     let jobs = Handoff::<Job>::new();
     let mut local_addrs = Vec::new();
     let mut handles = Vec::new();
-    for Listener {
-        socket: l,
-        submission,
-    } in listeners
-    {
+    for Listener { socket: l, port } in listeners {
         let addr = l.local_addr().map_err(|e| e.to_string())?;
         log::info!(
             "listening on {addr}{}",
-            if submission {
-                " (submission: AUTH required)"
-            } else {
-                ""
+            match port {
+                Port::Smtp => "",
+                Port::Submission => " (submission: AUTH required)",
+                Port::Smtps => " (submission over TLS from the first byte: AUTH required)",
             }
         );
         local_addrs.push(addr);
         let (slot, pool, jobs) = (slot.clone(), pool.clone(), jobs.clone());
         let h = thread::Builder::new()
             .name(format!("listen {addr}"))
-            .spawn(move || accept_loop(l, submission, slot, pool, jobs))
+            .spawn(move || accept_loop(l, port, slot, pool, jobs))
             .map_err(|e| e.to_string())?;
         handles.push(h);
     }
@@ -209,13 +217,7 @@ fn refuse(mut stream: TcpStream, reply: Reply) {
     let _ = stream.shutdown(Shutdown::Both);
 }
 
-fn accept_loop(
-    l: TcpListener,
-    submission: bool,
-    slot: ContextSlot,
-    pool: Arc<Pool>,
-    jobs: Handoff<Job>,
-) {
+fn accept_loop(l: TcpListener, port: Port, slot: ContextSlot, pool: Arc<Pool>, jobs: Handoff<Job>) {
     loop {
         let (stream, peer) = match l.accept() {
             Ok(x) => x,
@@ -254,11 +256,7 @@ fn accept_loop(
                 }
             }
         }
-        jobs.send(Job {
-            stream,
-            peer,
-            submission,
-        });
+        jobs.send(Job { stream, peer, port });
     }
 }
 
@@ -310,12 +308,13 @@ fn worker(jobs: Handoff<Job>, slot: ContextSlot, pool: Arc<Pool>) {
         let _ = job.stream.set_nodelay(true);
         let client = Client {
             ip: Some(ip),
-            // On the submission port only AUTH grants relaying.
-            may_relay: !job.submission && ctx.cfg.may_relay(ip),
-            auth_required: job.submission,
+            // On the submission ports only AUTH grants relaying.
+            may_relay: job.port == Port::Smtp && ctx.cfg.may_relay(ip),
+            auth_required: job.port != Port::Smtp,
         };
+        let implicit_tls = job.port == Port::Smtps;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            receive::serve_tcp(&job.stream, client, &ctx, &in_data);
+            receive::serve_tcp(&job.stream, client, &ctx, &in_data, implicit_tls);
         }));
         if result.is_err() {
             log::error!("error: session with [{ip}] panicked; connection closed");

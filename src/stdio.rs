@@ -60,7 +60,7 @@ pub fn serve(ctx: &Context, local: bool) -> Client {
             ip.map(|i| i.to_string()).unwrap_or_default()
         );
         let _ = sock.set_write_timeout(Some(ctx.cfg.command_timeout));
-        receive::serve_tcp(&sock, client.clone(), ctx, &in_data);
+        receive::serve_tcp(&sock, client.clone(), ctx, &in_data, false);
         return client;
     }
     let ip = ["TCPREMOTEIP", "SOCAT_PEERADDR", "REMOTE_HOST"]

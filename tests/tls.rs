@@ -661,3 +661,81 @@ fn relayhost_tls_verify_checks_the_certificate_and_the_name() {
     });
     assert!(servers[1].queued().is_empty());
 }
+
+#[test]
+fn satchel_relays_through_an_smtps_smarthost_with_auth_and_a_verified_certificate() {
+    let dns = common::dns::TestDns::start();
+    let (smart_ip, edge_ip) = ([127, 0, 0, 18], [127, 0, 0, 19]);
+    let port = shared_port(&[smart_ip, edge_ip]);
+    let smtps_port = shared_port(&[smart_ip]);
+    dns.a("smart.test", smart_ip.into());
+    let ca_dir = common::TempDir::new("smtps-ca");
+    let ca = make_ca(&ca_dir.0);
+    let mut smart = Server::prepare_at(
+        smart_ip,
+        port,
+        &format!(
+            "hostname = smart.test\nrelay_networks = 127.0.0.99/32\ndefer_delivery = yes\n\
+             smtps_listen = 127.0.0.18:{smtps_port}\n"
+        ),
+    );
+    let (cert, key) = signed_cert(&smart.dir.0, &ca_dir.0, "smart.test");
+    let creds = smart.dir.0.join("users");
+    std::fs::write(&creds, format!("edge:{}\n", sha512_crypt("pa55"))).unwrap();
+    let text = std::fs::read_to_string(&smart.conf).unwrap();
+    std::fs::write(
+        &smart.conf,
+        format!(
+            "{text}tls_cert = {cert}\ntls_key = {key}\nauth_users_file = {}\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    smart.spawn();
+    assert!(smart
+        .log()
+        .contains("(submission over TLS from the first byte: AUTH required)"));
+    let mut edge = Server::prepare_at(
+        edge_ip,
+        port,
+        &format!(
+            "hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\ndns_servers = {}\n\
+             relayhost = smtps:[smart.test]:{smtps_port}\nrelayhost_tls = verify\ntls_ca_file = {ca}\n",
+            dns.addr
+        ),
+    );
+    let secret = edge.dir.0.join("relay-auth");
+    std::fs::write(&secret, "edge:pa55\n").unwrap();
+    let text = std::fs::read_to_string(&edge.conf).unwrap();
+    std::fs::write(
+        &edge.conf,
+        format!("{text}relayhost_auth_file = {}\n", secret.display()),
+    )
+    .unwrap();
+    edge.spawn();
+    let mut c = Client::connect(edge.addr());
+    c.hello();
+    let (code, _) = c.mail(
+        "cron@edge.test",
+        &["admin@far.test"],
+        b"Subject: via smtps\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250);
+    smart.wait_for("the smarthost's queue", || smart.queued().len() == 1);
+    let id = smart.queued().pop().unwrap();
+    let msg = String::from_utf8(smart.message(&id)).unwrap();
+    assert!(msg.contains("with ESMTPSA id"), "{msg}");
+    assert!(
+        edge.log()
+            .contains("smart.test[127.0.0.18]: TLS established"),
+        "{}",
+        edge.log()
+    );
+    assert!(
+        smart
+            .log()
+            .contains("sasl_method=PLAIN, sasl_username=edge"),
+        "{}",
+        smart.log()
+    );
+}

@@ -264,6 +264,11 @@ impl Config {
                 "tls_cert and tls_key go together: set both or neither".into()
             ));
         }
+        if !self.smtps_listen.is_empty() && (self.tls_cert.is_none() || !cfg!(feature = "tls")) {
+            return Err(err(
+                "smtps_listen needs tls_cert and tls_key (and a satchel built with tls)".into(),
+            ));
+        }
         if self.min_backoff > self.max_backoff {
             return Err(err(format!(
                 "min_backoff ({}s) is larger than max_backoff ({}s)",
@@ -537,7 +542,8 @@ mod tests {
                 "user",
                 "group",
                 "delivery_threads",
-                "submission_listen"
+                "submission_listen",
+                "smtps_listen"
             ]
         );
     }

@@ -424,6 +424,11 @@ section "TLS and authentication" {
     /// AUTH first (530 5.7.0 otherwise), and relay_networks does not apply.
     submission_listen: Vec<SocketAddr> = "", List::of(SocketAddress), Restart;
 
+    /// Submission listeners with TLS from the first byte (RFC 8314 §3.3, port
+    /// 465 style): as submission_listen, inside TLS (tls_cert and tls_key are
+    /// needed).
+    smtps_listen: Vec<SocketAddr> = "", List::of(SocketAddress), Restart;
+
     /// `user:password` (one line) for AUTH towards the relayhost. Sent only inside
     /// TLS. Keep it readable by the service user alone (chmod 600): satchel warns
     /// otherwise.

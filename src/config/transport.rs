@@ -2,8 +2,9 @@
 //! transport(5): which next hop a recipient's mail takes, instead of the
 //! domain's MX hosts or the relayhost. Keys, most specific first:
 //! `user@domain`, `domain`, `.domain` (its subdomains, the nearest parent
-//! first), `*`. Next hops: `local`, `smtp:` and a comma-separated list of
-//! `[host]:port` (no MX look-up) or `host[:port]` (the host's MX records),
+//! first), `*`. Next hops: `local`, `smtp:` (or `smtps:`, TLS from the
+//! first byte) and a comma-separated list of `[host]:port` (no MX
+//! look-up) or `host[:port]` (the host's MX records),
 //! tried in turn when one cannot take the mail, `error:[x.y.z] text`
 //! (bounce now) and `defer:text` (keep queued). Parsing is pure; a bad
 //! line is `FILE:LINE: what is wrong`. Look-ups are hash look-ups.
@@ -120,26 +121,29 @@ fn next_hop(text: &str) -> Result<NextHop, String> {
     let (scheme, rest) = text.split_once(':').unwrap_or((text, ""));
     match scheme {
         "local" if rest.is_empty() => Ok(NextHop::Local),
-        "smtp" => smtp_hosts(rest).map(NextHop::Smtp),
+        "smtp" => smtp_hosts(rest, false).map(NextHop::Smtp),
+        "smtps" => smtp_hosts(rest, true).map(NextHop::Smtp),
         "error" => Ok(NextHop::Error(status(rest, 550, 5))),
         "defer" => Ok(NextHop::Defer(status(rest, 451, 4))),
-        "smtps" | "lmtp" => Err(format!(
-            "'{scheme}:' next hops are not supported yet (use smtp:, local, error: or defer:)"
+        "lmtp" => Err(format!(
+            "'{scheme}:' next hops are not supported yet (use smtp:, smtps:, local, error: or defer:)"
         )),
         _ => Err(format!(
-            "unknown next hop '{text}' (expected local, smtp:, error: or defer:)"
+            "unknown next hop '{text}' (expected local, smtp:, smtps:, error: or defer:)"
         )),
     }
 }
 
-/// `[a.test]:25, b.test:2525, c.test`: each with port 25 unless given.
-fn smtp_hosts(list: &str) -> Result<Vec<Relayhost>, String> {
+/// `[a.test]:25, b.test:2525, c.test`: each with port 25 unless given
+/// (465, and TLS from the first byte, for `smtps:`).
+fn smtp_hosts(list: &str, implicit_tls: bool) -> Result<Vec<Relayhost>, String> {
+    let scheme = if implicit_tls { "smtps:" } else { "smtp:" };
     let hosts: Vec<Relayhost> = list
         .split(',')
         .map(str::trim)
         .filter(|h| !h.is_empty())
         .map(|h| {
-            Relayhost::parse(h, 25)
+            Relayhost::parse(&format!("{scheme}{h}"), 25)
                 .ok_or_else(|| format!("bad host '{h}' (expected [host]:port, host:port or host)"))
         })
         .collect::<Result<_, _>>()?;
@@ -215,8 +219,8 @@ mod tests {
             ),
             ("a.test ftp:x\n", "t:1: unknown next hop 'ftp:x'"),
             (
-                "a.test smtps:[h]:465\n",
-                "t:1: 'smtps:' next hops are not supported yet",
+                "a.test lmtp:[h]:24\n",
+                "t:1: 'lmtp:' next hops are not supported yet",
             ),
             ("a_b.test local\n", "t:1: 'a_b.test' is not user@domain"),
             (

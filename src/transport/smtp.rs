@@ -41,16 +41,23 @@ pub struct DomainResult {
     pub remote_mta: Option<String>,
 }
 
-/// `relayhost = [host]:port` (no MX look-up) or `host:port` (MX look-up of host).
+/// `relayhost = [host]:port` (no MX look-up) or `host:port` (MX look-up of
+/// host); `smtps:` first for TLS from the first byte (RFC 8314, port 465
+/// unless given).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relayhost {
     pub host: String,
     pub port: u16,
     pub mx_lookup: bool,
+    pub implicit_tls: bool,
 }
 
 impl Relayhost {
     pub fn parse(s: &str, default_port: u16) -> Option<Relayhost> {
+        let (s, implicit_tls, default_port) = match s.strip_prefix("smtps:") {
+            Some(rest) => (rest, true, 465),
+            None => (s.strip_prefix("smtp:").unwrap_or(s), false, default_port),
+        };
         let (host, mx_lookup, rest) = if let Some(r) = s.strip_prefix('[') {
             let end = r.find(']')?;
             (&r[..end], false, &r[end + 1..])
@@ -72,12 +79,16 @@ impl Relayhost {
             host: host.to_ascii_lowercase(),
             port,
             mx_lookup,
+            implicit_tls,
         })
     }
 }
 
 impl std::fmt::Display for Relayhost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.implicit_tls {
+            f.write_str("smtps:")?;
+        }
         if self.mx_lookup {
             write!(f, "{}:{}", self.host, self.port)
         } else {
@@ -705,7 +716,11 @@ fn transaction(
         // cipher) still gets the mail, in plaintext, as Postfix does at
         // level "may". Never when TLS is required, or to log in
         // (credentials only go inside TLS).
-        Err(HostError::Tls(e)) if !cfg.tls.required && cfg.auth.is_none() => {
+        Err(HostError::Tls(e))
+            if !cfg.tls.required
+                && cfg.auth.is_none()
+                && !cfg.relayhost.as_ref().is_some_and(|r| r.implicit_tls) =>
+        {
             log::info!(
                 "{host}[{}]: TLS handshake failed; trying again without TLS ({e})",
                 addr.ip()
@@ -801,6 +816,10 @@ fn open_session(
         read_timeout: None,
         reset: false,
     };
+    let implicit_tls = cfg.relayhost.as_ref().is_some_and(|r| r.implicit_tls);
+    if implicit_tls {
+        tls_first(&mut c, host, addr, cfg)?;
+    }
     let greeting = c.reply(cfg.command_timeout)?;
     if greeting.code != 220 {
         return Err(refused("greeting", &greeting));
@@ -816,13 +835,40 @@ fn open_session(
         Capabilities::default()
     };
     #[cfg(feature = "tls")]
-    let caps = match cfg.tls.config.clone().filter(|_| use_tls) {
+    let caps = match cfg.tls.config.clone().filter(|_| use_tls && !implicit_tls) {
         Some(tls) => start_tls(&mut c, caps, tls, host, addr, cfg)?,
         None => caps,
     };
     #[cfg(not(feature = "tls"))]
     let _ = (use_tls, host);
     Ok((c, caps))
+}
+
+/// RFC 8314: TLS from the first byte (an `smtps:` next hop), before the
+/// greeting; the policy's certificate checks apply as with STARTTLS.
+fn tls_first(
+    c: &mut Conn,
+    host: &str,
+    addr: SocketAddr,
+    cfg: &RelayConfig,
+) -> Result<(), HostError> {
+    #[cfg(feature = "tls")]
+    {
+        let tls =
+            cfg.tls.config.clone().ok_or_else(|| {
+                HostError::Tls("smtps: needs TLS, and relayhost_tls is none".into())
+            })?;
+        let what = c.start_tls(tls, host)?;
+        log::info!("{host}[{}]: TLS established: {what}", addr.ip());
+        Ok(())
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (c, addr, cfg);
+        Err(HostError::Tls(format!(
+            "{host}: smtps: needs TLS, and this satchel was built without the tls feature"
+        )))
+    }
 }
 
 /// STARTTLS when offered (required by the policy or not), and the
@@ -1155,7 +1201,8 @@ mod tests {
             Some(Relayhost {
                 host: "127.0.0.4".into(),
                 port: 2525,
-                mx_lookup: false
+                mx_lookup: false,
+                implicit_tls: false
             })
         );
         assert_eq!(
@@ -1163,7 +1210,8 @@ mod tests {
             Some(Relayhost {
                 host: "smart.example".into(),
                 port: 25,
-                mx_lookup: true
+                mx_lookup: true,
+                implicit_tls: false
             })
         );
         assert_eq!(
@@ -1171,10 +1219,21 @@ mod tests {
             Some(Relayhost {
                 host: "smart.example".into(),
                 port: 587,
-                mx_lookup: true
+                mx_lookup: true,
+                implicit_tls: false
             })
         );
         assert_eq!(Relayhost::parse("[::1]:26", 25).map(|r| r.port), Some(26));
+        let tls = Relayhost::parse("smtps:[mail.example]", 25).unwrap();
+        assert_eq!(
+            (tls.port, tls.implicit_tls, tls.mx_lookup),
+            (465, true, false)
+        );
+        assert_eq!(tls.to_string(), "smtps:[mail.example]:465");
+        assert_eq!(
+            Relayhost::parse("smtp:[a]:26", 25).map(|r| r.implicit_tls),
+            Some(false)
+        );
         assert_eq!(Relayhost::parse("[x]:notaport", 25), None);
         assert_eq!(Relayhost::parse("", 25), None);
     }
