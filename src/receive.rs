@@ -286,17 +286,12 @@ pub fn run<R: Read, W: Write>(
     tls_possible: bool,
 ) -> Ending {
     let peer = peer_name(&client);
-    let mut scfg = ctx.session.clone();
-    scfg.tls_available &= tls_possible;
-    let mut session = Session::new(scfg, &ctx.policy, client.clone());
+    let mut session = new_session(ctx, &client, start, tls_possible);
     let mut reader = BufReader::with_capacity(16 * 1024, input);
     let mut out = Vec::with_capacity(1024);
     match start {
-        Start::AfterTls => session = session.after_tls(),
-        Start::ImplicitTls => {
-            session = session.after_tls();
-            session.greeting().write_to(&mut out);
-        }
+        Start::AfterTls => {}
+        Start::ImplicitTls => session.greeting().write_to(&mut out),
         Start::Greet if !greet(&mut reader, &mut output, &mut out, ctl, &mut session, ctx) => {
             return Ending::Closed;
         }
@@ -378,6 +373,23 @@ fn to_tls<R: Read, W: Write>(
         );
     }
     Ending::StartTls
+}
+
+/// The session state machine for a connection that starts at `start`
+/// (inside TLS for all but `Greet`).
+fn new_session<'c>(
+    ctx: &'c Context,
+    client: &Client,
+    start: Start,
+    tls_possible: bool,
+) -> Session<'c> {
+    let mut scfg = ctx.session.clone();
+    scfg.tls_available &= tls_possible;
+    let session = Session::new(scfg, &ctx.policy, client.clone());
+    match start {
+        Start::Greet => session,
+        Start::AfterTls | Start::ImplicitTls => session.after_tls(),
+    }
 }
 
 /// The greeting, unless the client talked first (RFC 5321 §3.1, §4.3.1:
