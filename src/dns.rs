@@ -602,10 +602,11 @@ pub fn from_config(cfg: &crate::config::Config) -> Result<Box<dyn Resolver>, Str
         Ok(r) => Ok(Box::new(r)),
         // With a smarthost by IP address no DNS is needed at all.
         Err(e)
-            if cfg
-                .relayhost
-                .as_ref()
-                .is_some_and(|r| r.host.parse::<std::net::IpAddr>().is_ok()) =>
+            if !cfg.relayhost.is_empty()
+                && cfg
+                    .relayhost
+                    .iter()
+                    .all(|r| r.host.parse::<std::net::IpAddr>().is_ok()) =>
         {
             log::info!("no DNS ({e}); all mail goes to the relayhost");
             Ok(Box::new(DnsResolver::new(Vec::new(), timeout, 1)))

@@ -186,7 +186,7 @@ fn a_hub_forwards_by_its_transport_table_and_falls_over_to_the_next_host() {
         "{log}"
     );
     assert!(
-        log.contains("trying the next host of the transport table"),
+        log.contains("could not take the mail; trying the next host"),
         "{log}"
     );
     assert_eq!(hub.queued(), [id], "kept for the deferred recipient");
@@ -213,4 +213,35 @@ fn a_broken_transport_table_is_refused_with_its_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("transport:2: bad host '[h]:99999'"), "{err}");
+}
+
+#[test]
+fn a_dead_first_relayhost_falls_over_to_the_second() {
+    let (edge_ip, smart_ip) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    let port = shared_port(&[edge_ip, smart_ip]);
+    let smart = Server::start_at(
+        smart_ip,
+        port,
+        "hostname = smart.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = yes\n",
+    );
+    let edge = Server::start_at(
+        edge_ip,
+        port,
+        &format!(
+            "hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
+             relayhost = [127.0.0.9]:{port}, [127.0.0.3]:{port}\nconnect_timeout = 2s\n"
+        ),
+    );
+    let mut c = Client::connect(edge.addr());
+    c.hello();
+    let (code, _) = c.mail("cron@edge.test", &["admin@far.test"], BODY);
+    assert_eq!(code, 250);
+    smart.wait_for("the second relayhost's copy", || smart.queued().len() == 1);
+    edge.wait_for("the edge's queue emptied", || edge.queued().is_empty());
+    let log = edge.log();
+    assert!(
+        log.contains(&format!("[127.0.0.9]:{port}: could not take the mail")),
+        "{log}"
+    );
+    assert!(log.contains("relay=127.0.0.3[127.0.0.3]"), "{log}");
 }

@@ -377,8 +377,10 @@ section "Delivering" {
     /// Send all remote mail through this host instead of the recipient domains'
     /// MX hosts: `[host]:port` connects to that host (an IP address or a name)
     /// with no MX look-up; `host:port` uses host's MX records; the port defaults
-    /// to 25. Empty = MX look-up of each recipient domain (RFC 5321 §5.1).
-    relayhost: Option<crate::transport::smtp::Relayhost> = "", Optional(HostPort), Live;
+    /// to 25; `smtps:[host]:465` speaks TLS from the first byte (RFC 8314). A
+    /// list is tried in order: the next host when one cannot be reached or
+    /// answers 4xx. Empty = MX look-up of each recipient domain (RFC 5321 §5.1).
+    relayhost: Vec<crate::transport::smtp::Relayhost> = "", List::of(HostPort), Live;
 
     /// Time-out of an outbound TCP connect.
     connect_timeout: Duration = "30s", NOT_ZERO, Live;
@@ -429,9 +431,11 @@ section "TLS and authentication" {
     /// needed).
     smtps_listen: Vec<SocketAddr> = "", List::of(SocketAddress), Restart;
 
-    /// `user:password` (one line) for AUTH towards the relayhost. Sent only inside
-    /// TLS. Keep it readable by the service user alone (chmod 600): satchel warns
-    /// otherwise.
+    /// `user:password` (one line) for AUTH towards the relayhost, or one
+    /// `[host]:port user:password` line per relay host (the host as written in
+    /// relayhost or transport_file; a bare name matches any port). Sent only
+    /// inside TLS. Keep it readable by the service user alone (chmod 600):
+    /// satchel warns otherwise.
     relayhost_auth_file: Option<PathBuf> = "", Optional(FilePath), Live;
 }
 }

@@ -324,10 +324,19 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                 a.postponed = true;
                 return;
             }
+            // No host of the transport table: the relayhost list, if any.
+            let via_relayhost = via.is_empty() && !d.cfg.relayhost.is_empty();
+            let via = if via_relayhost {
+                d.cfg.relayhost.clone()
+            } else {
+                via
+            };
             let transport = Smtp {
                 cfg: d.relay_config(),
                 dns: d.resolver.as_ref(),
                 via: &via,
+                credentials: &d.relay_auth,
+                via_relayhost,
             };
             run(a, &transport, &rcpts, &domain);
             if let Some(n) = lock(&d.domains).get_mut(&domain) {

@@ -29,7 +29,7 @@ use crate::envelope::{Envelope, RcptState};
 use crate::handoff::Handoff;
 use crate::policy::LocalPolicy;
 use crate::spool::Spool;
-use crate::transport::smtp::RelayConfig;
+use crate::transport::smtp::{RelayConfig, RelayCredentials};
 
 mod attempt;
 mod control;
@@ -53,13 +53,15 @@ pub struct Deliverer {
     /// Connections in progress per destination domain (kept across reloads).
     pub(super) domains: Arc<Mutex<HashMap<String, usize>>>,
     tls_client: crate::transport::smtp::ClientTls,
-    relay_auth: Option<(String, String)>,
+    pub(super) relay_auth: RelayCredentials,
 }
 
-/// `relayhost_auth_file`: one `user:password` line. Warns when others
-/// may read it.
-fn relay_auth(cfg: &Config) -> Option<(String, String)> {
-    let f = cfg.relayhost_auth_file.as_ref()?;
+/// `relayhost_auth_file`, read: `user:password` for the relayhost, or
+/// `HOST user:password` lines per relay host. Warns when others may read it.
+fn relay_auth(cfg: &Config) -> RelayCredentials {
+    let Some(f) = cfg.relayhost_auth_file.as_ref() else {
+        return RelayCredentials::default();
+    };
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = fs::metadata(f) {
         if m.permissions().mode() & 0o077 != 0 {
@@ -70,20 +72,16 @@ fn relay_auth(cfg: &Config) -> Option<(String, String)> {
         }
     }
     match fs::read_to_string(f) {
-        Ok(t) => match t
-            .lines()
-            .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .and_then(|l| l.split_once(':'))
-        {
-            Some((u, p)) => Some((u.trim().to_string(), p.trim_end().to_string())),
-            None => {
-                log::warn!("warning: {}: expected 'user:password'", f.display());
-                None
-            }
-        },
+        Ok(t) => RelayCredentials::parse(&t).unwrap_or_else(|line| {
+            log::warn!(
+                "warning: {}:{line}: expected 'user:password' or '[host]:port user:password'",
+                f.display()
+            );
+            RelayCredentials::default()
+        }),
         Err(e) => {
             log::warn!("warning: {}: {e}", f.display());
-            None
+            RelayCredentials::default()
         }
     }
 }
@@ -159,16 +157,13 @@ impl Deliverer {
         RelayConfig {
             hostname: self.cfg.hostname.clone(),
             port: self.cfg.relay_port,
-            relayhost: self.cfg.relayhost.clone(),
+            // The hosts of a route come with each delivery (`Smtp::via`).
+            relayhost: None,
             connect_timeout: self.cfg.connect_timeout,
             command_timeout: self.cfg.relay_timeout,
             tls: self.tls_client.clone(),
             relay_domains: self.cfg.relay_domains.clone(),
-            auth: if self.cfg.relayhost.is_some() {
-                self.relay_auth.clone()
-            } else {
-                None
-            },
+            auth: None,
         }
     }
 }
@@ -178,7 +173,7 @@ impl Deliverer {
 #[cfg(feature = "tls")]
 fn client_tls(cfg: &Config) -> crate::transport::smtp::ClientTls {
     use crate::config::RelayTls;
-    let mode = if cfg.relayhost.is_some() {
+    let mode = if !cfg.relayhost.is_empty() {
         cfg.relayhost_tls
     } else {
         RelayTls::Opportunistic
@@ -212,7 +207,7 @@ fn client_tls(cfg: &Config) -> crate::transport::smtp::ClientTls {
 
 #[cfg(not(feature = "tls"))]
 fn client_tls(cfg: &Config) -> crate::transport::smtp::ClientTls {
-    let required = cfg.relayhost.is_some()
+    let required = !cfg.relayhost.is_empty()
         && matches!(
             cfg.relayhost_tls,
             crate::config::RelayTls::Required | crate::config::RelayTls::Verify

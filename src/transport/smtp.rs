@@ -365,10 +365,68 @@ fn hop_addresses(hop: &Hop, dns: &dyn Resolver) -> Result<Vec<IpAddr>, (Status, 
 pub struct Smtp<'a> {
     pub cfg: RelayConfig,
     pub dns: &'a dyn Resolver,
-    /// Next hops a transport table named, tried in turn: the next one when
-    /// one could not take the mail (every recipient deferred). Empty: the
-    /// domain's MX hosts, or the relayhost.
+    /// Next hops (a transport table's, or the relayhost list), tried in
+    /// turn: the next one when one could not take the mail (every
+    /// recipient deferred). Empty: the domain's MX hosts.
     pub via: &'a [Relayhost],
+    /// AUTH credentials per relay host.
+    pub credentials: &'a RelayCredentials,
+    /// `via` is the configured relayhost list: the one-line credentials
+    /// apply to its hosts.
+    pub via_relayhost: bool,
+}
+
+/// AUTH credentials for relay hosts (`relayhost_auth_file`): one
+/// `user:password` line for the relayhost, or `HOST user:password` lines
+/// (`[host]:port`, or a bare name for any port).
+#[derive(Debug, Clone, Default)]
+pub struct RelayCredentials {
+    default: Option<(String, String)>,
+    /// (host, port or 0 for any, user, password)
+    per_host: Vec<(String, u16, String, String)>,
+}
+
+impl RelayCredentials {
+    /// `Err(line)` for a line in neither form.
+    pub fn parse(text: &str) -> Result<RelayCredentials, usize> {
+        let mut c = RelayCredentials::default();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (first, rest) = line
+                .trim()
+                .split_once(char::is_whitespace)
+                .unwrap_or((line, ""));
+            let host_form = !rest.trim().is_empty()
+                && rest.contains(':')
+                && (first.starts_with('[') || !first.contains(':'));
+            if host_form {
+                let host = Relayhost::parse(first, 0).ok_or(n + 1)?;
+                let (user, password) = rest.trim().split_once(':').ok_or(n + 1)?;
+                c.per_host
+                    .push((host.host, host.port, user.into(), password.into()));
+            } else {
+                let (user, password) = line.split_once(':').ok_or(n + 1)?;
+                c.default = Some((user.trim().into(), password.trim_end().into()));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The credentials for `host`: its own line, else (for a host of the
+    /// configured relayhost) the one-line form.
+    pub fn for_host(&self, host: &Relayhost, relayhost: bool) -> Option<(String, String)> {
+        let own = self
+            .per_host
+            .iter()
+            .find(|(h, port, ..)| *h == host.host && (*port == 0 || *port == host.port));
+        match own {
+            Some((_, _, user, password)) => Some((user.clone(), password.clone())),
+            None if relayhost => self.default.clone(),
+            None => None,
+        }
+    }
 }
 
 impl Transport for Smtp<'_> {
@@ -420,10 +478,10 @@ impl Smtp<'_> {
             return deliver(target, rcpts, m, &self.cfg, self.dns);
         };
         let through = |host: &Relayhost| {
-            // The relayhost's credentials are for the relayhost only.
+            // Each host gets its own credentials, never another's.
             let cfg = RelayConfig {
                 relayhost: Some(host.clone()),
-                auth: None,
+                auth: self.credentials.for_host(host, self.via_relayhost),
                 ..self.cfg.clone()
             };
             deliver(target, rcpts, m, &cfg, self.dns)
@@ -433,9 +491,7 @@ impl Smtp<'_> {
             if !r.outcomes.iter().all(|o| matches!(o, Outcome::Deferred(_))) {
                 return r;
             }
-            log::info!(
-                "{host}: could not take the mail; trying the next host of the transport table"
-            );
+            log::info!("{host}: could not take the mail; trying the next host");
         }
         through(last)
     }
@@ -1192,6 +1248,40 @@ mod tests {
         let e = order_mx("d.test", vec![mx(10, "me.test"), mx(20, "c")], "me.test").unwrap_err();
         let e = e.to_string();
         assert!(e.contains("5.4.6") && e.contains("loops back to myself"));
+    }
+
+    #[test]
+    fn relay_credentials_go_to_their_own_host_only() {
+        let c = RelayCredentials::parse(
+            "# per host\n[smart.test]:587 edge:pa55\nbackup.test other:pw:with:colons\n",
+        )
+        .unwrap();
+        let host = |s: &str| Relayhost::parse(s, 25).unwrap();
+        let pair = |u: &str, p: &str| Some((u.to_string(), p.to_string()));
+        assert_eq!(
+            c.for_host(&host("[smart.test]:587"), true),
+            pair("edge", "pa55")
+        );
+        assert_eq!(
+            c.for_host(&host("[smart.test]:25"), true),
+            None,
+            "another port"
+        );
+        assert_eq!(
+            c.for_host(&host("smtps:[backup.test]:465"), false),
+            pair("other", "pw:with:colons")
+        );
+        let one = RelayCredentials::parse("edge:pa 55\n").unwrap();
+        assert_eq!(
+            one.for_host(&host("[any.test]"), true),
+            pair("edge", "pa 55")
+        );
+        assert_eq!(
+            one.for_host(&host("[any.test]"), false),
+            None,
+            "only the relayhost's"
+        );
+        assert_eq!(RelayCredentials::parse("ok:1\nnonsense\n").unwrap_err(), 2);
     }
 
     #[test]
