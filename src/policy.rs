@@ -25,6 +25,8 @@ pub struct LocalPolicy {
     /// `transport_file`: read with the rest of the policy, so a SIGHUP
     /// installs it only when every table is valid.
     pub transports: crate::config::transport::TransportTable,
+    /// `sender_relay_file`.
+    pub sender_relays: crate::config::transport::SenderRelays,
 }
 
 /// Reads a relay recipient table: one address or `@domain` a line (the
@@ -102,6 +104,9 @@ impl LocalPolicy {
         if let Some(f) = &cfg.transport_file {
             p.transports = crate::config::transport::TransportTable::load(f)?;
         }
+        if let Some(f) = &cfg.sender_relay_file {
+            p.sender_relays = crate::config::transport::SenderRelays::load(f)?;
+        }
         if let Some(f) = &cfg.relay_recipients_file {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
@@ -124,6 +129,7 @@ impl LocalPolicy {
             relay_domains: Vec::new(),
             relay_recipients: None,
             transports: Default::default(),
+            sender_relays: Default::default(),
         }
     }
 

@@ -245,3 +245,38 @@ fn a_dead_first_relayhost_falls_over_to_the_second() {
     );
     assert!(log.contains("relay=127.0.0.3[127.0.0.3]"), "{log}");
 }
+
+#[test]
+fn a_sender_with_a_relay_of_its_own_goes_through_it() {
+    let (edge_ip, smart_ip) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    let port = shared_port(&[edge_ip, smart_ip]);
+    let dir = TempDir::new("senderrelay");
+    let table = dir.0.join("sender_relay");
+    std::fs::write(&table, format!("boss@edge.test [127.0.0.3]:{port}\n")).unwrap();
+    let smart = Server::start_at(
+        smart_ip,
+        port,
+        "hostname = smart.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = yes\n",
+    );
+    let edge = Server::start_at(
+        edge_ip,
+        port,
+        &format!(
+            "hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
+             relayhost = [127.0.0.9]:{port}\nsender_relay_file = {}\n",
+            table.display()
+        ),
+    );
+    for from in ["boss@edge.test", "other@edge.test"] {
+        let mut c = Client::connect(edge.addr());
+        c.hello();
+        assert_eq!(c.mail(from, &["admin@far.test"], BODY).0, 250);
+    }
+    smart.wait_for("the boss's mail at its relay", || smart.queued().len() == 1);
+    let id = smart.queued().pop().unwrap();
+    let env = smart.envelope(&id);
+    assert!(env.contains("\nfrom <boss@edge.test>\n"), "{env}");
+    edge.wait_for("the other sender's deferral", || {
+        edge.log().contains("status=deferred") && edge.queued().len() == 1
+    });
+}

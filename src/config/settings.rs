@@ -241,6 +241,13 @@ section "Receiving" {
     /// line stops the start with FILE:LINE; on SIGHUP the old table stays.
     transport_file: Option<PathBuf> = "", Optional(FilePath), Live;
 
+    /// A relayhost per envelope sender: `user@domain` or `@domain`, then
+    /// `[host]:port` (or `smtps:[host]:465`, or a comma-separated list), for
+    /// hosts that send as several identities. It overrides relayhost for that
+    /// sender's remote mail (not for what transport_file routes); credentials
+    /// come from the host's line in relayhost_auth_file.
+    sender_relay_file: Option<PathBuf> = "", Optional(FilePath), Live;
+
     /// Concurrent SMTP sessions (one thread each) in the daemon. A connection
     /// beyond it hears 421 4.3.2 and is closed.
     max_connections: usize = "100", AT_LEAST_ONE, Restart;

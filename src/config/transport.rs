@@ -162,6 +162,72 @@ fn status(text: &str, code: u16, class: u8) -> Status {
     }
 }
 
+/// The relay per envelope sender (`sender_relay_file`): `user@domain`
+/// or `@domain`, then a relayhost (or a comma-separated list, as for
+/// `smtp:`), overriding `relayhost` for that sender's remote mail.
+#[derive(Debug, Clone, Default)]
+pub struct SenderRelays {
+    entries: HashMap<String, Vec<Relayhost>>,
+}
+
+impl SenderRelays {
+    pub fn load(path: &std::path::Path) -> Result<SenderRelays, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        SenderRelays::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<SenderRelays, String> {
+        let mut entries = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |what: String| format!("{file}:{}: {what}", n + 1);
+            let (key, hosts) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| err(format!("expected 'sender relayhost', found '{line}'")))?;
+            let key = key.to_ascii_lowercase();
+            let (local, domain) = key.rsplit_once('@').unwrap_or(("", ""));
+            if domain.is_empty()
+                || !valid_key(domain)
+                || (local.is_empty() && !key.starts_with('@'))
+            {
+                return Err(err(format!("'{key}' is not user@domain or @domain")));
+            }
+            let hosts = hosts.trim();
+            let (list, tls) = match hosts.strip_prefix("smtps:") {
+                Some(rest) => (rest, true),
+                None => (hosts.strip_prefix("smtp:").unwrap_or(hosts), false),
+            };
+            entries.insert(key, smtp_hosts(list, tls).map_err(err)?);
+        }
+        Ok(SenderRelays { entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The relay for mail from `sender`: its address, else its domain.
+    pub fn lookup(&self, sender: &Mailbox) -> Option<&[Relayhost]> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let domain = sender.domain.to_lowercase();
+        let address = format!("{}@{domain}", sender.local.to_ascii_lowercase());
+        self.entries
+            .get(&address)
+            .or_else(|| self.entries.get(&format!("@{domain}")))
+            .map(Vec::as_slice)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +273,22 @@ mod tests {
             panic!()
         };
         assert_eq!(s.to_string(), "550 5.0.0 no such domain here");
+    }
+
+    #[test]
+    fn a_sender_gets_its_own_relay_by_address_then_domain() {
+        let r = SenderRelays::parse(
+            "boss@corp.test smtps:[mail.provider.test]:465\n@corp.test [relay.corp.test]:587, [backup.corp.test]:587\n",
+            "s",
+        )
+        .unwrap();
+        let of = |a: &str| r.lookup(&Mailbox::parse(a).unwrap()).map(|h| h.to_vec());
+        let boss = of("Boss@corp.test").unwrap();
+        assert!(boss[0].implicit_tls && boss[0].port == 465);
+        assert_eq!(of("x@corp.test").unwrap().len(), 2);
+        assert_eq!(of("x@other.test"), None);
+        let e = SenderRelays::parse("nobody [h]:25\n", "s").unwrap_err();
+        assert_eq!(e, "s:1: 'nobody' is not user@domain or @domain");
     }
 
     #[test]

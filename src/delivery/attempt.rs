@@ -324,13 +324,7 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                 a.postponed = true;
                 return;
             }
-            // No host of the transport table: the relayhost list, if any.
-            let via_relayhost = via.is_empty() && !d.cfg.relayhost.is_empty();
-            let via = if via_relayhost {
-                d.cfg.relayhost.clone()
-            } else {
-                via
-            };
+            let (via, via_relayhost) = relay_hosts(d, &a.env, via);
             let transport = Smtp {
                 cfg: d.relay_config(),
                 dns: d.resolver.as_ref(),
@@ -343,6 +337,23 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                 *n -= 1;
             }
         }
+    }
+}
+
+/// The hosts an SMTP route goes through: the transport table's, else
+/// the sender's relay (`sender_relay_file`), else the relayhost list
+/// (`true`: its one-line credentials apply), else none (the MX hosts).
+fn relay_hosts(d: &Deliverer, env: &Envelope, table: Vec<Relayhost>) -> (Vec<Relayhost>, bool) {
+    if !table.is_empty() {
+        return (table, false);
+    }
+    let sender = match &env.from {
+        ReversePath::Mailbox(m) => d.policy.sender_relays.lookup(m),
+        ReversePath::Null => None,
+    };
+    match sender {
+        Some(hosts) => (hosts.to_vec(), false),
+        None => (d.cfg.relayhost.clone(), !d.cfg.relayhost.is_empty()),
     }
 }
 
