@@ -41,6 +41,7 @@ const USAGE: &str = "usage: satchel COMMAND [-c FILE]
   queue flush                 ask the running server to try everything now
   queue show|hold|release ID  show a message, keep it back, let it go
   queue delete ID|ALL         remove a message, or every message not being delivered
+  route ADDRESS [--sender S]  where mail for ADDRESS would go (nothing is sent)
   install-links DIR           make DIR/sendmail, DIR/mailq and DIR/newaliases
   sendmail [options] [rcpt]   the sendmail command (satchel sendmail --help)
   --version, --help
@@ -48,11 +49,12 @@ Also runs as sendmail, mailq and newaliases when called by those names
 (see install-links). -c FILE, else $SATCHEL_CONFIG, else /etc/satchel/satchel.conf.";
 
 /// The commands of the usage, for "did you mean".
-const COMMANDS: [&str; 6] = [
+const COMMANDS: [&str; 7] = [
     "serve",
     "inetd",
     "check-config",
     "queue",
+    "route",
     "install-links",
     "sendmail",
 ];
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
     opts.optflag("h", "help", "print this help");
     opts.optflag("V", "version", "print the version");
     opts.optflag("", "json", "queue list: one JSON object per message");
+    opts.optopt("", "sender", "route: the envelope sender", "ADDRESS");
     opts.optopt(
         "p",
         "pidfile",
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         ["queue", "run"] => queue_run(cfg),
         ["check-config"] => check_config(&cfg),
         ["install-links", dir] => install_links(dir),
+        ["route", address] => route(&cfg, address, m.opt_str("sender").as_deref()),
         ["queue", "list"] | ["queue"] => queue_list(&cfg, m.opt_present("json")),
         ["queue", "flush"] => queue_flush(&cfg),
         ["queue", verb @ ("show" | "delete" | "hold" | "release"), id] => {
@@ -470,6 +474,67 @@ fn become_service_user(cfg: &Config, thorough: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `route ADDRESS [--sender S]`: the transport and next hops mail for
+/// ADDRESS would get, as the routing stage decides them, with the MX hosts
+/// looked up; nothing is sent (as Postfix's `postmap -q` and `sendmail
+/// -bv` let an administrator check).
+fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
+    let policy = match LocalPolicy::load(cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let origin = sendmail::origin(&cfg.hostname, &cfg.local_domains);
+    let parsed = sendmail::recipient(address, &origin).and_then(|r| {
+        let from = sendmail::sender(sender.unwrap_or("<>"), &origin)?;
+        Ok((r, from))
+    });
+    let (rcpt, from) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let text = match delivery::next_hop(&policy, &rcpt) {
+        delivery::Hop::Local => format!("local: mailbox of {}", rcpt.bare()),
+        delivery::Hop::Settled(state) => format!(
+            "{}: {}",
+            if state.is_open() { "defer" } else { "error" },
+            state.status().map(ToString::to_string).unwrap_or_default()
+        ),
+        delivery::Hop::Smtp(domain, table) => {
+            let (via, _) = delivery::relay_hosts(cfg, &policy, &from, table);
+            smtp_route(cfg, &domain, &via)
+        }
+    };
+    println!("{}: {text}", rcpt.bare());
+    ExitCode::SUCCESS
+}
+
+/// `smtp: [a]:25, [b]:25` for hosts a route names, else the domain's MX
+/// hosts in the order they would be tried.
+fn smtp_route(cfg: &Config, domain: &str, via: &[satchel::transport::smtp::Relayhost]) -> String {
+    if !via.is_empty() {
+        let hosts: Vec<String> = via.iter().map(ToString::to_string).collect();
+        return format!("smtp via {}", hosts.join(", "));
+    }
+    let mx = satchel::dns::from_config(cfg).and_then(|dns| {
+        dns.mx(domain)
+            .map_err(|e| format!("MX look-up of {domain}: {e:?}"))
+    });
+    match mx.map(|mxs| satchel::transport::smtp::order_mx(domain, mxs, &cfg.hostname)) {
+        Ok(Ok(hops)) => {
+            let names: Vec<String> = hops.into_iter().map(|h| h.name).collect();
+            format!("smtp to the MX hosts of {domain}: {}", names.join(", "))
+        }
+        Ok(Err(status)) => format!("error: {status}"),
+        Err(e) => format!("smtp to the MX hosts of {domain} ({e})"),
+    }
+}
+
 /// `install-links DIR`: the sendmail, mailq and newaliases symbolic links
 /// that local programs expect, pointing at this binary.
 fn install_links(dir: &str) -> ExitCode {
@@ -713,10 +778,13 @@ fn queue_flush(cfg: &Config) -> ExitCode {
 }
 
 fn check_config(cfg: &Config) -> ExitCode {
-    if let Err(e) = LocalPolicy::load(cfg) {
-        eprintln!("satchel: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let policy = match LocalPolicy::load(cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let problems = satchel::preflight::check(cfg, satchel::preflight::Start::ByRoot);
     for p in &problems {
         eprintln!("satchel: {p}");
@@ -732,6 +800,7 @@ fn check_config(cfg: &Config) -> ExitCode {
             absolute(&cfg.spool_dir).display()
         ),
     }
+    println!("# tables (entries): {}", policy.table_sizes());
     print!("{}", cfg.render());
     ExitCode::SUCCESS
 }

@@ -133,6 +133,17 @@ impl LocalPolicy {
         }
     }
 
+    /// The sizes of the tables loaded, for `check-config`.
+    pub fn table_sizes(&self) -> String {
+        format!(
+            "aliases {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}",
+            self.aliases.map.len(),
+            self.transports.len(),
+            self.sender_relays.len(),
+            self.relay_recipients.as_ref().map_or(0, HashSet::len)
+        )
+    }
+
     /// A domain this host relays for anyone (`relay_domains`).
     pub fn is_relay_domain(&self, d: &Domain) -> bool {
         self.relay_domains.iter().any(|n| d.is_name(n))

@@ -190,6 +190,27 @@ fn a_hub_forwards_by_its_transport_table_and_falls_over_to_the_next_host() {
         "{log}"
     );
     assert_eq!(hub.queued(), [id], "kept for the deferred recipient");
+    // What routing decides, asked without sending.
+    let route =
+        |addr: &str| String::from_utf8_lossy(&hub.run(&["route", addr]).stdout).into_owned();
+    assert_eq!(
+        route("user@dest.test"),
+        format!("user@dest.test: smtp via [127.0.0.9]:{port}, [127.0.0.3]:{port}\n")
+    );
+    assert_eq!(
+        route("gone@dest.test"),
+        "gone@dest.test: error: 550 5.1.1 moved away, no forwarding address\n"
+    );
+    assert_eq!(
+        route("later@dest.test"),
+        "later@dest.test: defer: 451 4.3.2 mailbox being moved\n"
+    );
+    assert_eq!(
+        route("postmaster@hub.dest.test"),
+        "postmaster@hub.dest.test: local: mailbox of postmaster@hub.dest.test\n"
+    );
+    let shown = String::from_utf8_lossy(&hub.run(&["check-config"]).stdout).into_owned();
+    assert!(shown.contains("transport_file 3,"), "{shown}");
 }
 
 #[test]

@@ -25,7 +25,9 @@ use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::aliases::Target;
 use crate::bounce::{self, Action, Notice, Report};
 use crate::config::transport::NextHop;
+use crate::config::Config;
 use crate::envelope::{Envelope, RcptState, Recipient};
+use crate::policy::LocalPolicy;
 use crate::smtp::reply::Enhanced;
 use crate::spool::{Content, ReadError};
 use crate::status::Status;
@@ -66,10 +68,14 @@ enum Route {
     Settled(Vec<(usize, RcptState)>),
 }
 
-/// One recipient's next hop.
-enum Hop {
+/// One recipient's next hop, as routing decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hop {
+    /// This host's mailboxes.
     Local,
+    /// SMTP for this domain, through these hosts (none: its MX hosts).
     Smtp(String, Vec<Relayhost>),
+    /// Decided without delivery (`error:`, `defer:`).
     Settled(RcptState),
 }
 
@@ -243,7 +249,7 @@ fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
         if !r.state.is_open() {
             continue;
         }
-        match next_hop(d, &r.addr) {
+        match next_hop(&d.policy, &r.addr) {
             Hop::Local => local.push(i),
             Hop::Settled(state) => settled.push((i, state)),
             Hop::Smtp(domain, via) => {
@@ -274,17 +280,17 @@ fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
 
 /// The transport table's entry for a recipient, else the default: local
 /// domains (and `<postmaster>`) here, other domains by SMTP.
-fn next_hop(d: &Deliverer, addr: &ForwardPath) -> Hop {
+pub fn next_hop(policy: &LocalPolicy, addr: &ForwardPath) -> Hop {
     let ForwardPath::Mailbox(m) = addr else {
         return Hop::Local;
     };
     let domain = m.domain.to_lowercase();
-    match d.policy.transports.lookup(m) {
+    match policy.transports.lookup(m) {
         Some(NextHop::Local) => Hop::Local,
         Some(NextHop::Smtp(hosts)) => Hop::Smtp(domain, hosts.clone()),
         Some(NextHop::Error(s)) => Hop::Settled(RcptState::Failed(s.clone())),
         Some(NextHop::Defer(s)) => Hop::Settled(RcptState::Deferred(s.clone())),
-        None if is_local(d, addr) => Hop::Local,
+        None if policy.is_local_domain(&m.domain) => Hop::Local,
         None => Hop::Smtp(domain, Vec::new()),
     }
 }
@@ -324,7 +330,7 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                 a.postponed = true;
                 return;
             }
-            let (via, via_relayhost) = relay_hosts(d, &a.env, via);
+            let (via, via_relayhost) = relay_hosts(&d.cfg, &d.policy, &a.env.from, via);
             let transport = Smtp {
                 cfg: d.relay_config(),
                 dns: d.resolver.as_ref(),
@@ -343,17 +349,22 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
 /// The hosts an SMTP route goes through: the transport table's, else
 /// the sender's relay (`sender_relay_file`), else the relayhost list
 /// (`true`: its one-line credentials apply), else none (the MX hosts).
-fn relay_hosts(d: &Deliverer, env: &Envelope, table: Vec<Relayhost>) -> (Vec<Relayhost>, bool) {
+pub fn relay_hosts(
+    cfg: &Config,
+    policy: &LocalPolicy,
+    from: &ReversePath,
+    table: Vec<Relayhost>,
+) -> (Vec<Relayhost>, bool) {
     if !table.is_empty() {
         return (table, false);
     }
-    let sender = match &env.from {
-        ReversePath::Mailbox(m) => d.policy.sender_relays.lookup(m),
+    let sender = match from {
+        ReversePath::Mailbox(m) => policy.sender_relays.lookup(m),
         ReversePath::Null => None,
     };
     match sender {
         Some(hosts) => (hosts.to_vec(), false),
-        None => (d.cfg.relayhost.clone(), !d.cfg.relayhost.is_empty()),
+        None => (cfg.relayhost.clone(), !cfg.relayhost.is_empty()),
     }
 }
 
