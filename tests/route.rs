@@ -301,3 +301,38 @@ fn a_sender_with_a_relay_of_its_own_goes_through_it() {
         edge.log().contains("status=deferred") && edge.queued().len() == 1
     });
 }
+
+#[test]
+fn a_next_hop_that_is_this_host_is_a_loop_not_a_delivery() {
+    let dns = TestDns::start();
+    let ip = [127, 0, 0, 2];
+    let port = shared_port(&[ip]);
+    let dir = TempDir::new("looptable");
+    let table = dir.0.join("transport");
+    // A table that sends loop.test back to this very host.
+    std::fs::write(&table, format!("loop.test smtp:[127.0.0.2]:{port}\n")).unwrap();
+    let s = Server::start_at(
+        ip,
+        port,
+        &format!(
+            "hostname = hub.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
+             transport_file = {}\ndns_servers = {}\n",
+            table.display(),
+            dns.addr
+        ),
+    );
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.mail("someone@far.test", &["x@loop.test"], BODY);
+    assert_eq!(code, 250, "{text}");
+    let id = common::queue_id(&text);
+    s.wait_for("the loop bounce", || {
+        s.log().contains(&format!("{id}: to=<x@loop.test>")) && s.log().contains("status=bounced")
+    });
+    assert!(
+        s.log()
+            .contains("554 5.4.6 mail for loop.test loops back to myself"),
+        "{}",
+        s.log()
+    );
+}

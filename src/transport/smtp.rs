@@ -304,6 +304,9 @@ pub fn deliver(
                         remote_mta: Some(hop.name.clone()),
                     }
                 }
+                // RFC 5321 §5.1, as Postfix: mail that would come back
+                // here bounces (kept, for a domain this host relays for).
+                Err(HostError::Loop) => return all(looped(domain, &relay, cfg)),
                 Err(e) => {
                     log::info!("{relay}: {e}; trying the next host");
                     last_error = Status::new(451, Enhanced(4, 4, 1), format!("{relay}: {e}"));
@@ -358,6 +361,20 @@ fn hop_addresses(hop: &Hop, dns: &dyn Resolver) -> Result<Vec<IpAddr>, (Status, 
             false,
         )),
     }
+}
+
+/// The outcome of a next hop that is this host.
+fn looped(domain: &str, relay: &str, cfg: &RelayConfig) -> Outcome {
+    let text =
+        format!("mail for {domain} loops back to myself ({relay} greeted me with my own hostname)");
+    if cfg
+        .relay_domains
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(domain))
+    {
+        return Outcome::Deferred(Status::new(451, Enhanced(4, 4, 6), text));
+    }
+    Outcome::Failed(Status::new(554, Enhanced(5, 4, 6), text))
 }
 
 /// SMTP to the next hop a route names: the domain's MX hosts (or the
@@ -513,6 +530,8 @@ pub enum HostError {
     Protocol(String),
     /// Our side: the queued message could not be read.
     Spool(String),
+    /// The host greeted with this host's own name: mail to it loops.
+    Loop,
 }
 
 impl HostError {
@@ -526,6 +545,7 @@ impl std::fmt::Display for HostError {
         match self {
             HostError::Connect(e) => write!(f, "connect: {e}"),
             HostError::Timeout => f.write_str("timed out reading a reply"),
+            HostError::Loop => f.write_str("the host greeted me with my own hostname"),
             HostError::Tls(t)
             | HostError::Lost(t)
             | HostError::Protocol(t)
@@ -879,6 +899,15 @@ fn open_session(
     let greeting = c.reply(cfg.command_timeout)?;
     if greeting.code != 220 {
         return Err(refused("greeting", &greeting));
+    }
+    // A next hop that greets with our own name is this host (a transport
+    // table or relayhost pointing back here): sending would loop.
+    let name = greeting
+        .lines
+        .first()
+        .and_then(|l| l.split_whitespace().next());
+    if name.is_some_and(|n| n.eq_ignore_ascii_case(&cfg.hostname)) {
+        return Err(HostError::Loop);
     }
     let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
     let caps = if ehlo.code == 250 {
