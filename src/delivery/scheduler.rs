@@ -104,6 +104,8 @@ fn scan(d: &Deliverer, s: &mut Schedule, in_flight: &HashSet<String>) {
 pub(super) fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
     let mut s = Schedule::default();
     let mut in_flight = HashSet::new();
+    // Being delivered when a flush came: due again as soon as they are done.
+    let mut flushed: HashSet<String> = HashSet::new();
     scan(d, &mut s, &in_flight);
     log::info!("queue scan: {} message(s) waiting", s.len());
     let interval = d.cfg.queue_run_interval;
@@ -143,8 +145,9 @@ pub(super) fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
             Some(Event::Queued(_)) => {}
             Some(Event::Done(id, next)) => {
                 in_flight.remove(&id);
+                let again = flushed.remove(&id);
                 if let Some(t) = next {
-                    s.set(id, t);
+                    s.set(id, if again { 0 } else { t });
                 }
             }
             Some(Event::Control(Control::Flush)) => {
@@ -156,7 +159,13 @@ pub(super) fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
                     .into_iter()
                     .filter(|id| d.spool.is_waiting(id))
                     .collect();
-                log::info!("flush: {} queued message(s) due now", ids.len());
+                // An attempt under way may end in a deferral a moment
+                // after: that message is tried again at once, too.
+                flushed.extend(in_flight.iter().cloned());
+                log::info!(
+                    "flush: {} queued message(s) due now",
+                    ids.len() + in_flight.len()
+                );
                 for id in ids {
                     s.set(id, 0);
                 }
