@@ -250,17 +250,23 @@ impl Server {
             return Vec::new();
         };
         use satchel::spool::QueueState;
-        for state in [QueueState::Queued, QueueState::Active, QueueState::Held] {
-            if let Ok(q) = spool.read_in(state, id) {
-                let mut v = Vec::new();
-                if q.content
-                    .open()
-                    .and_then(|mut f| f.read_to_end(&mut v))
-                    .is_ok()
-                {
-                    return v;
+        // A message being delivered moves between queue/ and active/ (and
+        // its content to msg/<id>): looked for again, a bounded number of
+        // times, when a move came between the looks.
+        for _ in 0..50 {
+            for state in [QueueState::Queued, QueueState::Active, QueueState::Held] {
+                if let Ok(q) = spool.read_in(state, id) {
+                    let mut v = Vec::new();
+                    if q.content
+                        .open()
+                        .and_then(|mut f| f.read_to_end(&mut v))
+                        .is_ok()
+                    {
+                        return v;
+                    }
                 }
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
         Vec::new()
     }
