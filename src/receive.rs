@@ -553,25 +553,11 @@ pub fn serve_tcp(
     in_data: &AtomicBool,
     implicit_tls: bool,
 ) {
-    #[cfg(feature = "tls")]
     if implicit_tls {
-        if let Some(stream) = server_tls(sock, &client, ctx) {
-            run(
-                &stream,
-                &stream,
-                &&stream,
-                client,
-                ctx,
-                in_data,
-                Start::ImplicitTls,
-                false,
-            );
-        }
+        // TLS from the first byte; refused at start without the feature.
+        #[cfg(feature = "tls")]
+        in_tls(sock, client, ctx, in_data, Start::ImplicitTls);
         return;
-    }
-    #[cfg(not(feature = "tls"))]
-    if implicit_tls {
-        return; // refused at start: smtps_listen needs the tls feature
     }
     #[cfg(feature = "tls")]
     let tls_possible = ctx.tls.is_some();
@@ -590,18 +576,23 @@ pub fn serve_tcp(
     );
     #[cfg(feature = "tls")]
     if ending == Ending::StartTls {
-        if let Some(stream) = server_tls(sock, &client, ctx) {
-            run(
-                &stream,
-                &stream,
-                &&stream,
-                client,
-                ctx,
-                in_data,
-                Start::AfterTls,
-                false,
-            );
-        }
+        in_tls(sock, client, ctx, in_data, Start::AfterTls);
+    }
+}
+
+/// The handshake, then a session inside TLS from `start`.
+#[cfg(feature = "tls")]
+fn in_tls(
+    sock: &std::net::TcpStream,
+    client: Client,
+    ctx: &Context,
+    in_data: &AtomicBool,
+    start: Start,
+) {
+    if let Some(stream) = server_tls(sock, &client, ctx) {
+        run(
+            &stream, &stream, &&stream, client, ctx, in_data, start, false,
+        );
     }
 }
 

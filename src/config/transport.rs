@@ -38,34 +38,17 @@ pub struct TransportTable {
 impl TransportTable {
     /// Reads the table at `path`.
     pub fn load(path: &std::path::Path) -> Result<TransportTable, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        TransportTable::parse(&text, &path.display().to_string())
+        read(path, TransportTable::parse)
     }
 
     /// `key next-hop` lines; `#` comments and blank lines skipped.
     pub fn parse(text: &str, file: &str) -> Result<TransportTable, String> {
-        let mut entries = HashMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+        let entries = key_value_lines(text, file, "key next-hop", |key, hop| {
+            if !valid_key(key) {
+                return Err(format!("'{key}' is not user@domain, domain, .domain or *"));
             }
-            let err = |what: String| format!("{file}:{}: {what}", n + 1);
-            let (key, hop) = line
-                .split_once(char::is_whitespace)
-                .ok_or_else(|| err(format!("expected 'key next-hop', found '{line}'")))?;
-            let key = key.to_ascii_lowercase();
-            if !valid_key(&key) {
-                return Err(err(format!(
-                    "'{key}' is not user@domain, domain, .domain or *"
-                )));
-            }
-            let hop = next_hop(hop.trim()).map_err(err)?;
-            if entries.insert(key.clone(), hop).is_some() {
-                return Err(err(format!("'{key}' is listed twice")));
-            }
-        }
+            next_hop(hop)
+        })?;
         Ok(TransportTable { entries })
     }
 
@@ -101,6 +84,44 @@ impl TransportTable {
         }
         self.entries.get("*")
     }
+}
+
+/// Reads and parses the table at `path`.
+fn read<T>(
+    path: &std::path::Path,
+    parse: fn(&str, &str) -> Result<T, String>,
+) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// `key value` lines (`#` comments and blank lines skipped) into a map,
+/// keys in lower case, each value read by `value`; `FILE:LINE: what is
+/// wrong` for a bad line or a key listed twice.
+fn key_value_lines<V>(
+    text: &str,
+    file: &str,
+    form: &str,
+    value: impl Fn(&str, &str) -> Result<V, String>,
+) -> Result<HashMap<String, V>, String> {
+    let mut entries = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |what: String| format!("{file}:{}: {what}", n + 1);
+        let (key, rest) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| err(format!("expected '{form}', found '{line}'")))?;
+        let key = key.to_ascii_lowercase();
+        let v = value(&key, rest.trim()).map_err(err)?;
+        if entries.insert(key.clone(), v).is_some() {
+            return Err(err(format!("'{key}' is listed twice")));
+        }
+    }
+    Ok(entries)
 }
 
 fn valid_key(key: &str) -> bool {
@@ -172,37 +193,24 @@ pub struct SenderRelays {
 
 impl SenderRelays {
     pub fn load(path: &std::path::Path) -> Result<SenderRelays, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        SenderRelays::parse(&text, &path.display().to_string())
+        read(path, SenderRelays::parse)
     }
 
     pub fn parse(text: &str, file: &str) -> Result<SenderRelays, String> {
-        let mut entries = HashMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let err = |what: String| format!("{file}:{}: {what}", n + 1);
-            let (key, hosts) = line
-                .split_once(char::is_whitespace)
-                .ok_or_else(|| err(format!("expected 'sender relayhost', found '{line}'")))?;
-            let key = key.to_ascii_lowercase();
+        let entries = key_value_lines(text, file, "sender relayhost", |key, hosts| {
             let (local, domain) = key.rsplit_once('@').unwrap_or(("", ""));
             if domain.is_empty()
                 || !valid_key(domain)
                 || (local.is_empty() && !key.starts_with('@'))
             {
-                return Err(err(format!("'{key}' is not user@domain or @domain")));
+                return Err(format!("'{key}' is not user@domain or @domain"));
             }
-            let hosts = hosts.trim();
             let (list, tls) = match hosts.strip_prefix("smtps:") {
                 Some(rest) => (rest, true),
                 None => (hosts.strip_prefix("smtp:").unwrap_or(hosts), false),
             };
-            entries.insert(key, smtp_hosts(list, tls).map_err(err)?);
-        }
+            smtp_hosts(list, tls)
+        })?;
         Ok(SenderRelays { entries })
     }
 
