@@ -206,6 +206,140 @@ pub fn open_in(dir: &std::fs::File, name: &str) -> io::Result<std::fs::File> {
     Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// A TCP connection to `to` from the local address `from` (port chosen by
+/// the kernel), within `timeout`: what `TcpStream::connect_timeout` does,
+/// with a bind(2) first (`smtp_bind_address`). `from` must be of `to`'s
+/// family. The stream comes back in blocking mode.
+pub fn connect_from(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: plain integer arguments.
+    let fd = unsafe { libc::socket(family, flags, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just made and is owned by nobody else; from here
+    // on it is closed on every return.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (local, local_len) = sockaddr(std::net::SocketAddr::new(from, 0));
+    // SAFETY: `local` is a valid sockaddr of `local_len` bytes.
+    if unsafe { libc::bind(fd, std::ptr::addr_of!(local).cast(), local_len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (remote, remote_len) = sockaddr(to);
+    // SAFETY: `remote` is a valid sockaddr of `remote_len` bytes.
+    if unsafe { libc::connect(fd, std::ptr::addr_of!(remote).cast(), remote_len) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        wait_connected(&sock, timeout)?;
+    }
+    let stream = std::net::TcpStream::from(sock);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// Waits until a non-blocking connect(2) on `sock` is done; its outcome
+/// is SO_ERROR.
+fn wait_connected(sock: &std::os::fd::OwnedFd, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ));
+        }
+        let mut p = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        // SAFETY: `p` is one valid pollfd, alive for the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            continue;
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are valid for writing, `len` its size.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                std::ptr::addr_of_mut!(err).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return match err {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        };
+    }
+}
+
+/// `addr` as the C sockaddr storage connect(2) and bind(2) take.
+fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid value of the plain
+    // C struct.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and
+            // suitably aligned for it.
+            unsafe { std::ptr::write(std::ptr::addr_of_mut!(storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write(std::ptr::addr_of_mut!(storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
 /// Takes a POSIX record lock (fcntl F_SETLK, F_WRLCK) on all of `f`
 /// without waiting: `Ok(false)` when another process holds one. This is
 /// the lock mail readers on Linux (Dovecot, mutt, procmail) take on an

@@ -1,9 +1,10 @@
 //! What `serve` would die on, found before anything is created: the
 //! files the settings name (TLS certificate and key, and that they belong
 //! together; the aliases, credentials and CA files) and the directories the
-//! service user must write. `check-config` prints every problem; `serve`
-//! and `queue run` stop at them with the setting named. Reads metadata and
-//! files, never writes, never talks to the network.
+//! service user must write, and that the source addresses of outgoing
+//! connections are this host's. `check-config` prints every problem;
+//! `serve` and `queue run` stop at them with the setting named. Reads
+//! metadata and files, never writes, never sends a packet.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -145,7 +146,27 @@ fn files(cfg: &Config) -> Vec<Problem> {
         });
     }
     out.extend(tls_pair(cfg));
+    out.extend(bind_addresses(cfg));
     out
+}
+
+/// `smtp_bind_address(6)`: an address of this host (a socket can be
+/// bound to it), or every delivery would fail at connect.
+fn bind_addresses(cfg: &Config) -> Vec<Problem> {
+    let pairs = [
+        ("smtp_bind_address", cfg.smtp_bind_address),
+        ("smtp_bind_address6", cfg.smtp_bind_address6),
+    ];
+    pairs
+        .into_iter()
+        .filter_map(|(setting, ip)| {
+            let e = std::net::UdpSocket::bind((ip?, 0)).err()?;
+            Some(Problem {
+                setting,
+                what: format!("cannot send from {}: {e}", ip?),
+            })
+        })
+        .collect()
 }
 
 /// `tls_cert` and `tls_key`: readable, PEM, and one the other's key.

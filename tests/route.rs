@@ -336,3 +336,55 @@ fn a_next_hop_that_is_this_host_is_a_loop_not_a_delivery() {
         s.log()
     );
 }
+
+#[test]
+fn outgoing_connections_come_from_the_smtp_bind_address() {
+    let (edge_ip, smart_ip) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    let port = shared_port(&[edge_ip, smart_ip]);
+    // The smarthost relays only for 127.0.0.7: a connection from the
+    // kernel's choice (127.0.0.1) would be refused.
+    let smart = Server::start_at(
+        smart_ip,
+        port,
+        "hostname = smart.test\nrelay_networks = 127.0.0.7/32\ndefer_delivery = yes\n",
+    );
+    let edge = Server::start_at(
+        edge_ip,
+        port,
+        &format!(
+            "hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
+             relayhost = [127.0.0.3]:{port}\nsmtp_bind_address = 127.0.0.7\n"
+        ),
+    );
+    let mut c = Client::connect(edge.addr());
+    c.hello();
+    assert_eq!(c.mail("cron@edge.test", &["admin@far.test"], BODY).0, 250);
+    smart.wait_for("the relayed copy", || smart.queued().len() == 1);
+    let id = smart.queued().pop().unwrap();
+    let msg = String::from_utf8(smart.message(&id)).unwrap();
+    assert!(msg.contains("[127.0.0.7])\r\n\tby smart.test"), "{msg}");
+    // An address this host does not have is refused before any delivery.
+    let other = Server::prepare_at(
+        edge_ip,
+        shared_port(&[edge_ip]),
+        "smtp_bind_address = 192.0.2.1\nsmtp_bind_address6 = ::1\n",
+    );
+    let out = other.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("smtp_bind_address: cannot send from 192.0.2.1:"),
+        "{err}"
+    );
+    assert!(!err.contains("smtp_bind_address6"), "{err}");
+    let bad = Server::prepare_at(
+        edge_ip,
+        shared_port(&[edge_ip]),
+        "smtp_bind_address = ::1\n",
+    );
+    let err = String::from_utf8_lossy(&bad.run(&["check-config"]).stderr).into_owned();
+    assert!(
+        err.contains("bad value for smtp_bind_address: '::1' (expected an IPv4 address)"),
+        "{err}"
+    );
+}

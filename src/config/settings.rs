@@ -14,7 +14,7 @@
 //! and parsed by the row's own kind; a default that depends on the machine
 //! is written `"placeholder" => expression`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -388,6 +388,14 @@ section "Delivering" {
     /// list is tried in order: the next host when one cannot be reached or
     /// answers 4xx. Empty = MX look-up of each recipient domain (RFC 5321 §5.1).
     relayhost: Vec<crate::transport::smtp::Relayhost> = "", List::of(HostPort), Live;
+
+    /// The local address outgoing SMTP connections over IPv4 come from, on a host
+    /// with several (Postfix's smtp_bind_address); it must be one of this host's
+    /// addresses. Empty = the one the kernel picks.
+    smtp_bind_address: Option<IpAddr> = "", Optional(IpAddress { v6: false }), Live;
+
+    /// The same for connections over IPv6 (Postfix's smtp_bind_address6).
+    smtp_bind_address6: Option<IpAddr> = "", Optional(IpAddress { v6: true }), Live;
 
     /// Time-out of an outbound TCP connect.
     connect_timeout: Duration = "30s", NOT_ZERO, Live;

@@ -293,6 +293,25 @@ impl Kind for Nameserver {
     }
 }
 
+/// An IPv4 address (`v6: false`) or an IPv6 address (`v6: true`).
+pub struct IpAddress {
+    pub v6: bool,
+}
+
+impl Kind for IpAddress {
+    type Value = IpAddr;
+    fn parse(&self, text: &str) -> Result<IpAddr, String> {
+        match text.parse::<IpAddr>() {
+            Ok(ip) if ip.is_ipv6() == self.v6 => Ok(ip),
+            _ if self.v6 => Err("expected an IPv6 address".into()),
+            _ => Err("expected an IPv4 address".into()),
+        }
+    }
+    fn render(&self, value: &IpAddr) -> String {
+        value.to_string()
+    }
+}
+
 /// A list item: an address or a CIDR network.
 pub struct Network;
 

@@ -160,6 +160,7 @@ impl Deliverer {
             // The hosts of a route come with each delivery (`Smtp::via`).
             relayhost: None,
             connect_timeout: self.cfg.connect_timeout,
+            bind: (self.cfg.smtp_bind_address, self.cfg.smtp_bind_address6),
             command_timeout: self.cfg.relay_timeout,
             tls: self.tls_client.clone(),
             relay_domains: self.cfg.relay_domains.clone(),

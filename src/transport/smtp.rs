@@ -103,6 +103,9 @@ pub struct RelayConfig {
     pub port: u16,
     pub relayhost: Option<Relayhost>,
     pub connect_timeout: Duration,
+    /// `smtp_bind_address` and `smtp_bind_address6`: where outgoing
+    /// connections come from (IPv4, IPv6); `None`, the kernel's choice.
+    pub bind: (Option<IpAddr>, Option<IpAddr>),
     /// RFC 5321 §4.5.3.2: greeting, MAIL, RCPT and each DATA block (5 min);
     /// the final reply to DATA gets twice this (the RFC's 10 minutes).
     pub command_timeout: Duration,
@@ -869,6 +872,20 @@ fn attempt(
     }
 }
 
+/// A TCP connection to `addr`, from the bind address of its family when
+/// one is set.
+fn connect(addr: SocketAddr, cfg: &RelayConfig) -> io::Result<TcpStream> {
+    let from = if addr.is_ipv4() {
+        cfg.bind.0
+    } else {
+        cfg.bind.1
+    };
+    match from {
+        Some(ip) => crate::os::connect_from(ip, addr, cfg.connect_timeout),
+        None => TcpStream::connect_timeout(&addr, cfg.connect_timeout),
+    }
+}
+
 /// A new session with `addr`: connected, greeted, EHLO (HELO for an old
 /// server), STARTTLS when the policy and the server allow it (RFC 3207),
 /// and the capabilities in force.
@@ -878,8 +895,7 @@ fn open_session(
     cfg: &RelayConfig,
     use_tls: bool,
 ) -> Result<(Conn, Capabilities), HostError> {
-    let stream =
-        TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(HostError::Connect)?;
+    let stream = connect(addr, cfg).map_err(HostError::Connect)?;
     stream
         .set_write_timeout(Some(cfg.command_timeout))
         .map_err(HostError::Connect)?;
@@ -1174,6 +1190,7 @@ mod tests {
             port: 25,
             relayhost: relayhost.and_then(|r| Relayhost::parse(r, 25)),
             connect_timeout: Duration::from_secs(1),
+            bind: (None, None),
             command_timeout: Duration::from_secs(1),
             tls: ClientTls::default(),
             auth: None,
