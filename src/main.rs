@@ -811,10 +811,20 @@ fn queue_list(cfg: &Config, json: bool) -> ExitCode {
         Ok(s) => s,
         Err(c) => return c,
     };
+    // The route each waiting recipient would take now, by the tables in
+    // force; broken tables are reported and the listing goes on without.
+    let policy = LocalPolicy::load(cfg)
+        .map_err(|e| eprintln!("satchel: {e} (routes not shown)"))
+        .ok();
+    let route = |e: &satchel::envelope::Envelope, to: &satchel::address::ForwardPath| match &policy
+    {
+        Some(p) => delivery::route_name(cfg, p, &e.from, to),
+        None => String::new(),
+    };
     let stdout = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let listed = match &spool {
-        Some(spool) => queue::write_list(spool, json, &mut w),
+        Some(spool) => queue::write_list(spool, json, &route, &mut w),
         // Nothing received yet: nothing to list, and nothing is made.
         None if json => Ok(()),
         None => writeln!(w, "Mail queue is empty"),

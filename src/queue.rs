@@ -180,9 +180,19 @@ impl Dates {
     }
 }
 
+/// Names the route a recipient of a message would take now (see
+/// `delivery::route_name`); empty: not shown.
+pub type Route<'a> = &'a (dyn Fn(&Envelope, &ForwardPath) -> String + Sync);
+
+/// No routes shown.
+pub fn no_route(_: &Envelope, _: &ForwardPath) -> String {
+    String::new()
+}
+
 fn text_item(
     out: &mut String,
     item: &Result<(QueueState, Envelope), String>,
+    route: Route,
     dates: &mut Dates,
     total: &mut u64,
     count: &mut usize,
@@ -226,6 +236,12 @@ fn text_item(
             out.push_str(", next attempt ");
             out.push_str(Dates::get(&mut dates.retry, e.next_attempt, time::iso8601));
         }
+        if r.state.is_open() {
+            let via = route(e, &r.addr);
+            if !via.is_empty() {
+                let _ = write!(out, ", via {via}");
+            }
+        }
         out.push(')');
         // Written in place: a listing of 100,000 messages makes no string
         // per recipient.
@@ -248,7 +264,7 @@ fn text_footer(total: u64, count: usize) -> String {
 }
 
 /// A listing in the style of Postfix's mailq (`*` active, `!` held).
-pub fn list_text(items: &[Result<(QueueState, Envelope), String>]) -> String {
+pub fn list_text(items: &[Result<(QueueState, Envelope), String>], route: Route) -> String {
     if items.is_empty() {
         return "Mail queue is empty\n".into();
     }
@@ -256,7 +272,7 @@ pub fn list_text(items: &[Result<(QueueState, Envelope), String>]) -> String {
     let (mut total, mut count) = (0u64, 0usize);
     let mut dates = Dates::default();
     for item in items {
-        text_item(&mut out, item, &mut dates, &mut total, &mut count);
+        text_item(&mut out, item, route, &mut dates, &mut total, &mut count);
     }
     out.push_str(&text_footer(total, count));
     out
@@ -264,7 +280,12 @@ pub fn list_text(items: &[Result<(QueueState, Envelope), String>]) -> String {
 
 /// Writes the listing (text, or JSON lines) of the whole spool to `w`,
 /// one envelope at a time: memory holds the sorted IDs, not the queue.
-pub fn write_list<W: io::Write>(spool: &Spool, json: bool, w: &mut W) -> io::Result<()> {
+pub fn write_list<W: io::Write>(
+    spool: &Spool,
+    json: bool,
+    route: Route,
+    w: &mut W,
+) -> io::Result<()> {
     let ids = spool.list_ids()?;
     if ids.is_empty() && !json {
         return w.write_all(b"Mail queue is empty\n");
@@ -277,7 +298,7 @@ pub fn write_list<W: io::Write>(spool: &Spool, json: bool, w: &mut W) -> io::Res
     let mut result = Ok(());
     in_order(
         chunks.len(),
-        |i| list_chunk(spool, chunks[i], json),
+        |i| list_chunk(spool, chunks[i], json, route),
         |(buf, t, n)| {
             if result.is_ok() {
                 // After a write error the rest is still taken in turn, so
@@ -296,7 +317,12 @@ pub fn write_list<W: io::Write>(spool: &Spool, json: bool, w: &mut W) -> io::Res
 }
 
 /// One chunk of the listing: its text, and the bytes and messages in it.
-fn list_chunk(spool: &Spool, ids: &[(String, QueueState)], json: bool) -> (String, u64, usize) {
+fn list_chunk(
+    spool: &Spool,
+    ids: &[(String, QueueState)],
+    json: bool,
+    route: Route,
+) -> (String, u64, usize) {
     let (mut buf, mut total, mut count) = (String::new(), 0u64, 0usize);
     let mut dates = Dates::default();
     for (id, state) in ids {
@@ -305,10 +331,10 @@ fn list_chunk(spool: &Spool, ids: &[(String, QueueState)], json: bool) -> (Strin
         };
         if json {
             if let Ok((state, e)) = &item {
-                buf.push_str(&json_item(*state, e));
+                buf.push_str(&json_item(*state, e, route));
             }
         } else {
-            text_item(&mut buf, &item, &mut dates, &mut total, &mut count);
+            text_item(&mut buf, &item, route, &mut dates, &mut total, &mut count);
         }
     }
     (buf, total, count)
@@ -389,26 +415,31 @@ fn js(s: &str) -> String {
 }
 
 /// One JSON object per message, one per line (like `postqueue -j`).
-pub fn list_json(items: &[Result<(QueueState, Envelope), String>]) -> String {
+pub fn list_json(items: &[Result<(QueueState, Envelope), String>], route: Route) -> String {
     items
         .iter()
         .flatten()
-        .map(|(state, e)| json_item(*state, e))
+        .map(|(state, e)| json_item(*state, e, route))
         .collect()
 }
 
-fn json_item(state: QueueState, e: &Envelope) -> String {
+fn json_item(state: QueueState, e: &Envelope, route: Route) -> String {
     let queue = state.name();
     let rcpts: Vec<String> = e
         .rcpts
         .iter()
         .map(|r| {
             let why = r.state.status().map(ToString::to_string);
+            let via = match r.state.is_open() {
+                true => route(e, &r.addr),
+                false => String::new(),
+            };
             format!(
-                "{{\"address\":{},\"state\":{},\"reason\":{}}}",
+                "{{\"address\":{},\"state\":{},\"reason\":{},\"next_hop\":{}}}",
                 js(strip(&r.addr.to_string())),
                 js(state_word(&r.state)),
-                js(why.as_deref().unwrap_or(""))
+                js(why.as_deref().unwrap_or("")),
+                js(&via)
             )
         })
         .collect();
@@ -441,8 +472,8 @@ mod tests {
 
     #[test]
     fn empty_queue_says_so() {
-        assert_eq!(list_text(&[]), "Mail queue is empty\n");
-        assert_eq!(list_json(&[]), "");
+        assert_eq!(list_text(&[], &no_route), "Mail queue is empty\n");
+        assert_eq!(list_json(&[], &no_route), "");
     }
 
     #[test]
@@ -494,17 +525,19 @@ mod tests {
         }
         let items = spool.list().unwrap();
         assert_eq!(items.len(), 1300);
+        let route = |e: &Envelope, _: &ForwardPath| format!("[relay-of-{}]:25", e.id);
         for json in [false, true] {
             let mut out = Vec::new();
-            write_list(&spool, json, &mut out).unwrap();
+            write_list(&spool, json, &route, &mut out).unwrap();
             let want = if json {
-                list_json(&items)
+                list_json(&items, &route)
             } else {
-                list_text(&items)
+                list_text(&items, &route)
             };
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }
-        let text = list_text(&items);
+        let text = list_text(&items, &route);
+        assert!(text.contains(", via [relay-of-0006000000000001]:25)"));
         assert!(text.contains("damaged envelope: "));
         assert!(
             text.ends_with("-- 4 Kbytes in 1299 Requests.\n"),

@@ -616,7 +616,8 @@ fn a_dns_time_out_defers_and_mail_goes_once_dns_answers() {
     );
     let list = String::from_utf8_lossy(&s.run(&["queue", "list"]).stdout).into_owned();
     assert!(
-        list.contains("x@slow.test (deferred, next attempt "),
+        list.contains("x@slow.test (deferred, next attempt ")
+            && list.contains(", via MX of slow.test): 451 4.4.3"),
         "{list}"
     );
     assert!(host.received().is_empty());

@@ -316,7 +316,7 @@ fn mailq_and_newaliases_links_work() {
             .unwrap()
     };
     let q = run(&link("mailq"));
-    assert!(String::from_utf8_lossy(&q.stdout).contains("alice@satchel.test (pending)"));
+    assert!(String::from_utf8_lossy(&q.stdout).contains("alice@satchel.test (pending, via local)"));
     let n = run(&link("newaliases"));
     assert!(n.status.success());
     assert!(String::from_utf8_lossy(&n.stdout).contains("1 aliases"));

@@ -46,7 +46,7 @@ fn a_full_transaction_lands_in_the_spool_with_a_received_header() {
     let list = s.run(&["queue", "list"]);
     let out = String::from_utf8_lossy(&list.stdout);
     assert!(
-        out.contains(&id) && out.contains("alice@satchel.test (pending)"),
+        out.contains(&id) && out.contains("alice@satchel.test (pending, via local)"),
         "{out}"
     );
 }
@@ -433,7 +433,11 @@ fn the_reference_configuration_lists_every_setting_and_is_valid() {
         .filter_map(|l| l.strip_prefix('#'))
         .filter_map(|l| l.split_once(" ="))
         .map(|(k, _)| k.to_string())
-        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .filter(|k| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
         .collect();
     documented.sort();
     documented.dedup();

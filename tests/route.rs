@@ -189,7 +189,20 @@ fn a_hub_forwards_by_its_transport_table_and_falls_over_to_the_next_host() {
         log.contains("could not take the mail; trying the next host"),
         "{log}"
     );
-    assert_eq!(hub.queued(), [id], "kept for the deferred recipient");
+    assert_eq!(
+        hub.queued(),
+        [id.clone()],
+        "kept for the deferred recipient"
+    );
+    // The listing names where what waits would go.
+    let list = String::from_utf8_lossy(&hub.run(&["queue", "list"]).stdout).into_owned();
+    assert!(list.contains(&id), "{list}");
+    assert!(
+        list.contains("later@dest.test (deferred, next attempt ")
+            && list.contains(", via defer): 451 4.3.2 mailbox being moved"),
+        "{list}"
+    );
+    assert!(!list.contains("user@dest.test (sent, via"), "{list}");
     // What routing decides, asked without sending.
     let route =
         |addr: &str| String::from_utf8_lossy(&hub.run(&["route", addr]).stdout).into_owned();
@@ -300,6 +313,13 @@ fn a_sender_with_a_relay_of_its_own_goes_through_it() {
     edge.wait_for("the other sender's deferral", || {
         edge.log().contains("status=deferred") && edge.queued().len() == 1
     });
+    let json = String::from_utf8_lossy(&edge.run(&["queue", "list", "--json"]).stdout).into_owned();
+    assert!(
+        json.contains(&format!(
+            "\"address\":\"admin@far.test\",\"state\":\"deferred\""
+        )) && json.contains(&format!("\"next_hop\":\"[127.0.0.9]:{port}\"")),
+        "{json}"
+    );
 }
 
 #[test]

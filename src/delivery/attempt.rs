@@ -368,6 +368,30 @@ pub fn relay_hosts(
     }
 }
 
+/// Where a recipient would go now, named without a DNS look-up (for
+/// `queue list`): `local`, `error`, `defer`, the hosts of its route
+/// (`[a]:587, smtps:[b]:465`), or `MX of example.org`.
+pub fn route_name(
+    cfg: &Config,
+    policy: &LocalPolicy,
+    from: &ReversePath,
+    addr: &ForwardPath,
+) -> String {
+    match next_hop(policy, addr) {
+        Hop::Local => "local".into(),
+        Hop::Settled(state) if state.is_open() => "defer".into(),
+        Hop::Settled(_) => "error".into(),
+        Hop::Smtp(domain, table) => {
+            let (via, _) = relay_hosts(cfg, policy, from, table);
+            if via.is_empty() {
+                return format!("MX of {domain}");
+            }
+            let hosts: Vec<String> = via.iter().map(ToString::to_string).collect();
+            hosts.join(", ")
+        }
+    }
+}
+
 /// A connection slot for `domain` (`destination_concurrency_limit`).
 fn take_slot(d: &Deliverer, domain: &str) -> bool {
     let mut load = lock(&d.domains);

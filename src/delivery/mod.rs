@@ -35,7 +35,7 @@ mod attempt;
 mod control;
 mod scheduler;
 
-pub use attempt::{deliver_message, next_hop, relay_hosts, Hop};
+pub use attempt::{deliver_message, next_hop, relay_hosts, route_name, Hop};
 pub use control::{control_path, control_socket, release, request_flush};
 pub use scheduler::{kick_runner, run_once};
 
