@@ -187,8 +187,14 @@ impl Policy for LocalPolicy {
 
     fn classify(&self, rcpt: &Mailbox) -> RcptClass {
         if !self.is_local_domain(&rcpt.domain) {
+            // Routing asked for inside the local part (`a%b@relayed`,
+            // `"a@b"@relayed`, `b!a@relayed`) is relaying to wherever the
+            // next host takes it: only for clients that may relay
+            // (Postfix's allow_untrusted_routing = no).
+            let routed = rcpt.local.contains(['%', '!', '@']);
             return match self.is_relay_domain(&rcpt.domain) {
                 false => RcptClass::Remote,
+                true if routed => RcptClass::Remote,
                 true if self.is_known_relayed(rcpt) => RcptClass::Relayed,
                 true => RcptClass::RelayedUnknown,
             };
@@ -254,6 +260,13 @@ mod tests {
             RcptClass::Remote,
             "not subdomains"
         );
+        for routed in [
+            "x%elsewhere.test@hub.test",
+            "\"x@elsewhere.test\"@hub.test",
+            "a!x@hub.test",
+        ] {
+            assert_eq!(p.classify(&m(routed)), RcptClass::Remote, "{routed}");
+        }
         p.relay_recipients = Some(
             parse_relay_recipients("# known\nAlice@hub.test OK\n@open.hub.test\n", "r").unwrap(),
         );

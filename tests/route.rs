@@ -44,6 +44,16 @@ fn a_backup_mx_keeps_mail_while_the_primary_is_down_and_hands_it_over_later() {
     // A source route names the final mailbox's domain: still refused.
     assert_eq!(c.cmd("RCPT TO:<@dest.test:x@elsewhere.test>").0, 554);
     assert_eq!(c.cmd("RCPT TO:<x@sub.dest.test>").0, 554, "not subdomains");
+    // Routing the sender asks for inside a relayed domain's local part
+    // (Postfix's allow_untrusted_routing = no): refused too.
+    for trick in [
+        "<x%elsewhere.test@dest.test>",
+        "<\"x@elsewhere.test\"@dest.test>",
+        "<x!elsewhere.test@dest.test>",
+    ] {
+        let (code, text) = c.cmd(&format!("RCPT TO:{trick}"));
+        assert!(code == 550 || code == 554, "{trick}: {code} {text}");
+    }
     assert_eq!(c.cmd("RSET").0, 250);
     let (code, text) = c.mail("someone@far.test", &["user@dest.test"], BODY);
     assert_eq!(code, 250, "{text}");
@@ -355,6 +365,61 @@ fn a_next_hop_that_is_this_host_is_a_loop_not_a_delivery() {
         "{}",
         s.log()
     );
+}
+
+/// Two hubs whose tables send loop.test to each other (a → b → a): the
+/// hop count (`max_hops`, RFC 5321 §6.3) ends it with a bounce to the
+/// sender, not a message circling for ever.
+#[test]
+fn two_hubs_whose_tables_point_at_each_other_end_the_loop_with_a_bounce() {
+    let (a_ip, b_ip) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    let port = shared_port(&[a_ip, b_ip]);
+    let dir = TempDir::new("abaloop");
+    let hub = |ip: [u8; 4], name: &str, other: &str, home: &str| {
+        let table = dir.0.join(format!("transport-{name}"));
+        std::fs::write(
+            &table,
+            format!(
+                "loop.test smtp:[{other}]:{port}
+{home}"
+            ),
+        )
+        .unwrap();
+        Server::start_at(
+            ip,
+            port,
+            &format!(
+                "hostname = {name}
+local_domains = {name}
+relay_networks = 127.0.0.0/8
+                 defer_delivery = no
+max_hops = 6
+transport_file = {}
+",
+                table.display()
+            ),
+        )
+    };
+    let a = hub(a_ip, "a.test", "127.0.0.3", "");
+    let b = hub(
+        b_ip,
+        "b.test",
+        "127.0.0.2",
+        &format!("a.test smtp:[127.0.0.2]:{port}\n"),
+    );
+    let mut c = Client::connect(a.addr());
+    c.hello();
+    let (code, text) = c.mail("alice@a.test", &["x@loop.test"], BODY);
+    assert_eq!(code, 250, "{text}");
+    a.wait_for("the bounce in the sender's mailbox", || {
+        a.maildir("alice").len() == 1
+    });
+    let bounce = std::fs::read_to_string(&a.maildir("alice")[0]).unwrap();
+    assert!(bounce.contains("too many hops"), "{bounce}");
+    assert!(bounce.contains("x@loop.test"), "{bounce}");
+    a.wait_for("both queues empty", || {
+        a.queued().is_empty() && b.queued().is_empty()
+    });
 }
 
 #[test]
