@@ -473,3 +473,66 @@ fn outgoing_connections_come_from_the_smtp_bind_address() {
         "{err}"
     );
 }
+
+#[test]
+fn a_broken_transport_table_at_sighup_leaves_the_old_one_in_force() {
+    let dir = TempDir::new("reloadtable");
+    let table = dir.0.join("transport");
+    std::fs::write(&table, "dest.test error:5.7.1 the first table\n").unwrap();
+    let ip = [127, 0, 0, 2];
+    let s = Server::start_at(
+        ip,
+        shared_port(&[ip]),
+        &format!(
+            "hostname = hub.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
+             transport_file = {}\n",
+            table.display()
+        ),
+    );
+    let send = |n: usize| {
+        let mut c = Client::connect(s.addr());
+        c.hello();
+        let (code, text) = c.mail("someone@far.test", &[&format!("x{n}@dest.test")], BODY);
+        assert_eq!(code, 250, "{text}");
+        let id = common::queue_id(&text);
+        s.wait_for("the decision", || {
+            s.log().contains(&format!("{id}: to=<x{n}@dest.test>"))
+        });
+        let log = s.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("{id}: to=<x{n}@dest.test>")))
+            .unwrap_or_default();
+        line.to_string()
+    };
+    assert!(send(1).contains("(550 5.7.1 the first table)"));
+    std::fs::write(
+        &table,
+        "dest.test error:5.7.1 the second table\nx.test smtp:[h]:99999\n",
+    )
+    .unwrap();
+    s.signal("HUP");
+    s.wait_for("the refusal", || {
+        s.log().contains("reload refused, keeping the old settings")
+    });
+    assert!(
+        s.log().contains("transport:2: bad host '[h]:99999'"),
+        "{}",
+        s.log()
+    );
+    assert!(
+        send(2).contains("(550 5.7.1 the first table)"),
+        "{}",
+        s.log()
+    );
+    std::fs::write(&table, "dest.test error:5.7.1 the second table\n").unwrap();
+    s.signal("HUP");
+    s.wait_for("the reload", || {
+        s.log().contains("reloaded the configuration and aliases")
+    });
+    assert!(
+        send(3).contains("(550 5.7.1 the second table)"),
+        "{}",
+        s.log()
+    );
+}
