@@ -200,6 +200,7 @@ fn bad_config(why: impl std::fmt::Display) -> Fatal {
 /// privileges dropped, delivery started, sessions served until a signal
 /// stops it, deliveries under way waited for.
 fn run_daemon(cfg: Config, policy: LocalPolicy, pidfile: Option<&str>) -> Result<(), Fatal> {
+    let policy = Arc::new(policy);
     let inbox = Handoff::<delivery::Event>::new();
     let (spool, _runner) = take_spool(&cfg, &inbox)?;
     let resolver = satchel::dns::from_config(&cfg).map_err(failure)?;
@@ -289,7 +290,7 @@ fn reloader(
     Box::new(move || {
         let path = start.source.as_ref().map(|p| p.display().to_string());
         let cfg = Config::locate(path.as_deref()).map_err(|e| e.to_string())?;
-        let policy = LocalPolicy::load(&cfg)?;
+        let policy = Arc::new(LocalPolicy::load(&cfg)?);
         // dns_servers, dns_timeout and /etc/resolv.conf, read again.
         let dns: Arc<dyn satchel::dns::Resolver> = Arc::from(satchel::dns::from_config(&cfg)?);
         for name in Config::needs_restart(&start, &cfg) {
@@ -624,7 +625,8 @@ fn inetd_context(cfg: Config, local: bool) -> Result<(Context, Spool), (String, 
     if !local && satchel::os::euid() == 0 {
         log::warn!("warning: inetd: serving SMTP as root; set `user` in the configuration to drop privileges");
     }
-    let ctx = with_tls(Context::new(cfg, policy, spool.clone())).map_err(|e| (e, EXIT_CONFIG))?;
+    let ctx = with_tls(Context::new(cfg, Arc::new(policy), spool.clone()))
+        .map_err(|e| (e, EXIT_CONFIG))?;
     Ok((ctx, spool))
 }
 
@@ -703,7 +705,7 @@ fn queue_run(cfg: Config) -> ExitCode {
     let d = Arc::new(Deliverer::new(
         cfg,
         spool,
-        policy,
+        Arc::new(policy),
         Arc::from(resolver),
         Handoff::new(),
     ));

@@ -38,7 +38,8 @@ pub type OnQueued = std::sync::Arc<dyn Fn(String) + Send + Sync>;
 pub struct Context {
     pub cfg: Config,
     pub session: SessionConfig,
-    pub policy: LocalPolicy,
+    /// Shared with the delivery threads (tables are loaded once).
+    pub policy: std::sync::Arc<LocalPolicy>,
     pub spool: Spool,
     /// Set when the server is stopping: sessions say 421 at the next command.
     /// Shared by the contexts that SIGHUP reloads put in place.
@@ -54,7 +55,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(cfg: Config, policy: LocalPolicy, spool: Spool) -> Context {
+    pub fn new(cfg: Config, policy: std::sync::Arc<LocalPolicy>, spool: Spool) -> Context {
         let session = SessionConfig {
             hostname: cfg.hostname.clone(),
             message_size_limit: cfg.message_size_limit,
@@ -385,7 +386,7 @@ fn new_session<'c>(
 ) -> Session<'c> {
     let mut scfg = ctx.session.clone();
     scfg.tls_available &= tls_possible;
-    let session = Session::new(scfg, &ctx.policy, client.clone());
+    let session = Session::new(scfg, &*ctx.policy, client.clone());
     match start {
         Start::Greet => session,
         Start::AfterTls | Start::ImplicitTls => session.after_tls(),

@@ -201,7 +201,7 @@ fn a_hub_forwards_by_its_transport_table_and_falls_over_to_the_next_host() {
     );
     assert_eq!(
         hub.queued(),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "kept for the deferred recipient"
     );
     // The listing names where what waits would go.
@@ -325,9 +325,8 @@ fn a_sender_with_a_relay_of_its_own_goes_through_it() {
     });
     let json = String::from_utf8_lossy(&edge.run(&["queue", "list", "--json"]).stdout).into_owned();
     assert!(
-        json.contains(&format!(
-            "\"address\":\"admin@far.test\",\"state\":\"deferred\""
-        )) && json.contains(&format!("\"next_hop\":\"[127.0.0.9]:{port}\"")),
+        json.contains("\"address\":\"admin@far.test\",\"state\":\"deferred\"")
+            && json.contains(&format!("\"next_hop\":\"[127.0.0.9]:{port}\"")),
         "{json}"
     );
 }

@@ -46,7 +46,7 @@ const DELIVERY_STACK: usize = 256 * 1024;
 pub struct Deliverer {
     pub cfg: Config,
     pub spool: Spool,
-    pub policy: LocalPolicy,
+    pub policy: Arc<LocalPolicy>,
     pub resolver: Arc<dyn Resolver>,
     /// The scheduler's inbox: newly queued messages (bounces too) wake it.
     pub wake: Handoff<Event>,
@@ -118,7 +118,7 @@ impl Deliverer {
     pub fn new(
         cfg: Config,
         spool: Spool,
-        policy: LocalPolicy,
+        policy: Arc<LocalPolicy>,
         resolver: Arc<dyn Resolver>,
         wake: Handoff<Event>,
     ) -> Deliverer {
@@ -138,7 +138,7 @@ impl Deliverer {
     pub fn reloaded(
         &self,
         cfg: Config,
-        policy: LocalPolicy,
+        policy: Arc<LocalPolicy>,
         resolver: Arc<dyn Resolver>,
     ) -> Deliverer {
         Deliverer {
