@@ -117,6 +117,10 @@ pub struct Envelope {
     pub next_attempt: u64,
     /// A delay warning was sent (`delay_warning_time`).
     pub warned: bool,
+    /// The `DKIM-Signature:` fields (CRLF-terminated) made before the
+    /// first remote delivery, sent ahead of the content by every later
+    /// one; empty when not signed.
+    pub dkim: String,
     pub rcpts: Vec<Recipient>,
 }
 
@@ -246,6 +250,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: 0,
             warned: false,
+            dkim: String::new(),
             rcpts: rcpts
                 .into_iter()
                 .map(|addr| Recipient {
@@ -286,6 +291,9 @@ impl Envelope {
         if self.warned {
             kv("warned", "yes");
         }
+        if !self.dkim.is_empty() {
+            kv("dkim", &escape(&self.dkim));
+        }
         for r in &self.rcpts {
             let mut v = format!("{} {}", r.state.keyword(), r.addr);
             if let Some(st) = r.state.status() {
@@ -318,6 +326,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: 0,
             warned: false,
+            dkim: String::new(),
             rcpts: Vec::new(),
         };
         let mut version = 0;
@@ -395,6 +404,7 @@ impl Envelope {
             }
             "next-attempt" => self.next_attempt = number(value)?,
             "warned" => self.warned = value == "yes",
+            "dkim" => self.dkim = unescape(value)?,
             "rcpt" | "expanded" => self.rcpts.push(recipient(value, key == "expanded")?),
             _ => return Err("unknown key".into()),
         }
@@ -470,6 +480,7 @@ mod tests {
             attempts: 2,
             next_attempt: 1_795_917_557,
             warned: true,
+            dkim: String::new(),
             rcpts: vec![
                 Recipient {
                     addr: ForwardPath::parse("<c@example.net>").unwrap(),

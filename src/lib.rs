@@ -12,6 +12,8 @@ pub mod aliases;
 pub mod bounce;
 pub mod config;
 pub mod delivery;
+#[cfg(feature = "tls")]
+pub mod dkim;
 pub mod dns;
 pub mod envelope;
 pub mod handoff;

@@ -9,6 +9,8 @@
 //! satchel queue flush [-c FILE]           ask the running server to retry everything now
 //! satchel queue show|hold|release ID      inspect, hold back, let go
 //! satchel queue delete ID|ALL             remove
+//! satchel dkim-keygen DOMAIN SELECTOR [-o KEYFILE]  a new Ed25519 DKIM key and its TXT record
+//! satchel dkim-record KEYFILE            the TXT record of a DKIM key (Ed25519 or RSA)
 //! satchel sendmail [options] [rcpt...]    the sendmail command (also via a `sendmail`,
 //!                                         `mailq` or `newaliases` symlink)
 //! ```
@@ -43,19 +45,24 @@ const USAGE: &str = "usage: satchel COMMAND [-c FILE]
   queue delete ID|ALL         remove a message, or every message not being delivered
   route ADDRESS [--sender S]  where mail for ADDRESS would go (nothing is sent)
   install-links DIR           make DIR/sendmail, DIR/mailq and DIR/newaliases
+  dkim-keygen DOMAIN SELECTOR [-o KEYFILE]
+                              write a new Ed25519 DKIM key, print its DNS TXT record
+  dkim-record KEYFILE         print the DNS TXT record of a DKIM key (Ed25519 or RSA)
   sendmail [options] [rcpt]   the sendmail command (satchel sendmail --help)
   --version, --help
 Also runs as sendmail, mailq and newaliases when called by those names
 (see install-links). -c FILE, else $SATCHEL_CONFIG, else /etc/satchel/satchel.conf.";
 
 /// The commands of the usage, for "did you mean".
-const COMMANDS: [&str; 7] = [
+const COMMANDS: [&str; 9] = [
     "serve",
     "inetd",
     "check-config",
     "queue",
     "route",
     "install-links",
+    "dkim-keygen",
+    "dkim-record",
     "sendmail",
 ];
 
@@ -84,6 +91,12 @@ fn main() -> ExitCode {
     opts.optflag("", "json", "queue list: one JSON object per message");
     opts.optopt("", "sender", "route: the envelope sender", "ADDRESS");
     opts.optopt(
+        "o",
+        "output",
+        "dkim-keygen: the key file to write",
+        "KEYFILE",
+    );
+    opts.optopt(
         "p",
         "pidfile",
         "serve: write the process ID to FILE",
@@ -105,6 +118,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let words: Vec<&str> = m.free.iter().map(String::as_str).collect();
+    // The key tools need no configuration.
+    match words.as_slice() {
+        ["dkim-keygen", domain, selector] => return dkim_keygen(domain, selector, m.opt_str("o")),
+        ["dkim-record", path] => return dkim_record(path),
+        _ => {}
+    }
     let cfg = match Config::locate(m.opt_str("c").as_deref()) {
         Ok(c) => c,
         // Under inetd, stdout and stderr are the client's socket: it gets a
@@ -534,6 +553,68 @@ fn smtp_route(cfg: &Config, domain: &str, via: &[satchel::transport::smtp::Relay
         Ok(Err(status)) => format!("error: {status}"),
         Err(e) => format!("smtp to the MX hosts of {domain} ({e})"),
     }
+}
+
+/// `dkim-keygen DOMAIN SELECTOR`: a new Ed25519 key (RFC 8463) in a file
+/// only its owner may read, its `dkim_keys_file` line and its TXT record.
+#[cfg(feature = "tls")]
+fn dkim_keygen(domain: &str, selector: &str, out: Option<String>) -> ExitCode {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = out.unwrap_or_else(|| format!("{domain}.{selector}.key"));
+    let written = satchel::dkim::generate_ed25519().and_then(|(pem, record)| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()))
+            .map_err(|e| format!("{path}: {e}"))?;
+        Ok(record)
+    });
+    match written {
+        Ok(record) => {
+            let full =
+                std::fs::canonicalize(&path).map_or(path.clone(), |p| p.display().to_string());
+            eprintln!("wrote {path} (Ed25519, PKCS#8; readable by its owner only)");
+            eprintln!("for dkim_keys_file: {domain} {selector} {full}");
+            eprintln!("publish in DNS:");
+            println!("{selector}._domainkey.{domain}. IN TXT \"{record}\"");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `dkim-record KEYFILE`: the TXT record of a PKCS#8 key, Ed25519 or RSA
+/// (e.g. from `openssl genpkey`).
+#[cfg(feature = "tls")]
+fn dkim_record(path: &str) -> ExitCode {
+    match satchel::dkim::record_of(std::path::Path::new(path)) {
+        Ok(record) => {
+            println!("{record}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("satchel: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn dkim_keygen(_: &str, _: &str, _: Option<String>) -> ExitCode {
+    dkim_record("")
+}
+
+#[cfg(not(feature = "tls"))]
+fn dkim_record(_: &str) -> ExitCode {
+    eprintln!(
+        "satchel: DKIM needs the tls build feature (ring); this satchel was built without it"
+    );
+    ExitCode::from(EXIT_CONFIG)
 }
 
 /// `install-links DIR`: the sendmail, mailq and newaliases symbolic links

@@ -27,6 +27,9 @@ pub struct LocalPolicy {
     pub transports: crate::config::transport::TransportTable,
     /// `sender_relay_file`.
     pub sender_relays: crate::config::transport::SenderRelays,
+    /// `dkim_keys_file`: the signing keys, read and checked at load.
+    #[cfg(feature = "tls")]
+    pub dkim: Option<std::sync::Arc<crate::dkim::Signer>>,
 }
 
 /// Reads a relay recipient table: one address or `@domain` a line (the
@@ -117,6 +120,17 @@ impl LocalPolicy {
                 .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
             p.credentials = parse_credentials(&text, &f.display().to_string())?;
         }
+        if let Some(f) = &cfg.dkim_keys_file {
+            #[cfg(feature = "tls")]
+            {
+                p.dkim = Some(std::sync::Arc::new(crate::dkim::Signer::load(f)?));
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(format!(
+                "dkim_keys_file {}: DKIM signing needs the tls build feature (ring); this satchel was built without it",
+                f.display()
+            ));
+        }
         Ok(p)
     }
 
@@ -130,13 +144,19 @@ impl LocalPolicy {
             relay_recipients: None,
             transports: Default::default(),
             sender_relays: Default::default(),
+            #[cfg(feature = "tls")]
+            dkim: None,
         }
     }
 
     /// The sizes of the tables loaded, for `check-config`.
     pub fn table_sizes(&self) -> String {
+        #[cfg(feature = "tls")]
+        let keys = self.dkim.as_ref().map_or(0, |s| s.len());
+        #[cfg(not(feature = "tls"))]
+        let keys = 0;
         format!(
-            "aliases {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}",
+            "aliases {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}, dkim_keys_file {keys}",
             self.aliases.map.len(),
             self.transports.len(),
             self.sender_relays.len(),

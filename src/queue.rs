@@ -507,6 +507,7 @@ mod tests {
                 attempts: 1,
                 next_attempt: 1_795_990_000 + i / 100,
                 warned: false,
+                dkim: String::new(),
                 rcpts: vec![Recipient {
                     addr: ForwardPath::parse(&format!("<r{i}@example.net>")).unwrap(),
                     state: if i % 3 == 0 {

@@ -844,6 +844,7 @@ pub fn envelope_of(txn: &Transaction, id: &str, arrival: u64, client: &str) -> E
         attempts: 0,
         next_attempt: 0,
         warned: false,
+        dkim: String::new(),
         rcpts: txn
             .rcpts
             .iter()

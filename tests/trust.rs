@@ -410,6 +410,7 @@ fn the_client_never_sends_a_bare_cr_or_lf() {
         attempts: 0,
         next_attempt: 0,
         warned: false,
+        dkim: String::new(),
         rcpts: vec![Recipient {
             addr: ForwardPath::parse("<x@remote.test>").unwrap(),
             state: RcptState::Pending,

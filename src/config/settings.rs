@@ -453,4 +453,15 @@ section "TLS and authentication" {
     /// satchel warns otherwise.
     relayhost_auth_file: Option<PathBuf> = "", Optional(FilePath), Live;
 }
+
+section "Signing" {
+    /// DKIM signing (RFC 6376): `DOMAIN SELECTOR /path/key.pem` a line, the key
+    /// in PKCS#8 PEM, Ed25519 (RFC 8463; `satchel dkim-keygen`) or RSA of 2048
+    /// bits or more. Several lines for one domain sign with each (Ed25519 and RSA
+    /// side by side). Mail from this host, from relay_networks and from
+    /// authenticated clients is signed, before its first remote delivery, with
+    /// the keys of its From: domain or of the nearest parent domain that has
+    /// keys; relayed mail from others never is. Needs the `tls` build feature.
+    dkim_keys_file: Option<PathBuf> = "", Optional(FilePath), Live;
+}
 }

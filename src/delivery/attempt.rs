@@ -8,14 +8,14 @@
 //! | `claim_and_triage` | the message was claimed (`active/<id>`) | a readable queue file of this ID, or the message set aside (`corrupt/`) or requeued |
 //! | `expand` | open recipients as queued | local aliases replaced by their targets (`expanded`), and that recorded before anything is delivered |
 //! | `route` | expanded recipients | each open recipient in exactly one `Route`: a transport and its next hop |
+//! | `sign` | routes | mail from a trusted source with a remote route carries its DKIM signatures (`env.dkim`, made once and kept for retries), or its remote recipients are deferred with the reason |
 //! | `deliver` | routes | each routed recipient `Sent`, `Deferred` or `Failed` by its transport; deliveries recorded before each remote hop (`checkpoint`) |
 //! | `expire` | states of this attempt | what is still deferred past `max_queue_lifetime` failed (RFC 5321 §4.5.4.1) |
 //! | `notices` | final states | a bounce for what failed in this attempt, a delay warning when due, both queued |
 //! | `finish` | all of the above | the message gone from the queue, or recorded and requeued with its next attempt |
 //!
-//! Where the next features go: address rewriting before `route`; a
-//! transport table inside `route`; DKIM signing before the `smtp`
-//! transport; LMTP and pipe beside `local` (see `transport`).
+//! Where the next features go: address rewriting before `route`; LMTP
+//! and pipe beside `local` (see `transport`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
@@ -93,7 +93,8 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     if let Err(next) = expand(d, &mut a) {
         return next;
     }
-    for route in route(d, &a.env) {
+    let routes = route(d, &a.env);
+    for route in sign(d, &mut a, routes) {
         deliver(d, &mut a, route);
     }
     expire(d, &mut a);
@@ -276,6 +277,74 @@ fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
         rcpts,
     }));
     routes
+}
+
+/// DKIM (RFC 6376): before the first remote delivery of mail this host
+/// may vouch for, the signatures of its `From:` domain, made once and kept
+/// in the envelope (written down by the checkpoint before the network), so
+/// that every retry sends the same ones. A signature that cannot be made
+/// defers the remote recipients, with a log line: never sent unsigned in
+/// silence.
+#[cfg(feature = "tls")]
+fn sign(d: &Deliverer, a: &mut Attempt, routes: Vec<Route>) -> Vec<Route> {
+    let Some(signer) = d.policy.dkim.as_deref() else {
+        return routes;
+    };
+    let remote = routes.iter().any(|r| matches!(r, Route::Smtp { .. }));
+    if !remote || !a.env.dkim.is_empty() || !vouched_for(&d.cfg, &a.env) {
+        return routes;
+    }
+    let made = a
+        .content
+        .open()
+        .map_err(|e| format!("cannot read the queued message: {e}"))
+        .and_then(|mut r| signer.sign(&mut r, a.now));
+    let why = match made {
+        Ok(sig) => {
+            a.env.dkim = sig.unwrap_or_default();
+            return routes;
+        }
+        Err(why) => why,
+    };
+    log::warn!(
+        "warning: {}: DKIM signing failed: {why}; remote delivery deferred",
+        a.env.id
+    );
+    let deferred = || {
+        RcptState::Deferred(Status::new(
+            451,
+            Enhanced(4, 7, 0),
+            format!("DKIM signing failed: {why}"),
+        ))
+    };
+    routes
+        .into_iter()
+        .map(|r| match r {
+            Route::Smtp { rcpts, .. } => {
+                Route::Settled(rcpts.into_iter().map(|i| (i, deferred())).collect())
+            }
+            other => other,
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "tls"))]
+fn sign(_: &Deliverer, _: &mut Attempt, routes: Vec<Route>) -> Vec<Route> {
+    routes
+}
+
+/// Mail this host signs for: its own (local submission, bounces), from
+/// authenticated clients (RFC 4954: `ESMTPA`, `ESMTPSA`, ...) and from
+/// `relay_networks`. Relayed mail from anyone else never is.
+#[cfg(feature = "tls")]
+fn vouched_for(cfg: &Config, env: &Envelope) -> bool {
+    env.protocol == "local"
+        || env.client == "localhost"
+        || env.protocol.ends_with('A')
+        || env
+            .client
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| cfg.may_relay(ip))
 }
 
 /// The transport table's entry for a recipient, else the default: local

@@ -29,6 +29,7 @@ fn envelope() -> Envelope {
         attempts: 0,
         next_attempt: 0,
         warned: false,
+        dkim: String::new(),
         rcpts: vec![Recipient {
             addr: ForwardPath::parse("<c@d.test>").unwrap(),
             state: RcptState::Pending,

@@ -132,6 +132,8 @@ pub struct ClientTls {
 /// The message to send.
 pub struct Message<'a> {
     pub from: &'a str,
+    /// Header fields sent ahead of the content (the DKIM signatures).
+    pub head: &'a [u8],
     pub content: &'a crate::spool::Content,
     pub size: u64,
     pub eight_bit: bool,
@@ -460,8 +462,9 @@ impl Transport for Smtp<'_> {
         let from = env.from.to_string();
         let m = Message {
             from: &from,
+            head: env.dkim.as_bytes(),
             content: batch.content,
-            size: env.size,
+            size: env.size + env.dkim.len() as u64,
             eight_bit: env.body == "8BITMIME",
             smtputf8: env.smtputf8,
         };
@@ -1096,7 +1099,7 @@ fn dialogue(
             },
             Step::Read => read_reply(c, &mut t, c.timeout)?,
             Step::SendContent => {
-                send_content(c, msg.content)?;
+                send_content(c, msg.head, msg.content)?;
                 // RFC 5321 §4.5.3.2.6: ten minutes for the final reply.
                 read_reply(c, &mut t, c.timeout * 2)?
             }
@@ -1131,7 +1134,11 @@ fn needs_smtputf8(from: &str, rcpts: &[String], content: &crate::spool::Content)
     read.is_err() || !crate::bounce::header_section(&head).is_ascii()
 }
 
-fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), HostError> {
+fn send_content(
+    c: &mut Conn,
+    head: &[u8],
+    content: &crate::spool::Content,
+) -> Result<(), HostError> {
     let mut f = content
         .open()
         .map_err(|e| HostError::Spool(format!("cannot read the queued message: {e}")))?;
@@ -1140,7 +1147,8 @@ fn send_content(c: &mut Conn, content: &crate::spool::Content) -> Result<(), Hos
     // out in one write with its final dot.
     let size = usize::try_from(content.len).unwrap_or(usize::MAX);
     let mut buf = vec![0u8; size.clamp(512, 64 * 1024)];
-    let mut out = Vec::with_capacity(buf.len() + buf.len() / 8 + 8);
+    let mut out = Vec::with_capacity(buf.len() + buf.len() / 8 + head.len() + 8);
+    enc.encode(head, &mut out);
     loop {
         let n = f
             .read(&mut buf)
