@@ -3,7 +3,7 @@
 //! `@passwd` is listed) and the aliases file. Loaded once at start (and on
 //! reload); answering is a hash look-up. Never talks to the network.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::address::{Domain, Mailbox};
 use crate::aliases::Aliases;
@@ -27,6 +27,11 @@ pub struct LocalPolicy {
     pub transports: crate::config::transport::TransportTable,
     /// `sender_relay_file`.
     pub sender_relays: crate::config::transport::SenderRelays,
+    /// `sender_login_file`: login -> its addresses and `@domain`s, lower
+    /// case; `None` without the file.
+    sender_logins: Option<HashMap<String, Vec<String>>>,
+    /// `reject_sender_login_mismatch`.
+    reject_login_mismatch: bool,
     /// `dkim_keys_file`: the signing keys, read and checked at load.
     #[cfg(feature = "tls")]
     pub dkim: Option<std::sync::Arc<crate::dkim::Signer>>,
@@ -56,6 +61,43 @@ pub fn parse_relay_recipients(text: &str, file: &str) -> Result<HashSet<String>,
         set.insert(key.to_ascii_lowercase());
     }
     Ok(set)
+}
+
+/// Reads `LOGIN address, @domain, ...` lines (`#` comments; commas or
+/// blanks between the senders). `FILE:LINE: what is wrong` otherwise.
+pub fn parse_sender_logins(text: &str, file: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty());
+        let login = words.next().unwrap_or_default();
+        let senders: Vec<String> = words.map(str::to_ascii_lowercase).collect();
+        let bad = senders.iter().find(|s| {
+            let (local, domain) = s.rsplit_once('@').unwrap_or(("", ""));
+            domain.is_empty() || (local.is_empty() && !s.starts_with('@'))
+        });
+        match (senders.is_empty(), bad) {
+            (true, _) => {
+                return Err(format!(
+                    "{file}:{}: expected LOGIN address, @domain, ...",
+                    n + 1
+                ))
+            }
+            (_, Some(b)) => {
+                return Err(format!(
+                    "{file}:{}: expected user@domain or @domain, found '{b}'",
+                    n + 1
+                ))
+            }
+            _ => map.entry(login.to_string()).or_default().extend(senders),
+        }
+    }
+    Ok(map)
 }
 
 /// Reads `user:hash` lines (`#` comments). Only SHA-512/SHA-256 crypt
@@ -120,6 +162,12 @@ impl LocalPolicy {
                 .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
             p.credentials = parse_credentials(&text, &f.display().to_string())?;
         }
+        if let Some(f) = &cfg.sender_login_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+            p.sender_logins = Some(parse_sender_logins(&text, &f.display().to_string())?);
+        }
+        p.reject_login_mismatch = cfg.reject_sender_login_mismatch;
         if let Some(f) = &cfg.dkim_keys_file {
             #[cfg(feature = "tls")]
             {
@@ -144,6 +192,8 @@ impl LocalPolicy {
             relay_recipients: None,
             transports: Default::default(),
             sender_relays: Default::default(),
+            sender_logins: None,
+            reject_login_mismatch: false,
             #[cfg(feature = "tls")]
             dkim: None,
         }
@@ -194,6 +244,18 @@ impl LocalPolicy {
 }
 
 impl Policy for LocalPolicy {
+    fn may_send_as(&self, login: &str, from: &Mailbox) -> bool {
+        let Some(logins) = &self.sender_logins else {
+            return true;
+        };
+        let Some(owned) = logins.get(login) else {
+            return !self.reject_login_mismatch;
+        };
+        let domain = format!("@{}", from.domain.to_lowercase());
+        let address = format!("{}{domain}", from.local.to_ascii_lowercase());
+        owned.iter().any(|o| *o == address || *o == domain)
+    }
+
     fn authenticate(&self, user: &str, password: &str) -> bool {
         match self.credentials.get(user) {
             Some(h) => crypt_check(password, h),

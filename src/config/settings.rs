@@ -433,6 +433,17 @@ section "TLS and authentication" {
     /// second each (up to five).
     auth_users_file: Option<PathBuf> = "", Optional(FilePath), Live;
 
+    /// The envelope senders each AUTH login may use (Postfix's
+    /// smtpd_sender_login_maps, written login first): `LOGIN address, @domain, ...`
+    /// a line. An authenticated client whose MAIL FROM is not among its login's
+    /// gets 553 5.7.1, so one leaked password cannot send as anyone; `<>` stays
+    /// allowed (bounces). Logins not listed send as before, unless
+    /// reject_sender_login_mismatch = yes.
+    sender_login_file: Option<PathBuf> = "", Optional(FilePath), Live;
+
+    /// With sender_login_file: logins it does not list may send as nobody.
+    reject_sender_login_mismatch: bool = "no", YesNo, Live;
+
     /// Offer AUTH outside TLS too (the password then crosses the network in the
     /// clear). Not recommended.
     auth_over_plaintext: bool = "no", YesNo, Live;

@@ -55,6 +55,11 @@ pub trait Policy {
     fn authenticate(&self, _user: &str, _password: &str) -> bool {
         false
     }
+
+    /// May the authenticated `login` use `from` as its envelope sender?
+    fn may_send_as(&self, _login: &str, _from: &Mailbox) -> bool {
+        true
+    }
 }
 
 /// The connected client, as the edge found it.
@@ -420,6 +425,16 @@ impl<'p> Session<'p> {
         // RFC 4954 §6: 530 when the policy needs authentication first.
         if self.client.auth_required && self.authenticated.is_none() {
             return ok(530, Enhanced(5, 7, 0), "Error: authentication required");
+        }
+        // One login, its own senders only (sender_login_file).
+        if let (Some(login), ReversePath::Mailbox(m)) = (&self.authenticated, &from) {
+            if !self.policy.may_send_as(login, m) {
+                return Event::Reply(Reply::new(
+                    553,
+                    Enhanced(5, 7, 1),
+                    format!("<{m}>: Sender address rejected: not owned by user {login}"),
+                ));
+            }
         }
         // RFC 1870 §6.2: a declared size above the limit is refused at once.
         if params.size.is_some_and(|s| s > self.cfg.message_size_limit) {
