@@ -84,24 +84,7 @@ fn main() -> ExitCode {
         args.remove(0);
         return sendmail(&args, None);
     }
-    let mut opts = getopts::Options::new();
-    opts.optopt("c", "config", "configuration file", "FILE");
-    opts.optflag("h", "help", "print this help");
-    opts.optflag("V", "version", "print the version");
-    opts.optflag("", "json", "queue list: one JSON object per message");
-    opts.optopt("", "sender", "route: the envelope sender", "ADDRESS");
-    opts.optopt(
-        "o",
-        "output",
-        "dkim-keygen: the key file to write",
-        "KEYFILE",
-    );
-    opts.optopt(
-        "p",
-        "pidfile",
-        "serve: write the process ID to FILE",
-        "FILE",
-    );
+    let opts = options();
     let m = match opts.parse(&args) {
         Ok(m) => m,
         Err(e) => {
@@ -154,6 +137,29 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// The options of the `satchel` command line.
+fn options() -> getopts::Options {
+    let mut opts = getopts::Options::new();
+    opts.optopt("c", "config", "configuration file", "FILE");
+    opts.optflag("h", "help", "print this help");
+    opts.optflag("V", "version", "print the version");
+    opts.optflag("", "json", "queue list: one JSON object per message");
+    opts.optopt("", "sender", "route: the envelope sender", "ADDRESS");
+    opts.optopt(
+        "o",
+        "output",
+        "dkim-keygen: the key file to write",
+        "KEYFILE",
+    );
+    opts.optopt(
+        "p",
+        "pidfile",
+        "serve: write the process ID to FILE",
+        "FILE",
+    );
+    opts
 }
 
 /// `satchel 0.1.0 (tls)`.

@@ -36,6 +36,19 @@ fn keys(dir: &Path) -> String {
     table.display().to_string()
 }
 
+/// mail.example.test on `ip`, signing with `table`'s keys, relaying all
+/// to 127.0.0.3 on `port`.
+fn signing_edge(ip: [u8; 4], port: u16, table: &str) -> Server {
+    Server::start_at(
+        ip,
+        port,
+        &format!(
+            "hostname = mail.example.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
+             relayhost = [127.0.0.3]:{port}\ndkim_keys_file = {table}\n"
+        ),
+    )
+}
+
 const SIGNED: &[u8] =
     b"From: Alice <alice@example.test>\r\nTo: bob@far.test\r\nSubject: signed\r\n\r\nbody\r\n";
 
@@ -60,14 +73,7 @@ fn trusted_mail_is_signed_once_and_a_retry_sends_the_same_signature() {
     let port = shared_port(&[edge_ip, far_ip]);
     let dir = TempDir::new("dkimkeys");
     let table = keys(&dir.0);
-    let edge = Server::start_at(
-        edge_ip,
-        port,
-        &format!(
-            "hostname = mail.example.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
-             relayhost = [127.0.0.3]:{port}\ndkim_keys_file = {table}\n"
-        ),
-    );
+    let edge = signing_edge(edge_ip, port, &table);
     let mut c = Client::connect(edge.addr());
     c.hello();
     let (code, text) = c.mail("alice@example.test", &["bob@far.test"], SIGNED);
@@ -146,14 +152,7 @@ fn a_domain_without_a_key_goes_unsigned_and_an_unsignable_message_waits() {
         port,
         "hostname = far.test\nlocal_domains = far.test\nlocal_users = bob\n",
     );
-    let edge = Server::start_at(
-        edge_ip,
-        port,
-        &format!(
-            "hostname = mail.example.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n\
-             relayhost = [127.0.0.3]:{port}\ndkim_keys_file = {table}\n"
-        ),
-    );
+    let edge = signing_edge(edge_ip, port, &table);
     let mut c = Client::connect(edge.addr());
     c.hello();
     let other = b"From: someone@other.test\r\nSubject: no key\r\n\r\nx\r\n";
