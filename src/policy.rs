@@ -27,6 +27,10 @@ pub struct LocalPolicy {
     pub transports: crate::config::transport::TransportTable,
     /// `sender_relay_file`.
     pub sender_relays: crate::config::transport::SenderRelays,
+    /// `virtual_alias_file`.
+    pub virtual_aliases: crate::config::virtual_alias::VirtualAliases,
+    /// `recipient_delimiter`.
+    pub delimiter: String,
     /// `sender_login_file`: login -> its addresses and `@domain`s, lower
     /// case; `None` without the file.
     sender_logins: Option<HashMap<String, Vec<String>>>,
@@ -168,6 +172,10 @@ impl LocalPolicy {
             p.sender_logins = Some(parse_sender_logins(&text, &f.display().to_string())?);
         }
         p.reject_login_mismatch = cfg.reject_sender_login_mismatch;
+        if let Some(f) = &cfg.virtual_alias_file {
+            p.virtual_aliases = crate::config::virtual_alias::VirtualAliases::load(f)?;
+        }
+        p.delimiter = cfg.recipient_delimiter.clone();
         if let Some(f) = &cfg.dkim_keys_file {
             #[cfg(feature = "tls")]
             {
@@ -194,6 +202,8 @@ impl LocalPolicy {
             sender_relays: Default::default(),
             sender_logins: None,
             reject_login_mismatch: false,
+            virtual_aliases: Default::default(),
+            delimiter: String::new(),
             #[cfg(feature = "tls")]
             dkim: None,
         }
@@ -206,8 +216,9 @@ impl LocalPolicy {
         #[cfg(not(feature = "tls"))]
         let keys = 0;
         format!(
-            "aliases {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}, dkim_keys_file {keys}",
+            "aliases {}, virtual_alias_file {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}, dkim_keys_file {keys}",
             self.aliases.map.len(),
+            self.virtual_aliases.len(),
             self.transports.len(),
             self.sender_relays.len(),
             self.relay_recipients.as_ref().map_or(0, HashSet::len)
@@ -238,8 +249,18 @@ impl LocalPolicy {
     /// safe name: `../x`, `a/b`, `x%y@z` and quoted tricks never match.
     pub fn is_known_local(&self, local_part: &str) -> bool {
         let name = local_part.to_ascii_lowercase();
-        crate::config::valid_user_name(&name)
-            && (name == "postmaster" || self.users.contains(&name) || self.aliases.contains(&name))
+        self.is_user(&name) || self.is_user(self.base_name(&name))
+    }
+
+    /// Exactly this (lower-case) name is a user, an alias or postmaster.
+    pub fn is_user(&self, name: &str) -> bool {
+        crate::config::valid_user_name(name)
+            && (name == "postmaster" || self.users.contains(name) || self.aliases.contains(name))
+    }
+
+    /// A local part without its extension (`recipient_delimiter`).
+    pub fn base_name<'a>(&self, local_part: &'a str) -> &'a str {
+        crate::config::virtual_alias::strip_extension(local_part, &self.delimiter)
     }
 }
 
@@ -268,7 +289,14 @@ impl Policy for LocalPolicy {
     }
 
     fn classify(&self, rcpt: &Mailbox) -> RcptClass {
-        if !self.is_local_domain(&rcpt.domain) {
+        if self.virtual_aliases.lookup(rcpt, &self.delimiter).is_some() {
+            return RcptClass::LocalKnown;
+        }
+        let local = self.is_local_domain(&rcpt.domain);
+        if !local && self.virtual_aliases.has_domain(&rcpt.domain.to_lowercase()) {
+            return RcptClass::VirtualUnknown;
+        }
+        if !local {
             // Routing asked for inside the local part (`a%b@relayed`,
             // `"a@b"@relayed`, `b!a@relayed`) is relaying to wherever the
             // next host takes it: only for clients that may relay

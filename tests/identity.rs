@@ -99,3 +99,112 @@ fn with_reject_sender_login_mismatch_an_unlisted_login_sends_as_nobody() {
         "{err}"
     );
 }
+
+/// A host with virtual aliases (a local domain's `info@`, a virtual-only
+/// domain that lists its addresses, a catch-all domain) and `+` extensions.
+fn virtual_host(dir: &TempDir) -> Server {
+    let table = dir.0.join("virtual");
+    std::fs::write(
+        &table,
+        "# addresses that are not accounts\n\
+         info@satchel.test alice, bob\n\
+         virt.test anything\n\
+         team@virt.test info@satchel.test\n\
+         @shop.test alice\n",
+    )
+    .unwrap();
+    Server::start_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!(
+            "defer_delivery = no\nvirtual_alias_file = {}\nrecipient_delimiter = +\n",
+            table.display()
+        ),
+    )
+}
+
+#[test]
+fn virtual_aliases_catch_alls_and_extensions_reach_the_right_mailboxes() {
+    let dir = TempDir::new("virtual");
+    let s = virtual_host(&dir);
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<x@far.test>").0, 250);
+    for ok in [
+        "info@satchel.test",
+        "alice+lists@satchel.test",
+        "team@virt.test",
+        "whoever@shop.test",
+    ] {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{ok}>")).0, 250, "{ok}");
+    }
+    let (code, text) = c.cmd("RCPT TO:<nobody@virt.test>");
+    assert_eq!(code, 550);
+    assert_eq!(
+        text,
+        "5.1.1 <nobody@virt.test>: Recipient address rejected: User unknown in virtual alias table"
+    );
+    assert_eq!(c.cmd("RCPT TO:<carol+x@satchel.test>").0, 550);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: to all of them\r\n\r\nx\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+    // alice through info@, alice+lists@, team@ and the catch-all: one copy.
+    s.wait_for("alice's and bob's copies", || {
+        s.maildir("alice").len() == 1 && s.maildir("bob").len() == 1 && s.queued().is_empty()
+    });
+    assert!(!s.mail_dir().join("alice+lists").exists());
+    // An extension alone: alice's mailbox, the whole address in Delivered-To.
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let (code, _) = c.mail(
+        "x@far.test",
+        &["Alice+Lists@satchel.test"],
+        b"Subject: tagged\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250);
+    s.wait_for("the tagged copy", || s.maildir("alice").len() == 2);
+    let tagged = s
+        .maildir("alice")
+        .into_iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .find(|t| t.contains("Subject: tagged"))
+        .unwrap();
+    assert!(
+        tagged.starts_with("Return-Path: <x@far.test>\nDelivered-To: Alice+Lists@satchel.test\n"),
+        "{tagged}"
+    );
+}
+
+#[test]
+fn a_virtual_alias_loop_bounces_and_a_broken_table_is_refused() {
+    let dir = TempDir::new("virtualloop");
+    let table = dir.0.join("virtual");
+    std::fs::write(&table, "a@virt.test b@virt.test\nb@virt.test a@virt.test\n").unwrap();
+    let s = Server::start_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!(
+            "defer_delivery = no\nvirtual_alias_file = {}\n",
+            table.display()
+        ),
+    );
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.mail(
+        "alice@satchel.test",
+        &["a@virt.test"],
+        b"Subject: loop\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    s.wait_for("the bounce to alice", || s.maildir("alice").len() == 1);
+    let bounce = std::fs::read_to_string(&s.maildir("alice")[0]).unwrap();
+    assert!(bounce.contains("virtual alias loop"), "{bounce}");
+    std::fs::write(&table, "a@virt.test b@virt.test\nnot-a-key\n").unwrap();
+    let out = s.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("virtual:2: 'not-a-key' has no target"),
+        "{err}"
+    );
+}

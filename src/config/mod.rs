@@ -22,6 +22,7 @@ mod sample;
 mod settings;
 pub mod transport;
 mod values;
+pub mod virtual_alias;
 
 #[cfg(test)]
 pub use sample::sample_file;

@@ -205,6 +205,21 @@ section "Receiving" {
     /// start with white space (see etc/aliases). A missing file is an empty table.
     aliases_file: PathBuf = "./etc/aliases", FilePath, Live;
 
+    /// Addresses that are not accounts, per domain (Postfix's virtual(5)):
+    /// `info@example.test alice, bob@elsewhere.test`, `@example.test catchall`
+    /// for every other address of a domain, `example.test anything` to name a
+    /// domain whose addresses must all be listed. A bare target is a local user
+    /// or alias. An address of a domain named here that the table does not list
+    /// gets 550 5.1.1 at RCPT (unless the domain is also local). Expanded at
+    /// delivery, recursively, with loops refused and duplicates dropped.
+    virtual_alias_file: Option<PathBuf> = "", Optional(FilePath), Live;
+
+    /// Characters that start an address extension, e.g. `+`: alice+lists@ is
+    /// delivered to alice (Delivered-To keeps the whole address); virtual aliases
+    /// and aliases are looked up with the extension first, then without. Empty =
+    /// no extensions.
+    recipient_delimiter: String = "", Delimiters, Live;
+
     /// Clients (addresses or CIDR networks) allowed to relay mail to other
     /// domains. Everyone else may send only to the local domains and gets
     /// 554 5.7.1 Relay access denied otherwise: satchel is never an open relay

@@ -312,6 +312,25 @@ impl Kind for IpAddress {
     }
 }
 
+/// Characters that start an address extension (`+`, `+-`): punctuation
+/// other than `@`, `"`, `\\` and `.`, or nothing.
+pub struct Delimiters;
+
+impl Kind for Delimiters {
+    type Value = String;
+    fn parse(&self, text: &str) -> Result<String, String> {
+        let ok = |c: char| c.is_ascii_punctuation() && !matches!(c, '@' | '"' | '\\' | '.');
+        if text.chars().all(ok) && text.len() <= 8 {
+            Ok(text.to_string())
+        } else {
+            Err("expected delimiter characters such as + or +-".into())
+        }
+    }
+    fn render(&self, value: &String) -> String {
+        value.clone()
+    }
+}
+
 /// A list item: an address or a CIDR network.
 pub struct Network;
 

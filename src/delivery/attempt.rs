@@ -32,7 +32,7 @@ use crate::smtp::reply::Enhanced;
 use crate::spool::{Content, ReadError};
 use crate::status::Status;
 use crate::time::unix_now;
-use crate::transport::local::{mailbox_name, Local};
+use crate::transport::local::{mailbox_name, mailbox_user, Local};
 use crate::transport::smtp::{Relayhost, Smtp};
 use crate::transport::{Batch, Transport};
 
@@ -175,25 +175,25 @@ fn expand(d: &Deliverer, a: &mut Attempt) -> Result<(), Option<u64>> {
     Ok(())
 }
 
-/// Replaces every open local recipient that is an alias by its expansion
-/// (marked `expanded`, so it is never expanded again). True if changed.
+/// Replaces every open recipient that is a virtual alias, or an alias of
+/// a local domain, by what it stands for (marked `expanded`, so it is
+/// never expanded again). True if changed.
 fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
     let mut changed = false;
     let mut out: Vec<Recipient> = Vec::with_capacity(env.rcpts.len());
     for r in std::mem::take(&mut env.rcpts) {
-        let name = mailbox_name(&r.addr);
-        if r.expanded
-            || !r.state.is_open()
-            || !is_local(d, &r.addr)
-            || !d.policy.aliases.contains(&name)
-        {
+        let expansion = match r.expanded || !r.state.is_open() {
+            true => None,
+            false => targets_of(d, &r.addr),
+        };
+        let Some(expansion) = expansion else {
             out.push(r);
             continue;
-        }
+        };
         changed = true;
-        match d.policy.aliases.expand(&name) {
+        match expansion {
             Ok(targets) => {
-                for addr in alias_targets(d, &r.addr, targets) {
+                for addr in targets {
                     if !out.iter().any(|o| o.addr == addr && o.expanded) {
                         out.push(Recipient {
                             addr,
@@ -212,6 +212,80 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
     }
     env.rcpts = out;
     changed
+}
+
+/// What an address stands for: its virtual alias targets (a local one
+/// through the aliases too); else, in a local domain, its alias expansion
+/// (the whole name first, then without its extension). `None` for a
+/// mailbox or a remote address.
+fn targets_of(d: &Deliverer, addr: &ForwardPath) -> Option<Result<Vec<ForwardPath>, String>> {
+    let p = &d.policy;
+    let ForwardPath::Mailbox(m) = addr else {
+        return local_alias(d, addr);
+    };
+    let Some(expansion) = p.virtual_aliases.expand(m, &p.delimiter) else {
+        return local_alias(d, addr);
+    };
+    let home = home_domain(d, &m.domain);
+    Some(expansion.and_then(|targets| {
+        let mut out: Vec<ForwardPath> = Vec::new();
+        for t in targets {
+            let a = ForwardPath::Mailbox(match t {
+                Target::Local(user) => Mailbox {
+                    local: user,
+                    domain: home.clone(),
+                },
+                Target::Remote(m) => m,
+            });
+            let more = match local_alias(d, &a) {
+                Some(r) => r?,
+                None => vec![a],
+            };
+            for a in more {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }))
+}
+
+/// The alias expansion of a local address, if it names an alias.
+fn local_alias(d: &Deliverer, addr: &ForwardPath) -> Option<Result<Vec<ForwardPath>, String>> {
+    if !is_local(d, addr) {
+        return None;
+    }
+    let full = mailbox_name(addr);
+    let base = d.policy.base_name(&full).to_string();
+    let name = [full, base]
+        .into_iter()
+        .find(|n| d.policy.aliases.contains(n))?;
+    Some(
+        d.policy
+            .aliases
+            .expand(&name)
+            .map(|targets| alias_targets(d, addr, targets)),
+    )
+}
+
+/// Where a virtual alias's bare targets live: the alias's own domain when
+/// it is local, else this host's name (or the first local domain).
+fn home_domain(d: &Deliverer, alias_domain: &Domain) -> Domain {
+    if d.policy.is_local_domain(alias_domain) {
+        return alias_domain.clone();
+    }
+    let host = Domain::Name(d.cfg.hostname.to_ascii_lowercase());
+    if d.policy.is_local_domain(&host) {
+        return host;
+    }
+    Domain::Name(
+        d.cfg
+            .local_domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into()),
+    )
 }
 
 /// An alias's targets as addresses: local users in the alias's own domain.
@@ -368,18 +442,20 @@ pub fn next_hop(policy: &LocalPolicy, addr: &ForwardPath) -> Hop {
 fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
     match route {
         Route::Local(rcpts) => {
-            let known = |user: &str| user == "postmaster" || d.policy.is_known_local(user);
+            let known = |user: &str| d.policy.is_user(user);
+            let delimiter = d.policy.delimiter.as_str();
             let transport = Local {
                 mail_dir: &d.cfg.mail_dir,
                 format: d.cfg.mailbox_format,
                 hostname: &d.cfg.hostname,
                 known: &known,
+                delimiter,
                 delivered_before: a
                     .env
                     .rcpts
                     .iter()
                     .filter(|r| matches!(r.state, RcptState::Sent(_)) && is_local(d, &r.addr))
-                    .map(|r| mailbox_name(&r.addr))
+                    .map(|r| mailbox_user(&r.addr, delimiter, &known))
                     .collect::<HashSet<String>>(),
             };
             run(a, &transport, &rcpts, "");

@@ -44,6 +44,8 @@ pub enum RcptClass {
     Relayed,
     /// In a relayed domain, but not in its recipient table.
     RelayedUnknown,
+    /// In a virtual alias domain, but not in the virtual alias table.
+    VirtualUnknown,
 }
 
 /// Answers the questions of the relay and recipient policy (backed by the
@@ -516,6 +518,11 @@ impl<'p> Session<'p> {
                 Enhanced(5, 1, 1),
                 format!("<{mailbox}>: Recipient address rejected: User unknown in relay recipient table"),
             ),
+            RcptClass::VirtualUnknown => Reply::new(
+                550,
+                Enhanced(5, 1, 1),
+                format!("<{mailbox}>: Recipient address rejected: User unknown in virtual alias table"),
+            ),
             RcptClass::Remote if self.client.may_relay => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
             RcptClass::Remote => {
                 Reply::new(554, Enhanced(5, 7, 1), format!("<{mailbox}>: Relay access denied"))
@@ -713,7 +720,7 @@ impl<'p> Session<'p> {
         match Mailbox::parse(&candidate) {
             Ok(m) => match self.policy.classify(&m) {
                 RcptClass::LocalKnown => ok(250, Enhanced(2, 1, 5), &format!("<{m}>")),
-                RcptClass::LocalUnknown => {
+                RcptClass::LocalUnknown | RcptClass::VirtualUnknown => {
                     ok(550, Enhanced(5, 1, 1), &format!("<{m}>: User unknown"))
                 }
                 RcptClass::Remote | RcptClass::Relayed | RcptClass::RelayedUnknown => ok(

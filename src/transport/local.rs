@@ -284,8 +284,10 @@ pub struct Local<'a> {
     pub mail_dir: &'a Path,
     pub format: MailboxFormat,
     pub hostname: &'a str,
-    /// True for a user who may receive mail here.
+    /// True for a user who may receive mail here (the name exactly).
     pub known: &'a dyn Fn(&str) -> bool,
+    /// `recipient_delimiter`: `alice+lists` is alice's when it is nobody's.
+    pub delimiter: &'a str,
     /// Mailboxes that had this message in an earlier attempt.
     pub delivered_before: HashSet<String>,
 }
@@ -299,6 +301,16 @@ pub fn mailbox_name(addr: &ForwardPath) -> String {
     }
 }
 
+/// The mailbox of a local recipient: its name, or (when that is nobody's)
+/// the name without its extension (`recipient_delimiter`).
+pub fn mailbox_user(addr: &ForwardPath, delimiter: &str, known: &dyn Fn(&str) -> bool) -> String {
+    let full = mailbox_name(addr);
+    if delimiter.is_empty() || known(&full) {
+        return full;
+    }
+    crate::config::virtual_alias::strip_extension(&full, delimiter).to_string()
+}
+
 impl Transport for Local<'_> {
     fn deliver(&self, batch: &Batch) -> Delivery {
         let mut delivered = self.delivered_before.clone();
@@ -309,7 +321,7 @@ impl Transport for Local<'_> {
             .iter()
             .map(|&i| {
                 let r = &batch.env.rcpts[i];
-                let user = mailbox_name(&r.addr);
+                let user = mailbox_user(&r.addr, self.delimiter, self.known);
                 if delivered.contains(&user) {
                     return RcptState::Sent(Status::new(
                         250,
