@@ -524,7 +524,33 @@ fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let text = match delivery::next_hop(&policy, &rcpt) {
+    // Virtual aliases and aliases first: then the route of each target.
+    match delivery::expand::targets_of(cfg, &policy, &rcpt) {
+        None => println!(
+            "{}: {}",
+            rcpt.bare(),
+            route_text(cfg, &policy, &rcpt, &from)
+        ),
+        Some(Err(why)) => println!("{}: error: {why}", rcpt.bare()),
+        Some(Ok(targets)) => {
+            let names: Vec<String> = targets.iter().map(|t| t.bare()).collect();
+            println!("{}: expands to {}", rcpt.bare(), names.join(", "));
+            for t in &targets {
+                println!("  {}: {}", t.bare(), route_text(cfg, &policy, t, &from));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The transport and next hops of one (expanded) recipient.
+fn route_text(
+    cfg: &Config,
+    policy: &LocalPolicy,
+    rcpt: &satchel::address::ForwardPath,
+    from: &satchel::address::ReversePath,
+) -> String {
+    match delivery::next_hop(policy, rcpt) {
         delivery::Hop::Local => format!("local: mailbox of {}", rcpt.bare()),
         delivery::Hop::Settled(state) => format!(
             "{}: {}",
@@ -532,12 +558,10 @@ fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
             state.status().map(ToString::to_string).unwrap_or_default()
         ),
         delivery::Hop::Smtp(domain, table) => {
-            let (via, _) = delivery::relay_hosts(cfg, &policy, &from, table);
+            let (via, _) = delivery::relay_hosts(cfg, policy, from, table);
             smtp_route(cfg, &domain, &via)
         }
-    };
-    println!("{}: {text}", rcpt.bare());
-    ExitCode::SUCCESS
+    }
 }
 
 /// `smtp: [a]:25, [b]:25` for hosts a route names, else the domain's MX

@@ -145,6 +145,18 @@ fn virtual_aliases_catch_alls_and_extensions_reach_the_right_mailboxes() {
         "5.1.1 <nobody@virt.test>: Recipient address rejected: User unknown in virtual alias table"
     );
     assert_eq!(c.cmd("RCPT TO:<carol+x@satchel.test>").0, 550);
+    // What routing shows for them, without sending.
+    let route = |a: &str| String::from_utf8_lossy(&s.run(&["route", a]).stdout).into_owned();
+    assert_eq!(
+        route("team@virt.test"),
+        "team@virt.test: expands to alice@satchel.test, bob@satchel.test\n  \
+         alice@satchel.test: local: mailbox of alice@satchel.test\n  \
+         bob@satchel.test: local: mailbox of bob@satchel.test\n"
+    );
+    assert_eq!(
+        route("alice+lists@satchel.test"),
+        "alice+lists@satchel.test: local: mailbox of alice+lists@satchel.test\n"
+    );
     assert_eq!(c.cmd("DATA").0, 354);
     c.send(b"Subject: to all of them\r\n\r\nx\r\n.\r\n");
     assert_eq!(c.reply().0, 250);

@@ -21,8 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 
 use super::{backoff, is_local, lock, log_outcome, Deliverer, Event};
-use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
-use crate::aliases::Target;
+use crate::address::{ForwardPath, ReversePath};
 use crate::bounce::{self, Action, Notice, Report};
 use crate::config::transport::NextHop;
 use crate::config::Config;
@@ -32,7 +31,7 @@ use crate::smtp::reply::Enhanced;
 use crate::spool::{Content, ReadError};
 use crate::status::Status;
 use crate::time::unix_now;
-use crate::transport::local::{mailbox_name, mailbox_user, Local};
+use crate::transport::local::{mailbox_user, Local};
 use crate::transport::smtp::{Relayhost, Smtp};
 use crate::transport::{Batch, Transport};
 
@@ -184,7 +183,7 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
     for r in std::mem::take(&mut env.rcpts) {
         let expansion = match r.expanded || !r.state.is_open() {
             true => None,
-            false => targets_of(d, &r.addr),
+            false => super::expand::targets_of(&d.cfg, &d.policy, &r.addr),
         };
         let Some(expansion) = expansion else {
             out.push(r);
@@ -212,104 +211,6 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
     }
     env.rcpts = out;
     changed
-}
-
-/// What an address stands for: its virtual alias targets (a local one
-/// through the aliases too); else, in a local domain, its alias expansion
-/// (the whole name first, then without its extension). `None` for a
-/// mailbox or a remote address.
-fn targets_of(d: &Deliverer, addr: &ForwardPath) -> Option<Result<Vec<ForwardPath>, String>> {
-    let p = &d.policy;
-    let ForwardPath::Mailbox(m) = addr else {
-        return local_alias(d, addr);
-    };
-    let Some(expansion) = p.virtual_aliases.expand(m, &p.delimiter) else {
-        return local_alias(d, addr);
-    };
-    let home = home_domain(d, &m.domain);
-    Some(expansion.and_then(|targets| {
-        let mut out: Vec<ForwardPath> = Vec::new();
-        for t in targets {
-            let a = ForwardPath::Mailbox(match t {
-                Target::Local(user) => Mailbox {
-                    local: user,
-                    domain: home.clone(),
-                },
-                Target::Remote(m) => m,
-            });
-            let more = match local_alias(d, &a) {
-                Some(r) => r?,
-                None => vec![a],
-            };
-            for a in more {
-                if !out.contains(&a) {
-                    out.push(a);
-                }
-            }
-        }
-        Ok(out)
-    }))
-}
-
-/// The alias expansion of a local address, if it names an alias.
-fn local_alias(d: &Deliverer, addr: &ForwardPath) -> Option<Result<Vec<ForwardPath>, String>> {
-    if !is_local(d, addr) {
-        return None;
-    }
-    let full = mailbox_name(addr);
-    let base = d.policy.base_name(&full).to_string();
-    let name = [full, base]
-        .into_iter()
-        .find(|n| d.policy.aliases.contains(n))?;
-    Some(
-        d.policy
-            .aliases
-            .expand(&name)
-            .map(|targets| alias_targets(d, addr, targets)),
-    )
-}
-
-/// Where a virtual alias's bare targets live: the alias's own domain when
-/// it is local, else this host's name (or the first local domain).
-fn home_domain(d: &Deliverer, alias_domain: &Domain) -> Domain {
-    if d.policy.is_local_domain(alias_domain) {
-        return alias_domain.clone();
-    }
-    let host = Domain::Name(d.cfg.hostname.to_ascii_lowercase());
-    if d.policy.is_local_domain(&host) {
-        return host;
-    }
-    Domain::Name(
-        d.cfg
-            .local_domains
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "localhost".into()),
-    )
-}
-
-/// An alias's targets as addresses: local users in the alias's own domain.
-fn alias_targets(d: &Deliverer, alias: &ForwardPath, targets: Vec<Target>) -> Vec<ForwardPath> {
-    let domain = match alias {
-        ForwardPath::Mailbox(m) => m.domain.clone(),
-        ForwardPath::Postmaster => Domain::Name(
-            d.cfg
-                .local_domains
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "localhost".into()),
-        ),
-    };
-    targets
-        .into_iter()
-        .map(|t| match t {
-            Target::Local(user) => ForwardPath::Mailbox(Mailbox {
-                local: user,
-                domain: domain.clone(),
-            }),
-            Target::Remote(m) => ForwardPath::Mailbox(m),
-        })
-        .collect()
 }
 
 /// Routing: what the transport table says, else local domains here and
