@@ -23,6 +23,7 @@ pub mod policy;
 pub mod preflight;
 pub mod queue;
 pub mod receive;
+pub mod rewrite;
 pub mod sendmail;
 pub mod server;
 pub mod smtp;

@@ -512,7 +512,7 @@ fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let origin = sendmail::origin(&cfg.hostname, &cfg.local_domains);
+    let origin = cfg.myorigin();
     let parsed = sendmail::recipient(address, &origin).and_then(|r| {
         let from = sendmail::sender(sender.unwrap_or("<>"), &origin)?;
         Ok((r, from))

@@ -27,6 +27,8 @@ pub struct LocalPolicy {
     pub transports: crate::config::transport::TransportTable,
     /// `sender_relay_file`.
     pub sender_relays: crate::config::transport::SenderRelays,
+    /// myorigin, masquerading and the canonical tables.
+    pub rewriter: crate::rewrite::Rewriter,
     /// `virtual_alias_file`.
     pub virtual_aliases: crate::config::virtual_alias::VirtualAliases,
     /// `recipient_delimiter`.
@@ -130,6 +132,27 @@ pub fn parse_credentials(
     Ok(map)
 }
 
+/// The rewriting settings and tables of `cfg`.
+fn rewriter(cfg: &Config) -> Result<crate::rewrite::Rewriter, String> {
+    use crate::rewrite::Canonical;
+    let table = |f: &Option<std::path::PathBuf>| match f {
+        Some(f) => Canonical::load(f),
+        None => Ok(Canonical::default()),
+    };
+    Ok(crate::rewrite::Rewriter {
+        myorigin: cfg.myorigin(),
+        local_domains: cfg
+            .local_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+        masquerade_domains: cfg.masquerade_domains.clone(),
+        masquerade_exceptions: cfg.masquerade_exceptions.iter().cloned().collect(),
+        sender_canonical: table(&cfg.sender_canonical_file)?,
+        recipient_canonical: table(&cfg.recipient_canonical_file)?,
+    })
+}
+
 impl LocalPolicy {
     /// Builds the table; fails with a readable line when the aliases file is broken.
     pub fn load(cfg: &Config) -> Result<LocalPolicy, String> {
@@ -176,6 +199,7 @@ impl LocalPolicy {
             p.virtual_aliases = crate::config::virtual_alias::VirtualAliases::load(f)?;
         }
         p.delimiter = cfg.recipient_delimiter.clone();
+        p.rewriter = rewriter(cfg)?;
         if let Some(f) = &cfg.dkim_keys_file {
             #[cfg(feature = "tls")]
             {
@@ -204,6 +228,7 @@ impl LocalPolicy {
             reject_login_mismatch: false,
             virtual_aliases: Default::default(),
             delimiter: String::new(),
+            rewriter: Default::default(),
             #[cfg(feature = "tls")]
             dkim: None,
         }
@@ -216,9 +241,11 @@ impl LocalPolicy {
         #[cfg(not(feature = "tls"))]
         let keys = 0;
         format!(
-            "aliases {}, virtual_alias_file {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}, dkim_keys_file {keys}",
+            "aliases {}, virtual_alias_file {}, sender_canonical_file {}, recipient_canonical_file {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}, dkim_keys_file {keys}",
             self.aliases.map.len(),
             self.virtual_aliases.len(),
+            self.rewriter.sender_canonical.len(),
+            self.rewriter.recipient_canonical.len(),
             self.transports.len(),
             self.sender_relays.len(),
             self.relay_recipients.as_ref().map_or(0, HashSet::len)
@@ -289,6 +316,15 @@ impl Policy for LocalPolicy {
     }
 
     fn classify(&self, rcpt: &Mailbox) -> RcptClass {
+        // The address as it will be queued (recipient_canonical_file).
+        let canonical;
+        let rcpt = if self.rewriter.recipient_canonical.is_empty() {
+            rcpt
+        } else {
+            let new = self.rewriter.recipient(&rcpt.to_string());
+            canonical = Mailbox::parse(&new).unwrap_or_else(|_| rcpt.clone());
+            &canonical
+        };
         if self.virtual_aliases.lookup(rcpt, &self.delimiter).is_some() {
             return RcptClass::LocalKnown;
         }

@@ -716,7 +716,12 @@ fn receive_data<R: Read, W: Write>(
     }
     out.clear();
     incoming.write(received.as_bytes());
-    let Some(end) = stream_data(reader, out, timer, session, ctx, &mut incoming) else {
+    // Mail this host vouches for has its header addresses rewritten.
+    let client = session.client();
+    let vouched = client.may_relay || client.ip.is_none() || session.authenticated().is_some();
+    let mut held = vouched.then(Held::default);
+    let streamed = stream_data(reader, out, timer, session, ctx, &mut incoming, &mut held);
+    let Some(end) = streamed else {
         return false; // incoming is dropped: nothing is queued
     };
     let peer = &peer_name(session.client());
@@ -726,6 +731,7 @@ fn receive_data<R: Read, W: Write>(
     }
     let client = peer.trim_start_matches('[').trim_end_matches(']');
     let mut env = envelope_of(txn, incoming.id(), arrival, client);
+    ctx.policy.rewriter.envelope(&mut env);
     let ev = match incoming.commit(ctx, &mut env) {
         Ok(()) => {
             log_queued(&env, peer, &txn.helo);
@@ -776,6 +782,7 @@ fn stream_data<R: Read>(
     session: &mut Session,
     ctx: &Context,
     sink: &mut Sink,
+    held: &mut Option<Held>,
 ) -> Option<DataEnd> {
     let peer = &peer_name(session.client());
     let mut decoder = DataDecoder::new(ctx.cfg.message_size_limit);
@@ -812,10 +819,16 @@ fn stream_data<R: Read>(
         let (used, done) = decoder.feed(buf, &mut content);
         reader.consume(used);
         if !content.is_empty() {
-            sink.write(&content);
+            match held {
+                Some(h) => h.write(&content, sink, &ctx.policy.rewriter),
+                None => sink.write(&content),
+            }
             content.clear();
         }
         if done {
+            if let Some(h) = held {
+                h.end(sink, &ctx.policy.rewriter);
+            }
             return Some(DataEnd {
                 defect: decoder.defect(),
                 received_headers: decoder.received_headers(),
@@ -867,6 +880,53 @@ fn log_queued(env: &Envelope, peer: &str, helo: &str) {
         env.size,
         env.rcpts.len()
     );
+}
+
+/// The header section of mail this host vouches for, held until its end
+/// and written with its addresses rewritten (`rewrite`: myorigin,
+/// canonical tables, masquerading); the body passes through as it comes.
+/// A header section over 64 KiB passes as it is.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    passed: bool,
+}
+
+const MAX_HELD: usize = 64 * 1024;
+
+impl Held {
+    fn write(&mut self, data: &[u8], sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
+        if self.passed {
+            return sink.write(data);
+        }
+        let from = self.bytes.len().saturating_sub(3);
+        self.bytes.extend_from_slice(data);
+        if self.bytes.starts_with(b"\r\n") {
+            // No header section at all.
+            sink.write(&self.bytes);
+            self.passed = true;
+        } else if let Some(i) = self.bytes[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let (head, rest) = self.bytes.split_at(from + i + 2);
+            sink.write(&rw.header_section(head));
+            sink.write(rest);
+            self.passed = true;
+        } else if self.bytes.len() > MAX_HELD {
+            sink.write(&self.bytes);
+            self.passed = true;
+        }
+        if self.passed {
+            self.bytes = Vec::new();
+        }
+    }
+
+    /// The end of data: a message that is all headers is written now.
+    fn end(&mut self, sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
+        if !self.passed && !self.bytes.is_empty() {
+            sink.write(&rw.header_section(&self.bytes));
+        }
+        self.passed = true;
+        self.bytes = Vec::new();
+    }
 }
 
 /// Where a message being received goes: the spool, or (`sendmail -bs`

@@ -741,7 +741,7 @@ pub mod submit {
         invoker: (u32, String),
     ) -> Result<(String, Vec<String>), (u8, String)> {
         let (uid, user) = invoker;
-        let origin = super::origin(&cfg.hostname, &cfg.local_domains);
+        let origin = cfg.myorigin();
         let from = match &o.sender {
             Some(s) => super::sender(s, &origin).map_err(|e| (EX_DATAERR, e))?,
             None => super::sender(&user, &origin).map_err(|e| (EX_DATAERR, e))?,
@@ -769,6 +769,14 @@ pub mod submit {
         );
         let all = o.recipients.iter().chain(prepared.header_recipients.iter());
         let (rcpts, unknown) = recipients(policy, all, &origin)?;
+        // Local submission: envelope and header addresses rewritten.
+        let rw = &policy.rewriter;
+        let from = rw.reverse_path(&from);
+        let rcpts: Vec<ForwardPath> = rcpts.iter().map(|r| rw.forward_path(r)).collect();
+        let prepared = Prepared {
+            message: rw.message(&prepared.message),
+            header_recipients: Vec::new(),
+        };
         check_limits(cfg, &rcpts, &unknown, prepared.message.len(), inc.is_none())?;
         let Some(mut inc) = inc else {
             return crate::spool::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)

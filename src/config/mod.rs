@@ -304,6 +304,15 @@ impl Config {
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
+    /// `myorigin`, or (unset) the host name when it is a local domain,
+    /// else the first local domain.
+    pub fn myorigin(&self) -> String {
+        if let Some(o) = &self.myorigin {
+            return o.to_ascii_lowercase();
+        }
+        crate::sendmail::origin(&self.hostname, &self.local_domains)
+    }
+
     pub fn may_relay(&self, ip: IpAddr) -> bool {
         self.relay_networks.iter().any(|n| n.contains(ip))
     }

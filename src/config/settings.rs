@@ -480,6 +480,34 @@ section "TLS and authentication" {
     relayhost_auth_file: Option<PathBuf> = "", Optional(FilePath), Live;
 }
 
+section "Rewriting" {
+    /// The domain that bare names get (`root` -> root@myorigin): in the envelope
+    /// and in From:, Sender:, To: and Cc: of mail this host vouches for (local
+    /// submissions, relay_networks, authenticated clients), as Postfix's
+    /// append_at_myorigin. Empty = hostname, or the first of local_domains when
+    /// hostname is not one of them.
+    myorigin: Option<String> = "", Optional(HostName), Live;
+
+    /// Domains whose subdomains are hidden in sender addresses:
+    /// `user@host.example.test` becomes `user@example.test` in the envelope
+    /// sender and in the sender fields (From, Sender, Reply-To) of mail this host
+    /// vouches for (Postfix's masquerade_domains).
+    masquerade_domains: Vec<String> = "", List::of(Domain), Live;
+
+    /// Local parts never masqueraded, e.g. `root` (Postfix's masquerade_exceptions).
+    masquerade_exceptions: Vec<String> = "", List::of(LocalUser), Live;
+
+    /// Sender addresses to rewrite (canonical(5)): `root admin@example.test`,
+    /// `@vm @example.test` (the domain only), `user@domain address`. Applied to
+    /// the envelope sender of all mail, and to From, Sender and Reply-To of mail
+    /// this host vouches for; before masquerading.
+    sender_canonical_file: Option<PathBuf> = "", Optional(FilePath), Live;
+
+    /// The same for recipients: the envelope recipients of all mail (before the
+    /// RCPT check), and To and Cc of mail this host vouches for.
+    recipient_canonical_file: Option<PathBuf> = "", Optional(FilePath), Live;
+}
+
 section "Signing" {
     /// DKIM signing (RFC 6376): `DOMAIN SELECTOR /path/key.pem` a line, the key
     /// in PKCS#8 PEM, Ed25519 (RFC 8463; `satchel dkim-keygen`) or RSA of 2048
