@@ -220,3 +220,130 @@ fn a_virtual_alias_loop_bounces_and_a_broken_table_is_refused() {
         "{err}"
     );
 }
+
+/// A cron job's `sendmail -t` as root on a host named `vm`: the sender
+/// leaves as root@example.test (myorigin vm.example.test, masqueraded to
+/// example.test) in the envelope and in From:, and is DKIM-signed there.
+#[cfg(feature = "tls")]
+#[test]
+fn a_cron_mail_from_root_at_vm_leaves_as_root_at_the_domain_and_signed() {
+    let (vm_ip, far_ip) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    let port = common::shared_port(&[vm_ip, far_ip]);
+    let dir = TempDir::new("cron");
+    let key = dir.0.join("ed.key");
+    let out = Command::new(common::BIN)
+        .args(["dkim-keygen", "example.test", "ed", "-o"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let keys = dir.0.join("dkim_keys");
+    std::fs::write(&keys, format!("example.test ed {}\n", key.display())).unwrap();
+    let far = Server::start_at(
+        far_ip,
+        port,
+        "hostname = far.test\nlocal_domains = far.test\nlocal_users = admin\ndefer_delivery = no\n",
+    );
+    let vm = Server::start_at(
+        vm_ip,
+        port,
+        &format!(
+            "hostname = vm\nlocal_domains = vm, localhost\nmyorigin = vm.example.test\n\
+             masquerade_domains = example.test\ndefer_delivery = no\n\
+             relayhost = [127.0.0.3]:{port}\ndkim_keys_file = {}\n",
+            keys.display()
+        ),
+    );
+    let out = vm.sendmail(
+        &["-t"],
+        b"To: admin@far.test\nSubject: cron <root@vm> /usr/bin/backup\n\nbackup done\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    far.wait_for("the cron mail", || far.maildir("admin").len() == 1);
+    let got = std::fs::read_to_string(&far.maildir("admin")[0]).unwrap();
+    assert!(
+        got.starts_with("Return-Path: <root@example.test>\n"),
+        "{got}"
+    );
+    assert!(got.contains("\nFrom: root@example.test\n"), "{got}");
+    assert!(
+        got.contains("Subject: cron <root@vm> /usr/bin/backup"),
+        "{got}"
+    );
+    assert!(
+        got.contains(
+            "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=example.test; s=ed;"
+        ),
+        "{got}"
+    );
+}
+
+#[test]
+fn canonical_tables_rewrite_envelope_and_the_headers_of_trusted_mail() {
+    let dir = TempDir::new("canonical");
+    let senders = dir.0.join("sender_canonical");
+    let rcpts = dir.0.join("recipient_canonical");
+    std::fs::write(&senders, "root admin@example.test\n@old.test @new.test\n").unwrap();
+    std::fs::write(&rcpts, "joe@satchel.test alice@satchel.test\n").unwrap();
+    let s = Server::start_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!(
+            "defer_delivery = no\nsender_canonical_file = {}\nrecipient_canonical_file = {}\n",
+            senders.display(),
+            rcpts.display()
+        ),
+    );
+    // From relay_networks (127.0.0.1): envelope and headers.
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let msg = b"From: \"The Root\" <root@satchel.test>\r\nReply-To: desk@old.test\r\nTo: joe, bob\r\nSubject: root@satchel.test stays\r\n\r\nbody\r\n";
+    let (code, text) = c.mail("root@satchel.test", &["joe@satchel.test"], msg);
+    assert_eq!(code, 250, "{text}");
+    s.wait_for("alice's copy", || s.maildir("alice").len() == 1);
+    let got = std::fs::read_to_string(&s.maildir("alice")[0]).unwrap();
+    assert!(
+        got.starts_with("Return-Path: <admin@example.test>\nDelivered-To: alice@satchel.test\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("\nFrom: \"The Root\" <admin@example.test>\n"),
+        "{got}"
+    );
+    assert!(got.contains("\nReply-To: desk@new.test\n"), "{got}");
+    assert!(
+        got.contains("\nTo: alice@satchel.test, bob@satchel.test\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("\nSubject: root@satchel.test stays\n"),
+        "{got}"
+    );
+    // From outside: the envelope is rewritten, the headers are not.
+    let mut c = Client::connect_from(s.addr(), [127, 0, 0, 9]);
+    c.hello();
+    let msg = b"From: root@satchel.test\r\nTo: joe\r\nSubject: outside\r\n\r\nbody\r\n";
+    assert_eq!(
+        c.mail("root@satchel.test", &["joe@satchel.test"], msg).0,
+        250
+    );
+    s.wait_for("the second copy", || s.maildir("alice").len() == 2);
+    let outside = s
+        .maildir("alice")
+        .into_iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .find(|t| t.contains("Subject: outside"))
+        .unwrap();
+    assert!(
+        outside.starts_with("Return-Path: <admin@example.test>\n"),
+        "{outside}"
+    );
+    assert!(
+        outside.contains("\nFrom: root@satchel.test\nTo: joe\n"),
+        "{outside}"
+    );
+}
