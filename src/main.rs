@@ -524,6 +524,8 @@ fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Rewriting (canonical tables, masquerading) as the queue would get it.
+    let (rcpt, from) = rewritten(&policy, rcpt, from);
     // Virtual aliases and aliases first: then the route of each target.
     match delivery::expand::targets_of(cfg, &policy, &rcpt) {
         None => println!(
@@ -541,6 +543,25 @@ fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The recipient and sender as queued, each change shown.
+fn rewritten(
+    policy: &LocalPolicy,
+    rcpt: satchel::address::ForwardPath,
+    from: satchel::address::ReversePath,
+) -> (satchel::address::ForwardPath, satchel::address::ReversePath) {
+    let (new_rcpt, new_from) = (
+        policy.rewriter.forward_path(&rcpt),
+        policy.rewriter.reverse_path(&from),
+    );
+    if new_rcpt != rcpt {
+        println!("{}: rewritten to {}", rcpt.bare(), new_rcpt.bare());
+    }
+    if new_from != from {
+        println!("sender {from}: rewritten to {new_from}");
+    }
+    (new_rcpt, new_from)
 }
 
 /// The transport and next hops of one (expanded) recipient.

@@ -346,4 +346,34 @@ fn canonical_tables_rewrite_envelope_and_the_headers_of_trusted_mail() {
         outside.contains("\nFrom: root@satchel.test\nTo: joe\n"),
         "{outside}"
     );
+    // What routing shows: the rewriting, then the route.
+    let out = s.run(&["route", "joe@satchel.test", "--sender", "root@satchel.test"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "joe@satchel.test: rewritten to alice@satchel.test\n\
+         sender <root@satchel.test>: rewritten to <admin@example.test>\n\
+         alice@satchel.test: local: mailbox of alice@satchel.test\n"
+    );
+}
+
+/// Without the `tls` feature there is no DKIM: a key table is refused
+/// with the reason, not ignored.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn without_tls_a_dkim_key_table_is_refused_with_the_reason() {
+    let dir = TempDir::new("notls");
+    let keys = dir.0.join("dkim_keys");
+    std::fs::write(&keys, "example.test ed /nonexistent.key\n").unwrap();
+    let s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        &format!("dkim_keys_file = {}\n", keys.display()),
+    );
+    let out = s.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DKIM signing needs the tls build feature"),
+        "{err}"
+    );
 }
