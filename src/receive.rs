@@ -62,6 +62,7 @@ impl Context {
             max_recipients: cfg.max_recipients,
             max_errors: cfg.max_errors,
             max_hops: cfg.max_hops,
+            myorigin: cfg.myorigin(),
             vrfy: cfg.vrfy,
             tls_available: false,
             auth_available: cfg.auth_users_file.is_some(),

@@ -377,3 +377,28 @@ fn without_tls_a_dkim_key_table_is_refused_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn bare_names_from_trusted_clients_get_myorigin_and_others_need_a_domain() {
+    let s = Server::start("defer_delivery = no\nmyorigin = satchel.test\n");
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.mail(
+        "cron",
+        &["alice"],
+        b"To: alice\r\nSubject: bare\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    s.wait_for("alice's copy", || s.maildir("alice").len() == 1);
+    let got = std::fs::read_to_string(&s.maildir("alice")[0]).unwrap();
+    assert!(
+        got.starts_with("Return-Path: <cron@satchel.test>\nDelivered-To: alice@satchel.test\n"),
+        "{got}"
+    );
+    assert!(got.contains("\nTo: alice@satchel.test\n"), "{got}");
+    let mut outside = Client::connect_from(s.addr(), [127, 0, 0, 9]);
+    outside.hello();
+    assert_eq!(outside.cmd("MAIL FROM:<cron>").0, 501);
+    assert_eq!(outside.cmd("MAIL FROM:<x@far.test>").0, 250);
+    assert_eq!(outside.cmd("RCPT TO:<alice>").0, 501);
+}

@@ -43,6 +43,13 @@ pub enum Command {
 
 /// Parses one command line.
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
+    parse_qualifying(line, None)
+}
+
+/// `parse`, with a bare name in MAIL or RCPT (`<root>`) taken as
+/// `root@origin` when `origin` is given (Postfix's append_at_myorigin, for
+/// clients this host trusts; RFC 5321 wants a domain from everyone else).
+pub fn parse_qualifying(line: &[u8], origin: Option<&str>) -> Result<Command, Reply> {
     let line = std::str::from_utf8(line).map_err(|_| {
         Reply::new(
             500,
@@ -90,8 +97,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
                 Command::Ehlo(name.into())
             })
         }
-        "MAIL" => parse_mail(arg),
-        "RCPT" => parse_rcpt(arg),
+        "MAIL" => parse_mail(arg, origin),
+        "RCPT" => parse_rcpt(arg, origin),
         "DATA" => no_arg(Command::Data),
         "RSET" => no_arg(Command::Rset),
         "QUIT" => no_arg(Command::Quit),
@@ -116,10 +123,12 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
 }
 
 /// `"MAIL FROM:" Reverse-path [SP Mail-parameters]` (RFC 5321 §4.1.1.2).
-fn parse_mail(arg: &str) -> Result<Command, Reply> {
+fn parse_mail(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
     let rest = strip_keyword(arg, "FROM:")
         .ok_or_else(|| Reply::new(501, Enhanced(5, 5, 4), "Syntax: MAIL FROM:<address>"))?;
     let (path, params) = split_path(rest);
+    let qualified = qualify(path, origin);
+    let path = qualified.as_deref().unwrap_or(path);
     let from =
         ReversePath::parse(path).map_err(|e| address_reply(e, Enhanced(5, 1, 7), "Sender"))?;
     let mut p = MailParams::default();
@@ -188,7 +197,19 @@ fn is_xtext(v: &str) -> bool {
 }
 
 /// `"RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path ) [SP Rcpt-parameters]`
-fn parse_rcpt(arg: &str) -> Result<Command, Reply> {
+/// `<name>` -> `<name@origin>` for a plain name (not `<>`, not
+/// `<postmaster>`, nothing quoted or routed); `None` otherwise.
+fn qualify(path: &str, origin: Option<&str>) -> Option<String> {
+    let origin = origin.filter(|o| !o.is_empty())?;
+    let name = path.strip_prefix('<')?.strip_suffix('>')?;
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+=".contains(&b));
+    (plain && !name.eq_ignore_ascii_case("postmaster")).then(|| format!("<{name}@{origin}>"))
+}
+
+fn parse_rcpt(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
     let rest = strip_keyword(arg, "TO:")
         .ok_or_else(|| Reply::new(501, Enhanced(5, 5, 4), "Syntax: RCPT TO:<address>"))?;
     let (path, params) = split_path(rest);
@@ -203,6 +224,8 @@ fn parse_rcpt(arg: &str) -> Result<Command, Reply> {
             ),
         ));
     }
+    let qualified = qualify(path, origin);
+    let path = qualified.as_deref().unwrap_or(path);
     let to =
         ForwardPath::parse(path).map_err(|e| address_reply(e, Enhanced(5, 1, 3), "Recipient"))?;
     Ok(Command::Rcpt(to))
@@ -317,6 +340,23 @@ mod tests {
     #[test]
     fn mail_from_tolerates_a_space_and_lower_case() {
         assert!(matches!(ok("mail from: <a@b.example>"), Command::Mail(..)));
+        // A bare name is qualified only when an origin is given.
+        assert!(parse(b"RCPT TO:<root>").is_err());
+        let q = |l: &str| parse_qualifying(l.as_bytes(), Some("example.test"));
+        assert!(
+            matches!(q("RCPT TO:<root>"), Ok(Command::Rcpt(ForwardPath::Mailbox(m))) if m.to_string() == "root@example.test")
+        );
+        assert!(
+            matches!(q("MAIL FROM:<cron>"), Ok(Command::Mail(ReversePath::Mailbox(m), _)) if m.to_string() == "cron@example.test")
+        );
+        assert!(matches!(
+            q("RCPT TO:<Postmaster>"),
+            Ok(Command::Rcpt(ForwardPath::Postmaster))
+        ));
+        assert!(matches!(
+            q("MAIL FROM:<>"),
+            Ok(Command::Mail(ReversePath::Null, _))
+        ));
         assert_eq!(
             ok("MAIL FROM:<>"),
             Command::Mail(ReversePath::Null, MailParams::default())

@@ -20,6 +20,8 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     pub max_errors: usize,
     pub max_hops: usize,
+    /// The domain of bare names from trusted clients (`myorigin`).
+    pub myorigin: String,
     pub vrfy: bool,
     /// STARTTLS can be offered (a certificate is configured and the
     /// transport is a socket).
@@ -323,7 +325,9 @@ impl<'p> Session<'p> {
             let ev = self.auth_continue(step, line);
             return self.answer(ev);
         }
-        let ev = match command::parse(line) {
+        // Bare names from trusted clients get @myorigin.
+        let origin = self.client.may_relay.then_some(self.cfg.myorigin.as_str());
+        let ev = match command::parse_qualifying(line, origin) {
             Ok(cmd) => self.dispatch(cmd),
             Err(r) => Event::Reply(r),
         };
@@ -877,6 +881,7 @@ mod tests {
             max_recipients: 3,
             max_errors: 20,
             max_hops: 50,
+            myorigin: String::new(),
             vrfy: false,
             tls_available: false,
             auth_available: false,
