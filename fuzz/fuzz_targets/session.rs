@@ -32,6 +32,7 @@ fuzz_target!(|input: &[u8]| {
         max_recipients: 5,
         max_errors: 1000,
         max_hops: 50,
+        myorigin: "example.test".into(),
         vrfy: input.first().is_some_and(|b| b & 1 == 1),
         tls_available: input.first().is_some_and(|b| b & 2 == 2),
         auth_available: true,

@@ -1,12 +1,13 @@
-//! Any text as a transport table, a sender relay table or a relay
-//! recipient table: loaded, or refused with one `FILE:LINE: what` line;
-//! never a panic. A loaded table answers look-ups of the addresses the
+//! Any text as a transport table, a sender relay table, a relay
+//! recipient table, a sender login table or a virtual alias table:
+//! loaded, or refused with one `FILE:LINE: what` line; never a panic. A loaded table answers look-ups of the addresses the
 //! fuzzer's own keys make.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use satchel::address::Mailbox;
 use satchel::config::transport::{SenderRelays, TransportTable};
-use satchel::policy::parse_relay_recipients;
+use satchel::config::virtual_alias::VirtualAliases;
+use satchel::policy::{parse_relay_recipients, parse_sender_logins};
 
 fuzz_target!(|s: &str| {
     let probes: Vec<Mailbox> = s
@@ -28,5 +29,14 @@ fuzz_target!(|s: &str| {
     }
     if let Err(e) = parse_relay_recipients(s, "r") {
         assert!(e.starts_with("r:") && !e.contains('\n'), "{e}");
+    }
+    if let Err(e) = parse_sender_logins(s, "l") {
+        assert!(e.starts_with("l:") && !e.contains('\n'), "{e}");
+    }
+    match VirtualAliases::parse(s, "v") {
+        Ok(t) => probes.iter().for_each(|m| {
+            let _ = t.expand(m, "+-");
+        }),
+        Err(e) => assert!(e.starts_with("v:") && !e.contains('\n'), "{e}"),
     }
 });
