@@ -362,6 +362,8 @@ mod tests {
         assert_eq!(r.sender("cron@vm"), "cron@example.test");
         assert_eq!(r.sender("Old@X.test"), "new@x.test");
         assert_eq!(r.sender("bob@host.example.test"), "bob@example.test");
+        // An exception keeps its host name.
+        assert_eq!(r.sender("root@host.example.test"), "root@host.example.test");
         assert_eq!(r.sender("bob@elsewhere.test"), "bob@elsewhere.test");
         assert_eq!(r.recipient("joe"), "joe.smith@example.test");
         assert_eq!(r.recipient("ann@vm"), "ann@vm");
