@@ -167,7 +167,8 @@ impl Signer {
             return Ok(None);
         }
         let mut body = BodyHash::new();
-        body.update(&rest);
+        let mut wire = Wire::default();
+        wire.feed(&rest, &mut body);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = content
@@ -176,8 +177,9 @@ impl Signer {
             if n == 0 {
                 break;
             }
-            body.update(&buf[..n]);
+            wire.feed(&buf[..n], &mut body);
         }
+        wire.finish(&mut body);
         let bh = base64::encode(body.finish().as_ref());
         let mut out = String::new();
         for key in keys {
@@ -334,6 +336,50 @@ fn relaxed_header(field: &[u8], out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The body as the SMTP client sends it (`smtp::client::DataEncoder`:
+/// lines over 998 octets broken, RFC 5321 §4.5.3.1.6), without the
+/// transparency dots the next hop takes away again: what a verifier
+/// there reads. The signature covers that, not the queued bytes.
+#[derive(Default)]
+struct Wire {
+    enc: crate::smtp::client::DataEncoder,
+    out: Vec<u8>,
+    /// The next octet out of the encoder starts a line.
+    mid_line: bool,
+}
+
+impl Wire {
+    fn feed(&mut self, data: &[u8], body: &mut BodyHash) {
+        self.enc.encode(data, &mut self.out);
+        self.pass(body);
+    }
+
+    fn finish(&mut self, body: &mut BodyHash) {
+        let mut end = Vec::new();
+        self.enc.finish(&mut end);
+        // The final dot line ends the data; it is not in the message.
+        end.truncate(end.len().saturating_sub(3));
+        self.out.extend_from_slice(&end);
+        self.pass(body);
+    }
+
+    /// Hands the encoded octets on, less the dot that stuffs a line
+    /// starting with one (§4.5.2).
+    fn pass(&mut self, body: &mut BodyHash) {
+        let mut start = 0;
+        for i in 0..self.out.len() {
+            let b = self.out[i];
+            if !self.mid_line && b == b'.' {
+                body.update(&self.out[start..i]);
+                start = i + 1;
+            }
+            self.mid_line = b != b'\n';
+        }
+        body.update(&self.out[start..]);
+        self.out.clear();
+    }
 }
 
 /// RFC 6376 §3.4.4, relaxed, fed in pieces: blanks at line ends dropped,
@@ -618,6 +664,36 @@ mod tests {
             pieces.update(chunk);
         }
         assert_eq!(whole.finish().as_ref(), pieces.finish().as_ref());
+    }
+
+    #[test]
+    fn the_body_is_hashed_as_the_client_sends_it() {
+        let hash = |data: &[u8]| {
+            let mut h = BodyHash::new();
+            let mut w = Wire::default();
+            for piece in data.chunks(7) {
+                w.feed(piece, &mut h);
+            }
+            w.finish(&mut h);
+            h.finish().as_ref().to_vec()
+        };
+        let plain = |data: &[u8]| {
+            let mut h = BodyHash::new();
+            h.update(data);
+            h.finish().as_ref().to_vec()
+        };
+        // Dots are the next hop's business: the hash is the text's.
+        assert_eq!(hash(b".a\r\n..b\r\nc.\r\n"), plain(b".a\r\n..b\r\nc.\r\n"));
+        // A line over 998 octets is hashed broken, as it is sent.
+        let long = [b'x'; 1500];
+        let mut sent = long[..998].to_vec();
+        sent.extend_from_slice(b"\r\n ");
+        sent.extend_from_slice(&long[998..]);
+        sent.extend_from_slice(b"\r\n");
+        let mut queued = long.to_vec();
+        queued.extend_from_slice(b"\r\n");
+        assert_eq!(hash(&queued), plain(&sent));
+        assert_ne!(hash(&queued), plain(&queued));
     }
 
     #[test]
