@@ -179,7 +179,6 @@ impl Signer {
             }
             wire.feed(&buf[..n], &mut body);
         }
-        wire.finish(&mut body);
         let bh = base64::encode(body.finish().as_ref());
         let mut out = String::new();
         for key in keys {
@@ -338,47 +337,70 @@ fn relaxed_header(field: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The body as the SMTP client sends it (`smtp::client::DataEncoder`:
-/// lines over 998 octets broken, RFC 5321 §4.5.3.1.6), without the
-/// transparency dots the next hop takes away again: what a verifier
-/// there reads. The signature covers that, not the queued bytes.
-#[derive(Default)]
+/// The body as the SMTP client sends it (`smtp::client::DataEncoder`):
+/// a line over 998 octets is broken with CRLF and a space (RFC 5321
+/// §4.5.3.1.6; the transparency dot of a line that starts with one
+/// counts, and the next hop takes it away again). What a verifier there
+/// reads is what the signature covers, not the queued bytes. The queued
+/// content has CRLF line ends only (the receiving side sees to that).
 struct Wire {
-    enc: crate::smtp::client::DataEncoder,
-    out: Vec<u8>,
-    /// The next octet out of the encoder starts a line.
-    mid_line: bool,
+    /// Octets of the current line sent so far.
+    col: usize,
+    at_bol: bool,
 }
+
+impl Default for Wire {
+    fn default() -> Self {
+        Wire {
+            col: 0,
+            at_bol: true,
+        }
+    }
+}
+
+/// As `smtp::client`: at most 998 octets of text on a line.
+const MAX_LINE: usize = 998;
 
 impl Wire {
     fn feed(&mut self, data: &[u8], body: &mut BodyHash) {
-        self.enc.encode(data, &mut self.out);
-        self.pass(body);
-    }
-
-    fn finish(&mut self, body: &mut BodyHash) {
-        let mut end = Vec::new();
-        self.enc.finish(&mut end);
-        // The final dot line ends the data; it is not in the message.
-        end.truncate(end.len().saturating_sub(3));
-        self.out.extend_from_slice(&end);
-        self.pass(body);
-    }
-
-    /// Hands the encoded octets on, less the dot that stuffs a line
-    /// starting with one (§4.5.2).
-    fn pass(&mut self, body: &mut BodyHash) {
-        let mut start = 0;
-        for i in 0..self.out.len() {
-            let b = self.out[i];
-            if !self.mid_line && b == b'.' {
-                body.update(&self.out[start..i]);
-                start = i + 1;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let end = rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            self.part(&rest[..end], body);
+            if rest[end - 1] == b'\n' {
+                self.col = 0;
+                self.at_bol = true;
             }
-            self.mid_line = b != b'\n';
+            rest = &rest[end..];
         }
-        body.update(&self.out[start..]);
-        self.out.clear();
+    }
+
+    /// Part of one line (with its CRLF when it ends there).
+    fn part(&mut self, part: &[u8], body: &mut BodyHash) {
+        let text_len = part
+            .iter()
+            .rposition(|&b| b != b'\r' && b != b'\n')
+            .map_or(0, |p| p + 1);
+        let mut text = &part[..text_len];
+        if self.at_bol && text.first() == Some(&b'.') {
+            self.col += 1;
+        }
+        if !text.is_empty() {
+            self.at_bol = false;
+        }
+        while self.col + text.len() > MAX_LINE {
+            let room = MAX_LINE.saturating_sub(self.col);
+            body.update(&text[..room]);
+            body.update(b"\r\n ");
+            text = &text[room..];
+            self.col = 1;
+        }
+        body.update(text);
+        self.col += text.len();
+        body.update(&part[text_len..]);
     }
 }
 
@@ -674,7 +696,6 @@ mod tests {
             for piece in data.chunks(7) {
                 w.feed(piece, &mut h);
             }
-            w.finish(&mut h);
             h.finish().as_ref().to_vec()
         };
         let plain = |data: &[u8]| {
@@ -694,6 +715,23 @@ mod tests {
         queued.extend_from_slice(b"\r\n");
         assert_eq!(hash(&queued), plain(&sent));
         assert_ne!(hash(&queued), plain(&queued));
+        // The same as the client's encoder, dots taken out again, for
+        // lines around the limit, with and without a leading dot.
+        for n in [996, 997, 998, 999, 1995, 1996, 1997, 3000] {
+            for lead in ["", "."] {
+                let mut body = format!("{lead}{}\r\nshort\r\n", "y".repeat(n)).into_bytes();
+                body.extend_from_slice(b".\r\n");
+                let mut enc = crate::smtp::client::DataEncoder::default();
+                let mut sent = Vec::new();
+                enc.encode(&body, &mut sent);
+                let unstuffed: Vec<u8> = sent
+                    .split(|&b| b == b'\n')
+                    .map(|l| l.strip_prefix(b".").unwrap_or(l).to_vec())
+                    .collect::<Vec<_>>()
+                    .join(&b'\n');
+                assert_eq!(hash(&body), plain(&unstuffed), "{n} {lead:?}");
+            }
+        }
     }
 
     #[test]
