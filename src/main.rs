@@ -573,6 +573,7 @@ fn route_text(
 ) -> String {
     match delivery::next_hop(policy, rcpt) {
         delivery::Hop::Local => format!("local: mailbox of {}", rcpt.bare()),
+        delivery::Hop::Lmtp(target) => format!("lmtp: {} to {target}", rcpt.bare()),
         delivery::Hop::Settled(state) => format!(
             "{}: {}",
             if state.is_open() { "defer" } else { "error" },

@@ -27,6 +27,8 @@ pub struct LocalPolicy {
     pub transports: crate::config::transport::TransportTable,
     /// `sender_relay_file`.
     pub sender_relays: crate::config::transport::SenderRelays,
+    /// `mailbox_transport`: final delivery by LMTP instead of mail_dir.
+    pub mailbox_transport: Option<crate::transport::lmtp::LmtpTarget>,
     /// myorigin, masquerading and the canonical tables.
     pub rewriter: crate::rewrite::Rewriter,
     /// `virtual_alias_file`.
@@ -200,6 +202,7 @@ impl LocalPolicy {
         }
         p.delimiter = cfg.recipient_delimiter.clone();
         p.rewriter = rewriter(cfg)?;
+        p.mailbox_transport = cfg.mailbox_transport.clone();
         if let Some(f) = &cfg.dkim_keys_file {
             #[cfg(feature = "tls")]
             {
@@ -229,6 +232,7 @@ impl LocalPolicy {
             virtual_aliases: Default::default(),
             delimiter: String::new(),
             rewriter: Default::default(),
+            mailbox_transport: None,
             #[cfg(feature = "tls")]
             dkim: None,
         }

@@ -214,6 +214,14 @@ section "Receiving" {
     /// delivery, recursively, with loops refused and duplicates dropped.
     virtual_alias_file: Option<PathBuf> = "", Optional(FilePath), Live;
 
+    /// Final delivery of local recipients (after aliases and rewriting) by LMTP
+    /// (RFC 2033) instead of writing mail_dir: `lmtp:unix:/run/dovecot/lmtp` or
+    /// `lmtp:[127.0.0.1]:24`, as Postfix's mailbox_transport. The delivery agent
+    /// (Dovecot) answers for each recipient after the message; a refusal bounces
+    /// that recipient alone, a failure to connect or a 4xx defers. Empty = the
+    /// mailboxes under mail_dir.
+    mailbox_transport: Option<crate::transport::lmtp::LmtpTarget> = "", Optional(LmtpNextHop), Live;
+
     /// Characters that start an address extension, e.g. `+`: alice+lists@ is
     /// delivered to alice (Delivered-To keeps the whole address); virtual aliases
     /// and aliases are looked up with the extension first, then without. Empty =

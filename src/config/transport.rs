@@ -5,7 +5,8 @@
 //! first), `*`. Next hops: `local`, `smtp:` (or `smtps:`, TLS from the
 //! first byte) and a comma-separated list of `[host]:port` (no MX
 //! look-up) or `host[:port]` (the host's MX records),
-//! tried in turn when one cannot take the mail, `error:[x.y.z] text`
+//! tried in turn when one cannot take the mail, `lmtp:unix:/path` or
+//! `lmtp:[host]:port` (a delivery agent), `error:[x.y.z] text`
 //! (bounce now) and `defer:text` (keep queued). Parsing is pure; a bad
 //! line is `FILE:LINE: what is wrong`. Look-ups are hash look-ups.
 
@@ -23,6 +24,8 @@ pub enum NextHop {
     Local,
     /// SMTP to these hosts, the next one tried when one cannot take it.
     Smtp(Vec<Relayhost>),
+    /// LMTP to a delivery agent (`lmtp:unix:/path`, `lmtp:[host]:port`).
+    Lmtp(crate::transport::lmtp::LmtpTarget),
     /// Bounce at once (`error:`).
     Error(Status),
     /// Keep queued (`defer:`).
@@ -137,7 +140,8 @@ fn valid_key(key: &str) -> bool {
     }
 }
 
-/// One next hop: `local`, `smtp:HOSTS`, `error:TEXT`, `defer:TEXT`.
+/// One next hop: `local`, `smtp:HOSTS`, `lmtp:WHERE`, `error:TEXT`,
+/// `defer:TEXT`.
 fn next_hop(text: &str) -> Result<NextHop, String> {
     let (scheme, rest) = text.split_once(':').unwrap_or((text, ""));
     match scheme {
@@ -146,11 +150,9 @@ fn next_hop(text: &str) -> Result<NextHop, String> {
         "smtps" => smtp_hosts(rest, true).map(NextHop::Smtp),
         "error" => Ok(NextHop::Error(status(rest, 550, 5))),
         "defer" => Ok(NextHop::Defer(status(rest, 451, 4))),
-        "lmtp" => Err(format!(
-            "'{scheme}:' next hops are not supported yet (use smtp:, smtps:, local, error: or defer:)"
-        )),
+        "lmtp" => crate::transport::lmtp::LmtpTarget::parse(rest).map(NextHop::Lmtp),
         _ => Err(format!(
-            "unknown next hop '{text}' (expected local, smtp:, smtps:, error: or defer:)"
+            "unknown next hop '{text}' (expected local, smtp:, smtps:, lmtp:, error: or defer:)"
         )),
     }
 }
@@ -308,9 +310,10 @@ mod tests {
                 "t:2: bad host '[h]:99999'",
             ),
             ("a.test ftp:x\n", "t:1: unknown next hop 'ftp:x'"),
+            ("a.test lmtp:[h]:0\n", "t:1: 'lmtp:[h]:0': bad port '0'"),
             (
-                "a.test lmtp:[h]:24\n",
-                "t:1: 'lmtp:' next hops are not supported yet",
+                "a.test lmtp:unix:run/lmtp\n",
+                "t:1: 'lmtp:unix:run/lmtp': the socket path must be absolute",
             ),
             ("a_b.test local\n", "t:1: 'a_b.test' is not user@domain"),
             (

@@ -331,6 +331,22 @@ impl Kind for Delimiters {
     }
 }
 
+/// An LMTP next hop: `lmtp:unix:/path` or `lmtp:[host]:port`.
+pub struct LmtpNextHop;
+
+impl Kind for LmtpNextHop {
+    type Value = crate::transport::lmtp::LmtpTarget;
+    fn parse(&self, text: &str) -> Result<Self::Value, String> {
+        let rest = text
+            .strip_prefix("lmtp:")
+            .ok_or("expected lmtp:unix:/path or lmtp:[host]:port")?;
+        crate::transport::lmtp::LmtpTarget::parse(rest)
+    }
+    fn render(&self, value: &Self::Value) -> String {
+        value.to_string()
+    }
+}
+
 /// A list item: an address or a CIDR network.
 pub struct Network;
 

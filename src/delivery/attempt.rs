@@ -31,6 +31,7 @@ use crate::smtp::reply::Enhanced;
 use crate::spool::{Content, ReadError};
 use crate::status::Status;
 use crate::time::unix_now;
+use crate::transport::lmtp::{Lmtp, LmtpTarget};
 use crate::transport::local::{mailbox_user, Local};
 use crate::transport::smtp::{Relayhost, Smtp};
 use crate::transport::{Batch, Transport};
@@ -65,6 +66,8 @@ enum Route {
     /// Decided by the transport table without delivery (`error:`,
     /// `defer:`).
     Settled(Vec<(usize, RcptState)>),
+    /// LMTP to a delivery agent: one transaction.
+    Lmtp(LmtpTarget, Vec<usize>),
 }
 
 /// One recipient's next hop, as routing decides it.
@@ -76,6 +79,8 @@ pub enum Hop {
     Smtp(String, Vec<Relayhost>),
     /// Decided without delivery (`error:`, `defer:`).
     Settled(RcptState),
+    /// LMTP to this delivery agent (the table, or `mailbox_transport`).
+    Lmtp(LmtpTarget),
 }
 
 /// Recipients per SMTP transaction (RFC 5321 §4.5.3.1.8: a server must
@@ -221,6 +226,7 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
 fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
     let (mut local, mut settled) = (Vec::new(), Vec::new());
     let mut remote: Vec<(String, Vec<Relayhost>, Vec<usize>)> = Vec::new();
+    let mut lmtp: Vec<(LmtpTarget, Vec<usize>)> = Vec::new();
     for (i, r) in env.rcpts.iter().enumerate() {
         if !r.state.is_open() {
             continue;
@@ -228,6 +234,13 @@ fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
         match next_hop(&d.policy, &r.addr) {
             Hop::Local => local.push(i),
             Hop::Settled(state) => settled.push((i, state)),
+            Hop::Lmtp(target) => match lmtp
+                .iter_mut()
+                .find(|(t, v)| *t == target && v.len() < RCPTS_PER_TRANSACTION)
+            {
+                Some((_, v)) => v.push(i),
+                None => lmtp.push((target, vec![i])),
+            },
             Hop::Smtp(domain, via) => {
                 match remote
                     .iter_mut()
@@ -246,6 +259,7 @@ fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
     if !local.is_empty() {
         routes.push(Route::Local(local));
     }
+    routes.extend(lmtp.into_iter().map(|(t, rcpts)| Route::Lmtp(t, rcpts)));
     routes.extend(remote.into_iter().map(|(domain, via, rcpts)| Route::Smtp {
         domain,
         via,
@@ -326,16 +340,25 @@ fn vouched_for(cfg: &Config, env: &Envelope) -> bool {
 /// domains (and `<postmaster>`) here, other domains by SMTP.
 pub fn next_hop(policy: &LocalPolicy, addr: &ForwardPath) -> Hop {
     let ForwardPath::Mailbox(m) = addr else {
-        return Hop::Local;
+        return local_hop(policy);
     };
     let domain = m.domain.to_lowercase();
     match policy.transports.lookup(m) {
-        Some(NextHop::Local) => Hop::Local,
+        Some(NextHop::Local) => local_hop(policy),
+        Some(NextHop::Lmtp(target)) => Hop::Lmtp(target.clone()),
         Some(NextHop::Smtp(hosts)) => Hop::Smtp(domain, hosts.clone()),
         Some(NextHop::Error(s)) => Hop::Settled(RcptState::Failed(s.clone())),
         Some(NextHop::Defer(s)) => Hop::Settled(RcptState::Deferred(s.clone())),
-        None if policy.is_local_domain(&m.domain) => Hop::Local,
+        None if policy.is_local_domain(&m.domain) => local_hop(policy),
         None => Hop::Smtp(domain, Vec::new()),
+    }
+}
+
+/// Final delivery here: the mailboxes, or `mailbox_transport`.
+fn local_hop(policy: &LocalPolicy) -> Hop {
+    match &policy.mailbox_transport {
+        Some(t) => Hop::Lmtp(t.clone()),
+        None => Hop::Local,
     }
 }
 
@@ -358,6 +381,17 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                     .filter(|r| matches!(r.state, RcptState::Sent(_)) && is_local(d, &r.addr))
                     .map(|r| mailbox_user(&r.addr, delimiter, &known))
                     .collect::<HashSet<String>>(),
+            };
+            run(a, &transport, &rcpts, "");
+        }
+        Route::Lmtp(target, rcpts) => {
+            // As before SMTP: what was delivered so far is written down.
+            checkpoint(d, a);
+            let transport = Lmtp {
+                target: &target,
+                hostname: &d.cfg.hostname,
+                connect_timeout: d.cfg.connect_timeout,
+                command_timeout: d.cfg.relay_timeout,
             };
             run(a, &transport, &rcpts, "");
         }
@@ -425,6 +459,7 @@ pub fn route_name(
 ) -> String {
     match next_hop(policy, addr) {
         Hop::Local => "local".into(),
+        Hop::Lmtp(target) => target.to_string(),
         Hop::Settled(state) if state.is_open() => "defer".into(),
         Hop::Settled(_) => "error".into(),
         Hop::Smtp(domain, table) => {

@@ -223,6 +223,9 @@ pub struct MailFacts<'a> {
     /// The message cannot go as ASCII (RFC 6531 §3.2): non-ASCII
     /// addresses or headers.
     pub needs_smtputf8: bool,
+    /// LMTP (RFC 2033 §4.2): after the final dot, one reply for each
+    /// accepted recipient, in the order of the RCPT commands.
+    pub lmtp: bool,
 }
 
 /// What the caller does next.
@@ -251,6 +254,8 @@ enum Expect {
     Data,
     /// The reply to the final dot.
     Final,
+    /// LMTP: the final reply for recipient `i`.
+    FinalFor(usize),
     /// A reply read only to keep the session in step (the dot of an
     /// abandoned DATA, a closing RSET): the outcomes are known already.
     Courtesy,
@@ -262,6 +267,7 @@ enum Expect {
 #[derive(Debug)]
 pub struct MailTransaction {
     pipelining: bool,
+    lmtp: bool,
     mail_line: String,
     rcpt_lines: Vec<String>,
     expect: VecDeque<Expect>,
@@ -280,6 +286,7 @@ impl MailTransaction {
     pub fn start(m: &MailFacts, caps: &Capabilities, rset: bool) -> (MailTransaction, Step) {
         let mut t = MailTransaction {
             pipelining: caps.pipelining,
+            lmtp: m.lmtp,
             mail_line: mail_command(m.from, m.size, m.eight_bit, m.smtputf8, caps),
             rcpt_lines: m.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect(),
             expect: VecDeque::new(),
@@ -321,6 +328,7 @@ impl MailTransaction {
             Some(Expect::Rcpt(i)) => self.on_rcpt(i, r),
             Some(Expect::Data) => self.on_data(r),
             Some(Expect::Final) => self.finish(r),
+            Some(Expect::FinalFor(i)) => self.finish_one(i, r),
             Some(Expect::Courtesy) | None => self.next_courtesy(),
         }
     }
@@ -332,7 +340,7 @@ impl MailTransaction {
     pub fn lost(&mut self, why: &str) -> Option<Vec<Outcome>> {
         match self.expect.front() {
             Some(Expect::Courtesy) => Some(self.outcomes_now()),
-            Some(Expect::Final) => {
+            Some(Expect::Final | Expect::FinalFor(_)) => {
                 let s = Status::new(
                     451,
                     Enhanced(4, 4, 2),
@@ -346,7 +354,10 @@ impl MailTransaction {
 
     /// True while the reply to the final dot is awaited.
     pub fn awaits_final_reply(&self) -> bool {
-        self.expect.front() == Some(&Expect::Final)
+        matches!(
+            self.expect.front(),
+            Some(Expect::Final | Expect::FinalFor(_))
+        )
     }
 
     fn on_rset(&mut self, r: &Reply) -> Step {
@@ -415,6 +426,11 @@ impl MailTransaction {
             return self.close_with(&close);
         }
         match r.code {
+            354 if self.lmtp => {
+                let accepted = (0..self.outcomes.len()).filter(|&i| self.outcomes[i].is_none());
+                self.expect.extend(accepted.map(Expect::FinalFor));
+                Step::SendContent
+            }
             354 => {
                 self.expect.push_back(Expect::Final);
                 Step::SendContent
@@ -443,6 +459,20 @@ impl MailTransaction {
             _ => verdict(r),
         };
         Step::Done(self.settle(o))
+    }
+
+    /// LMTP: the final reply for one recipient; done after the last.
+    fn finish_one(&mut self, i: usize, r: &Reply) -> Step {
+        if let Some(slot) = self.outcomes.get_mut(i) {
+            *slot = Some(match r.code {
+                250 => Outcome::Sent(said(r)),
+                _ => verdict(r),
+            });
+        }
+        match self.expect.front() {
+            Some(Expect::FinalFor(_)) => Step::Read,
+            _ => Step::Done(self.outcomes_now()),
+        }
     }
 
     /// `o` for every accepted recipient; all outcomes, in order.
@@ -567,6 +597,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             needs_smtputf8: false,
+            lmtp: false,
         }
     }
 
@@ -578,6 +609,49 @@ mod tests {
                 Outcome::Failed(s) => format!("failed {s}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn lmtp_reads_one_final_reply_for_each_accepted_recipient() {
+        // RFC 2033 §4.2: x refused at RCPT, y and z get their own replies.
+        let rcpts = ["x@d.test", "y@d.test", "z@d.test"].map(String::from);
+        let caps = Capabilities {
+            pipelining: true,
+            ..Default::default()
+        };
+        let f = MailFacts {
+            lmtp: true,
+            ..facts(&rcpts)
+        };
+        let (mut t, _) = MailTransaction::start(&f, &caps, false);
+        assert_eq!(t.reply(&wire("250 2.1.0 Ok\r\n")), Step::Read);
+        assert_eq!(t.reply(&wire("550 5.1.1 no such user\r\n")), Step::Read);
+        assert_eq!(t.reply(&wire("250 2.1.5 Ok\r\n")), Step::Read);
+        assert_eq!(t.reply(&wire("250 2.1.5 Ok\r\n")), Step::Read);
+        assert_eq!(t.reply(&wire("354 go ahead\r\n")), Step::SendContent);
+        assert!(t.awaits_final_reply());
+        assert_eq!(t.reply(&wire("250 2.0.0 <y@d.test> Saved\r\n")), Step::Read);
+        assert!(t.awaits_final_reply());
+        let Step::Done(o) = t.reply(&wire("552 5.2.2 <z@d.test> Quota exceeded\r\n")) else {
+            panic!()
+        };
+        assert_eq!(
+            words(&o),
+            [
+                "failed 550 5.1.1 no such user",
+                "sent 250 2.0.0 <y@d.test> Saved",
+                "failed 552 5.2.2 <z@d.test> Quota exceeded"
+            ]
+        );
+        // The connection lost between two of those replies: the rest wait.
+        let (mut t, _) = MailTransaction::start(&f, &caps, false);
+        for r in ["250 Ok", "250 Ok", "250 Ok", "250 Ok", "354 go"] {
+            t.reply(&wire(&format!("{r}\r\n")));
+        }
+        t.reply(&wire("250 2.0.0 Saved\r\n"));
+        let o = t.lost("reset").unwrap();
+        assert!(matches!(o[0], Outcome::Sent(_)), "{o:?}");
+        assert!(matches!(o[2], Outcome::Deferred(_)), "{o:?}");
     }
 
     #[test]

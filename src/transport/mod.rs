@@ -2,13 +2,15 @@
 //! Each takes one batch (a message and some of its recipients, all bound
 //! for the same next hop) and returns one state per recipient, in order:
 //! `local` writes Maildir/mbox mailboxes here, `smtp` speaks SMTP to the
-//! next hop (the domain's MX hosts or a relayhost). LMTP and pipe delivery
-//! are two more implementations of the same trait. A transport never
+//! next hop (the domain's MX hosts or a relayhost), `lmtp` hands local
+//! recipients to a delivery agent (Dovecot). Pipe delivery is one more
+//! implementation of the same trait. A transport never
 //! touches the spool: the delivery pipeline records what it returns.
 
 use crate::envelope::{Envelope, RcptState};
 use crate::spool::Content;
 
+pub mod lmtp;
 pub mod local;
 pub mod smtp;
 

@@ -1087,6 +1087,7 @@ fn dialogue(
         needs_smtputf8: msg.smtputf8
             && !caps.smtputf8
             && needs_smtputf8(msg.from, rcpts, msg.content),
+        lmtp: false,
     };
     let (mut t, mut step) = MailTransaction::start(&facts, caps, rset);
     loop {
