@@ -61,26 +61,12 @@ impl Aliases {
             if !crate::config::valid_user_name(&name) {
                 return Err(err(format!("'{name}' is not a usable alias name")));
             }
-            let targets: Vec<String> = targets
-                .split(',')
-                .map(|t| {
-                    t.trim()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                        .to_string()
-                })
-                .filter(|t| !t.is_empty())
-                .collect();
+            let targets = split_targets(targets).map_err(err)?;
             if targets.is_empty() {
                 return Err(err(format!("alias '{name}' has no target")));
             }
             for t in &targets {
-                if t.contains('@') {
-                    crate::address::Mailbox::parse(t)
-                        .map_err(|x| err(format!("bad target '{t}': {x}")))?;
-                } else if !crate::config::valid_user_name(t) {
-                    return Err(err(format!("bad target '{t}': not a user name or address")));
-                }
+                check_target(t).map_err(err)?;
             }
             if map.insert(name.clone(), targets).is_some() {
                 return Err(err(format!("alias '{name}' is defined twice")));
@@ -89,15 +75,30 @@ impl Aliases {
         Ok(Aliases { map })
     }
 
-    /// Reads the file; a missing file is an empty table.
+    /// Reads the file; a missing file is an empty table. `:include:`
+    /// files are read now (at start and at SIGHUP), their targets put in
+    /// place of the `:include:` line's.
     pub fn load(path: &Path) -> Result<Aliases, String> {
-        match std::fs::read_to_string(path) {
-            Ok(t) => {
-                Aliases::parse(&t).map_err(|e| format!("{}:{}: {}", path.display(), e.line, e.what))
+        let mut a = match std::fs::read_to_string(path) {
+            Ok(t) => Aliases::parse(&t)
+                .map_err(|e| format!("{}:{}: {}", path.display(), e.line, e.what))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Aliases::default()),
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        };
+        for (name, targets) in a.map.iter_mut() {
+            let mut out = Vec::with_capacity(targets.len());
+            for t in targets.drain(..) {
+                match t.strip_prefix(":include:") {
+                    Some(file) => out.extend(
+                        include(Path::new(file))
+                            .map_err(|e| format!("{}: alias '{name}': {e}", path.display()))?,
+                    ),
+                    None => out.push(t),
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Aliases::default()),
-            Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+            *targets = out;
         }
+        Ok(a)
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -133,7 +134,11 @@ impl Aliases {
         }
         path.push(name.to_string());
         for t in targets {
-            if t.contains('@') {
+            if let Some(cmd) = t.strip_prefix('|') {
+                push_unique(out, Target::Command(cmd.trim().to_string()));
+            } else if t.starts_with('/') {
+                push_unique(out, Target::File(t.clone()));
+            } else if t.contains('@') {
                 if let Ok(m) = crate::address::Mailbox::parse(t) {
                     push_unique(out, Target::Remote(m));
                 }
@@ -155,6 +160,93 @@ pub enum Target {
     Local(String),
     /// An address that is delivered like any other (relayed when remote).
     Remote(crate::address::Mailbox),
+    /// `|command`: the message on the command's standard input.
+    Command(String),
+    /// `/path/file`: appended to, as an mbox.
+    File(String),
+}
+
+/// The targets of an alias line: comma-separated, a double-quoted one
+/// (`"|procmail -a x"`) may hold commas; the quotes are removed.
+pub fn split_targets(list: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in list.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err("unterminated quote".into());
+    }
+    out.push(cur);
+    Ok(out
+        .into_iter()
+        .map(|t| {
+            t.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+        .filter(|t| !t.is_empty())
+        .collect())
+}
+
+/// A target that can be delivered: an address, a user name, `|command`,
+/// `/path/file` or `:include:/path`.
+pub fn check_target(t: &str) -> Result<(), String> {
+    if let Some(cmd) = t.strip_prefix('|') {
+        return match cmd.trim().is_empty() {
+            true => Err(format!("bad target '{t}': empty command")),
+            false => Ok(()),
+        };
+    }
+    if let Some(file) = t.strip_prefix(":include:") {
+        return match file.starts_with('/') {
+            true => Ok(()),
+            false => Err(format!(
+                "bad target '{t}': :include: needs an absolute path"
+            )),
+        };
+    }
+    if t.starts_with('/') {
+        return Ok(());
+    }
+    if t.contains('@') {
+        return crate::address::Mailbox::parse(t)
+            .map(|_| ())
+            .map_err(|x| format!("bad target '{t}': {x}"));
+    }
+    match crate::config::valid_user_name(t) {
+        true => Ok(()),
+        false => Err(format!("bad target '{t}': not a user name or address")),
+    }
+}
+
+/// The targets an `:include:` file lists (commas or lines; `#` comments;
+/// no `:include:` inside).
+fn include(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!(":include:{}: cannot read: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |e: String| format!(":include:{}:{}: {e}", path.display(), n + 1);
+        for t in split_targets(line).map_err(at)? {
+            if t.starts_with(":include:") {
+                return Err(at("an :include: file cannot include another".into()));
+            }
+            check_target(&t).map_err(at)?;
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
 fn push_unique(out: &mut Vec<Target>, t: Target) {

@@ -95,6 +95,18 @@ pub struct Recipient {
     /// Produced by alias expansion: delivered as is, never expanded again.
     /// Written with the key `expanded` instead of `rcpt`.
     pub expanded: bool,
+    /// An alias (or `.forward`) target that is no address: a command or a
+    /// file, on behalf of `addr` (written with the key `pipe` or `file`).
+    pub via: Option<Via>,
+}
+
+/// A delivery target that is not an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// `|command`, run through `/bin/sh -c`.
+    Command(String),
+    /// `/path/file`, appended to as an mbox.
+    File(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +269,7 @@ impl Envelope {
                     addr,
                     state: RcptState::Pending,
                     expanded: false,
+                    via: None,
                 })
                 .collect(),
         }
@@ -296,11 +309,29 @@ impl Envelope {
         }
         for r in &self.rcpts {
             let mut v = format!("{} {}", r.state.keyword(), r.addr);
+            let key = match &r.via {
+                None if r.expanded => "expanded",
+                None => "rcpt",
+                Some(Via::Command(c)) | Some(Via::File(c)) => {
+                    // The target, then the status after a tab (escaped
+                    // text never holds one).
+                    v.push(' ');
+                    v.push_str(&escape(c));
+                    v.push('\t');
+                    if matches!(r.via, Some(Via::Command(_))) {
+                        "pipe"
+                    } else {
+                        "file"
+                    }
+                }
+            };
             if let Some(st) = r.state.status() {
-                v.push(' ');
+                if r.via.is_none() {
+                    v.push(' ');
+                }
                 v.push_str(&escape(&st.to_string()));
             }
-            kv(if r.expanded { "expanded" } else { "rcpt" }, &v);
+            kv(key, &v);
         }
         match data {
             Data::Here(n) => kv("data", &n.to_string()),
@@ -406,6 +437,7 @@ impl Envelope {
             "warned" => self.warned = value == "yes",
             "dkim" => self.dkim = unescape(value)?,
             "rcpt" | "expanded" => self.rcpts.push(recipient(value, key == "expanded")?),
+            "pipe" | "file" => self.rcpts.push(recipient_via(value, key == "pipe")?),
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -447,7 +479,24 @@ fn recipient(value: &str, expanded: bool) -> Result<Recipient, String> {
         addr,
         state,
         expanded,
+        via: None,
     })
+}
+
+/// `STATE ADDR TARGET<tab>[STATUS]`: a command or file target.
+fn recipient_via(value: &str, command: bool) -> Result<Recipient, String> {
+    let (head, status) = value.split_once('\t').ok_or("bad pipe or file recipient")?;
+    let (state_addr, target) = match head.find("> ") {
+        Some(i) => (&head[..=i], &head[i + 2..]),
+        None => return Err("bad pipe or file recipient".into()),
+    };
+    let target = unescape(target)?;
+    let mut r = recipient(&format!("{state_addr} {status}"), true)?;
+    r.via = Some(match command {
+        true => Via::Command(target),
+        false => Via::File(target),
+    });
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -486,16 +535,19 @@ mod tests {
                     addr: ForwardPath::parse("<c@example.net>").unwrap(),
                     state: RcptState::Pending,
                     expanded: false,
+                    via: None,
                 },
                 Recipient {
                     addr: ForwardPath::parse("<\"odd > name\"@example.net>").unwrap(),
                     state: RcptState::Failed(Status::parse("550 5.1.1 User unknown", 5)),
                     expanded: true,
+                    via: None,
                 },
                 Recipient {
                     addr: ForwardPath::Postmaster,
                     state: RcptState::Sent(Status::parse("250 ok", 2)),
                     expanded: false,
+                    via: None,
                 },
             ],
         }

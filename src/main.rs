@@ -535,10 +535,15 @@ fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
         ),
         Some(Err(why)) => println!("{}: error: {why}", rcpt.bare()),
         Some(Ok(targets)) => {
-            let names: Vec<String> = targets.iter().map(|t| t.bare()).collect();
+            let names: Vec<String> = targets.iter().map(|t| t.shown()).collect();
             println!("{}: expands to {}", rcpt.bare(), names.join(", "));
             for t in &targets {
-                println!("  {}: {}", t.bare(), route_text(cfg, &policy, t, &from));
+                let route = match &t.via {
+                    Some(satchel::envelope::Via::Command(_)) => "pipe: run for it".to_string(),
+                    Some(satchel::envelope::Via::File(_)) => "file: appended to".to_string(),
+                    None => route_text(cfg, &policy, &t.addr, &from),
+                };
+                println!("  {}: {route}", t.shown());
             }
         }
     }
@@ -574,6 +579,10 @@ fn route_text(
     match delivery::next_hop(policy, rcpt) {
         delivery::Hop::Local => format!("local: mailbox of {}", rcpt.bare()),
         delivery::Hop::Lmtp(target) => format!("lmtp: {} to {target}", rcpt.bare()),
+        delivery::Hop::Command => format!(
+            "pipe: mailbox_command {}",
+            cfg.mailbox_command.as_deref().unwrap_or("")
+        ),
         delivery::Hop::Settled(state) => format!(
             "{}: {}",
             if state.is_open() { "defer" } else { "error" },

@@ -30,6 +30,46 @@ pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// An account of /etc/passwd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passwd {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+/// The /etc/passwd entry of the first account for which `want` holds.
+pub fn passwd(want: impl Fn(&str, u32) -> bool) -> Option<Passwd> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let uid: u32 = f.get(2)?.parse().ok()?;
+        if f.len() < 7 || !want(f[0], uid) {
+            return None;
+        }
+        Some(Passwd {
+            name: f[0].to_string(),
+            uid,
+            gid: f[3].parse().ok()?,
+            home: f[5].to_string(),
+            shell: f[6].to_string(),
+        })
+    })
+}
+
+/// Kills the process group `pgid` (a command past its time limit, and
+/// whatever it started).
+pub fn kill_group(pgid: u32) {
+    if let Ok(p) = i32::try_from(pgid) {
+        // SAFETY: plain integer arguments; a negative pid names a group.
+        unsafe {
+            libc::kill(-p, libc::SIGKILL);
+        }
+    }
+}
+
 /// The group ID of `name`, from /etc/group.
 pub fn lookup_group(name: &str) -> Option<u32> {
     let groups = std::fs::read_to_string("/etc/group").ok()?;

@@ -27,6 +27,8 @@ pub struct LocalPolicy {
     pub transports: crate::config::transport::TransportTable,
     /// `sender_relay_file`.
     pub sender_relays: crate::config::transport::SenderRelays,
+    /// `mailbox_command` is set: final delivery by a command.
+    pub mailbox_command: bool,
     /// `mailbox_transport`: final delivery by LMTP instead of mail_dir.
     pub mailbox_transport: Option<crate::transport::lmtp::LmtpTarget>,
     /// myorigin, masquerading and the canonical tables.
@@ -203,6 +205,7 @@ impl LocalPolicy {
         p.delimiter = cfg.recipient_delimiter.clone();
         p.rewriter = rewriter(cfg)?;
         p.mailbox_transport = cfg.mailbox_transport.clone();
+        p.mailbox_command = cfg.mailbox_command.is_some();
         if let Some(f) = &cfg.dkim_keys_file {
             #[cfg(feature = "tls")]
             {
@@ -233,6 +236,7 @@ impl LocalPolicy {
             delimiter: String::new(),
             rewriter: Default::default(),
             mailbox_transport: None,
+            mailbox_command: false,
             #[cfg(feature = "tls")]
             dkim: None,
         }

@@ -516,6 +516,7 @@ mod tests {
                         RcptState::Pending
                     },
                     expanded: false,
+                    via: None,
                 }],
             };
             let text = env.to_text(crate::envelope::Data::Here(1000));

@@ -866,6 +866,7 @@ pub fn envelope_of(txn: &Transaction, id: &str, arrival: u64, client: &str) -> E
                 addr: r.clone(),
                 state: RcptState::Pending,
                 expanded: false,
+                via: None,
             })
             .collect(),
     }

@@ -415,6 +415,7 @@ fn the_client_never_sends_a_bare_cr_or_lf() {
             addr: ForwardPath::parse("<x@remote.test>").unwrap(),
             state: RcptState::Pending,
             expanded: false,
+            via: None,
         }],
     };
     spool

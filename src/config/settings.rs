@@ -214,6 +214,30 @@ section "Receiving" {
     /// delivery, recursively, with loops refused and duplicates dropped.
     virtual_alias_file: Option<PathBuf> = "", Optional(FilePath), Live;
 
+    /// Final delivery of local recipients by a command instead of writing
+    /// mail_dir (Postfix's mailbox_command), e.g.
+    /// `/usr/lib/dovecot/dovecot-lda -f "$SENDER" -a "$RECIPIENT"` or procmail: run
+    /// through /bin/sh as the recipient's account (as default_privs when that is
+    /// root or unknown; as the service user when satchel is not root), the message
+    /// on its standard input. Exit 0 delivers, 75 defers, anything else bounces.
+    mailbox_command: Option<String> = "", Optional(Text), Live;
+
+    /// Where `|command` targets may appear: `alias` (the aliases file and its
+    /// :include: files), `forward` (~/.forward); Postfix's allow_mail_to_commands.
+    /// A command elsewhere bounces (5.7.1). Commands never run as root.
+    allow_mail_to_commands: Vec<String> = "alias, forward", List::of(Domain), Live;
+
+    /// The same for `/path/file` targets (Postfix's allow_mail_to_files).
+    allow_mail_to_files: Vec<String> = "alias, forward", List::of(Domain), Live;
+
+    /// The account that runs commands and writes files of aliases owned by root
+    /// (Postfix's default_privs); never root.
+    default_privs: String = "nobody", Account, Live;
+
+    /// How long a command may run before its process group is killed and the
+    /// delivery deferred (Postfix's command_time_limit).
+    command_time_limit: Duration = "1000s", NOT_ZERO, Live;
+
     /// Final delivery of local recipients (after aliases and rewriting) by LMTP
     /// (RFC 2033) instead of writing mail_dir: `lmtp:unix:/run/dovecot/lmtp` or
     /// `lmtp:[127.0.0.1]:24`, as Postfix's mailbox_transport. The delivery agent

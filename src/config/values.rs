@@ -347,6 +347,19 @@ impl Kind for LmtpNextHop {
     }
 }
 
+/// Free text, such as a command line.
+pub struct Text;
+
+impl Kind for Text {
+    type Value = String;
+    fn parse(&self, text: &str) -> Result<String, String> {
+        Ok(text.to_string())
+    }
+    fn render(&self, value: &String) -> String {
+        value.clone()
+    }
+}
+
 /// A list item: an address or a CIDR network.
 pub struct Network;
 

@@ -147,7 +147,9 @@ impl VirtualAliases {
                     push_unique(out, t.clone())
                 }
                 Target::Remote(next) => self.expand_into(next, delimiters, path, out)?,
-                Target::Local(_) => push_unique(out, t.clone()),
+                Target::Local(_) | Target::Command(_) | Target::File(_) => {
+                    push_unique(out, t.clone())
+                }
             }
         }
         path.pop();

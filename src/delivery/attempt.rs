@@ -25,7 +25,7 @@ use crate::address::{ForwardPath, ReversePath};
 use crate::bounce::{self, Action, Notice, Report};
 use crate::config::transport::NextHop;
 use crate::config::Config;
-use crate::envelope::{Envelope, RcptState, Recipient};
+use crate::envelope::{Envelope, RcptState, Recipient, Via};
 use crate::policy::LocalPolicy;
 use crate::smtp::reply::Enhanced;
 use crate::spool::{Content, ReadError};
@@ -33,6 +33,7 @@ use crate::status::Status;
 use crate::time::unix_now;
 use crate::transport::lmtp::{Lmtp, LmtpTarget};
 use crate::transport::local::{mailbox_user, Local};
+use crate::transport::pipe::Pipe;
 use crate::transport::smtp::{Relayhost, Smtp};
 use crate::transport::{Batch, Transport};
 
@@ -68,6 +69,10 @@ enum Route {
     Settled(Vec<(usize, RcptState)>),
     /// LMTP to a delivery agent: one transaction.
     Lmtp(LmtpTarget, Vec<usize>),
+    /// Commands: `|command` targets, or `mailbox_command` for mailboxes.
+    Pipe(Vec<usize>),
+    /// `/path/file` targets.
+    File(Vec<usize>),
 }
 
 /// One recipient's next hop, as routing decides it.
@@ -81,6 +86,8 @@ pub enum Hop {
     Settled(RcptState),
     /// LMTP to this delivery agent (the table, or `mailbox_transport`).
     Lmtp(LmtpTarget),
+    /// `mailbox_command`.
+    Command,
 }
 
 /// Recipients per SMTP transaction (RFC 5321 §4.5.3.1.8: a server must
@@ -197,12 +204,16 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
         changed = true;
         match expansion {
             Ok(targets) => {
-                for addr in targets {
-                    if !out.iter().any(|o| o.addr == addr && o.expanded) {
+                for t in targets {
+                    if !out
+                        .iter()
+                        .any(|o| o.addr == t.addr && o.via == t.via && o.expanded)
+                    {
                         out.push(Recipient {
-                            addr,
-                            state: RcptState::Pending,
+                            state: allowed(&d.cfg, &t.via),
+                            addr: t.addr,
                             expanded: true,
+                            via: t.via,
                         });
                     }
                 }
@@ -218,6 +229,28 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
     changed
 }
 
+/// Pending, or failed for a command or file that aliases may not name
+/// (`allow_mail_to_commands`, `allow_mail_to_files`).
+fn allowed(cfg: &Config, via: &Option<Via>) -> RcptState {
+    let (list, what, setting) = match via {
+        None => return RcptState::Pending,
+        Some(Via::Command(_)) => (
+            &cfg.allow_mail_to_commands,
+            "a command",
+            "allow_mail_to_commands",
+        ),
+        Some(Via::File(_)) => (&cfg.allow_mail_to_files, "a file", "allow_mail_to_files"),
+    };
+    if list.iter().any(|k| k == "alias") {
+        return RcptState::Pending;
+    }
+    RcptState::Failed(Status::new(
+        550,
+        Enhanced(5, 7, 1),
+        format!("mail to {what} is not allowed in aliases ({setting})"),
+    ))
+}
+
 /// Routing: what the transport table says, else local domains here and
 /// other domains to their MX hosts (or the relayhost). Settled ones
 /// first, then local recipients (no network, quick), then one SMTP
@@ -227,11 +260,21 @@ fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
     let (mut local, mut settled) = (Vec::new(), Vec::new());
     let mut remote: Vec<(String, Vec<Relayhost>, Vec<usize>)> = Vec::new();
     let mut lmtp: Vec<(LmtpTarget, Vec<usize>)> = Vec::new();
+    let (mut pipes, mut files) = (Vec::new(), Vec::new());
     for (i, r) in env.rcpts.iter().enumerate() {
         if !r.state.is_open() {
             continue;
         }
+        match &r.via {
+            Some(Via::Command(_)) => pipes.push(i),
+            Some(Via::File(_)) => files.push(i),
+            None => {}
+        }
+        if r.via.is_some() {
+            continue;
+        }
         match next_hop(&d.policy, &r.addr) {
+            Hop::Command => pipes.push(i),
             Hop::Local => local.push(i),
             Hop::Settled(state) => settled.push((i, state)),
             Hop::Lmtp(target) => match lmtp
@@ -260,6 +303,12 @@ fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
         routes.push(Route::Local(local));
     }
     routes.extend(lmtp.into_iter().map(|(t, rcpts)| Route::Lmtp(t, rcpts)));
+    if !pipes.is_empty() {
+        routes.push(Route::Pipe(pipes));
+    }
+    if !files.is_empty() {
+        routes.push(Route::File(files));
+    }
     routes.extend(remote.into_iter().map(|(domain, via, rcpts)| Route::Smtp {
         domain,
         via,
@@ -356,9 +405,10 @@ pub fn next_hop(policy: &LocalPolicy, addr: &ForwardPath) -> Hop {
 
 /// Final delivery here: the mailboxes, or `mailbox_transport`.
 fn local_hop(policy: &LocalPolicy) -> Hop {
-    match &policy.mailbox_transport {
-        Some(t) => Hop::Lmtp(t.clone()),
-        None => Hop::Local,
+    match (&policy.mailbox_transport, policy.mailbox_command) {
+        (Some(t), _) => Hop::Lmtp(t.clone()),
+        (None, true) => Hop::Command,
+        (None, false) => Hop::Local,
     }
 }
 
@@ -392,6 +442,24 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                 hostname: &d.cfg.hostname,
                 connect_timeout: d.cfg.connect_timeout,
                 command_timeout: d.cfg.relay_timeout,
+            };
+            run(a, &transport, &rcpts, "");
+        }
+        Route::Pipe(rcpts) => {
+            let env = a.env.clone();
+            let plan = |i: usize| super::pipe_plan::plan(&d.cfg, &d.policy, &env, i);
+            let transport = Pipe {
+                plan: &plan,
+                time_limit: d.cfg.command_time_limit,
+            };
+            run(a, &transport, &rcpts, "");
+        }
+        Route::File(rcpts) => {
+            let env = a.env.clone();
+            let plan = |i: usize| super::pipe_plan::file(&d.cfg, &d.policy, &env, i);
+            let transport = Pipe {
+                plan: &plan,
+                time_limit: d.cfg.command_time_limit,
             };
             run(a, &transport, &rcpts, "");
         }
@@ -460,6 +528,7 @@ pub fn route_name(
     match next_hop(policy, addr) {
         Hop::Local => "local".into(),
         Hop::Lmtp(target) => target.to_string(),
+        Hop::Command => "mailbox_command".into(),
         Hop::Settled(state) if state.is_open() => "defer".into(),
         Hop::Settled(_) => "error".into(),
         Hop::Smtp(domain, table) => {

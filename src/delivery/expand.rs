@@ -5,6 +5,30 @@
 
 use crate::address::{Domain, ForwardPath, Mailbox};
 use crate::aliases::Target;
+use crate::envelope::Via;
+
+/// One target of an expansion: an address, or a command or file on
+/// behalf of the address expanded (`via`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expanded {
+    pub addr: ForwardPath,
+    pub via: Option<Via>,
+}
+
+impl Expanded {
+    fn to(addr: ForwardPath) -> Expanded {
+        Expanded { addr, via: None }
+    }
+
+    /// How `satchel route` and the logs show it.
+    pub fn shown(&self) -> String {
+        match &self.via {
+            None => self.addr.bare(),
+            Some(Via::Command(c)) => format!("\"|{c}\""),
+            Some(Via::File(f)) => f.clone(),
+        }
+    }
+}
 use crate::config::Config;
 use crate::policy::LocalPolicy;
 use crate::transport::local::mailbox_name;
@@ -25,7 +49,7 @@ pub fn targets_of(
     cfg: &Config,
     p: &LocalPolicy,
     addr: &ForwardPath,
-) -> Option<Result<Vec<ForwardPath>, String>> {
+) -> Option<Result<Vec<Expanded>, String>> {
     let ForwardPath::Mailbox(m) = addr else {
         return local_alias(cfg, p, addr);
     };
@@ -34,7 +58,7 @@ pub fn targets_of(
     };
     let home = home_domain(cfg, p, &m.domain);
     Some(expansion.and_then(|targets| {
-        let mut out: Vec<ForwardPath> = Vec::new();
+        let mut out: Vec<Expanded> = Vec::new();
         for t in targets {
             let a = ForwardPath::Mailbox(match t {
                 Target::Local(user) => Mailbox {
@@ -42,10 +66,12 @@ pub fn targets_of(
                     domain: home.clone(),
                 },
                 Target::Remote(m) => m,
+                // virtual(5) targets are addresses only.
+                Target::Command(_) | Target::File(_) => continue,
             });
             let more = match local_alias(cfg, p, &a) {
                 Some(r) => r?,
-                None => vec![a],
+                None => vec![Expanded::to(a)],
             };
             for a in more {
                 if !out.contains(&a) {
@@ -62,7 +88,7 @@ fn local_alias(
     cfg: &Config,
     p: &LocalPolicy,
     addr: &ForwardPath,
-) -> Option<Result<Vec<ForwardPath>, String>> {
+) -> Option<Result<Vec<Expanded>, String>> {
     if !is_local(p, addr) {
         return None;
     }
@@ -94,8 +120,9 @@ fn home_domain(cfg: &Config, p: &LocalPolicy, alias_domain: &Domain) -> Domain {
     )
 }
 
-/// An alias's targets as addresses: local users in the alias's own domain.
-fn alias_targets(cfg: &Config, alias: &ForwardPath, targets: Vec<Target>) -> Vec<ForwardPath> {
+/// An alias's targets: local users in the alias's own domain, addresses,
+/// and commands and files on behalf of the alias.
+fn alias_targets(cfg: &Config, alias: &ForwardPath, targets: Vec<Target>) -> Vec<Expanded> {
     let domain = match alias {
         ForwardPath::Mailbox(m) => m.domain.clone(),
         ForwardPath::Postmaster => Domain::Name(
@@ -108,11 +135,19 @@ fn alias_targets(cfg: &Config, alias: &ForwardPath, targets: Vec<Target>) -> Vec
     targets
         .into_iter()
         .map(|t| match t {
-            Target::Local(user) => ForwardPath::Mailbox(Mailbox {
+            Target::Local(user) => Expanded::to(ForwardPath::Mailbox(Mailbox {
                 local: user,
                 domain: domain.clone(),
-            }),
-            Target::Remote(m) => ForwardPath::Mailbox(m),
+            })),
+            Target::Remote(m) => Expanded::to(ForwardPath::Mailbox(m)),
+            Target::Command(c) => Expanded {
+                addr: alias.clone(),
+                via: Some(Via::Command(c)),
+            },
+            Target::File(f) => Expanded {
+                addr: alias.clone(),
+                via: Some(Via::File(f)),
+            },
         })
         .collect()
 }

@@ -34,6 +34,7 @@ use crate::transport::smtp::{RelayConfig, RelayCredentials};
 mod attempt;
 mod control;
 pub mod expand;
+mod pipe_plan;
 mod scheduler;
 
 pub use attempt::{deliver_message, next_hop, relay_hosts, route_name, Hop};

@@ -34,6 +34,7 @@ fn envelope() -> Envelope {
             addr: ForwardPath::parse("<c@d.test>").unwrap(),
             state: RcptState::Pending,
             expanded: false,
+            via: None,
         }],
     }
 }
@@ -137,6 +138,7 @@ fn an_envelope_too_big_for_its_room_gets_a_file_of_its_own_size() {
             addr: ForwardPath::parse(&format!("<user{i}@example.net>")).unwrap(),
             state: RcptState::Pending,
             expanded: false,
+            via: None,
         });
     }
     let mut inc = s.create().unwrap();

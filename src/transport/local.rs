@@ -181,7 +181,7 @@ fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Content) -> io::Resul
 
 /// Copies `r` to `w` with each CR LF pair written as LF (the local line
 /// convention); a CR not followed by LF is kept, also across reads.
-fn copy_crlf_as_lf(r: &mut impl Read, w: &mut impl Write) -> io::Result<()> {
+pub(crate) fn copy_crlf_as_lf(r: &mut impl Read, w: &mut impl Write) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut held_cr = false;
     loop {

@@ -3,8 +3,7 @@
 //! for the same next hop) and returns one state per recipient, in order:
 //! `local` writes Maildir/mbox mailboxes here, `smtp` speaks SMTP to the
 //! next hop (the domain's MX hosts or a relayhost), `lmtp` hands local
-//! recipients to a delivery agent (Dovecot). Pipe delivery is one more
-//! implementation of the same trait. A transport never
+//! recipients to a delivery agent (Dovecot), `pipe` runs a command. A transport never
 //! touches the spool: the delivery pipeline records what it returns.
 
 use crate::envelope::{Envelope, RcptState};
@@ -12,6 +11,7 @@ use crate::spool::Content;
 
 pub mod lmtp;
 pub mod local;
+pub mod pipe;
 pub mod smtp;
 
 /// A message and the recipients of it that one transport is to deliver.
