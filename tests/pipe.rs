@@ -110,8 +110,10 @@ fn exit_75_defers_and_a_later_attempt_delivers_once_and_exit_67_bounces() {
     std::fs::write(out.0.join("ready"), "").unwrap();
     assert!(s.run(&["queue", "flush"]).status.success());
     s.wait_for("the delivery", || {
-        s.log().contains(&format!("{id}: to=<later@satchel.test>, relay=pipe"))
-            && s.log().contains("status=sent (250 2.0.0 delivered via command)")
+        s.log()
+            .contains(&format!("{id}: to=<later@satchel.test>, relay=pipe"))
+            && s.log()
+                .contains("status=sent (250 2.0.0 delivered via command)")
     });
     let got = std::fs::read_to_string(out.0.join("got")).unwrap();
     assert_eq!(got.matches("Subject: wait for it").count(), 1, "{got}");

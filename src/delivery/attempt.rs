@@ -33,7 +33,7 @@ use crate::status::Status;
 use crate::time::unix_now;
 use crate::transport::lmtp::{Lmtp, LmtpTarget};
 use crate::transport::local::{mailbox_user, Local};
-use crate::transport::pipe::Pipe;
+use crate::transport::pipe::{Pipe, Run};
 use crate::transport::smtp::{Relayhost, Smtp};
 use crate::transport::{Batch, Transport};
 
@@ -415,25 +415,7 @@ fn local_hop(policy: &LocalPolicy) -> Hop {
 /// Hands one route to its transport and takes the states it returns.
 fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
     match route {
-        Route::Local(rcpts) => {
-            let known = |user: &str| d.policy.is_user(user);
-            let delimiter = d.policy.delimiter.as_str();
-            let transport = Local {
-                mail_dir: &d.cfg.mail_dir,
-                format: d.cfg.mailbox_format,
-                hostname: &d.cfg.hostname,
-                known: &known,
-                delimiter,
-                delivered_before: a
-                    .env
-                    .rcpts
-                    .iter()
-                    .filter(|r| matches!(r.state, RcptState::Sent(_)) && is_local(d, &r.addr))
-                    .map(|r| mailbox_user(&r.addr, delimiter, &known))
-                    .collect::<HashSet<String>>(),
-            };
-            run(a, &transport, &rcpts, "");
-        }
+        Route::Local(rcpts) => deliver_here(d, a, &rcpts),
         Route::Lmtp(target, rcpts) => {
             // As before SMTP: what was delivered so far is written down.
             checkpoint(d, a);
@@ -445,24 +427,8 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             };
             run(a, &transport, &rcpts, "");
         }
-        Route::Pipe(rcpts) => {
-            let env = a.env.clone();
-            let plan = |i: usize| super::pipe_plan::plan(&d.cfg, &d.policy, &env, i);
-            let transport = Pipe {
-                plan: &plan,
-                time_limit: d.cfg.command_time_limit,
-            };
-            run(a, &transport, &rcpts, "");
-        }
-        Route::File(rcpts) => {
-            let env = a.env.clone();
-            let plan = |i: usize| super::pipe_plan::file(&d.cfg, &d.policy, &env, i);
-            let transport = Pipe {
-                plan: &plan,
-                time_limit: d.cfg.command_time_limit,
-            };
-            run(a, &transport, &rcpts, "");
-        }
+        Route::Pipe(rcpts) => commands(d, a, &rcpts, super::pipe_plan::plan),
+        Route::File(rcpts) => commands(d, a, &rcpts, super::pipe_plan::file),
         Route::Settled(states) => {
             for (i, state) in states {
                 log_outcome(&a.env, &a.env.rcpts[i].addr, "none", &state, a.now);
@@ -492,6 +458,41 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             }
         }
     }
+}
+
+/// Mailboxes under mail_dir.
+fn deliver_here(d: &Deliverer, a: &mut Attempt, rcpts: &[usize]) {
+    let known = |user: &str| d.policy.is_user(user);
+    let delimiter = d.policy.delimiter.as_str();
+    let transport = Local {
+        mail_dir: &d.cfg.mail_dir,
+        format: d.cfg.mailbox_format,
+        hostname: &d.cfg.hostname,
+        known: &known,
+        delimiter,
+        delivered_before: a
+            .env
+            .rcpts
+            .iter()
+            .filter(|r| matches!(r.state, RcptState::Sent(_)) && is_local(d, &r.addr))
+            .map(|r| mailbox_user(&r.addr, delimiter, &known))
+            .collect::<HashSet<String>>(),
+    };
+    run(a, &transport, rcpts, "");
+}
+
+/// What to run for a recipient, or why nothing.
+type Plan = fn(&Config, &LocalPolicy, &Envelope, usize) -> Result<Run, RcptState>;
+
+/// Commands (and file targets), as `plan` says.
+fn commands(d: &Deliverer, a: &mut Attempt, rcpts: &[usize], plan: Plan) {
+    let env = a.env.clone();
+    let plan = |i: usize| plan(&d.cfg, &d.policy, &env, i);
+    let transport = Pipe {
+        plan: &plan,
+        time_limit: d.cfg.command_time_limit,
+    };
+    run(a, &transport, rcpts, "");
 }
 
 /// The hosts an SMTP route goes through: the transport table's, else
