@@ -486,12 +486,13 @@ fn recipient(value: &str, expanded: bool) -> Result<Recipient, String> {
 /// `STATE ADDR TARGET<tab>[STATUS]`: a command or file target.
 fn recipient_via(value: &str, command: bool) -> Result<Recipient, String> {
     let (head, status) = value.split_once('\t').ok_or("bad pipe or file recipient")?;
-    let (state_addr, target) = match head.find("> ") {
-        Some(i) => (&head[..=i], &head[i + 2..]),
-        None => return Err("bad pipe or file recipient".into()),
-    };
+    let (state, rest) = head.split_once(' ').ok_or("bad pipe or file recipient")?;
+    let (path, target) = split_path(rest);
+    if target.is_empty() {
+        return Err("pipe or file recipient without its target".into());
+    }
     let target = unescape(target)?;
-    let mut r = recipient(&format!("{state_addr} {status}"), true)?;
+    let mut r = recipient(&format!("{state} {path} {status}"), true)?;
     r.via = Some(match command {
         true => Via::Command(target),
         false => Via::File(target),
@@ -548,6 +549,23 @@ mod tests {
                     state: RcptState::Sent(Status::parse("250 ok", 2)),
                     expanded: false,
                     via: None,
+                },
+                Recipient {
+                    addr: ForwardPath::parse("<\"odd > name\"@example.net>").unwrap(),
+                    state: RcptState::Deferred(Status::parse(
+                        "451 4.3.0 command deferred (exit 75)",
+                        4,
+                    )),
+                    expanded: true,
+                    via: Some(Via::Command(
+                        "procmail -a \"$EXTENSION\" > /x\tand a tab".into(),
+                    )),
+                },
+                Recipient {
+                    addr: ForwardPath::parse("<list@example.net>").unwrap(),
+                    state: RcptState::Pending,
+                    expanded: true,
+                    via: Some(Via::File("/var/mail/list archive".into())),
                 },
             ],
         }
@@ -624,6 +642,7 @@ mod tests {
     #[test]
     fn open_recipients_decide_done() {
         let mut e = sample();
+        e.rcpts.truncate(3);
         assert!(!e.is_done());
         e.rcpts[0].state = RcptState::Sent(Status::parse("250", 2));
         assert!(e.is_done());
