@@ -101,8 +101,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let words: Vec<&str> = m.free.iter().map(String::as_str).collect();
-    // The key tools need no configuration.
+    // The key tools and the file writer need no configuration.
     match words.as_slice() {
+        ["deliver-file", path] => return deliver_file(path),
         ["dkim-keygen", domain, selector] => return dkim_keygen(domain, selector, m.opt_str("o")),
         ["dkim-record", path] => return dkim_record(path),
         _ => {}
@@ -676,6 +677,33 @@ fn dkim_record(_: &str) -> ExitCode {
         "satchel: DKIM needs the tls build feature (ring); this satchel was built without it"
     );
     ExitCode::from(EXIT_CONFIG)
+}
+
+/// `deliver-file PATH` (run by the delivery of an alias's `/path/file`
+/// target, as the account that may write it): the message on standard
+/// input, its `Return-Path:` first, appended to PATH as an mbox under the
+/// mail readers' locks. sysexits(3): a locked file 75 (try again), any
+/// other failure 73, the reason on standard error.
+fn deliver_file(path: &str) -> ExitCode {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let mut first = String::new();
+    if input.read_line(&mut first).is_err() || !first.starts_with("Return-Path: ") {
+        eprintln!("deliver-file: the message does not start with Return-Path:");
+        return ExitCode::from(65);
+    }
+    let return_path = first["Return-Path: ".len()..].trim().to_string();
+    let mut all = std::io::Read::chain(first.as_bytes(), input);
+    match satchel::transport::local::append_mbox(std::path::Path::new(path), &return_path, &mut all)
+    {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot append to {path}: {e}");
+            let locked = e.kind() == std::io::ErrorKind::WouldBlock;
+            ExitCode::from(if locked { 75 } else { 73 })
+        }
+    }
 }
 
 /// `install-links DIR`: the sendmail, mailq and newaliases symbolic links

@@ -218,3 +218,66 @@ fn mailbox_command_delivers_local_users_and_bad_alias_lines_are_refused() {
         assert!(err.contains(what), "{text}: {err}");
     }
 }
+
+#[test]
+fn file_targets_and_included_lists_are_delivered_and_the_files_setting_is_obeyed() {
+    use std::os::unix::fs::MetadataExt;
+    let out = shared_dir("pipefile");
+    let o = out.0.display();
+    let list = out.0.join("members");
+    std::fs::write(
+        &list,
+        "# the members\nbob\n\"|cat > {o}/piped\"\n".replace("{o}", &o.to_string()),
+    )
+    .unwrap();
+    let s = host(
+        &format!(
+            "archive: {o}/archive.mbox, alice\nmembers: :include:{}\n",
+            list.display()
+        ),
+        "",
+    );
+    send(
+        &s,
+        "archive@satchel.test",
+        b"Subject: keep\r\n\r\nFrom here on\r\nx\r\n",
+    );
+    let mbox = wait_file(&s, &out.0.join("archive.mbox"));
+    assert!(mbox.starts_with("From alice@satchel.test "), "{mbox}");
+    assert!(
+        mbox.contains("\nReturn-Path: <alice@satchel.test>\nDelivered-To: archive@satchel.test\n"),
+        "{mbox}"
+    );
+    assert!(
+        mbox.contains("\n>From here on\nx\n\n") && !mbox.contains('\r'),
+        "{mbox}"
+    );
+    s.wait_for("alice's copy", || s.maildir("alice").len() == 1);
+    let owner = std::fs::metadata(out.0.join("archive.mbox")).unwrap().uid();
+    if satchel::os::euid() == 0 {
+        assert_ne!(owner, 0, "a file target written as root");
+    }
+    // :include: of a list: a member and a command.
+    send(
+        &s,
+        "members@satchel.test",
+        b"Subject: to the list\r\n\r\nx\r\n",
+    );
+    wait_file(&s, &out.0.join("piped"));
+    s.wait_for("bob's copy", || s.maildir("bob").len() == 1);
+    // Files not allowed in aliases: bounced with the setting named.
+    let text = std::fs::read_to_string(&s.conf).unwrap();
+    std::fs::write(&s.conf, format!("{text}allow_mail_to_files = forward\n")).unwrap();
+    s.signal("HUP");
+    s.wait_for("the reload", || {
+        s.log().matches("reloaded the configuration").count() == 1
+    });
+    send(
+        &s,
+        "archive@satchel.test",
+        b"Subject: not again\r\n\r\nx\r\n",
+    );
+    s.wait_for("the bounce", || {
+        s.log().contains("status=bounced (550 5.7.1 mail to a file is not allowed in aliases (allow_mail_to_files))")
+    });
+}

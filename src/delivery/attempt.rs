@@ -209,8 +209,12 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
                         .iter()
                         .any(|o| o.addr == t.addr && o.via == t.via && o.expanded)
                     {
+                        let state = allowed(&d.cfg, &t.via);
+                        if !state.is_open() {
+                            log_outcome(env, &t.addr, "none", &state, unix_now());
+                        }
                         out.push(Recipient {
-                            state: allowed(&d.cfg, &t.via),
+                            state,
                             addr: t.addr,
                             expanded: true,
                             via: t.via,

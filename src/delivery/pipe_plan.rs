@@ -1,7 +1,9 @@
 //! What to run for a command delivery, and as whom (Postfix's local(8)):
 //! a `|command` of the aliases file runs as the file's owner, or as
 //! `default_privs` when root owns it; `mailbox_command` runs as the
-//! recipient's account (`default_privs` when it has none, or it is root).
+//! recipient's account (`default_privs` when it has none, or it is root);
+//! a `/path/file` target is written by `satchel deliver-file` as the
+//! aliases file's owner.
 //! When satchel itself is not root, everything runs as the service user.
 //! Never as root.
 
@@ -22,6 +24,7 @@ pub fn plan(cfg: &Config, p: &LocalPolicy, env: &Envelope, i: usize) -> Result<R
     let user = p.base_name(&full).to_string();
     let (command, account) = match &r.via {
         Some(Via::Command(c)) => (c.clone(), alias_owner(cfg)),
+        Some(Via::File(_)) => (String::new(), alias_owner(cfg)),
         _ => (
             cfg.mailbox_command.clone().unwrap_or_default(),
             crate::os::passwd(|n, uid| n == user && uid != 0),
@@ -69,24 +72,38 @@ pub fn plan(cfg: &Config, p: &LocalPolicy, env: &Envelope, i: usize) -> Result<R
     ];
     Ok(Run {
         command,
+        argv: Vec::new(),
         account: account.map(|a| (a.uid, a.gid)),
         env: vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         home,
     })
 }
 
-/// `/path/file` targets: not delivered yet (the issue that adds them also
-/// adds `.forward`); bounced with the reason rather than kept forever.
-pub fn file(_: &Config, _: &LocalPolicy, env: &Envelope, i: usize) -> Result<Run, RcptState> {
-    let target = match &env.rcpts[i].via {
-        Some(Via::File(f)) => f.clone(),
-        _ => String::new(),
+/// A `/path/file` target: this program's `deliver-file`, which appends
+/// the message as an mbox under the mail readers' locks, run as the
+/// aliases file's owner (or `default_privs`), as Postfix writes files.
+pub fn file(cfg: &Config, p: &LocalPolicy, env: &Envelope, i: usize) -> Result<Run, RcptState> {
+    let Some(Via::File(path)) = &env.rcpts[i].via else {
+        return Err(RcptState::Failed(Status::new(
+            554,
+            Enhanced(5, 3, 0),
+            "no file",
+        )));
     };
-    Err(RcptState::Failed(Status::new(
-        554,
-        Enhanced(5, 3, 0),
-        format!("delivery to the file {target} is not supported yet"),
-    )))
+    let mut run = plan(cfg, p, env, i)?;
+    let me = std::env::current_exe().map_err(|e| {
+        RcptState::Deferred(Status::new(
+            451,
+            Enhanced(4, 3, 0),
+            format!("cannot find this program to write {path}: {e}"),
+        ))
+    })?;
+    run.argv = vec![
+        me.display().to_string(),
+        "deliver-file".into(),
+        path.clone(),
+    ];
+    Ok(run)
 }
 
 /// The owner of the aliases file, unless that is root.

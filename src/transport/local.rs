@@ -104,6 +104,15 @@ fn maildir(dir: &Path, hostname: &str, head: &[u8], msg: &Content) -> io::Result
 }
 
 fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Content) -> io::Result<PathBuf> {
+    let mut input = head.chain(msg.open()?);
+    append_mbox(path, return_path, &mut input)
+}
+
+/// Appends `input` (headers first) to the mbox `path` under the locks
+/// mail readers take, as one message: a `From ` line, the lines with LF
+/// ends and mboxrd quoting, an empty line. Cut back to where it was on
+/// any error. Also the file targets of aliases (`satchel deliver-file`).
+pub fn append_mbox(path: &Path, return_path: &str, input: &mut dyn Read) -> io::Result<PathBuf> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
@@ -146,7 +155,7 @@ fn mbox(path: &Path, return_path: &str, head: &[u8], msg: &Content) -> io::Resul
         let mut out = io::BufWriter::new(&f);
         // The separator, in the asctime form readers expect.
         writeln!(out, "From {sender} {}", asctime(time::unix_now()))?;
-        let mut reader = BufReader::new(head.chain(msg.open()?));
+        let mut reader = BufReader::new(input);
         let mut line = Vec::new();
         loop {
             line.clear();

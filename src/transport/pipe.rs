@@ -26,6 +26,8 @@ const MAX_OUTPUT: usize = 4096;
 /// One command to run for one recipient.
 pub struct Run {
     pub command: String,
+    /// A program and its arguments to run instead of `/bin/sh -c command`.
+    pub argv: Vec<String>,
     /// `(uid, gid)` to run as; `None`: as this process (not root).
     pub account: Option<(u32, u32)>,
     pub env: Vec<(String, String)>,
@@ -71,10 +73,19 @@ impl Pipe<'_> {
 
     fn spawn_and_wait(&self, run: &Run, batch: &Batch, i: usize) -> io::Result<RcptState> {
         let (mut output, writer) = io::pipe()?;
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&run.command)
-            .env_clear()
+        let mut cmd = match run.argv.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            None => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(&run.command);
+                c
+            }
+        };
+        cmd.env_clear()
             .envs(run.env.iter().map(|(k, v)| (k, v)))
             .current_dir(if std::path::Path::new(&run.home).is_dir() {
                 &run.home
