@@ -103,10 +103,42 @@ pub struct Recipient {
 /// A delivery target that is not an address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Via {
-    /// `|command`, run through `/bin/sh -c`.
+    /// `|command` of the aliases, run through `/bin/sh -c`.
     Command(String),
-    /// `/path/file`, appended to as an mbox.
+    /// `/path/file` of the aliases, appended to as an mbox.
     File(String),
+    /// `|command` of the recipient's `~/.forward` (runs as the recipient).
+    ForwardCommand(String),
+    /// `/path/file` of the recipient's `~/.forward`.
+    ForwardFile(String),
+}
+
+impl Via {
+    /// The command line or the path.
+    pub fn target(&self) -> &str {
+        match self {
+            Via::Command(t) | Via::File(t) | Via::ForwardCommand(t) | Via::ForwardFile(t) => t,
+        }
+    }
+
+    pub fn is_command(&self) -> bool {
+        matches!(self, Via::Command(_) | Via::ForwardCommand(_))
+    }
+
+    /// From a `.forward` file, not the aliases.
+    pub fn from_forward(&self) -> bool {
+        matches!(self, Via::ForwardCommand(_) | Via::ForwardFile(_))
+    }
+
+    /// Its key in the envelope text.
+    fn key(&self) -> &'static str {
+        match self {
+            Via::Command(_) => "pipe",
+            Via::File(_) => "file",
+            Via::ForwardCommand(_) => "fpipe",
+            Via::ForwardFile(_) => "ffile",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,17 +344,13 @@ impl Envelope {
             let key = match &r.via {
                 None if r.expanded => "expanded",
                 None => "rcpt",
-                Some(Via::Command(c)) | Some(Via::File(c)) => {
+                Some(via) => {
                     // The target, then the status after a tab (escaped
                     // text never holds one).
                     v.push(' ');
-                    v.push_str(&escape(c));
+                    v.push_str(&escape(via.target()));
                     v.push('\t');
-                    if matches!(r.via, Some(Via::Command(_))) {
-                        "pipe"
-                    } else {
-                        "file"
-                    }
+                    via.key()
                 }
             };
             if let Some(st) = r.state.status() {
@@ -437,7 +465,7 @@ impl Envelope {
             "warned" => self.warned = value == "yes",
             "dkim" => self.dkim = unescape(value)?,
             "rcpt" | "expanded" => self.rcpts.push(recipient(value, key == "expanded")?),
-            "pipe" | "file" => self.rcpts.push(recipient_via(value, key == "pipe")?),
+            "pipe" | "file" | "fpipe" | "ffile" => self.rcpts.push(recipient_via(value, key)?),
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -484,7 +512,7 @@ fn recipient(value: &str, expanded: bool) -> Result<Recipient, String> {
 }
 
 /// `STATE ADDR TARGET<tab>[STATUS]`: a command or file target.
-fn recipient_via(value: &str, command: bool) -> Result<Recipient, String> {
+fn recipient_via(value: &str, key: &str) -> Result<Recipient, String> {
     let (head, status) = value.split_once('\t').ok_or("bad pipe or file recipient")?;
     let (state, rest) = head.split_once(' ').ok_or("bad pipe or file recipient")?;
     let (path, target) = split_path(rest);
@@ -493,9 +521,11 @@ fn recipient_via(value: &str, command: bool) -> Result<Recipient, String> {
     }
     let target = unescape(target)?;
     let mut r = recipient(&format!("{state} {path} {status}"), true)?;
-    r.via = Some(match command {
-        true => Via::Command(target),
-        false => Via::File(target),
+    r.via = Some(match key {
+        "pipe" => Via::Command(target),
+        "file" => Via::File(target),
+        "fpipe" => Via::ForwardCommand(target),
+        _ => Via::ForwardFile(target),
     });
     Ok(r)
 }
@@ -566,6 +596,12 @@ mod tests {
                     state: RcptState::Pending,
                     expanded: true,
                     via: Some(Via::File("/var/mail/list archive".into())),
+                },
+                Recipient {
+                    addr: ForwardPath::parse("<bob@example.net>").unwrap(),
+                    state: RcptState::Pending,
+                    expanded: true,
+                    via: Some(Via::ForwardCommand("procmail".into())),
                 },
             ],
         }

@@ -540,8 +540,8 @@ fn route(cfg: &Config, address: &str, sender: Option<&str>) -> ExitCode {
             println!("{}: expands to {}", rcpt.bare(), names.join(", "));
             for t in &targets {
                 let route = match &t.via {
-                    Some(satchel::envelope::Via::Command(_)) => "pipe: run for it".to_string(),
-                    Some(satchel::envelope::Via::File(_)) => "file: appended to".to_string(),
+                    Some(v) if v.is_command() => "pipe: run for it".to_string(),
+                    Some(_) => "file: appended to".to_string(),
                     None => route_text(cfg, &policy, &t.addr, &from),
                 };
                 println!("  {}: {route}", t.shown());

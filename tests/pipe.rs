@@ -37,7 +37,9 @@ fn send(s: &Server, to: &str, body: &[u8]) -> String {
 
 fn wait_file(s: &Server, p: &Path) -> String {
     s.wait_for(&format!("{}", p.display()), || p.exists());
-    s.wait_for("the command's end", || s.log().contains("relay=pipe"));
+    s.wait_for("the command's end", || {
+        s.log().contains("relay=pipe") || s.log().contains("relay=file")
+    });
     std::fs::read_to_string(p).unwrap()
 }
 

@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 
+use super::expand::Refused;
 use super::{backoff, is_local, lock, log_outcome, Deliverer, Event};
 use crate::address::{ForwardPath, ReversePath};
 use crate::bounce::{self, Action, Notice, Report};
@@ -51,6 +52,9 @@ struct Attempt {
     remote_mta: HashMap<usize, String>,
     /// Some remote recipients waited for a concurrency slot, untried.
     postponed: bool,
+    /// Recipients whose expansion was deferred (a broken `.forward`): not
+    /// delivered anywhere in this attempt.
+    held: Vec<ForwardPath>,
 }
 
 /// Where a group of recipients goes.
@@ -104,7 +108,7 @@ pub fn deliver_message(d: &Deliverer, id: &str) -> Option<u64> {
     if let Err(next) = expand(d, &mut a) {
         return next;
     }
-    let routes = route(d, &a.env);
+    let routes = route(d, &a.env, &a.held);
     for route in sign(d, &mut a, routes) {
         deliver(d, &mut a, route);
     }
@@ -158,6 +162,7 @@ fn claim_and_triage(d: &Deliverer, id: &str) -> Result<Attempt, Option<u64>> {
         now: unix_now(),
         remote_mta: HashMap::new(),
         postponed: false,
+        held: Vec::new(),
     })
 }
 
@@ -166,7 +171,7 @@ fn claim_and_triage(d: &Deliverer, id: &str) -> Result<Attempt, Option<u64>> {
 /// the end of the attempt, so a crash before that expands it, fails it
 /// and reports it again.
 fn expand(d: &Deliverer, a: &mut Attempt) -> Result<(), Option<u64>> {
-    if !expand_aliases(d, &mut a.env) {
+    if !expand_aliases(d, &mut a.env, &mut a.held) {
         return Ok(());
     }
     let mut snap = a.env.clone();
@@ -189,7 +194,7 @@ fn expand(d: &Deliverer, a: &mut Attempt) -> Result<(), Option<u64>> {
 /// Replaces every open recipient that is a virtual alias, or an alias of
 /// a local domain, by what it stands for (marked `expanded`, so it is
 /// never expanded again). True if changed.
-fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
+fn expand_aliases(d: &Deliverer, env: &mut Envelope, held: &mut Vec<ForwardPath>) -> bool {
     let mut changed = false;
     let mut out: Vec<Recipient> = Vec::with_capacity(env.rcpts.len());
     for r in std::mem::take(&mut env.rcpts) {
@@ -223,10 +228,19 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
                 }
                 log::info!("{}: alias {} expanded", env.id, r.addr.bare());
             }
-            Err(why) => out.push(Recipient {
+            Err(Refused::Fail(why)) => out.push(Recipient {
                 state: RcptState::Failed(Status::new(554, Enhanced(5, 4, 6), why)),
                 ..r
             }),
+            Err(Refused::Defer(why)) => {
+                // Not delivered anywhere in this attempt (not to the
+                // mailbox either): tried again later.
+                log::warn!("warning: {}: {why}; deferred", env.id);
+                let state = RcptState::Deferred(Status::new(451, Enhanced(4, 3, 5), why));
+                log_outcome(env, &r.addr, "none", &state, unix_now());
+                held.push(r.addr.clone());
+                out.push(Recipient { state, ..r });
+            }
         }
     }
     env.rcpts = out;
@@ -236,22 +250,28 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope) -> bool {
 /// Pending, or failed for a command or file that aliases may not name
 /// (`allow_mail_to_commands`, `allow_mail_to_files`).
 fn allowed(cfg: &Config, via: &Option<Via>) -> RcptState {
-    let (list, what, setting) = match via {
-        None => return RcptState::Pending,
-        Some(Via::Command(_)) => (
+    let Some(via) = via else {
+        return RcptState::Pending;
+    };
+    let (list, what, setting) = match via.is_command() {
+        true => (
             &cfg.allow_mail_to_commands,
             "a command",
             "allow_mail_to_commands",
         ),
-        Some(Via::File(_)) => (&cfg.allow_mail_to_files, "a file", "allow_mail_to_files"),
+        false => (&cfg.allow_mail_to_files, "a file", "allow_mail_to_files"),
     };
-    if list.iter().any(|k| k == "alias") {
+    let (place, key) = match via.from_forward() {
+        true => ("~/.forward", "forward"),
+        false => ("aliases", "alias"),
+    };
+    if list.iter().any(|k| k == key) {
         return RcptState::Pending;
     }
     RcptState::Failed(Status::new(
         550,
         Enhanced(5, 7, 1),
-        format!("mail to {what} is not allowed in aliases ({setting})"),
+        format!("mail to {what} is not allowed in {place} ({setting})"),
     ))
 }
 
@@ -260,18 +280,18 @@ fn allowed(cfg: &Config, via: &Option<Via>) -> RcptState {
 /// first, then local recipients (no network, quick), then one SMTP
 /// transaction per domain and next hop of at most `RCPTS_PER_TRANSACTION`
 /// recipients.
-fn route(d: &Deliverer, env: &Envelope) -> Vec<Route> {
+fn route(d: &Deliverer, env: &Envelope, held: &[ForwardPath]) -> Vec<Route> {
     let (mut local, mut settled) = (Vec::new(), Vec::new());
     let mut remote: Vec<(String, Vec<Relayhost>, Vec<usize>)> = Vec::new();
     let mut lmtp: Vec<(LmtpTarget, Vec<usize>)> = Vec::new();
     let (mut pipes, mut files) = (Vec::new(), Vec::new());
     for (i, r) in env.rcpts.iter().enumerate() {
-        if !r.state.is_open() {
+        if !r.state.is_open() || (!r.expanded && held.contains(&r.addr)) {
             continue;
         }
         match &r.via {
-            Some(Via::Command(_)) => pipes.push(i),
-            Some(Via::File(_)) => files.push(i),
+            Some(via) if via.is_command() => pipes.push(i),
+            Some(_) => files.push(i),
             None => {}
         }
         if r.via.is_some() {
@@ -431,8 +451,8 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             };
             run(a, &transport, &rcpts, "");
         }
-        Route::Pipe(rcpts) => commands(d, a, &rcpts, super::pipe_plan::plan),
-        Route::File(rcpts) => commands(d, a, &rcpts, super::pipe_plan::file),
+        Route::Pipe(rcpts) => commands(d, a, &rcpts, super::pipe_plan::plan, "pipe"),
+        Route::File(rcpts) => commands(d, a, &rcpts, super::pipe_plan::file, "file"),
         Route::Settled(states) => {
             for (i, state) in states {
                 log_outcome(&a.env, &a.env.rcpts[i].addr, "none", &state, a.now);
@@ -489,12 +509,13 @@ fn deliver_here(d: &Deliverer, a: &mut Attempt, rcpts: &[usize]) {
 type Plan = fn(&Config, &LocalPolicy, &Envelope, usize) -> Result<Run, RcptState>;
 
 /// Commands (and file targets), as `plan` says.
-fn commands(d: &Deliverer, a: &mut Attempt, rcpts: &[usize], plan: Plan) {
+fn commands(d: &Deliverer, a: &mut Attempt, rcpts: &[usize], plan: Plan, relay: &'static str) {
     let env = a.env.clone();
     let plan = |i: usize| plan(&d.cfg, &d.policy, &env, i);
     let transport = Pipe {
         plan: &plan,
         time_limit: d.cfg.command_time_limit,
+        relay,
     };
     run(a, &transport, rcpts, "");
 }

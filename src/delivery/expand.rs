@@ -15,6 +15,23 @@ pub struct Expanded {
     pub via: Option<Via>,
 }
 
+/// Why an address could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// For good (a loop): bounced.
+    Fail(String),
+    /// For now (a `.forward` that cannot be read or parsed): kept.
+    Defer(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Fail(w) | Refused::Defer(w) => f.write_str(w),
+        }
+    }
+}
+
 impl Expanded {
     fn to(addr: ForwardPath) -> Expanded {
         Expanded { addr, via: None }
@@ -24,8 +41,8 @@ impl Expanded {
     pub fn shown(&self) -> String {
         match &self.via {
             None => self.addr.bare(),
-            Some(Via::Command(c)) => format!("\"|{c}\""),
-            Some(Via::File(f)) => f.clone(),
+            Some(v) if v.is_command() => format!("\"|{}\"", v.target()),
+            Some(v) => v.target().to_string(),
         }
     }
 }
@@ -49,14 +66,15 @@ pub fn targets_of(
     cfg: &Config,
     p: &LocalPolicy,
     addr: &ForwardPath,
-) -> Option<Result<Vec<Expanded>, String>> {
+) -> Option<Result<Vec<Expanded>, Refused>> {
     let ForwardPath::Mailbox(m) = addr else {
         return local_alias(cfg, p, addr);
     };
     let Some(expansion) = p.virtual_aliases.expand(m, &p.delimiter) else {
-        return local_alias(cfg, p, addr);
+        return local_alias(cfg, p, addr).or_else(|| forward(p, m));
     };
     let home = home_domain(cfg, p, &m.domain);
+    let expansion = expansion.map_err(Refused::Fail);
     Some(expansion.and_then(|targets| {
         let mut out: Vec<Expanded> = Vec::new();
         for t in targets {
@@ -88,7 +106,7 @@ fn local_alias(
     cfg: &Config,
     p: &LocalPolicy,
     addr: &ForwardPath,
-) -> Option<Result<Vec<Expanded>, String>> {
+) -> Option<Result<Vec<Expanded>, Refused>> {
     if !is_local(p, addr) {
         return None;
     }
@@ -98,8 +116,129 @@ fn local_alias(
     Some(
         p.aliases
             .expand(&name)
-            .map(|targets| alias_targets(cfg, addr, targets)),
+            .map(|targets| alias_targets(cfg, addr, targets))
+            .map_err(Refused::Fail),
     )
+}
+
+/// The `~/.forward` of a local recipient who is a passwd user, as
+/// Postfix's local(8) reads it: addresses, `|command`, `/file` and
+/// `\user` (this user's mailbox, not forwarded again), commas or lines
+/// between them, `#` comments. A file its owner does not control alone
+/// (another owner, group- or world-writable, in a home that is not its
+/// owner's) is ignored with a log line; one that cannot be read or
+/// parsed defers the recipient.
+fn forward(p: &LocalPolicy, m: &Mailbox) -> Option<Result<Vec<Expanded>, Refused>> {
+    if !p.is_local_domain(&m.domain) {
+        return None;
+    }
+    let full = m.local_unquoted().to_ascii_lowercase();
+    let user = p.base_name(&full).to_string();
+    if !p.is_user(&user) || p.aliases.contains(&user) {
+        return None;
+    }
+    let account = crate::os::passwd(|n, _| n == user)?;
+    let path = std::path::Path::new(&account.home).join(".forward");
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if let Some(why) = untrusted_forward(&meta, &account) {
+        log::warn!("warning: {}: ignored: {why}", path.display());
+        return None;
+    }
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Some(Err(Refused::Defer(format!(
+                "{}: cannot read: {e}",
+                path.display()
+            ))))
+        }
+    };
+    let me = ForwardPath::Mailbox(Mailbox {
+        local: user.clone(),
+        domain: m.domain.clone(),
+    });
+    Some(
+        forward_targets(&text, &me, m)
+            .map_err(|e| Refused::Defer(format!("{}: {e}", path.display()))),
+    )
+}
+
+/// What is wrong with a `.forward` for its owner, if anything.
+fn untrusted_forward(meta: &std::fs::Metadata, owner: &crate::os::Passwd) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Some("not a regular file".into());
+    }
+    if meta.uid() != owner.uid && meta.uid() != 0 {
+        return Some(format!(
+            "owned by uid {}, not by {}",
+            meta.uid(),
+            owner.name
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "writable by others (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    let home = std::fs::metadata(&owner.home).ok()?;
+    if home.uid() != owner.uid && home.uid() != 0 {
+        return Some(format!(
+            "in {}, which {} does not own",
+            owner.home, owner.name
+        ));
+    }
+    if home.mode() & 0o002 != 0 {
+        return Some(format!("in {}, which anyone may write", owner.home));
+    }
+    None
+}
+
+/// The targets of a `.forward` text for `me` (the user's own address;
+/// `rcpt` as it was addressed).
+fn forward_targets(text: &str, me: &ForwardPath, rcpt: &Mailbox) -> Result<Vec<Expanded>, String> {
+    let mut out: Vec<Expanded> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |e: String| format!("line {}: {e}", n + 1);
+        for t in crate::aliases::split_targets(line).map_err(at)? {
+            let own = t.strip_prefix('\\').unwrap_or(&t).to_string();
+            crate::aliases::check_target(&own).map_err(at)?;
+            let e = if let Some(cmd) = own.strip_prefix('|') {
+                Expanded {
+                    addr: me.clone(),
+                    via: Some(Via::ForwardCommand(cmd.trim().to_string())),
+                }
+            } else if own.starts_with('/') {
+                Expanded {
+                    addr: me.clone(),
+                    via: Some(Via::ForwardFile(own)),
+                }
+            } else if own.contains('@') {
+                let mb =
+                    Mailbox::parse(&own).map_err(|x| at(format!("bad address '{own}': {x}")))?;
+                Expanded::to(ForwardPath::Mailbox(mb))
+            } else {
+                // A user name: one of this domain's (`\user`, or the
+                // user itself, is the mailbox).
+                Expanded::to(ForwardPath::Mailbox(Mailbox {
+                    local: own.to_ascii_lowercase(),
+                    domain: rcpt.domain.clone(),
+                }))
+            };
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("no target".into());
+    }
+    Ok(out)
 }
 
 /// Where a virtual alias's bare targets live: the alias's own domain when

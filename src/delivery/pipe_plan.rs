@@ -7,7 +7,7 @@
 //! When satchel itself is not root, everything runs as the service user.
 //! Never as root.
 
-use crate::envelope::{Envelope, RcptState, Via};
+use crate::envelope::{Envelope, RcptState};
 use crate::os::Passwd;
 use crate::policy::LocalPolicy;
 use crate::smtp::reply::Enhanced;
@@ -23,9 +23,13 @@ pub fn plan(cfg: &Config, p: &LocalPolicy, env: &Envelope, i: usize) -> Result<R
     let full = mailbox_name(&r.addr);
     let user = p.base_name(&full).to_string();
     let (command, account) = match &r.via {
-        Some(Via::Command(c)) => (c.clone(), alias_owner(cfg)),
-        Some(Via::File(_)) => (String::new(), alias_owner(cfg)),
-        _ => (
+        Some(via) if !via.from_forward() => (via.target().to_string(), alias_owner(cfg)),
+        // ~/.forward targets and mailbox_command: the recipient's own.
+        Some(via) => (
+            via.target().to_string(),
+            crate::os::passwd(|n, uid| n == user && uid != 0),
+        ),
+        None => (
             cfg.mailbox_command.clone().unwrap_or_default(),
             crate::os::passwd(|n, uid| n == user && uid != 0),
         ),
@@ -81,9 +85,10 @@ pub fn plan(cfg: &Config, p: &LocalPolicy, env: &Envelope, i: usize) -> Result<R
 
 /// A `/path/file` target: this program's `deliver-file`, which appends
 /// the message as an mbox under the mail readers' locks, run as the
-/// aliases file's owner (or `default_privs`), as Postfix writes files.
+/// aliases file's owner (or `default_privs`), or for a `.forward` as its
+/// user, as Postfix writes files.
 pub fn file(cfg: &Config, p: &LocalPolicy, env: &Envelope, i: usize) -> Result<Run, RcptState> {
-    let Some(Via::File(path)) = &env.rcpts[i].via else {
+    let Some(path) = env.rcpts[i].via.as_ref().map(|v| v.target().to_string()) else {
         return Err(RcptState::Failed(Status::new(
             554,
             Enhanced(5, 3, 0),

@@ -39,6 +39,8 @@ pub struct Run {
 pub struct Pipe<'a> {
     pub plan: &'a dyn Fn(usize) -> Result<Run, RcptState>,
     pub time_limit: Duration,
+    /// For the logs: `pipe` or `file`.
+    pub relay: &'static str,
 }
 
 impl Transport for Pipe<'_> {
@@ -53,7 +55,7 @@ impl Transport for Pipe<'_> {
             .collect();
         Delivery {
             states,
-            relay: "pipe".into(),
+            relay: self.relay.into(),
             remote_mta: None,
         }
     }
