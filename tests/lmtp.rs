@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 /// `full` gets 452 (try later), `over` 552 (quota), everyone else 250.
 /// Returns the lines it read.
 fn agent(path: &std::path::Path) -> Arc<Mutex<Vec<String>>> {
+    // An agent on a socket named `closing...` hangs up after each message.
+    let closing = Arc::new(
+        path.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("closing")),
+    );
     let listener = UnixListener::bind(path).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -21,13 +26,14 @@ fn agent(path: &std::path::Path) -> Arc<Mutex<Vec<String>>> {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { return };
             let log = log.clone();
-            std::thread::spawn(move || serve(conn, log));
+            let closing = closing.clone();
+            std::thread::spawn(move || serve(conn, log, &closing));
         }
     });
     seen
 }
 
-fn serve(conn: std::os::unix::net::UnixStream, log: Arc<Mutex<Vec<String>>>) {
+fn serve(conn: std::os::unix::net::UnixStream, log: Arc<Mutex<Vec<String>>>, closing: &bool) {
     let mut out = conn.try_clone().unwrap();
     let mut r = BufReader::new(conn);
     let mut say = |s: &str| {
@@ -73,6 +79,10 @@ fn serve(conn: std::os::unix::net::UnixStream, log: Arc<Mutex<Vec<String>>>) {
                     "over" => say(&format!("552 5.2.2 <{rcpt}> Quota exceeded")),
                     _ => say(&format!("250 2.0.0 <{rcpt}> Saved")),
                 }
+            }
+            if *closing {
+                // A server that hangs up on idle sessions at once.
+                return;
             }
         } else if upper == "QUIT" {
             say("221 2.0.0 Bye");
@@ -197,4 +207,65 @@ fn an_lmtp_agent_that_is_down_defers_and_a_bad_next_hop_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the socket path must be absolute"), "{err}");
+}
+
+#[test]
+fn an_lmtp_session_is_reused_for_the_next_message() {
+    let dir = TempDir::new("lmtpreuse");
+    let socket = dir.0.join("lmtp.sock");
+    let seen = agent(&socket);
+    let s = Server::start(&format!(
+        "defer_delivery = no\nmailbox_transport = lmtp:unix:{}\n",
+        socket.display()
+    ));
+    for n in 0..3 {
+        let mut c = Client::connect(s.addr());
+        c.hello();
+        let body = format!("Subject: number {n}\r\n\r\nx\r\n");
+        assert_eq!(
+            c.mail("bob@satchel.test", &["alice@satchel.test"], body.as_bytes())
+                .0,
+            250
+        );
+        s.wait_for("the delivery", || {
+            s.log().matches("relay=lmtp:unix:").count() == n + 1
+        });
+    }
+    let lines = seen.lock().unwrap().clone();
+    let count = |what: &str| lines.iter().filter(|l| l.starts_with(what)).count();
+    assert_eq!(count("LHLO"), 1, "{lines:?}");
+    assert_eq!(count("RSET"), 2, "{lines:?}");
+    assert_eq!(count("MAIL FROM"), 3, "{lines:?}");
+}
+
+#[test]
+fn a_reused_session_the_agent_closed_is_replaced_and_nothing_is_lost() {
+    let dir = TempDir::new("lmtpstale");
+    let socket = dir.0.join("closing.sock");
+    let seen = agent(&socket);
+    let s = Server::start(&format!(
+        "defer_delivery = no\nmailbox_transport = lmtp:unix:{}\n",
+        socket.display()
+    ));
+    for n in 0..2 {
+        let mut c = Client::connect(s.addr());
+        c.hello();
+        let body = format!("Subject: number {n}\r\n\r\nx\r\n");
+        assert_eq!(
+            c.mail("bob@satchel.test", &["alice@satchel.test"], body.as_bytes())
+                .0,
+            250
+        );
+        s.wait_for("the delivery", || {
+            s.log()
+                .matches("status=sent (250 2.0.0 <alice@satchel.test> Saved)")
+                .count()
+                == n + 1
+        });
+    }
+    let lines = seen.lock().unwrap().clone();
+    let count = |what: &str| lines.iter().filter(|l| l.starts_with(what)).count();
+    assert_eq!(count("LHLO"), 2, "{lines:?}");
+    assert_eq!(count("Subject: number"), 2, "each message once: {lines:?}");
+    assert!(s.log().contains("reused session gone"), "{}", s.log());
 }

@@ -129,10 +129,11 @@ pub(super) fn scheduler(d: &Deliverer, jobs: &Handoff<String>) {
             .map(|(t, _)| Duration::from_secs(t.saturating_sub(now)));
         let until_scan = next_scan.saturating_duration_since(std::time::Instant::now());
         let mut wait = until_scan;
-        // Idle cached SMTP sessions are closed after a few seconds; the
+        // Idle cached SMTP and LMTP sessions are closed after a few seconds; the
         // wake-up only happens while there are some.
         crate::transport::smtp::expire_cached();
-        if crate::transport::smtp::cached_sessions() > 0 {
+        let lmtp_idle = crate::transport::lmtp::expire_idle();
+        if crate::transport::smtp::cached_sessions() + lmtp_idle > 0 {
             wait = wait.min(Duration::from_secs(3));
         }
         if in_flight.len() < d.cfg.delivery_threads {

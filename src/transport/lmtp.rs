@@ -4,13 +4,18 @@
 //! `MailTransaction` in its LMTP mode: LHLO instead of EHLO, PIPELINING
 //! when offered, and after the final dot one reply per accepted
 //! recipient (§4.2), each its own result. The same time-outs and retry
-//! rules as SMTP: a connection that fails, or a 4xx, defers.
+//! rules as SMTP: a connection that fails, or a 4xx, defers. A session
+//! whose recipients were all taken stays open for the next message for
+//! up to 2 s (as the SMTP sessions, and Postfix's connection cache); a
+//! reused one is checked with RSET, and one that turns out to be gone
+//! before the message was sent is replaced by a new one.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::{Batch, Delivery, Transport};
 use crate::envelope::RcptState;
@@ -72,8 +77,60 @@ pub struct Lmtp<'a> {
     pub command_timeout: Duration,
 }
 
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+type Conn = BufReader<Box<dyn Stream>>;
+
+/// An open session waiting for the next message.
+struct Idle {
+    target: LmtpTarget,
+    since: Instant,
+    conn: Conn,
+    caps: Capabilities,
+}
+
+static IDLE: Mutex<Vec<Idle>> = Mutex::new(Vec::new());
+const IDLE_TIME: Duration = Duration::from_secs(2);
+const IDLE_MAX: usize = 16;
+
+fn idle() -> std::sync::MutexGuard<'static, Vec<Idle>> {
+    IDLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closes the sessions idle longer than `IDLE_TIME` (the scheduler calls
+/// it now and then); how many stay open.
+pub fn expire_idle() -> usize {
+    let now = Instant::now();
+    let old: Vec<Idle> = {
+        let mut all = idle();
+        let (old, keep) = all
+            .drain(..)
+            .partition(|x| now.duration_since(x.since) > IDLE_TIME);
+        *all = keep;
+        old
+    };
+    for mut x in old {
+        let _ = send(&mut x.conn, b"QUIT\r\n");
+    }
+    idle().len()
+}
+
+fn take_idle(target: &LmtpTarget) -> Option<(Conn, Capabilities)> {
+    expire_idle();
+    let mut all = idle();
+    let i = all.iter().position(|x| x.target == *target)?;
+    let x = all.swap_remove(i);
+    Some((x.conn, x.caps))
+}
+
+/// How a transaction ended without outcomes.
+enum Failure {
+    /// A reused session that was gone before the message went: try a
+    /// new one.
+    Stale(String),
+    Final(String),
+}
 
 impl Transport for Lmtp<'_> {
     fn deliver(&self, batch: &Batch) -> Delivery {
@@ -125,8 +182,24 @@ impl Lmtp<'_> {
         }
     }
 
-    /// Greeting, LHLO, the transaction, QUIT.
+    /// A reused session if there is one, else a new one; the transaction.
     fn session(&self, batch: &Batch, rcpts: &[String]) -> Result<Vec<Outcome>, String> {
+        if let Some((conn, caps)) = take_idle(self.target) {
+            match self.transaction(conn, &caps, batch, rcpts, true) {
+                Ok(o) => return Ok(o),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Stale(e)) => {
+                    log::info!("{}: reused session gone ({e}); a new one", self.target)
+                }
+            }
+        }
+        let (conn, caps) = self.open()?;
+        self.transaction(conn, &caps, batch, rcpts, false)
+            .map_err(|(Failure::Stale(e) | Failure::Final(e))| e)
+    }
+
+    /// Connected, greeted, LHLO answered.
+    fn open(&self) -> Result<(Conn, Capabilities), String> {
         let stream = self.connect().map_err(|e| format!("connect: {e}"))?;
         let mut c = BufReader::new(stream);
         let greeting = reply(&mut c)?;
@@ -138,7 +211,19 @@ impl Lmtp<'_> {
         if lhlo.code != 250 {
             return Err(format!("LHLO: {}", lhlo.one_line()));
         }
-        let caps = Capabilities::from_ehlo(&lhlo);
+        Ok((c, Capabilities::from_ehlo(&lhlo)))
+    }
+
+    /// One mail transaction on `c` (`reused`: RSET first); the session
+    /// kept for the next message when every recipient was taken.
+    fn transaction(
+        &self,
+        mut c: Conn,
+        caps: &Capabilities,
+        batch: &Batch,
+        rcpts: &[String],
+        reused: bool,
+    ) -> Result<Vec<Outcome>, Failure> {
         let env = batch.env;
         let from = env.from.to_string();
         let facts = MailFacts {
@@ -150,34 +235,56 @@ impl Lmtp<'_> {
             needs_smtputf8: false,
             lmtp: true,
         };
-        let (mut t, mut step) = MailTransaction::start(&facts, &caps, false);
+        let (mut t, mut step) = MailTransaction::start(&facts, caps, reused);
+        // Before the content goes, a reused session that fails is stale.
+        let early = |e: String| match reused {
+            true => Failure::Stale(e),
+            false => Failure::Final(e),
+        };
         loop {
             step = match step {
                 Step::Send(bytes) => {
-                    send(&mut c, &bytes)?;
-                    t.reply(&reply(&mut c)?)
+                    send(&mut c, &bytes).map_err(early)?;
+                    t.reply(&reply(&mut c).map_err(early)?)
                 }
-                Step::Read => t.reply(&reply(&mut c)?),
+                Step::Read => t.reply(&reply(&mut c).map_err(early)?),
                 Step::SendContent => {
-                    content(&mut c, batch)?;
+                    content(&mut c, batch).map_err(Failure::Final)?;
                     match reply(&mut c) {
                         Ok(r) => t.reply(&r),
-                        Err(e) => return t.lost(&e).ok_or(e),
+                        Err(e) => return t.lost(&e).ok_or(Failure::Final(e)),
                     }
                 }
                 Step::Done(outcomes) => {
-                    let _ = send(&mut c, b"QUIT\r\n");
+                    keep_or_quit(c, self.target, caps, &outcomes);
                     return Ok(outcomes);
                 }
-                Step::Broken(why) => return Err(why),
+                Step::Broken(why) => return Err(early(why)),
             };
         }
     }
 }
 
+/// Keeps a session whose recipients were all taken; QUIT otherwise.
+fn keep_or_quit(mut c: Conn, target: &LmtpTarget, caps: &Capabilities, outcomes: &[Outcome]) {
+    if outcomes.iter().all(|o| matches!(o, Outcome::Sent(_))) {
+        let mut all = idle();
+        if all.len() < IDLE_MAX {
+            all.push(Idle {
+                target: target.clone(),
+                since: Instant::now(),
+                conn: c,
+                caps: caps.clone(),
+            });
+            return;
+        }
+    }
+    let _ = send(&mut c, b"QUIT\r\n");
+}
+
 /// One reply; an error for a broken line, a time-out or a closed
 /// connection.
-fn reply(c: &mut BufReader<Box<dyn Stream>>) -> Result<Reply, String> {
+fn reply(c: &mut Conn) -> Result<Reply, String> {
     let mut b = ReplyBuilder::default();
     let mut line = Vec::new();
     loop {
@@ -198,7 +305,7 @@ fn reply(c: &mut BufReader<Box<dyn Stream>>) -> Result<Reply, String> {
     }
 }
 
-fn send(c: &mut BufReader<Box<dyn Stream>>, bytes: &[u8]) -> Result<(), String> {
+fn send(c: &mut Conn, bytes: &[u8]) -> Result<(), String> {
     let s = c.get_mut();
     s.write_all(bytes)
         .and_then(|()| s.flush())
@@ -206,7 +313,7 @@ fn send(c: &mut BufReader<Box<dyn Stream>>, bytes: &[u8]) -> Result<(), String> 
 }
 
 /// The message, dot-stuffed, and the final dot.
-fn content(c: &mut BufReader<Box<dyn Stream>>, batch: &Batch) -> Result<(), String> {
+fn content(c: &mut Conn, batch: &Batch) -> Result<(), String> {
     let mut f = batch
         .content
         .open()
