@@ -1,5 +1,6 @@
 //! Any text as a transport table, a sender relay table, a relay
-//! recipient table, a sender login table or a virtual alias table:
+//! recipient table, a sender login table, a virtual alias table or an
+//! aliases file:
 //! loaded, or refused with one `FILE:LINE: what` line; never a panic. A loaded table answers look-ups of the addresses the
 //! fuzzer's own keys make.
 #![no_main]
@@ -32,6 +33,11 @@ fuzz_target!(|s: &str| {
     }
     if let Err(e) = parse_sender_logins(s, "l") {
         assert!(e.starts_with("l:") && !e.contains('\n'), "{e}");
+    }
+    if let Ok(a) = satchel::aliases::Aliases::parse(s) {
+        for name in a.map.keys() {
+            let _ = a.expand(name);
+        }
     }
     match VirtualAliases::parse(s, "v") {
         Ok(t) => probes.iter().for_each(|m| {
