@@ -7,6 +7,7 @@
 //! satchel queue run [-c FILE]             deliver what is due once, then exit (cron)
 //! satchel queue list [--json] [-c FILE]   mailq-style listing of the spool
 //! satchel queue flush [-c FILE]           ask the running server to retry everything now
+//! satchel queue check [--max-age T] [--max-count N]  a monitoring plugin (Nagios exit codes)
 //! satchel queue show|hold|release ID      inspect, hold back, let go
 //! satchel queue delete ID|ALL             remove
 //! satchel dkim-keygen DOMAIN SELECTOR [-o KEYFILE]  a new Ed25519 DKIM key and its TXT record
@@ -41,6 +42,8 @@ const USAGE: &str = "usage: satchel COMMAND [-c FILE]
   queue list [--json]         list the queue (as mailq)
   queue run                   deliver what is due once, then exit (cron)
   queue flush                 ask the running server to try everything now
+  queue check [--max-age T] [--max-count N]
+                              one Nagios status line; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
   queue show|hold|release ID  show a message, keep it back, let it go
   queue delete ID|ALL         remove a message, or every message not being delivered
   route ADDRESS [--sender S]  where mail for ADDRESS would go (nothing is sent)
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         ["route", address] => route(&cfg, address, m.opt_str("sender").as_deref()),
         ["queue", "list"] | ["queue"] => queue_list(&cfg, m.opt_present("json")),
         ["queue", "flush"] => queue_flush(&cfg),
+        ["queue", "check"] => queue_check(&cfg, m.opt_str("max-age"), m.opt_str("max-count")),
         ["queue", verb @ ("show" | "delete" | "hold" | "release"), id] => {
             queue_tool(&cfg, verb, id)
         }
@@ -154,6 +158,8 @@ fn options() -> getopts::Options {
         "dkim-keygen: the key file to write",
         "KEYFILE",
     );
+    opts.optopt("", "max-age", "queue check: critical past this age", "TIME");
+    opts.optopt("", "max-count", "queue check: critical past this many", "N");
     opts.optopt(
         "p",
         "pidfile",
@@ -921,6 +927,44 @@ fn existing_spool(cfg: &Config) -> Result<Option<Spool>, ExitCode> {
 
 fn absolute(p: &std::path::Path) -> std::path::PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// `queue check`: a monitoring plugin (Nagios's exit codes and line):
+/// CRITICAL past `--max-age` or `--max-count`, WARNING past half of one
+/// or with damaged files, UNKNOWN when the spool cannot be read.
+fn queue_check(cfg: &Config, max_age: Option<String>, max_count: Option<String>) -> ExitCode {
+    let unknown = |why: String| {
+        println!("SATCHEL QUEUE UNKNOWN - {why}");
+        ExitCode::from(3)
+    };
+    let age = match max_age.as_deref().map(satchel::config::parse_duration) {
+        None => None,
+        Some(Some(d)) => Some(d.as_secs()),
+        Some(None) => return unknown("--max-age: expected a time such as 30m or 2h".into()),
+    };
+    let count = match max_count.as_deref().map(str::parse::<usize>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return unknown("--max-count: expected a number".into()),
+    };
+    let spool = match Spool::open_existing(&cfg.spool_dir) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (code, line) = queue::Health::default().verdict(0, age, count);
+            println!("{line}");
+            return ExitCode::from(code);
+        }
+        Err(e) => return unknown(format!("{}: {e}", cfg.spool_dir.display())),
+    };
+    let items = match spool.list() {
+        Ok(i) => i,
+        Err(e) => return unknown(format!("{}: {e}", cfg.spool_dir.display())),
+    };
+    let corrupt = spool.corrupt_count();
+    let (code, line) =
+        queue::Health::of(&items, corrupt).verdict(satchel::time::unix_now(), age, count);
+    println!("{line}");
+    ExitCode::from(code)
 }
 
 fn queue_flush(cfg: &Config) -> ExitCode {

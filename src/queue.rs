@@ -456,6 +456,88 @@ fn json_item(state: QueueState, e: &Envelope, route: Route) -> String {
     )
 }
 
+/// What `queue check` looks at.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub count: usize,
+    pub held: usize,
+    /// Damaged files (`corrupt/`, unreadable envelopes).
+    pub damaged: usize,
+    /// Arrival of the oldest message.
+    pub oldest: Option<u64>,
+}
+
+impl Health {
+    pub fn of(items: &[Result<(QueueState, Envelope), String>], corrupt: usize) -> Health {
+        let mut h = Health {
+            damaged: corrupt,
+            ..Health::default()
+        };
+        for item in items {
+            match item {
+                Ok((state, e)) => {
+                    h.count += 1;
+                    h.held += usize::from(*state == QueueState::Held);
+                    h.oldest = Some(h.oldest.map_or(e.created, |o| o.min(e.created)));
+                }
+                Err(_) => h.damaged += 1,
+            }
+        }
+        h
+    }
+
+    /// The Nagios plugin verdict (0 OK, 1 WARNING, 2 CRITICAL) and its one
+    /// line, with performance data: CRITICAL past a limit, WARNING past
+    /// half of one or with damaged files.
+    pub fn verdict(
+        &self,
+        now: u64,
+        max_age: Option<u64>,
+        max_count: Option<usize>,
+    ) -> (u8, String) {
+        let age = self.oldest.map_or(0, |o| now.saturating_sub(o));
+        let mut over = Vec::new();
+        let mut near = Vec::new();
+        if let Some(m) = max_count {
+            if self.count > m {
+                over.push(format!("more than {m} messages"));
+            } else if self.count > m / 2 {
+                near.push(format!("over half of {m} messages"));
+            }
+        }
+        if let Some(m) = max_age {
+            if age > m {
+                over.push(format!("older than {}", time::age(m)));
+            } else if age > m / 2 {
+                near.push(format!("over half of {}", time::age(m)));
+            }
+        }
+        if self.damaged > 0 {
+            near.push(format!("{} damaged", self.damaged));
+        }
+        let (code, word, why) = match (over.is_empty(), near.is_empty()) {
+            (false, _) => (2, "CRITICAL", over.join(", ")),
+            (true, false) => (1, "WARNING", near.join(", ")),
+            (true, true) => (0, "OK", String::new()),
+        };
+        let mut line = format!("SATCHEL QUEUE {word} - {} message(s)", self.count);
+        if self.held > 0 {
+            line.push_str(&format!(" ({} held)", self.held));
+        }
+        if self.count > 0 {
+            line.push_str(&format!(", oldest {}", time::age(age)));
+        }
+        if !why.is_empty() {
+            line.push_str(&format!(": {why}"));
+        }
+        line.push_str(&format!(
+            " | messages={} held={} damaged={} oldest_age={age}s",
+            self.count, self.held, self.damaged
+        ));
+        (code, line)
+    }
+}
+
 /// Reads the spool listing.
 pub fn items(spool: &Spool) -> io::Result<Vec<Result<(QueueState, Envelope), String>>> {
     spool.list()
@@ -464,6 +546,28 @@ pub fn items(spool: &Spool) -> io::Result<Vec<Result<(QueueState, Envelope), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_check_says_ok_warning_or_critical() {
+        let h = Health {
+            count: 6,
+            held: 1,
+            damaged: 0,
+            oldest: Some(1000),
+        };
+        let (code, line) = h.verdict(1000 + 1800, Some(3600), Some(10));
+        assert_eq!(code, 1, "{line}");
+        assert_eq!(
+            line,
+            "SATCHEL QUEUE WARNING - 6 message(s) (1 held), oldest 30m: over half of 10 messages | messages=6 held=1 damaged=0 oldest_age=1800s"
+        );
+        assert_eq!(h.verdict(1000 + 7200, Some(3600), None).0, 2);
+        assert_eq!(h.verdict(1000 + 60, None, Some(100)).0, 0);
+        assert_eq!(
+            Health::default().verdict(5, Some(60), Some(1)).1,
+            "SATCHEL QUEUE OK - 0 message(s) | messages=0 held=0 damaged=0 oldest_age=0s"
+        );
+    }
 
     #[test]
     fn json_strings_are_escaped() {

@@ -54,6 +54,22 @@ pub fn civil(secs: u64) -> Civil {
     }
 }
 
+/// A duration for people: `45s`, `30m`, `3h 2m`, `2d 5h`.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => match (s / 3600, s % 3600 / 60) {
+            (h, 0) => format!("{h}h"),
+            (h, m) => format!("{h}h {m}m"),
+        },
+        s => match (s / 86400, s % 86400 / 3600) {
+            (d, 0) => format!("{d}d"),
+            (d, h) => format!("{d}d {h}h"),
+        },
+    }
+}
+
 /// RFC 5322 §3.3 date-time, in UTC: `Sun, 29 Nov 2026 01:54:17 +0000`.
 pub fn rfc5322(secs: u64) -> String {
     let c = civil(secs);

@@ -691,3 +691,45 @@ fn an_ordinary_user_submits_through_the_maildrop() {
     });
     assert!(s.queued().is_empty());
 }
+
+#[test]
+fn queue_check_reports_in_nagios_terms() {
+    let s = host("defer_delivery = yes\n");
+    let check = |args: &[&str]| {
+        let mut all = vec!["queue", "check"];
+        all.extend_from_slice(args);
+        let out = s.run(&all);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, line) = check(&["--max-count", "2"]);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(
+        line.starts_with("SATCHEL QUEUE OK - 0 message(s) |"),
+        "{line}"
+    );
+    for n in 0..3 {
+        let out = s.sendmail(&["alice"], format!("Subject: {n}\n\nx\n").as_bytes());
+        assert!(out.status.success());
+    }
+    let (code, line) = check(&["--max-count", "2"]);
+    assert_eq!(code, Some(2), "{line}");
+    assert!(
+        line.starts_with("SATCHEL QUEUE CRITICAL - 3 message(s), oldest "),
+        "{line}"
+    );
+    assert!(
+        line.contains(": more than 2 messages | messages=3 held=0 damaged=0 oldest_age="),
+        "{line}"
+    );
+    assert_eq!(check(&["--max-count", "5"]).0, Some(1));
+    assert_eq!(check(&["--max-count", "10", "--max-age", "1h"]).0, Some(0));
+    let (code, line) = check(&["--max-age", "soon"]);
+    assert_eq!(code, Some(3), "{line}");
+    assert!(
+        line.starts_with("SATCHEL QUEUE UNKNOWN - --max-age"),
+        "{line}"
+    );
+}

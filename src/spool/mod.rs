@@ -482,6 +482,11 @@ impl Spool {
             .collect())
     }
 
+    /// How many damaged files wait in `corrupt/` for a person.
+    pub fn corrupt_count(&self) -> usize {
+        list_names(&self.dir("corrupt")).map_or(0, |n| n.len())
+    }
+
     /// The IDs of every message in `queue/`, `active/` and `hold/`, sorted
     /// by ID (arrival): a listing that holds names, not envelopes, so that
     /// a large queue can be streamed with `read_envelope`.
