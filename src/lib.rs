@@ -30,6 +30,7 @@ pub mod smtp;
 pub mod spool;
 pub mod status;
 pub mod stdio;
+pub mod storage;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;

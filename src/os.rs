@@ -59,6 +59,23 @@ pub fn passwd(want: impl Fn(&str, u32) -> bool) -> Option<Passwd> {
     })
 }
 
+/// The bytes an unprivileged user may still write on the file system of
+/// `path`, and its size (statvfs(2)).
+pub fn free_space(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated string and `st` a valid
+    // struct, both alive for the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * unit, st.f_blocks as u64 * unit))
+}
+
 /// Kills the process group `pgid` (a command past its time limit, and
 /// whatever it started).
 pub fn kill_group(pgid: u32) {

@@ -456,7 +456,10 @@ fn next_event<R: Read>(
                 true => "AUTH".to_string(),
                 false => verb_of(&l),
             };
-            let ev = session.command(&l);
+            let ev = match storage_refusal(&verb, ctx) {
+                Some(ev) => ev,
+                None => session.command(&l),
+            };
             log_reject(&peer, &verb, &ev);
             if let Some(o) = session.take_auth_outcome() {
                 log_auth(&peer, &o, session.auth_failures());
@@ -464,6 +467,21 @@ fn next_event<R: Read>(
             ev
         }
     })
+}
+
+/// MAIL while the spool has no room for new mail (`storage`): 452 4.3.1,
+/// as Postfix's "Insufficient system storage".
+fn storage_refusal(verb: &str, ctx: &Context) -> Option<Event> {
+    if verb != "MAIL" {
+        return None;
+    }
+    let why = crate::storage::refusal(&ctx.cfg, Some(&ctx.spool))?;
+    log::warn!("warning: no room for new mail: {why}");
+    Some(Event::Reply(Reply::new(
+        452,
+        Enhanced(4, 3, 1),
+        "Insufficient system storage",
+    )))
 }
 
 /// A TLS server stream shared by the reading and writing halves of one

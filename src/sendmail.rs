@@ -741,6 +741,13 @@ pub mod submit {
         invoker: (u32, String),
     ) -> Result<(String, Vec<String>), (u8, String)> {
         let (uid, user) = invoker;
+        // A spool short of room takes nothing new; the caller tries later.
+        if let Some(why) = crate::storage::refusal(cfg, Some(spool)) {
+            return Err((
+                EX_TEMPFAIL,
+                format!("cannot queue now: no room for new mail: {why}"),
+            ));
+        }
         let origin = cfg.myorigin();
         let from = match &o.sender {
             Some(s) => super::sender(s, &origin).map_err(|e| (EX_DATAERR, e))?,

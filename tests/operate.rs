@@ -733,3 +733,40 @@ fn queue_check_reports_in_nagios_terms() {
         "{line}"
     );
 }
+
+#[test]
+fn a_spool_short_of_room_refuses_new_mail_and_keeps_what_it_has() {
+    // More free space than any disk has: everything new is refused.
+    let mut s = host("defer_delivery = yes\nqueue_min_free = 1000000G\n");
+    s.spawn();
+    let mut c = common::Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.cmd("MAIL FROM:<a@example.org>");
+    assert_eq!(
+        (code, text.as_str()),
+        (452, "4.3.1 Insufficient system storage")
+    );
+    let out = s.sendmail(&["alice"], b"Subject: no room\n\nx\n");
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("under queue_min_free"));
+    assert!(
+        s.log().contains("warning: no room for new mail: "),
+        "{}",
+        s.log()
+    );
+    // A byte budget: the first message fits, the next waits for room.
+    let mut t = host("defer_delivery = yes\nqueue_max_bytes = 100\n");
+    t.spawn();
+    let first = t.sendmail(&["alice"], b"Subject: first\n\nx\n");
+    assert!(first.status.success());
+    // (The daemon counts the spool at its first MAIL.)
+    let mut c = common::Client::connect(t.addr());
+    c.hello();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").0, 452);
+    assert_eq!(t.queued().len(), 1, "what was queued stays");
+}

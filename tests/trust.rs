@@ -273,7 +273,12 @@ fn a_full_spool_disk_gets_452_and_leaves_nothing_partial() {
         println!("skipped: mounting a small tmpfs for the spool needs root");
         return;
     }
-    let mut s = Server::prepare_at([127, 0, 0, 1], free_port(), "message_size_limit = 8M\n");
+    // Without the free-space floor (queue_min_free), to reach the disk's end.
+    let mut s = Server::prepare_at(
+        [127, 0, 0, 1],
+        free_port(),
+        "message_size_limit = 8M\nqueue_min_free = 0\nqueue_min_free_percent = 0\n",
+    );
     let spool = s.spool();
     fs::create_dir_all(&spool).unwrap();
     let mounted = std::process::Command::new("mount")
@@ -319,6 +324,23 @@ fn a_full_spool_disk_gets_452_and_leaves_nothing_partial() {
         b"Subject: small\r\n\r\nfits\r\n",
     );
     assert_eq!(code, 250);
+    // With a floor above what the disk has, new mail is refused at MAIL
+    // and the queued message stays.
+    let text = fs::read_to_string(&s.conf).unwrap();
+    fs::write(
+        &s.conf,
+        text.replace("queue_min_free = 0\n", "queue_min_free = 2M\n"),
+    )
+    .unwrap();
+    s.signal("HUP");
+    s.wait_for("the reload", || {
+        s.log().contains("reloaded the configuration")
+    });
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let (code, text) = c.cmd("MAIL FROM:<a@example.org>");
+    assert_eq!(code, 452, "{text}");
+    assert_eq!(s.queued().len(), 1);
     s.kill9();
 }
 

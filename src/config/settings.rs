@@ -359,6 +359,19 @@ section "Spool" {
     /// control socket. One daemon per spool. A relative path is relative to the
     /// working directory.
     spool_dir: PathBuf = "./var/spool", FilePath, Restart;
+
+    /// New mail is refused (452 4.3.1 at MAIL; sendmail exits 75) while the
+    /// spool's file system has less than this free, or less than
+    /// queue_min_free_percent of its size; mail already queued is never dropped.
+    /// 0 = no check.
+    queue_min_free: u64 = "100M", Size { min: 0 }, Live;
+
+    /// The same, as a share of the file system's size (percent). 0 = no check.
+    queue_min_free_percent: usize = "5", Count { min: 0 }, Live;
+
+    /// New mail is refused while the messages in the spool take more than this
+    /// many bytes (a small flash disk shared with other things). 0 = no limit.
+    queue_max_bytes: u64 = "0", Size { min: 0 }, Live;
 }
 
 section "Privileges" {

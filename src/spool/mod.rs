@@ -482,6 +482,18 @@ impl Spool {
             .collect())
     }
 
+    /// The bytes the messages in the spool take (queue, active, hold; and
+    /// the separate content files of old-format messages).
+    pub fn stored_bytes(&self) -> u64 {
+        ["queue", "active", "hold", "msg"]
+            .iter()
+            .filter_map(|d| fs::read_dir(self.dir(d)).ok())
+            .flatten()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// How many damaged files wait in `corrupt/` for a person.
     pub fn corrupt_count(&self) -> usize {
         list_names(&self.dir("corrupt")).map_or(0, |n| n.len())
