@@ -18,6 +18,7 @@ pub mod dns;
 pub mod envelope;
 pub mod handoff;
 pub mod logging;
+pub mod notify;
 pub mod os;
 pub mod policy;
 pub mod preflight;

@@ -59,6 +59,38 @@ pub fn passwd(want: impl Fn(&str, u32) -> bool) -> Option<Passwd> {
     })
 }
 
+/// The listening sockets systemd passed (sd_listen_fds(3), without
+/// libsystemd): `LISTEN_PID` is this process, `LISTEN_FDS` sockets from
+/// descriptor 3 on, `LISTEN_FDNAMES` their names. The variables are taken
+/// out of the environment (commands never see them) and the descriptors
+/// closed on exec.
+pub fn listen_fds() -> Vec<(String, std::net::TcpListener)> {
+    use std::os::fd::FromRawFd;
+    let var = |k: &str| std::env::var(k).ok();
+    let ours = var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = var("LISTEN_FDS").and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    let names = var("LISTEN_FDNAMES").unwrap_or_default();
+    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(k);
+    }
+    if !ours || !(1..=64).contains(&count) {
+        return Vec::new();
+    }
+    let mut names = names.split(':');
+    (3..3 + count)
+        .map(|fd| {
+            // SAFETY: plain integer arguments on a descriptor systemd
+            // passed to this process.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            let name = names.next().unwrap_or("").to_string();
+            // SAFETY: the protocol gives this process descriptors 3 to
+            // 3 + LISTEN_FDS - 1, each a listening socket owned by nobody
+            // else here.
+            (name, unsafe { std::net::TcpListener::from_raw_fd(fd) })
+        })
+        .collect()
+}
+
 /// The bytes an unprivileged user may still write on the file system of
 /// `path`, and its size (statvfs(2)).
 pub fn free_space(path: &std::path::Path) -> io::Result<(u64, u64)> {

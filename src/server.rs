@@ -65,6 +65,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// IPv6 simply has no `[::1]` listener; a configured address that cannot
 /// be bound is an error.
 pub fn bind(ctx: &Context) -> Result<Vec<Listener>, String> {
+    // Sockets systemd passed (socket activation) stand for the settings.
+    let passed: Vec<Listener> = crate::os::listen_fds()
+        .into_iter()
+        .map(|(name, socket)| Listener {
+            socket,
+            port: match name.as_str() {
+                "submission" => Port::Submission,
+                "smtps" => Port::Smtps,
+                _ => Port::Smtp,
+            },
+        })
+        .collect();
+    if !passed.is_empty() {
+        log::info!("{} socket(s) passed by systemd; listen settings not used", passed.len());
+        return Ok(passed);
+    }
     let mut listeners = Vec::new();
     let cfg = &ctx.cfg;
     let all = cfg
@@ -147,6 +163,8 @@ pub fn serve(slot: ContextSlot, listeners: Vec<Listener>, reload: Reload) -> Res
             .spawn(move || on_signals(signals, reload, &ctx, &pool, &local_addrs))
             .map_err(|e| e.to_string())?
     };
+    // Listening, signals handled: ready (systemd's Type=notify).
+    crate::notify::send("READY=1");
     for h in handles {
         let _ = h.join();
     }
@@ -176,12 +194,15 @@ fn on_signals(
 ) {
     for sig in signals.forever() {
         if sig == signal_hook::consts::SIGHUP {
+            crate::notify::send("RELOADING=1");
             match reload() {
                 Ok(()) => log::info!("reloaded the configuration and aliases"),
                 Err(e) => log::error!("error: reload refused, keeping the old settings: {e}"),
             }
+            crate::notify::send("READY=1");
             continue;
         }
+        crate::notify::send("STOPPING=1");
         log::info!("signal {sig} received: stopping");
         stop(ctx, pool, local_addrs);
         return;
