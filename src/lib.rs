@@ -18,6 +18,7 @@ pub mod dns;
 pub mod envelope;
 pub mod handoff;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod os;
 pub mod policy;

@@ -249,6 +249,9 @@ fn run_daemon(cfg: Config, policy: LocalPolicy, pidfile: Option<&str>) -> Result
             .map_err(|e| failure(format!("pid file {p}: {e}")))?;
     }
     become_service_user(&cfg, true).map_err(failure)?;
+    if let Some(path) = &cfg.metrics_file {
+        satchel::metrics::spawn_writer(path.clone(), cfg.metrics_interval, spool.clone());
+    }
     let deliverer = Deliverer::new(cfg.clone(), spool, policy, Arc::from(resolver), inbox);
     let delivery_slot: delivery::Slot = Arc::new(RwLock::new(Arc::new(deliverer)));
     if cfg.defer_delivery {

@@ -68,7 +68,9 @@ pub fn listen_fds() -> Vec<(String, std::net::TcpListener)> {
     use std::os::fd::FromRawFd;
     let var = |k: &str| std::env::var(k).ok();
     let ours = var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = var("LISTEN_FDS").and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    let count = var("LISTEN_FDS")
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
     let names = var("LISTEN_FDNAMES").unwrap_or_default();
     for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(k);

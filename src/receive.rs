@@ -701,6 +701,7 @@ fn log_auth(peer: &str, o: &AuthOutcome, failures: usize) {
 fn log_reject(peer: &str, verb: &str, ev: &Event) {
     if let Event::Reply(r) | Event::Close(r) = ev {
         if r.code >= 400 {
+            crate::metrics::rejected(r);
             log::info!(
                 "reject: {} from {peer}: {}",
                 escape(verb),
@@ -753,6 +754,7 @@ fn receive_data<R: Read, W: Write>(
     ctx.policy.rewriter.envelope(&mut env);
     let ev = match incoming.commit(ctx, &mut env) {
         Ok(()) => {
+            crate::metrics::received();
             log_queued(&env, peer, &txn.helo);
             if let Some(queued) = &ctx.on_queued {
                 queued(env.id.clone());

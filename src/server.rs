@@ -78,7 +78,10 @@ pub fn bind(ctx: &Context) -> Result<Vec<Listener>, String> {
         })
         .collect();
     if !passed.is_empty() {
-        log::info!("{} socket(s) passed by systemd; listen settings not used", passed.len());
+        log::info!(
+            "{} socket(s) passed by systemd; listen settings not used",
+            passed.len()
+        );
         return Ok(passed);
     }
     let mut listeners = Vec::new();

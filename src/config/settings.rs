@@ -369,6 +369,16 @@ section "Spool" {
     /// The same, as a share of the file system's size (percent). 0 = no check.
     queue_min_free_percent: usize = "5", Count { min: 0 }, Live;
 
+    /// A file the daemon rewrites (atomically) with its counters in the Prometheus
+    /// text format, for node_exporter's textfile collector: messages received,
+    /// recipients delivered, deferred and bounced, SMTP refusals by status,
+    /// connection failures per transport, queue length, oldest message's age.
+    /// Empty = none.
+    metrics_file: Option<PathBuf> = "", Optional(FilePath), Restart;
+
+    /// How often metrics_file is rewritten.
+    metrics_interval: Duration = "30s", NOT_ZERO, Restart;
+
     /// New mail is refused while the messages in the spool take more than this
     /// many bytes (a small flash disk shared with other things). 0 = no limit.
     queue_max_bytes: u64 = "0", Size { min: 0 }, Live;

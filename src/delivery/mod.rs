@@ -297,6 +297,7 @@ pub(super) fn log_outcome(
     state: &RcptState,
     now: u64,
 ) {
+    crate::metrics::outcome(state);
     let (status, text) = match state {
         RcptState::Sent(t) => ("sent", t),
         RcptState::Deferred(t) => ("deferred", t),

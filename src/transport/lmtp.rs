@@ -200,7 +200,10 @@ impl Lmtp<'_> {
 
     /// Connected, greeted, LHLO answered.
     fn open(&self) -> Result<(Conn, Capabilities), String> {
-        let stream = self.connect().map_err(|e| format!("connect: {e}"))?;
+        let stream = self.connect().map_err(|e| {
+            crate::metrics::connect_failed("lmtp");
+            format!("connect: {e}")
+        })?;
         let mut c = BufReader::new(stream);
         let greeting = reply(&mut c)?;
         if greeting.code != 220 {
