@@ -770,3 +770,32 @@ fn a_spool_short_of_room_refuses_new_mail_and_keeps_what_it_has() {
     assert_eq!(c.cmd("MAIL FROM:<a@example.org>").0, 452);
     assert_eq!(t.queued().len(), 1, "what was queued stays");
 }
+
+#[test]
+fn check_config_shows_the_absolute_paths_in_force() {
+    let dir = TempDir::new("layout");
+    let conf = dir.0.join("satchel.conf");
+    fs::write(&conf, "spool_dir = queue-here\nmail_dir = ../boxes\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "-c"])
+        .arg(&conf)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let base = dir.0.display();
+    assert!(
+        text.contains(&format!("\nspool_dir = {base}/queue-here\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("\nmail_dir = {base}/../boxes\n")),
+        "{text}"
+    );
+    // Unset paths: the working directory's, shown absolute.
+    assert!(
+        text.contains("\naliases_file = /etc/aliases\n")
+            || text.contains("\naliases_file = /./etc/aliases\n"),
+        "{text}"
+    );
+}

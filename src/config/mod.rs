@@ -32,7 +32,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where the configuration is looked for when neither `-c` nor
@@ -211,14 +211,39 @@ impl Config {
             line: 0,
             what: format!("cannot read: {e}"),
         })?;
-        let mut c = Config::parse(&text, &path.display().to_string())?;
+        // Relative paths in the file are the file's directory's; a file
+        // under /etc is an installed satchel's, with the FHS defaults.
+        let dir = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let installed = path.starts_with("/etc/");
+        let mut c = Config::parse_in(
+            &text,
+            &path.display().to_string(),
+            dir.as_deref(),
+            installed,
+        )?;
         c.source = Some(path.to_path_buf());
         Ok(c)
     }
 
     /// Parses configuration text; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, file, None, false)
+    }
+
+    /// `parse`, relative paths taken from `base`; `installed`: the FHS
+    /// defaults (`fhs_defaults`) for what the text leaves unset.
+    fn parse_in(
+        text: &str,
+        file: &str,
+        base: Option<&Path>,
+        installed: bool,
+    ) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        if installed {
+            c.fhs_defaults();
+        }
         let mut seen = HashSet::new();
         for (n, raw) in text.lines().enumerate() {
             let err = |what: String| ConfigError {
@@ -241,11 +266,23 @@ impl Config {
                 let hint = did_you_mean(key, known_settings());
                 return Err(err(format!("unknown setting '{key}'{hint}")));
             };
-            (setting.set)(&mut c, value)
+            values::with_base(base, || (setting.set)(&mut c, value))
                 .map_err(|what| err(format!("bad value for {key}: '{value}' ({what})")))?;
         }
         c.finish(&seen, file)?;
         Ok(c)
+    }
+
+    /// An installed satchel's defaults (a configuration file under /etc):
+    /// the spool in /var/spool/satchel, mbox mailboxes in /var/mail (as
+    /// Debian's MTAs), /etc/aliases, and the `satchel` account after
+    /// binding. What the file sets wins.
+    fn fhs_defaults(&mut self) {
+        self.spool_dir = PathBuf::from("/var/spool/satchel");
+        self.mail_dir = PathBuf::from("/var/mail");
+        self.mailbox_format = crate::transport::local::MailboxFormat::Mbox;
+        self.aliases_file = PathBuf::from("/etc/aliases");
+        self.user = Some("satchel".into());
     }
 
     /// What follows from the settings together, once all are read: the
@@ -525,6 +562,37 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_are_the_config_files_and_installed_files_get_fhs_defaults() {
+        let dir = std::env::temp_dir().join(format!("satchel-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("satchel.conf");
+        std::fs::write(&file, "spool_dir = spool\naliases_file = /etc/aliases\n").unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.spool_dir, dir.join("spool"));
+        assert_eq!(c.aliases_file, PathBuf::from("/etc/aliases"));
+        // Unset: today's defaults, relative to the working directory.
+        assert_eq!(c.mail_dir, PathBuf::from("./var/mail"));
+        assert_eq!(c.user, None);
+        // An installed file (under /etc): FHS defaults, what is set wins.
+        let fhs = Config::parse_in(
+            "mail_dir = /srv/mail\n",
+            "/etc/satchel/satchel.conf",
+            None,
+            true,
+        )
+        .unwrap();
+        assert_eq!(fhs.spool_dir, PathBuf::from("/var/spool/satchel"));
+        assert_eq!(fhs.mail_dir, PathBuf::from("/srv/mail"));
+        assert_eq!(fhs.aliases_file, PathBuf::from("/etc/aliases"));
+        assert_eq!(
+            fhs.mailbox_format,
+            crate::transport::local::MailboxFormat::Mbox
+        );
+        assert_eq!(fhs.user.as_deref(), Some("satchel"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn only_restart_settings_are_reported_after_a_reload() {
         let old = Config::parse("", "x").unwrap();
         let new = Config::parse(
@@ -549,6 +617,8 @@ mod tests {
                 "max_connections",
                 "log_level",
                 "spool_dir",
+                "metrics_file",
+                "metrics_interval",
                 "user",
                 "group",
                 "delivery_threads",

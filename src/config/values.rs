@@ -117,16 +117,38 @@ impl Kind for YesNo {
 /// A path that must be given.
 pub struct FilePath;
 
+thread_local! {
+    /// The directory of the configuration file being read: relative paths
+    /// written in it are taken from there (`Config::load`).
+    static BASE: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with relative paths taken from `dir`.
+pub fn with_base<T>(dir: Option<&std::path::Path>, f: impl FnOnce() -> T) -> T {
+    BASE.with(|b| *b.borrow_mut() = dir.map(PathBuf::from));
+    let out = f();
+    BASE.with(|b| *b.borrow_mut() = None);
+    out
+}
+
 impl Kind for FilePath {
     type Value = PathBuf;
     fn parse(&self, text: &str) -> Result<PathBuf, String> {
         if text.is_empty() {
             return Err("expected a path".into());
         }
-        Ok(PathBuf::from(text))
+        let p = PathBuf::from(text);
+        Ok(match BASE.with(|b| b.borrow().clone()) {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p,
+        })
     }
+    /// Absolute, as `check-config` shows the paths in force.
     fn render(&self, value: &PathBuf) -> String {
-        value.display().to_string()
+        std::path::absolute(value)
+            .unwrap_or_else(|_| value.clone())
+            .display()
+            .to_string()
     }
 }
 
