@@ -25,7 +25,7 @@ mod values;
 pub mod virtual_alias;
 
 #[cfg(test)]
-pub use sample::sample_file;
+pub use sample::{man_page, sample_file};
 pub use settings::{Config, Reload, Setting, SETTINGS};
 
 use std::collections::HashSet;
@@ -545,6 +545,24 @@ mod tests {
                 line + 1
             );
         }
+    }
+
+    #[test]
+    fn etc_man_satchel_conf_5_is_the_generated_page() {
+        // The date of the page is the version's, not the day's: the file
+        // stays the same until the table changes.
+        let want = man_page("2026-12-03");
+        if std::env::var("SATCHEL_WRITE_SAMPLE").as_deref() == Ok("1") {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/man/satchel.conf.5");
+            fs::write(path, &want).expect("write etc/man/satchel.conf.5");
+            return;
+        }
+        let have = include_str!("../../etc/man/satchel.conf.5");
+        assert!(
+            have == want,
+            "etc/man/satchel.conf.5 differs from config::man_page(): regenerate it with \
+             SATCHEL_WRITE_SAMPLE=1 cargo test --lib etc_man"
+        );
     }
 
     #[test]

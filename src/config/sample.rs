@@ -59,3 +59,75 @@ pub fn sample_file() -> String {
     }
     out
 }
+
+/// `satchel.conf(5)` in man(7) markup, from the same table: every
+/// setting with its default, documentation and whether it needs a
+/// restart. Written to etc/man/satchel.conf.5 by the test that checks it.
+pub fn man_page(date: &str) -> String {
+    let mut out = format!(
+        ".TH SATCHEL.CONF 5 \"{date}\" \"satchel {}\" \"File Formats\"\n\
+         .SH NAME\nsatchel.conf \\- configuration of the satchel mail transfer agent\n\
+         .SH DESCRIPTION\n\
+         satchel reads \\fB/etc/satchel/satchel.conf\\fR (or the file of \\fB\\-c\\fR or \\fBSATCHEL_CONFIG\\fR).\n\
+         Each line is \\fIkey\\fR = \\fIvalue\\fR; lines starting with # are comments.\n\
+         A relative path is taken from the file's directory.\n\
+         A file under /etc gets the installed defaults: spool /var/spool/satchel,\n\
+         mbox mailboxes in /var/mail, /etc/aliases, and the account satchel.\n\
+         A bad line stops satchel with \\fIFILE\\fR:\\fILINE\\fR and what is wrong.\n\
+         SIGHUP reads the file again; settings marked so need a restart.\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut section = "";
+    for s in SETTINGS {
+        if s.section() != section {
+            section = s.section();
+            out.push_str(&format!(".SH \"{}\"\n", section.to_uppercase()));
+        }
+        let default = if s.default().is_empty() { "(empty)" } else { s.default() };
+        out.push_str(&format!(".TP\n.B {}\n", roff(s.name())));
+        let text: Vec<&str> = s.doc().lines().map(str::trim).collect();
+        out.push_str(&roff_lines(&text.join(" ")));
+        out.push_str(&format!(".br\nDefault: {}", roff(default)));
+        if s.reload == Reload::Restart {
+            out.push_str(" (needs a restart to change)");
+        }
+        out.push('\n');
+    }
+    out.push_str(".SH SEE ALSO\n.BR satchel (8),\n.BR aliases (5)\n");
+    out
+}
+
+/// Text made safe for roff: backslashes and leading dots or quotes.
+fn roff(s: &str) -> String {
+    s.replace('\\', "\\e").replace('-', "\\-")
+}
+
+/// A paragraph, one sentence a line (man(7)'s convention), none starting
+/// with a control character.
+fn roff_lines(text: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+        if word.ends_with('.') && word.len() > 2 {
+            push_line(&mut out, &line);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        push_line(&mut out, &line);
+    }
+    out
+}
+
+fn push_line(out: &mut String, line: &str) {
+    let l = roff(line);
+    if l.starts_with('.') || l.starts_with('\'') {
+        out.push_str("\\&");
+    }
+    out.push_str(&l);
+    out.push('\n');
+}
