@@ -739,3 +739,105 @@ fn satchel_relays_through_an_smtps_smarthost_with_auth_and_a_verified_certificat
         smart.log()
     );
 }
+
+/// The circuit breaker: a smarthost that refuses our password (535) gets
+/// `relayhost_failure_limit` tries, then nothing more; the mail waits,
+/// postmaster hears of it once, and a flush after the fix sends it all.
+#[test]
+fn a_smarthost_refusing_our_password_opens_the_breaker_and_a_flush_closes_it() {
+    let dns = common::dns::TestDns::start();
+    let (smart_ip, edge_ip) = ([127, 0, 0, 20], [127, 0, 0, 21]);
+    let port = shared_port(&[smart_ip, edge_ip]);
+    let smtps_port = shared_port(&[smart_ip]);
+    dns.a("smart.test", smart_ip.into());
+    let ca_dir = common::TempDir::new("breaker-ca");
+    let ca = make_ca(&ca_dir.0);
+    let mut smart = Server::prepare_at(
+        smart_ip,
+        port,
+        &format!(
+            "hostname = smart.test\nrelay_networks = 127.0.0.99/32\ndefer_delivery = yes\n\
+             smtps_listen = 127.0.0.20:{smtps_port}\n"
+        ),
+    );
+    let (cert, key) = signed_cert(&smart.dir.0, &ca_dir.0, "smart.test");
+    let creds = smart.dir.0.join("users");
+    std::fs::write(&creds, format!("edge:{}\n", sha512_crypt("right"))).unwrap();
+    let text = std::fs::read_to_string(&smart.conf).unwrap();
+    std::fs::write(
+        &smart.conf,
+        format!(
+            "{text}tls_cert = {cert}\ntls_key = {key}\nauth_users_file = {}\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    smart.spawn();
+    let mut edge = Server::prepare_at(
+        edge_ip,
+        port,
+        &format!(
+            "hostname = edge.test\nlocal_domains = edge.test\nrelay_networks = 127.0.0.0/8\n\
+             defer_delivery = no\ndns_servers = {}\nrelayhost = smtps:[smart.test]:{smtps_port}\n\
+             relayhost_tls = verify\ntls_ca_file = {ca}\nrelayhost_failure_limit = 2\n",
+            dns.addr
+        ),
+    );
+    let secret = edge.dir.0.join("relay-auth");
+    std::fs::write(&secret, "edge:wrong\n").unwrap();
+    let text = std::fs::read_to_string(&edge.conf).unwrap();
+    std::fs::write(
+        &edge.conf,
+        format!("{text}relayhost_auth_file = {}\n", secret.display()),
+    )
+    .unwrap();
+    edge.spawn();
+    let send = |n: usize| {
+        let mut c = Client::connect(edge.addr());
+        c.hello();
+        let body = format!("Subject: cron {n}\r\n\r\nx\r\n");
+        assert_eq!(
+            c.mail("cron@edge.test", &["admin@far.test"], body.as_bytes())
+                .0,
+            250
+        );
+    };
+    send(1);
+    edge.wait_for("the first refusal", || {
+        edge.log().matches("status=deferred").count() >= 1
+    });
+    send(2);
+    edge.wait_for("the breaker", || {
+        edge.log().contains("refused us 2 times in a row")
+    });
+    send(3);
+    edge.wait_for("the paused delivery", || {
+        edge.log().contains("sending to it is paused until")
+    });
+    edge.wait_for("postmaster's notice", || {
+        edge.maildir("postmaster").len() == 1
+    });
+    let notice = std::fs::read_to_string(&edge.maildir("postmaster")[0]).unwrap();
+    assert!(
+        notice.contains("Subject: relay host smtps:[smart.test]:"),
+        "{notice}"
+    );
+    assert!(notice.contains("535"), "{notice}");
+    // Two refusals reached the smarthost, not three; nothing bounced.
+    assert_eq!(
+        smart.log().matches("AUTH failed").count(),
+        2,
+        "{}",
+        smart.log()
+    );
+    assert!(!edge.log().contains("status=bounced"), "{}", edge.log());
+    assert_eq!(edge.queued().len(), 3);
+    // The password fixed, a flush: everything goes.
+    std::fs::write(&secret, "edge:right\n").unwrap();
+    edge.signal("HUP");
+    edge.wait_for("the reload", || {
+        edge.log().contains("reloaded the configuration")
+    });
+    assert!(edge.run(&["queue", "flush"]).status.success());
+    smart.wait_for("the three messages", || smart.queued().len() == 3);
+}

@@ -83,7 +83,11 @@ pub fn man_page(date: &str) -> String {
             section = s.section();
             out.push_str(&format!(".SH \"{}\"\n", section.to_uppercase()));
         }
-        let default = if s.default().is_empty() { "(empty)" } else { s.default() };
+        let default = if s.default().is_empty() {
+            "(empty)"
+        } else {
+            s.default()
+        };
         out.push_str(&format!(".TP\n.B {}\n", roff(s.name())));
         let text: Vec<&str> = s.doc().lines().map(str::trim).collect();
         out.push_str(&roff_lines(&text.join(" ")));

@@ -467,6 +467,15 @@ section "Delivering" {
     /// The same for connections over IPv6 (Postfix's smtp_bind_address6).
     smtp_bind_address6: Option<IpAddr> = "", Optional(IpAddress { v6: true }), Live;
 
+    /// The smarthost circuit breaker: after this many answers in a row from a
+    /// relay host (relayhost, a sender's relay, a transport table's hosts) that
+    /// refuse our credentials or our mail by policy (535, 5.7.x), nothing more is
+    /// sent to it: every message stays queued (such answers never bounce mail),
+    /// one warning is logged and one notice goes to postmaster. `satchel queue
+    /// flush` or a reload closes the breaker. 0 = no breaker (the answers then
+    /// count as they are).
+    relayhost_failure_limit: u32 = "3", Count32, Live;
+
     /// Time-out of an outbound TCP connect.
     connect_timeout: Duration = "30s", NOT_ZERO, Live;
 

@@ -39,6 +39,20 @@ impl Kind for Count {
     }
 }
 
+/// A whole number, 0 or more, that fits 32 bits.
+pub struct Count32;
+
+impl Kind for Count32 {
+    type Value = u32;
+    fn parse(&self, text: &str) -> Result<u32, String> {
+        text.parse::<u32>()
+            .map_err(|_| "expected a whole number".to_string())
+    }
+    fn render(&self, value: &u32) -> String {
+        value.to_string()
+    }
+}
+
 /// A TCP port, 1 to 65535.
 pub struct Port;
 

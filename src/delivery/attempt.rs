@@ -475,10 +475,14 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                 via: &via,
                 credentials: &d.relay_auth,
                 via_relayhost,
+                failure_limit: d.cfg.relayhost_failure_limit,
             };
             run(a, &transport, &rcpts, &domain);
             if let Some(n) = lock(&d.domains).get_mut(&domain) {
                 *n -= 1;
+            }
+            for (host, why) in crate::transport::breaker::take_news() {
+                breaker_notice(d, &host, &why);
             }
         }
     }
@@ -518,6 +522,46 @@ fn commands(d: &Deliverer, a: &mut Attempt, rcpts: &[usize], plan: Plan, relay: 
         relay,
     };
     run(a, &transport, rcpts, "");
+}
+
+/// One notice to postmaster when a relay host's circuit breaker opens.
+fn breaker_notice(d: &Deliverer, host: &str, why: &str) {
+    let now = unix_now();
+    let text = format!(
+        "From: MAILER-DAEMON@{me} (Mail Delivery System)\r\n\
+         To: postmaster\r\n\
+         Subject: relay host {host} refuses our mail; sending to it is paused\r\n\
+         Date: {date}\r\n\
+         Auto-Submitted: auto-generated\r\n\
+         \r\n\
+         The relay host {host} refused this host's credentials or mail\r\n\
+         {limit} times in a row. The last answer was:\r\n\
+         \r\n    {why}\r\n\r\n\
+         Nothing more is sent to it and no mail is bounced: everything for it\r\n\
+         waits in the queue. Once the cause is fixed (the credentials in\r\n\
+         relayhost_auth_file, the sender addresses it accepts), run\r\n\
+         `satchel queue flush` or reload satchel, and the mail goes.\r\n",
+        me = d.cfg.hostname,
+        date = crate::time::rfc5322(now),
+        limit = d.cfg.relayhost_failure_limit,
+        why = why.replace(['\r', '\n'], " "),
+    );
+    let mut env = Envelope::local(
+        ReversePath::Null,
+        vec![ForwardPath::Postmaster],
+        &d.cfg.hostname,
+        now,
+        text.as_bytes(),
+    );
+    match d.spool.queue_bytes(text.as_bytes(), &mut env) {
+        Ok(id) => {
+            log::info!("relay host {host}: notice to postmaster: {id}");
+            d.wake.send(Event::Queued(id));
+        }
+        Err(e) => {
+            log::warn!("warning: relay host {host}: cannot queue the notice to postmaster: {e}")
+        }
+    }
 }
 
 /// The hosts an SMTP route goes through: the transport table's, else

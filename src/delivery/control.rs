@@ -30,6 +30,9 @@ pub fn control_socket(spool: &Path, inbox: Handoff<Event>) -> Result<(), String>
                 let mut r = BufReader::new(&stream).take(256);
                 let answer = match r.read_line(&mut line) {
                     Ok(_) if line.trim() == "flush" => {
+                        // A flush is also the operator's word that a
+                        // relay host's problem is fixed.
+                        crate::transport::breaker::reset();
                         inbox.send(Event::Control(Control::Flush));
                         "ok\n"
                     }

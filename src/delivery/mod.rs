@@ -137,12 +137,14 @@ impl Deliverer {
     }
 
     /// The same spool, resolver and wake-up channel with new settings.
+    /// (A reload also closes the relay hosts' circuit breakers.)
     pub fn reloaded(
         &self,
         cfg: Config,
         policy: Arc<LocalPolicy>,
         resolver: Arc<dyn Resolver>,
     ) -> Deliverer {
+        crate::transport::breaker::reset();
         Deliverer {
             tls_client: client_tls(&cfg),
             relay_auth: relay_auth(&cfg),

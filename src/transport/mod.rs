@@ -9,6 +9,7 @@
 use crate::envelope::{Envelope, RcptState};
 use crate::spool::Content;
 
+pub mod breaker;
 pub mod lmtp;
 pub mod local;
 pub mod pipe;

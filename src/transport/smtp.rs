@@ -396,6 +396,8 @@ pub struct Smtp<'a> {
     /// `via` is the configured relayhost list: the one-line credentials
     /// apply to its hosts.
     pub via_relayhost: bool,
+    /// `relayhost_failure_limit` (the circuit breaker; 0 = none).
+    pub failure_limit: u32,
 }
 
 /// AUTH credentials for relay hosts (`relayhost_auth_file`): one
@@ -501,13 +503,23 @@ impl Smtp<'_> {
             return deliver(target, rcpts, m, &self.cfg, self.dns);
         };
         let through = |host: &Relayhost| {
+            let name = host.to_string();
+            if let Some(paused) = super::breaker::refused(&name) {
+                return DomainResult {
+                    outcomes: vec![Outcome::Deferred(paused); rcpts.len()],
+                    relay: None,
+                    remote_mta: None,
+                };
+            }
             // Each host gets its own credentials, never another's.
             let cfg = RelayConfig {
                 relayhost: Some(host.clone()),
                 auth: self.credentials.for_host(host, self.via_relayhost),
                 ..self.cfg.clone()
             };
-            deliver(target, rcpts, m, &cfg, self.dns)
+            let mut r = deliver(target, rcpts, m, &cfg, self.dns);
+            super::breaker::record(&name, &mut r.outcomes, self.failure_limit);
+            r
         };
         for host in before {
             let r = through(host);
