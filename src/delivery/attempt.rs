@@ -716,6 +716,15 @@ fn finish(d: &Deliverer, mut a: Attempt) -> Option<u64> {
             .all(|r| !matches!(r.state, RcptState::Deferred(_)));
     let next = if waiting_for_a_slot_only {
         a.now + 1 // not an attempt
+    } else if offline_only(&a.env) {
+        // No route to anywhere (the link is down): not the message's
+        // fault, so not an attempt; tried again soon, to go out within
+        // seconds of the link coming back.
+        log::info!(
+            "{id}: network unreachable; tried again in {}s, not counted as an attempt",
+            LINK_RETRY
+        );
+        a.now + LINK_RETRY
     } else {
         a.env.attempts += 1;
         a.now + backoff(&d.cfg, a.env.attempts)
@@ -725,6 +734,21 @@ fn finish(d: &Deliverer, mut a: Attempt) -> Option<u64> {
         log::warn!("warning: {id}: cannot update queue file: {e}");
     }
     requeue(d, id, next)
+}
+
+/// How soon a message that found no route at all is tried again.
+const LINK_RETRY: u64 = 15;
+
+/// Every recipient still waiting was deferred because this host has no
+/// route to the next hop (ENETUNREACH: no default route, the link down).
+fn offline_only(env: &Envelope) -> bool {
+    let mut waiting = env.rcpts.iter().filter_map(|r| match &r.state {
+        RcptState::Deferred(s) => Some(s),
+        _ => None,
+    });
+    let first = waiting.next();
+    first.is_some_and(crate::transport::smtp::unreachable)
+        && waiting.all(crate::transport::smtp::unreachable)
 }
 
 /// Writes down the recipients delivered since `recorded` (the states in

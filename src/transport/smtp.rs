@@ -532,6 +532,12 @@ impl Smtp<'_> {
     }
 }
 
+/// A deferral for want of any route (ENETUNREACH on connect): the link,
+/// not the next hop, is down.
+pub fn unreachable(s: &Status) -> bool {
+    s.text.contains("(os error 101)")
+}
+
 /// Why a host took no part in a delivery (and the next one is tried).
 #[derive(Debug)]
 pub enum HostError {
