@@ -157,7 +157,7 @@ fn local_recipients_go_over_lmtp_each_with_its_own_result() {
     s.wait_for("the bounce", || {
         seen.lock().unwrap().iter().any(|l| l == "MAIL FROM:<>")
     });
-    assert_eq!(s.queued(), [id]);
+    s.wait_for("full@ waiting in the queue", || s.queued() == [id.clone()]);
     // What route and the queue listing say.
     let route =
         String::from_utf8_lossy(&s.run(&["route", "alice@satchel.test"]).stdout).into_owned();

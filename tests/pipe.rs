@@ -108,7 +108,9 @@ fn exit_75_defers_and_a_later_attempt_delivers_once_and_exit_67_bounces() {
         s.log()
             .contains("status=deferred (451 4.3.0 command deferred (exit 75))")
     });
-    assert_eq!(s.queued(), std::slice::from_ref(&id));
+    s.wait_for("the message back in the queue", || {
+        s.queued() == [id.clone()]
+    });
     std::fs::write(out.0.join("ready"), "").unwrap();
     assert!(s.run(&["queue", "flush"]).status.success());
     s.wait_for("the delivery", || {

@@ -831,7 +831,7 @@ fn a_smarthost_refusing_our_password_opens_the_breaker_and_a_flush_closes_it() {
         smart.log()
     );
     assert!(!edge.log().contains("status=bounced"), "{}", edge.log());
-    assert_eq!(edge.queued().len(), 3);
+    edge.wait_for("all three waiting", || edge.queued().len() == 3);
     // The password fixed, a flush: everything goes.
     std::fs::write(&secret, "edge:right\n").unwrap();
     edge.signal("HUP");
