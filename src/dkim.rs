@@ -261,30 +261,18 @@ fn read_header(content: &mut dyn Read) -> io::Result<(Vec<u8>, Vec<u8>)> {
 }
 
 /// The header fields, in order: (lower-case name, the whole field with its
-/// continuation lines and final CRLF).
+/// continuation lines and final CRLF); lines without a colon are left out.
 fn fields(head: &[u8]) -> Vec<(String, &[u8])> {
-    let mut out: Vec<(String, &[u8])> = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < head.len() {
-        let end = head[i..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(head.len(), |p| i + p + 1);
-        let continues = matches!(head.get(end), Some(b' ' | b'\t'));
-        if !continues {
-            let field = &head[start..end];
-            if let Some(colon) = field.iter().position(|&b| b == b':') {
-                let name = String::from_utf8_lossy(&field[..colon])
-                    .trim()
-                    .to_ascii_lowercase();
-                out.push((name, field));
-            }
-            start = end;
-        }
-        i = end;
-    }
-    out
+    crate::rewrite::fields(head)
+        .into_iter()
+        .filter_map(|field| {
+            let colon = field.iter().position(|&b| b == b':')?;
+            let name = String::from_utf8_lossy(&field[..colon])
+                .trim()
+                .to_ascii_lowercase();
+            Some((name, field))
+        })
+        .collect()
 }
 
 /// The domain of the first address of the first `From:` field.

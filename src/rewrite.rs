@@ -249,8 +249,8 @@ fn rewrite_value(value: &str, f: impl Fn(&str) -> String) -> String {
 }
 
 /// The header fields of a header section, each with its continuation
-/// lines and CRLF.
-fn fields(head: &[u8]) -> Vec<&[u8]> {
+/// lines and CRLF (also DKIM's reading of a message).
+pub fn fields(head: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;

@@ -662,26 +662,28 @@ fn relayhost_tls_verify_checks_the_certificate_and_the_name() {
     assert!(servers[1].queued().is_empty());
 }
 
-#[test]
-fn satchel_relays_through_an_smtps_smarthost_with_auth_and_a_verified_certificate() {
-    let dns = common::dns::TestDns::start();
-    let (smart_ip, edge_ip) = ([127, 0, 0, 18], [127, 0, 0, 19]);
-    let port = shared_port(&[smart_ip, edge_ip]);
-    let smtps_port = shared_port(&[smart_ip]);
-    dns.a("smart.test", smart_ip.into());
-    let ca_dir = common::TempDir::new("smtps-ca");
-    let ca = make_ca(&ca_dir.0);
+/// A satchel smarthost `smart.test` on `ip`: TLS from the first byte on
+/// `smtps_port` (a certificate from the CA in `ca_dir`), AUTH for `edge`
+/// with `password`, queueing what it takes.
+fn smtps_smarthost(
+    ip: [u8; 4],
+    port: u16,
+    smtps_port: u16,
+    ca_dir: &std::path::Path,
+    password: &str,
+) -> Server {
+    let listen = std::net::Ipv4Addr::from(ip);
     let mut smart = Server::prepare_at(
-        smart_ip,
+        ip,
         port,
         &format!(
             "hostname = smart.test\nrelay_networks = 127.0.0.99/32\ndefer_delivery = yes\n\
-             smtps_listen = 127.0.0.18:{smtps_port}\n"
+             smtps_listen = {listen}:{smtps_port}\n"
         ),
     );
-    let (cert, key) = signed_cert(&smart.dir.0, &ca_dir.0, "smart.test");
+    let (cert, key) = signed_cert(&smart.dir.0, ca_dir, "smart.test");
     let creds = smart.dir.0.join("users");
-    std::fs::write(&creds, format!("edge:{}\n", sha512_crypt("pa55"))).unwrap();
+    std::fs::write(&creds, format!("edge:{}\n", sha512_crypt(password))).unwrap();
     let text = std::fs::read_to_string(&smart.conf).unwrap();
     std::fs::write(
         &smart.conf,
@@ -692,6 +694,19 @@ fn satchel_relays_through_an_smtps_smarthost_with_auth_and_a_verified_certificat
     )
     .unwrap();
     smart.spawn();
+    smart
+}
+
+#[test]
+fn satchel_relays_through_an_smtps_smarthost_with_auth_and_a_verified_certificate() {
+    let dns = common::dns::TestDns::start();
+    let (smart_ip, edge_ip) = ([127, 0, 0, 18], [127, 0, 0, 19]);
+    let port = shared_port(&[smart_ip, edge_ip]);
+    let smtps_port = shared_port(&[smart_ip]);
+    dns.a("smart.test", smart_ip.into());
+    let ca_dir = common::TempDir::new("smtps-ca");
+    let ca = make_ca(&ca_dir.0);
+    let smart = smtps_smarthost(smart_ip, port, smtps_port, &ca_dir.0, "pa55");
     assert!(smart
         .log()
         .contains("(submission over TLS from the first byte: AUTH required)"));
@@ -752,27 +767,7 @@ fn a_smarthost_refusing_our_password_opens_the_breaker_and_a_flush_closes_it() {
     dns.a("smart.test", smart_ip.into());
     let ca_dir = common::TempDir::new("breaker-ca");
     let ca = make_ca(&ca_dir.0);
-    let mut smart = Server::prepare_at(
-        smart_ip,
-        port,
-        &format!(
-            "hostname = smart.test\nrelay_networks = 127.0.0.99/32\ndefer_delivery = yes\n\
-             smtps_listen = 127.0.0.20:{smtps_port}\n"
-        ),
-    );
-    let (cert, key) = signed_cert(&smart.dir.0, &ca_dir.0, "smart.test");
-    let creds = smart.dir.0.join("users");
-    std::fs::write(&creds, format!("edge:{}\n", sha512_crypt("right"))).unwrap();
-    let text = std::fs::read_to_string(&smart.conf).unwrap();
-    std::fs::write(
-        &smart.conf,
-        format!(
-            "{text}tls_cert = {cert}\ntls_key = {key}\nauth_users_file = {}\n",
-            creds.display()
-        ),
-    )
-    .unwrap();
-    smart.spawn();
+    let smart = smtps_smarthost(smart_ip, port, smtps_port, &ca_dir.0, "right");
     let mut edge = Server::prepare_at(
         edge_ip,
         port,
