@@ -274,10 +274,16 @@ impl Config {
     }
 
     /// An installed satchel's defaults (a configuration file under /etc):
-    /// the spool in /var/spool/satchel, mbox mailboxes in /var/mail (as
-    /// Debian's MTAs), /etc/aliases, and the `satchel` account after
-    /// binding. What the file sets wins.
+    /// port 25 on the loopback addresses, the spool in /var/spool/satchel,
+    /// mbox mailboxes in /var/mail (as Debian's MTAs), /etc/aliases, and
+    /// the `satchel` account after binding. What the file sets wins.
     fn fhs_defaults(&mut self) {
+        // The local MTA: port 25 on the loopback addresses, as Debian's
+        // exim4 is set up; the account drops root after binding.
+        self.listen = vec![
+            std::net::SocketAddr::from(([127, 0, 0, 1], 25)),
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 25)),
+        ];
         self.spool_dir = PathBuf::from("/var/spool/satchel");
         self.mail_dir = PathBuf::from("/var/mail");
         self.mailbox_format = crate::transport::local::MailboxFormat::Mbox;
@@ -607,6 +613,7 @@ mod tests {
             crate::transport::local::MailboxFormat::Mbox
         );
         assert_eq!(fhs.user.as_deref(), Some("satchel"));
+        assert_eq!(fhs.listen[0].to_string(), "127.0.0.1:25");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
