@@ -268,7 +268,7 @@ def load(server, sink, sessions, count, size, reuse, pss_probe=False):
         probe = threading.Thread(target=watch)
         probe.start()
     t0 = time.monotonic()
-    source(server.port, sessions, count, size, reuse)
+    source(server.port, sessions, count, size, reuse, getattr(server, "to", "x@remote.test"))
     t1 = time.monotonic()
     t2 = sink.wait_for(base + count, timeout=300)
     if probe:
@@ -458,6 +458,131 @@ def dkim_compare(a):
                   f"| {e2e:.0f} ({min(r['e2e']):.0f}–{max(r['e2e']):.0f}) | {e2e / base:.2f}× |")
 
 
+PEER_LOADS = (("1 KB", 1024, 1, True), ("1 KB", 1024, 8, True), ("1 KB", 1024, 32, False),
+              ("100 KB", 102400, 8, True))
+
+
+def smtplib_sender(server):
+    """send(n): n messages, one after another, on one smtplib session."""
+    import smtplib
+
+    def send(n):
+        s = smtplib.SMTP("127.0.0.1", server.port)
+        for i in range(n):
+            s.sendmail("a@bench.test", [getattr(server, "to", "x@remote.test")],
+                       b"Subject: durability %d\r\n\r\nx\r\n" % i)
+        s.quit()
+
+    return send
+
+
+def peers_start(a, work, servers):
+    """satchel, Postfix and the peers, each with its own sink, added to
+    `servers` (for the caller to stop whatever happens) and started."""
+    import peers
+
+    sink = Sink(work, "sink-satchel")
+    servers.append((Satchel(work, a.binary, sink), sink))
+    sink = Sink(work, "sink-postfix")
+    servers.append((Postfix(work, sink), sink))
+    for cls in peers.PEERS:
+        sink = Sink(work, "sink-" + cls.name)
+        servers.append((cls(work, a.peers_root, sink, free_port), sink))
+    for s, _ in servers:
+        s.start()
+
+
+def peers_measure(a, work, servers):
+    """The loads of PEER_LOADS on every server, alternating, then the
+    durability probe; returns (rows, peaks, idle, durability)."""
+    import peers
+
+    time.sleep(2)
+    idle = {s.name: tree_pss_kb(s.pid) for s, _ in servers}
+    for s, sink in servers:
+        load(s, sink, 8, 200, 1024, True)  # warm up
+    rows, peaks = {}, {}
+    for size_name, size, sessions, reuse in PEER_LOADS:
+        count = a.small if size == 1024 else a.big
+        for rep in range(a.reps):
+            order = servers if rep % 2 == 0 else servers[::-1]
+            for s, sink in order:
+                probe = sessions == 32
+                acc, e2e, peak = load(s, sink, sessions, count, size, reuse, pss_probe=probe)
+                r = rows.setdefault((size_name, sessions, reuse, s.name), {"accepted": [], "e2e": []})
+                r["accepted"].append(acc)
+                r["e2e"].append(e2e)
+                if probe:
+                    peaks.setdefault(s.name, []).append(peak)
+        print(f"# {size_name} s={sessions}: " + ", ".join(
+            f"{s.name} {statistics.median(rows[(size_name, sessions, reuse, s.name)]['e2e']):.0f}"
+            for s, _ in servers), file=sys.stderr, flush=True)
+    durability = {s.name: peers.fsyncs(s, smtplib_sender(s), 50, tree_pids, os.path.join(work, "strace"))
+                  for s, _ in servers}
+    return rows, peaks, idle, durability
+
+
+def durable(per_message, before_250):
+    if before_250 is None:
+        return "not seen"
+    return f"{before_250} ({'yes' if before_250 else 'no'})"
+
+
+def peers_report(a, servers, rows, peaks, idle, durability):
+    import peers
+
+    names = [s.name for s, _ in servers]
+    out = [f"Measured {time.strftime('%Y-%m-%d')} by `scripts/bench --peers` on this machine "
+           f"({os.cpu_count()} cores, shared); median of {a.reps} alternating runs; "
+           "msg/s accepted / end to end (first submission until the sink has them all).", ""]
+    out.append("| load | " + " | ".join(names) + " |")
+    out.append("|---|" + "---|" * len(names))
+    for size_name, _, sessions, reuse in PEER_LOADS:
+        cells = []
+        for n in names:
+            r = rows[(size_name, sessions, reuse, n)]
+            cells.append(f"{statistics.median(r['accepted']):,.0f} / {statistics.median(r['e2e']):,.0f}")
+        how = "-d (reuse)" if reuse else "one message per connection"
+        out.append(f"| {size_name}, {sessions} session(s), {how} | " + " | ".join(cells) + " |")
+    out.append("| peak PSS of the process tree, 32 sessions | "
+               + " | ".join(f"{statistics.median(peaks[n]) / 1024:.1f} MB" for n in names) + " |")
+    out.append("| PSS of the process tree, idle | " + " | ".join(f"{idle[n] / 1024:.1f} MB" for n in names) + " |")
+    out.append("| fsync-family calls per message (strace, 50 messages) | "
+               + " | ".join(f"{durability[n][0]:.2f}" for n in names) + " |")
+    out.append("| of them between DATA's 354 and its 250 (is the 250 durable?) | "
+               + " | ".join(durable(*durability[n]) for n in names) + " |")
+    out.append("")
+    out.append("Limits raised for loopback load: satchel `max_connections_per_ip = 100`; Postfix none; "
+               + "; ".join(f"{c.name}: {c.limits}" for c in peers.PEERS) + ".")
+    return "\n".join(out) + "\n"
+
+
+def peers_compare(a):
+    """--peers: satchel, Postfix, Exim, OpenSMTPD and chasquid on PEER_LOADS."""
+    work = tempfile.mkdtemp(prefix="satchel-bench-peers.")
+    os.chmod(work, 0o755)
+    import peers
+
+    peers.check_tools(a.peers_root)
+    dns, servers = peers.Dnsmasq(work, a.dnsmasq), []
+    try:
+        peers_start(a, work, servers)
+        report = peers_report(a, servers, *peers_measure(a, work, servers))
+    finally:
+        for s, sink in servers:
+            try:
+                s.stop()
+            except Exception as e:  # keep stopping the others
+                print(f"bench: stopping {s.name}: {e}", file=sys.stderr)
+            sink.proc.terminate()
+        dns.stop()
+    print(report, end="")
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(report)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -471,9 +596,16 @@ def main():
     ap.add_argument("--png", default=None)
     ap.add_argument("--dkim", action="store_true",
                     help="only satchel: unsigned against DKIM signing (Ed25519, RSA-2048)")
+    ap.add_argument("--peers-root", default=None,
+                    help="also Exim, OpenSMTPD and chasquid, unpacked under this root")
+    ap.add_argument("--dnsmasq", default="/usr/sbin/dnsmasq")
     a = ap.parse_args()
     if a.dkim:
         dkim_compare(a)
+        return
+    if a.peers_root:
+        a.peers_root = os.path.abspath(a.peers_root)  # exim_path must be absolute
+        peers_compare(a)
         return
 
     work = tempfile.mkdtemp(prefix="satchel-bench.")

@@ -204,6 +204,43 @@ impl fmt::Display for ForwardPath {
 
 /// Removes the quoting of a quoted-string local part (RFC 5321 §4.1.2:
 /// `quoted-pairSMTP = %d92 %d32-126`).
+/// A HELO/EHLO argument that is a host name (RFC 1123 §2.1 labels: letters,
+/// digits, hyphens inside; `_` too, as Postfix allows), an address
+/// literal (RFC 5321 §4.1.3) or a bare IP address.
+pub fn valid_helo(name: &str) -> bool {
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return match inner.get(..5) {
+            Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
+                inner[5..].parse::<Ipv6Addr>().is_ok()
+            }
+            _ => inner.parse::<Ipv4Addr>().is_ok(),
+        };
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let host = name.strip_suffix('.').unwrap_or(name);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    host.len() <= MAX_DOMAIN && host.split('.').all(label_ok)
+}
+
+/// A name in fully-qualified form (two labels at least) or an address
+/// literal: what Postfix's reject_non_fqdn_* settings ask of HELO names
+/// and address domains.
+pub fn fqdn_or_literal(name: &str) -> bool {
+    if name.starts_with('[') {
+        return true;
+    }
+    let host = name.strip_suffix('.').unwrap_or(name);
+    host.split('.').count() >= 2 && host.split('.').all(|l| !l.is_empty())
+}
+
 pub fn unquote(local: &str) -> String {
     let b = local.as_bytes();
     if b.len() < 2 || b[0] != b'"' || b[b.len() - 1] != b'"' {
@@ -428,6 +465,38 @@ fn is_atext(c: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helo_names_and_fully_qualified_forms() {
+        for ok in [
+            "mail.example.test",
+            "host_1.test.",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "192.0.2.1",
+            "localhost",
+        ] {
+            assert!(valid_helo(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "bad!name",
+            "-lead.test",
+            "trail-.test",
+            "a..b",
+            "[192.0.2.300]",
+            "[IPv6:nope]",
+            "x y",
+        ] {
+            assert!(!valid_helo(bad), "{bad}");
+        }
+        for fq in ["mail.example.test", "example.test.", "[192.0.2.1]"] {
+            assert!(fqdn_or_literal(fq), "{fq}");
+        }
+        for not in ["localhost", "localhost.", ".test", "a..b", ""] {
+            assert!(!fqdn_or_literal(not), "{not}");
+        }
+    }
 
     fn mb(s: &str) -> Mailbox {
         match ForwardPath::parse(s) {

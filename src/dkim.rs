@@ -21,6 +21,8 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _, RsaKeyPair, RSA_PKCS1_SHA256
 
 use crate::smtp::base64;
 
+pub mod verify;
+
 /// The headers signed when present (RFC 6376 §5.4.1's recommendation,
 /// trimmed to what a relay leaves alone). `from` is over-signed: listed
 /// once more than it occurs, so nobody can add a second one.
@@ -41,7 +43,7 @@ const SIGNED: &[&str] = &[
 
 /// The most header bytes read for signing; a longer header section is
 /// not signed (the delivery defers and says so).
-const MAX_HEADER: usize = 256 * 1024;
+pub(crate) const MAX_HEADER: usize = 256 * 1024;
 
 /// A signing key.
 pub enum Secret {
@@ -262,7 +264,7 @@ fn read_header(content: &mut dyn Read) -> io::Result<(Vec<u8>, Vec<u8>)> {
 
 /// The header fields, in order: (lower-case name, the whole field with its
 /// continuation lines and final CRLF); lines without a colon are left out.
-fn fields(head: &[u8]) -> Vec<(String, &[u8])> {
+pub(crate) fn fields(head: &[u8]) -> Vec<(String, &[u8])> {
     crate::rewrite::fields(head)
         .into_iter()
         .filter_map(|field| {
@@ -276,7 +278,7 @@ fn fields(head: &[u8]) -> Vec<(String, &[u8])> {
 }
 
 /// The domain of the first address of the first `From:` field.
-fn from_domain(fields: &[(String, &[u8])]) -> Option<String> {
+pub(crate) fn from_domain(fields: &[(String, &[u8])]) -> Option<String> {
     let (_, field) = fields.iter().find(|(n, _)| n == "from")?;
     let text = String::from_utf8_lossy(field);
     let value = &text[text.find(':')? + 1..];
@@ -295,7 +297,7 @@ fn from_domain(fields: &[(String, &[u8])]) -> Option<String> {
 /// RFC 6376 §3.4.2, relaxed: the name in lower case, unfolded, runs of
 /// blanks made one space, blanks at the ends of the value and around the
 /// colon removed; ends with CRLF.
-fn relaxed_header(field: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn relaxed_header(field: &[u8], out: &mut Vec<u8>) {
     let Some(colon) = field.iter().position(|&b| b == b':') else {
         return;
     };
@@ -394,8 +396,11 @@ impl Wire {
 
 /// RFC 6376 §3.4.4, relaxed, fed in pieces: blanks at line ends dropped,
 /// runs of blanks made one space, empty lines at the end dropped, a
-/// final CRLF added to a body that lacks one; hashed with SHA-256.
-struct BodyHash {
+/// final CRLF added to a body that lacks one; hashed with SHA-256. Or
+/// §3.4.3, simple (for verifying): only the empty lines at the end
+/// dropped, and an empty body is one CRLF. With a limit (`l=`, §3.5)
+/// only that many canonical octets are hashed; all are counted.
+pub(crate) struct BodyHash {
     hash: digest::Context,
     out: Vec<u8>,
     /// Empty lines seen and not yet known to be inside the body.
@@ -406,10 +411,18 @@ struct BodyHash {
     cr: bool,
     /// The current line has something in it.
     in_line: bool,
+    simple: bool,
+    limit: Option<u64>,
+    /// Canonical octets produced so far (hashed or past the limit).
+    length: u64,
 }
 
 impl BodyHash {
     fn new() -> BodyHash {
+        BodyHash::with(false, None)
+    }
+
+    pub(crate) fn with(simple: bool, limit: Option<u64>) -> BodyHash {
         BodyHash {
             hash: digest::Context::new(&digest::SHA256),
             out: Vec::with_capacity(64 * 1024 + 64),
@@ -417,15 +430,28 @@ impl BodyHash {
             blank: false,
             cr: false,
             in_line: false,
+            simple,
+            limit,
+            length: 0,
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    /// Hashes what is buffered, up to the limit.
+    fn flush(&mut self) {
+        let room = match self.limit {
+            Some(l) => l.saturating_sub(self.length).min(self.out.len() as u64) as usize,
+            None => self.out.len(),
+        };
+        self.hash.update(&self.out[..room]);
+        self.length += self.out.len() as u64;
+        self.out.clear();
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
         let mut i = 0;
         while i < data.len() {
             if self.out.len() >= 64 * 1024 {
-                self.hash.update(&self.out);
-                self.out.clear();
+                self.flush();
             }
             let b = data[i];
             if self.cr && b != b'\n' {
@@ -445,12 +471,15 @@ impl BodyHash {
                     }
                     self.in_line = false;
                 }
-                b' ' | b'\t' => self.blank = true,
+                b' ' | b'\t' if !self.simple => self.blank = true,
                 _ => {
                     // A run of ordinary octets is copied in one go.
+                    let simple = self.simple;
                     let end = data[i..]
                         .iter()
-                        .position(|c| matches!(c, b'\r' | b'\n' | b' ' | b'\t'))
+                        .position(|c| {
+                            matches!(c, b'\r' | b'\n') || (!simple && matches!(c, b' ' | b'\t'))
+                        })
                         .map_or(data.len(), |p| i + p);
                     self.text(&data[i..end]);
                     i = end;
@@ -477,7 +506,7 @@ impl BodyHash {
     }
 
     /// The end of the body: a CR still waiting is text, a last line
-    /// without CRLF gets one.
+    /// without CRLF gets one; a simple empty body is one CRLF.
     fn end(&mut self) {
         if self.cr {
             self.cr = false;
@@ -487,12 +516,22 @@ impl BodyHash {
             self.out.extend_from_slice(b"\r\n");
             self.in_line = false;
         }
+        if self.simple && self.length == 0 && self.out.is_empty() {
+            self.out.extend_from_slice(b"\r\n");
+        }
     }
 
     fn finish(mut self) -> digest::Digest {
         self.end();
-        self.hash.update(&self.out);
+        self.flush();
         self.hash.finish()
+    }
+
+    /// The hash, and the whole canonical length (to check `l=` against).
+    pub(crate) fn finish_counted(mut self) -> (digest::Digest, u64) {
+        self.end();
+        self.flush();
+        (self.hash.finish(), self.length)
     }
 }
 
@@ -563,7 +602,7 @@ pub fn txt_record(secret: &Secret) -> String {
 
 /// An RSAPublicKey (PKCS#1 DER) inside a SubjectPublicKeyInfo, the form
 /// DKIM verifiers (OpenDKIM through OpenSSL, dkimpy) read from `p=`.
-fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
+pub(crate) fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
     // AlgorithmIdentifier: rsaEncryption (1.2.840.113549.1.1.1), NULL.
     const ALG: &[u8] = &[
         0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,

@@ -83,6 +83,26 @@ pub trait Resolver: Send + Sync {
     /// A/AAAA fails temporarily and the other gives addresses, return the
     /// addresses.
     fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError>;
+
+    /// The A (`v6` false) or AAAA records of `name` alone: DNS blocklist
+    /// answers, SPF's `a` and `mx` mechanisms, forward-confirming a PTR name.
+    fn ips(&self, name: &str, v6: bool) -> Result<Vec<IpAddr>, DnsError> {
+        let all = self.addresses(name)?;
+        Ok(all.into_iter().filter(|ip| ip.is_ipv6() == v6).collect())
+    }
+
+    /// The TXT records of `name`, each one string: its character-strings
+    /// joined without separators (RFC 7208 §3.3, RFC 6376 §3.6.2.2), bytes
+    /// that are not UTF-8 replaced.
+    fn txt(&self, _name: &str) -> Result<Vec<String>, DnsError> {
+        Err(temporary("this resolver does not look up TXT records"))
+    }
+
+    /// The names the PTR records of `ip`'s reverse name give, lower-case and
+    /// without the trailing dot.
+    fn ptr(&self, _ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        Err(temporary("this resolver does not look up PTR records"))
+    }
 }
 
 /// A stub resolver over blocking sockets: asks `servers` in turn, for
@@ -230,6 +250,20 @@ impl Resolver for DnsResolver {
             .lookup(host, RecordType::AAAA)
             .and_then(|m| addrs_from_message(&m));
         combine_addresses(v4, v6)
+    }
+
+    fn ips(&self, name: &str, v6: bool) -> Result<Vec<IpAddr>, DnsError> {
+        let rtype = if v6 { RecordType::AAAA } else { RecordType::A };
+        addrs_from_message(&self.lookup(name, rtype)?)
+    }
+
+    fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        txt_from_message(&self.lookup(name, RecordType::TXT)?)
+    }
+
+    fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let name = Name::from(ip).to_ascii();
+        ptr_from_message(&self.lookup(&name, RecordType::PTR)?)
     }
 }
 
@@ -563,6 +597,40 @@ fn addrs_from_message(msg: &Message) -> Result<Vec<IpAddr>, DnsError> {
         })
         .collect();
     Ok(addrs)
+}
+
+/// Pure: parse a response to a TXT query (see `Resolver::txt`). Never
+/// panics on arbitrary bytes.
+pub fn parse_txt_response(bytes: &[u8], expected_id: u16) -> Result<Vec<String>, DnsError> {
+    txt_from_message(&decode_response(bytes, expected_id)?)
+}
+
+fn txt_from_message(msg: &Message) -> Result<Vec<String>, DnsError> {
+    let owner = answer_owner(msg, RecordType::TXT)?;
+    let txt = msg
+        .answers
+        .iter()
+        .filter(|r| r.name == owner)
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(String::from_utf8_lossy(&t.txt_data.concat()).into_owned()),
+            _ => None,
+        })
+        .collect();
+    Ok(txt)
+}
+
+fn ptr_from_message(msg: &Message) -> Result<Vec<String>, DnsError> {
+    let owner = answer_owner(msg, RecordType::PTR)?;
+    let names = msg
+        .answers
+        .iter()
+        .filter(|r| r.name == owner)
+        .filter_map(|r| match &r.data {
+            RData::PTR(p) => Some(host_text(&p.0)),
+            _ => None,
+        })
+        .collect();
+    Ok(names)
 }
 
 /// The RFC 1035 §4.1.1 mnemonic operators know from dig and logs.

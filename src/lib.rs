@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod envelope;
+pub mod guard;
 pub mod handoff;
 pub mod logging;
 pub mod metrics;

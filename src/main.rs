@@ -335,6 +335,7 @@ fn reloader(
         let mut ctx = with_tls(Context::new(cfg.clone(), policy.clone(), old.spool.clone()))?;
         ctx.on_queued = old.on_queued.clone();
         ctx.shutdown = old.shutdown.clone();
+        ctx.anvil = old.anvil.clone();
         *ctx_slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ctx);
         let d = delivery::current(&delivery_slot).reloaded(cfg, policy, dns);
         *delivery_slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::envelope::{escape, Envelope, RcptState, Recipient};
+use crate::guard::{anvil, ClientFacts, Guard};
 use crate::policy::LocalPolicy;
 use crate::smtp::data::DataDecoder;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::smtp::session::{
-    AuthOutcome, Client, DataEnd, Event, Session, SessionConfig, Transaction,
+    AuthOutcome, Client, DataEnd, Event, NameChecks, Session, SessionConfig, Transaction,
 };
 use crate::spool::Spool;
 use crate::time;
@@ -52,6 +53,10 @@ pub struct Context {
     /// `sendmail -bs` by a user who may not write the spool: messages go
     /// into `maildrop/`, as that user's `sendmail` does.
     pub maildrop_fallback: bool,
+    /// The checks that need DNS (blocklists, reverse DNS, sender domains).
+    pub guard: std::sync::Arc<Guard>,
+    /// The rate limits' counters; kept across reloads like `shutdown`.
+    pub anvil: std::sync::Arc<anvil::Anvil>,
 }
 
 impl Context {
@@ -67,7 +72,14 @@ impl Context {
             tls_available: false,
             auth_available: cfg.auth_users_file.is_some(),
             auth_over_plaintext: cfg.auth_over_plaintext,
+            name_checks: NameChecks {
+                invalid_helo: cfg.reject_invalid_helo_hostname,
+                non_fqdn_helo: cfg.reject_non_fqdn_helo_hostname,
+                non_fqdn_sender: cfg.reject_non_fqdn_sender,
+                non_fqdn_recipient: cfg.reject_non_fqdn_recipient,
+            },
         };
+        let guard = std::sync::Arc::new(Guard::new(&cfg, guard_dns(&cfg)));
         Context {
             cfg,
             session,
@@ -78,6 +90,8 @@ impl Context {
             #[cfg(feature = "tls")]
             tls: None,
             maildrop_fallback: false,
+            guard,
+            anvil: Default::default(),
         }
     }
 
@@ -87,6 +101,22 @@ impl Context {
         self.tls = Some(tls);
         self.session.tls_available = true;
         self
+    }
+}
+
+/// The resolver of the checks, when one needs it. Without one (no
+/// nameserver could be found) the checks let everyone through, as a
+/// blocklist that does not answer does; it is said once, here.
+fn guard_dns(cfg: &Config) -> Option<std::sync::Arc<dyn crate::dns::Resolver>> {
+    if !Guard::needs_dns(cfg) {
+        return None;
+    }
+    match crate::dns::from_config(cfg) {
+        Ok(r) => Some(std::sync::Arc::from(r)),
+        Err(e) => {
+            log::error!("error: DNS for the client and sender checks: {e}; they are off");
+            None
+        }
     }
 }
 
@@ -300,6 +330,7 @@ pub fn run<R: Read, W: Write>(
         Start::Greet => {}
     }
     let timer = Timer::new(ctl);
+    let mut facts = ClientFacts::default();
     let mut first_line = start == Start::Greet;
     loop {
         if reader.buffer().is_empty() {
@@ -322,6 +353,7 @@ pub fn run<R: Read, W: Write>(
         let Some(event) = next_event(&mut reader, &timer, &mut session, ctx, &mut out) else {
             break;
         };
+        mail_checks(&mut session, ctx, &mut facts);
         match event {
             Event::Reply(r) => r.write_to(&mut out),
             Event::Close(r) => {
@@ -353,6 +385,14 @@ pub fn run<R: Read, W: Write>(
     let _ = output.write_all(&out).and_then(|_| output.flush());
     log::info!("disconnect from {peer} commands={}", session.commands());
     Ending::Closed
+}
+
+/// The checks that need the network, when the session names them due.
+fn mail_checks(session: &mut Session, ctx: &Context, facts: &mut ClientFacts) {
+    if let Some(req) = session.take_due_checks() {
+        let v = ctx.guard.mail_stage(&req, facts);
+        session.checks_done(v.refusal, v.trace);
+    }
 }
 
 /// After `220 Ready to start TLS`: the reply sent, the plaintext reader
@@ -456,7 +496,9 @@ fn next_event<R: Read>(
                 true => "AUTH".to_string(),
                 false => verb_of(&l),
             };
-            let ev = match storage_refusal(&verb, ctx) {
+            let refusal =
+                storage_refusal(&verb, ctx).or_else(|| rate_refusal(&verb, session.client(), ctx));
+            let ev = match refusal {
                 Some(ev) => ev,
                 None => session.command(&l),
             };
@@ -467,6 +509,36 @@ fn next_event<R: Read>(
             ev
         }
     })
+}
+
+/// MAIL and RCPT over the client's rate limit (Postfix's anvil; clients in
+/// relay_networks are exempt): 452 4.7.1, the transaction goes on.
+fn rate_refusal(verb: &str, client: &Client, ctx: &Context) -> Option<Event> {
+    let cfg = &ctx.cfg;
+    let ip = client.ip.filter(|ip| !cfg.may_relay(*ip))?;
+    let (event, limit, what) = match verb {
+        "MAIL" => (
+            anvil::Event::Message,
+            cfg.smtpd_client_message_rate_limit,
+            "too much mail",
+        ),
+        "RCPT" => (
+            anvil::Event::Recipient,
+            cfg.smtpd_client_recipient_rate_limit,
+            "too many recipients",
+        ),
+        _ => return None,
+    };
+    let unit = cfg.anvil_rate_time_unit;
+    if ctx.anvil.allow(ip, event, limit, unit, Instant::now()) {
+        return None;
+    }
+    log::warn!(
+        "warning: {what} from [{ip}]: over {limit} per {}s",
+        unit.as_secs()
+    );
+    let text = format!("Error: {what} from [{ip}]");
+    Some(Event::Reply(Reply::new(452, Enhanced(4, 7, 1), text)))
 }
 
 /// MAIL while the spool has no room for new mail (`storage`): 452 4.3.1,

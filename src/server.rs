@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::guard::anvil::Event as AnvilEvent;
 use crate::handoff::Handoff;
 
 use crate::receive::{self, Context};
@@ -300,6 +301,21 @@ fn over_limit(ctx: &Context, pool: &Pool, ip: IpAddr) -> Option<Reply> {
     }
     if cfg.may_relay(ip) {
         return None;
+    }
+    let (limit, unit) = (
+        cfg.smtpd_client_connection_rate_limit,
+        cfg.anvil_rate_time_unit,
+    );
+    if !ctx
+        .anvil
+        .allow(ip, AnvilEvent::Connection, limit, unit, Instant::now())
+    {
+        log::warn!(
+            "warning: connection rate from [{ip}] over {limit} per {}s",
+            unit.as_secs()
+        );
+        let text = format!("{} Error: too many connections from [{ip}]", cfg.hostname);
+        return Some(Reply::new(421, Enhanced(4, 7, 0), text));
     }
     let mut per_ip = lock(&pool.per_ip);
     let n = per_ip.entry(ip).or_insert(0);

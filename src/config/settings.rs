@@ -169,6 +169,15 @@ const RELAY_TLS: Choice<RelayTls> = Choice {
     any_case: false,
 };
 
+const SPF_POLICIES: Choice<crate::guard::SpfPolicy> = Choice {
+    names: &[
+        ("none", crate::guard::SpfPolicy::None),
+        ("tag", crate::guard::SpfPolicy::Tag),
+        ("reject_fail", crate::guard::SpfPolicy::RejectFail),
+    ],
+    any_case: false,
+};
+
 const MAY_BE_ZERO: Time = Time { may_be_zero: true };
 const NOT_ZERO: Time = Time { may_be_zero: false };
 const AT_LEAST_ONE: Count = Count { min: 1 };
@@ -542,6 +551,66 @@ section "TLS and authentication" {
     /// inside TLS. Keep it readable by the service user alone (chmod 600):
     /// satchel warns otherwise.
     relayhost_auth_file: Option<PathBuf> = "", Optional(FilePath), Live;
+}
+
+section "Guarding" {
+    /// DNS blocklists (RFC 5782), asked once per connection for clients outside
+    /// relay_networks that have not authenticated: `zone`, or `zone=FILTER` to
+    /// count only some answers (`bl.example=127.0.0.2`, octets may be sets:
+    /// `127.0.0.[2..11;20]`). A listed client hears 554 5.7.1 with the zone's
+    /// TXT text at RCPT, so postmaster is still reachable (RFC 5321 §4.5.1). A
+    /// zone that fails to answer lists nobody (logged). Empty = none.
+    dnsbl_zones: Vec<crate::guard::dnsbl::Zone> = "", List::of(DnsblZone), Live;
+
+    /// Refuse untrusted clients whose address has no PTR name that resolves back
+    /// to it (forward-confirmed reverse DNS): 450 4.7.25 at RCPT, as Postfix's
+    /// reject_unknown_client_hostname.
+    reject_unknown_client_hostname: bool = "no", YesNo, Live;
+
+    /// Refuse a malformed HELO/EHLO name from an untrusted client: 501 5.5.2 at
+    /// RCPT (Postfix's reject_invalid_helo_hostname).
+    reject_invalid_helo_hostname: bool = "no", YesNo, Live;
+
+    /// Refuse a HELO/EHLO name from an untrusted client that is neither
+    /// fully-qualified nor an address literal: 504 5.5.2 at RCPT
+    /// (reject_non_fqdn_helo_hostname).
+    reject_non_fqdn_helo_hostname: bool = "no", YesNo, Live;
+
+    /// Refuse an untrusted client's sender whose domain is not fully-qualified:
+    /// 504 5.5.2 at RCPT (reject_non_fqdn_sender).
+    reject_non_fqdn_sender: bool = "no", YesNo, Live;
+
+    /// Refuse a recipient whose domain is not fully-qualified from an untrusted
+    /// client: 504 5.5.2 (reject_non_fqdn_recipient).
+    reject_non_fqdn_recipient: bool = "no", YesNo, Live;
+
+    /// Refuse an untrusted client's sender whose domain cannot take a bounce: 550
+    /// 5.1.8 when it does not exist or has no MX, A or AAAA record, 550 5.7.27
+    /// for a null MX (RFC 7505), 450 4.1.8 when DNS fails
+    /// (reject_unknown_sender_domain).
+    reject_unknown_sender_domain: bool = "no", YesNo, Live;
+
+    /// SPF (RFC 7208) of untrusted clients' MAIL FROM (of HELO for the null
+    /// sender): none (not checked), tag (the result in a Received-SPF: header
+    /// field), reject_fail (tag, and a fail, `-all`, is refused with 550 5.7.23
+    /// at RCPT).
+    spf_policy: crate::guard::SpfPolicy = "none", SPF_POLICIES, Live;
+
+    /// Connections one client address may open per anvil_rate_time_unit (not
+    /// counting relay_networks); beyond it: 421 4.7.0 and close. 0 = no limit.
+    smtpd_client_connection_rate_limit: u32 = "0", Count32, Live;
+
+    /// MAIL commands one client address may send per anvil_rate_time_unit (not
+    /// counting relay_networks); beyond it: 452 4.7.1. 0 = no limit.
+    smtpd_client_message_rate_limit: u32 = "0", Count32, Live;
+
+    /// RCPT commands one client address may send per anvil_rate_time_unit (not
+    /// counting relay_networks); beyond it: 452 4.7.1. 0 = no limit.
+    smtpd_client_recipient_rate_limit: u32 = "0", Count32, Live;
+
+    /// The time unit of the rate limits: each client's counters start again
+    /// this long after its first event (Postfix's anvil).
+    anvil_rate_time_unit: Duration = "60s", NOT_ZERO, Live;
 }
 
 section "Rewriting" {

@@ -409,6 +409,19 @@ impl Kind for Network {
     }
 }
 
+/// A list item: a DNS blocklist zone, with its reply filter if any.
+pub struct DnsblZone;
+
+impl Kind for DnsblZone {
+    type Value = crate::guard::dnsbl::Zone;
+    fn parse(&self, text: &str) -> Result<Self::Value, String> {
+        crate::guard::dnsbl::Zone::parse(text)
+    }
+    fn render(&self, value: &Self::Value) -> String {
+        value.to_string()
+    }
+}
+
 /// A list item: a mail domain, kept in lower case.
 pub struct Domain;
 

@@ -30,6 +30,29 @@ pub struct SessionConfig {
     pub auth_available: bool,
     /// Offer AUTH without TLS too (the operator's explicit choice).
     pub auth_over_plaintext: bool,
+    /// The checks of names that need no network, for untrusted clients.
+    pub name_checks: NameChecks,
+}
+
+/// Postfix's reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname,
+/// reject_non_fqdn_sender and reject_non_fqdn_recipient, each a setting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NameChecks {
+    pub invalid_helo: bool,
+    pub non_fqdn_helo: bool,
+    pub non_fqdn_sender: bool,
+    pub non_fqdn_recipient: bool,
+}
+
+/// The checks of a transaction that need the network (`guard`): after an
+/// untrusted client's MAIL is accepted, the connection loop takes these
+/// (`take_due_checks`), runs them and gives the verdict back
+/// (`checks_done`) before the next command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailChecks {
+    pub ip: IpAddr,
+    pub helo: String,
+    pub from: ReversePath,
 }
 
 /// How the policy classifies a recipient mailbox.
@@ -153,6 +176,14 @@ pub struct Session<'p> {
     auth_step: Option<AuthStep>,
     /// How the last AUTH exchange ended, until the loop logs it.
     auth_outcome: Option<AuthOutcome>,
+    /// Checks the connection loop owes this transaction.
+    due: Option<MailChecks>,
+    /// The answer to this transaction's recipients (but postmaster) when a
+    /// check refused the client, its HELO name or its sender.
+    refusal: Option<Reply>,
+    /// Trace header fields the checks added (Received-SPF), CRLF-ended,
+    /// to go above our Received: line (RFC 7208 §9.1).
+    trace: String,
 }
 
 /// An AUTH exchange that ended with a verdict, for the log (never the
@@ -182,6 +213,14 @@ pub struct DataEnd {
     pub received_headers: usize,
 }
 
+/// A domain in fully-qualified form (a dot inside) or an address literal.
+fn fqdn_domain(d: &crate::address::Domain) -> bool {
+    match d {
+        crate::address::Domain::Name(n) => crate::address::fqdn_or_literal(n),
+        _ => true,
+    }
+}
+
 fn ok(code: u16, e: Enhanced, text: &str) -> Event {
     Event::Reply(Reply::new(code, e, text))
 }
@@ -203,7 +242,24 @@ impl<'p> Session<'p> {
             auth_failures: 0,
             auth_step: None,
             auth_outcome: None,
+            due: None,
+            refusal: None,
+            trace: String::new(),
         }
+    }
+
+    /// The network checks this transaction waits for, once.
+    pub fn take_due_checks(&mut self) -> Option<MailChecks> {
+        self.due.take()
+    }
+
+    /// Their verdict: a refusal stands for every recipient but postmaster;
+    /// `trace` goes above the Received: line of the message.
+    pub fn checks_done(&mut self, refusal: Option<Reply>, trace: String) {
+        if refusal.is_some() {
+            self.refusal = refusal;
+        }
+        self.trace = trace;
     }
 
     /// RFC 3207 §4.2: after the handshake the session starts over, with no
@@ -458,9 +514,45 @@ impl<'p> Session<'p> {
                 "Non-ASCII sender address needs SMTPUTF8",
             );
         }
+        self.refusal = None;
+        self.trace.clear();
+        if !self.client.may_relay {
+            self.refusal = self.name_refusal(&helo.name, &from);
+            self.due = self.client.ip.map(|ip| MailChecks {
+                ip,
+                helo: helo.name.clone(),
+                from: from.clone(),
+            });
+        }
         self.state = State::Mail(helo, from, params);
         self.over_limit = 0;
         ok(250, Enhanced(2, 1, 0), "Ok")
+    }
+
+    /// The refusal, if any, of an untrusted client's HELO name or sender
+    /// address by the checks that need no network (RFC 5321 §4.1.1.1,
+    /// §2.3.5: a fully-qualified domain name or an address literal).
+    fn name_refusal(&self, helo: &str, from: &ReversePath) -> Option<Reply> {
+        let c = self.cfg.name_checks;
+        let refuse = |code, e, text: String| Some(Reply::new(code, e, text));
+        if c.invalid_helo && !crate::address::valid_helo(helo) {
+            return refuse(
+                501,
+                Enhanced(5, 5, 2),
+                format!("<{helo}>: Helo command rejected: Invalid name"),
+            );
+        }
+        if c.non_fqdn_helo && !crate::address::fqdn_or_literal(helo) {
+            let text = format!("<{helo}>: Helo command rejected: need fully-qualified hostname");
+            return refuse(504, Enhanced(5, 5, 2), text);
+        }
+        match from {
+            ReversePath::Mailbox(m) if c.non_fqdn_sender && !fqdn_domain(&m.domain) => {
+                let text = format!("<{m}>: Sender address rejected: need fully-qualified address");
+                refuse(504, Enhanced(5, 5, 2), text)
+            }
+            _ => None,
+        }
     }
 
     fn rcpt(&mut self, to: ForwardPath) -> Event {
@@ -509,7 +601,20 @@ impl<'p> Session<'p> {
             ForwardPath::Postmaster => return Reply::new(250, Enhanced(2, 1, 5), "Ok"),
             ForwardPath::Mailbox(m) => m,
         };
-        match self.policy.classify(mailbox) {
+        let class = self.policy.classify(mailbox);
+        let postmaster = matches!(class, RcptClass::LocalKnown | RcptClass::LocalUnknown)
+            && mailbox.local_unquoted().eq_ignore_ascii_case("postmaster");
+        match &self.refusal {
+            Some(r) if !postmaster => return r.clone(),
+            _ => {}
+        }
+        let c = self.cfg.name_checks;
+        if c.non_fqdn_recipient && !self.client.may_relay && !fqdn_domain(&mailbox.domain) {
+            let text =
+                format!("<{mailbox}>: Recipient address rejected: need fully-qualified address");
+            return Reply::new(504, Enhanced(5, 5, 2), text);
+        }
+        match class {
             RcptClass::LocalKnown => Reply::new(250, Enhanced(2, 1, 5), "Ok"),
             RcptClass::LocalUnknown => Reply::new(
                 550,
@@ -742,7 +847,7 @@ impl<'p> Session<'p> {
     pub fn data_opened(&self, queue_id: &str, date: &str) -> (Reply, String) {
         let reply = Reply::plain(354, "End data with <CR><LF>.<CR><LF>");
         let header = match &self.state {
-            State::Data(_, txn) => self.received_header(txn, queue_id, date),
+            State::Data(_, txn) => self.trace.clone() + &self.received_header(txn, queue_id, date),
             _ => String::new(),
         };
         (reply, header)
@@ -859,7 +964,10 @@ mod tests {
     impl Policy for Table {
         fn classify(&self, m: &Mailbox) -> RcptClass {
             if m.domain.is_name("local.test") {
-                if m.local == "alice" || m.local == "bob" {
+                if m.local == "alice"
+                    || m.local == "bob"
+                    || m.local.eq_ignore_ascii_case("postmaster")
+                {
                     RcptClass::LocalKnown
                 } else {
                     RcptClass::LocalUnknown
@@ -886,6 +994,7 @@ mod tests {
             tls_available: false,
             auth_available: false,
             auth_over_plaintext: false,
+            name_checks: NameChecks::default(),
         }
     }
 
@@ -910,6 +1019,95 @@ mod tests {
 
     fn run(s: &mut Session, line: &str) -> u16 {
         code(&s.command(line.as_bytes()))
+    }
+
+    fn checking(may_relay: bool) -> Session<'static> {
+        let mut c = cfg();
+        c.name_checks = NameChecks {
+            invalid_helo: true,
+            non_fqdn_helo: true,
+            non_fqdn_sender: true,
+            non_fqdn_recipient: true,
+        };
+        let client = Client {
+            ip: Some("192.0.2.9".parse().unwrap()),
+            may_relay,
+            auth_required: false,
+        };
+        Session::new(c, &Table, client)
+    }
+
+    #[test]
+    fn name_checks_refuse_at_rcpt_but_not_postmaster_nor_trusted_clients() {
+        for (helo, from, want) in [
+            ("bad_name!", "a@b.test", 501),
+            ("localhost", "a@b.test", 504),
+            ("client.test", "a@nodot", 504),
+        ] {
+            let mut s = checking(false);
+            assert_eq!(run(&mut s, &format!("EHLO {helo}")), 250);
+            assert_eq!(
+                run(&mut s, &format!("MAIL FROM:<{from}>")),
+                250,
+                "{helo} {from}"
+            );
+            assert_eq!(
+                run(&mut s, "RCPT TO:<alice@local.test>"),
+                want,
+                "{helo} {from}"
+            );
+            assert_eq!(run(&mut s, "RCPT TO:<Postmaster@local.test>"), 250);
+            assert_eq!(run(&mut s, "RCPT TO:<postmaster>"), 250);
+            let mut trusted = checking(true);
+            assert_eq!(run(&mut trusted, &format!("EHLO {helo}")), 250);
+            assert_eq!(run(&mut trusted, &format!("MAIL FROM:<{from}>")), 250);
+            assert_eq!(run(&mut trusted, "RCPT TO:<alice@local.test>"), 250);
+        }
+        let mut s = checking(false);
+        for ok_helo in ["[192.0.2.9]", "[IPv6:2001:db8::9]", "mail.client.test"] {
+            assert_eq!(run(&mut s, &format!("HELO {ok_helo}")), 250);
+            assert_eq!(run(&mut s, "MAIL FROM:<>"), 250);
+            assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 250, "{ok_helo}");
+            assert_eq!(run(&mut s, "RSET"), 250);
+        }
+        let mut s = checking(false);
+        run(&mut s, "EHLO client.test");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        let r = s.command(b"RCPT TO:<x@nodot>");
+        assert_eq!(code(&r), 504);
+        assert!(
+            format!("{r:?}").contains("Recipient address rejected"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn the_network_checks_are_due_once_per_untrusted_transaction() {
+        let mut s = checking(false);
+        run(&mut s, "EHLO client.test");
+        assert_eq!(s.take_due_checks(), None);
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        let due = s.take_due_checks().expect("checks after MAIL");
+        assert_eq!(due.helo, "client.test");
+        assert_eq!(due.ip, "192.0.2.9".parse::<IpAddr>().unwrap());
+        assert_eq!(s.take_due_checks(), None);
+        s.checks_done(
+            Some(Reply::new(554, Enhanced(5, 7, 1), "listed")),
+            String::new(),
+        );
+        assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 554);
+        assert_eq!(run(&mut s, "RCPT TO:<postmaster@local.test>"), 250);
+        // A new transaction starts clean, until its own verdict.
+        run(&mut s, "RSET");
+        run(&mut s, "MAIL FROM:<a@b.test>");
+        assert!(s.take_due_checks().is_some());
+        s.checks_done(None, String::new());
+        assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 250);
+        // Trusted clients owe nothing.
+        let mut t = checking(true);
+        run(&mut t, "EHLO client.test");
+        run(&mut t, "MAIL FROM:<a@b.test>");
+        assert_eq!(t.take_due_checks(), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! A tiny authoritative DNS server for the hermetic tests: answers MX, A and
-//! AAAA questions from an in-memory zone over UDP and TCP on one loopback
+//! A tiny authoritative DNS server for the hermetic tests: answers MX, A,
+//! AAAA, TXT and PTR questions from an in-memory zone over UDP and TCP on one loopback
 //! port, and can be told to fail (SERVFAIL), to stay silent, or to truncate
 //! every UDP answer so that clients must come back over TCP. Records can be
 //! changed while it runs. Built with hickory-proto, the same wire format
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Default)]
@@ -93,6 +93,20 @@ impl TestDns {
 
     pub fn aaaa(&self, host: &str, ip: Ipv6Addr) {
         self.add(host, RData::AAAA(AAAA(ip)));
+    }
+
+    /// A TXT record of one character-string (split in 255-octet pieces).
+    #[allow(dead_code)]
+    pub fn txt(&self, name: &str, text: &str) {
+        let pieces: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
+        self.add(name, RData::TXT(TXT::from_bytes(pieces)));
+    }
+
+    /// The PTR record of `ip`'s reverse name.
+    #[allow(dead_code)]
+    pub fn ptr(&self, ip: std::net::IpAddr, host: &str) {
+        let rev = Name::from(ip).to_ascii();
+        self.add(&rev, RData::PTR(PTR(fqdn(host))));
     }
 
     /// Answer SERVFAIL for this name.
