@@ -391,7 +391,7 @@ pub fn run<R: Read, W: Write>(
 fn mail_checks(session: &mut Session, ctx: &Context, facts: &mut ClientFacts) {
     if let Some(req) = session.take_due_checks() {
         let v = ctx.guard.mail_stage(&req, facts);
-        session.checks_done(v.refusal, v.trace);
+        session.checks_done(v.refusal, v.trace, v.spf);
     }
 }
 
@@ -808,10 +808,7 @@ fn receive_data<R: Read, W: Write>(
     }
     out.clear();
     incoming.write(received.as_bytes());
-    // Mail this host vouches for has its header addresses rewritten.
-    let client = session.client();
-    let vouched = client.may_relay || client.ip.is_none() || session.authenticated().is_some();
-    let mut held = vouched.then(Held::default);
+    let mut held = held_for(session, ctx);
     let streamed = stream_data(reader, out, timer, session, ctx, &mut incoming, &mut held);
     let Some(end) = streamed else {
         return false; // incoming is dropped: nothing is queued
@@ -821,16 +818,22 @@ fn receive_data<R: Read, W: Write>(
         log_reject(peer, "DATA", &ev);
         return write_event(ev, out);
     }
+    let verifier = held.as_mut().and_then(|h| h.verify.take());
+    let checked = verifier.map(|v| ctx.guard.data_stage(v, &txn.spf)).unwrap_or_default();
+    if let Some(r) = checked.refusal {
+        // The client hears the refusal; nothing is queued.
+        let ev = session.data_refused(r);
+        log_reject(peer, "DATA", &ev);
+        return write_event(ev, out);
+    }
     let client = peer.trim_start_matches('[').trim_end_matches(']');
     let mut env = envelope_of(txn, incoming.id(), arrival, client);
     ctx.policy.rewriter.envelope(&mut env);
-    let ev = match incoming.commit(ctx, &mut env) {
+    let ev = match incoming.commit(ctx, &mut env, checked.header.as_bytes()) {
         Ok(()) => {
             crate::metrics::received();
             log_queued(&env, peer, &txn.helo);
-            if let Some(queued) = &ctx.on_queued {
-                queued(env.id.clone());
-            }
+            queued(ctx, &env.id, checked.hold);
             session.queued(&env.id)
         }
         Err(e) => {
@@ -841,6 +844,39 @@ fn receive_data<R: Read, W: Write>(
         }
     };
     write_event(ev, out)
+}
+
+/// What holds the header section back while it arrives: mail this host
+/// vouches for has its addresses rewritten; an untrusted client's, when
+/// DKIM or DMARC results are wanted, is verified and loses forged
+/// Authentication-Results: fields that carry our name.
+fn held_for(session: &Session, ctx: &Context) -> Option<Held> {
+    let client = session.client();
+    let vouched = client.may_relay || client.ip.is_none() || session.authenticated().is_some();
+    if vouched {
+        return Some(Held::default());
+    }
+    let verify = ctx.guard.verifier()?;
+    Some(Held {
+        strip: Some(ctx.guard.authserv_id().to_string()),
+        verify: Some(verify),
+        ..Held::default()
+    })
+}
+
+/// A message just queued: to the delivery scheduler, or on hold (DMARC
+/// quarantine).
+fn queued(ctx: &Context, id: &str, hold: bool) {
+    if hold {
+        match ctx.spool.hold(id) {
+            Ok(_) => log::info!("{id}: held (DMARC quarantine)"),
+            Err(e) => log::warn!("warning: {id}: cannot hold: {e}"),
+        }
+        return;
+    }
+    if let Some(queued) = &ctx.on_queued {
+        queued(id.to_string());
+    }
 }
 
 /// A new message file in the spool, or (for `sendmail -bs` by a user who
@@ -984,12 +1020,20 @@ fn log_queued(env: &Envelope, peer: &str, helo: &str) {
 struct Held {
     bytes: Vec<u8>,
     passed: bool,
+    /// Drop Authentication-Results: fields with this authserv-id instead
+    /// of rewriting addresses (an untrusted client's mail).
+    strip: Option<String>,
+    /// Sees the data as it came, before anything is dropped.
+    verify: Option<crate::guard::Verifier>,
 }
 
 const MAX_HELD: usize = 64 * 1024;
 
 impl Held {
     fn write(&mut self, data: &[u8], sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
+        if let Some(v) = &mut self.verify {
+            v.feed(data);
+        }
         if self.passed {
             return sink.write(data);
         }
@@ -1001,7 +1045,7 @@ impl Held {
             self.passed = true;
         } else if let Some(i) = self.bytes[from..].windows(4).position(|w| w == b"\r\n\r\n") {
             let (head, rest) = self.bytes.split_at(from + i + 2);
-            sink.write(&rw.header_section(head));
+            sink.write(&self.filtered(head, rw));
             sink.write(rest);
             self.passed = true;
         } else if self.bytes.len() > MAX_HELD {
@@ -1013,10 +1057,20 @@ impl Held {
         }
     }
 
+    /// The header section as it goes into the spool.
+    fn filtered(&self, head: &[u8], rw: &crate::rewrite::Rewriter) -> Vec<u8> {
+        let Some(id) = &self.strip else {
+            return rw.header_section(head);
+        };
+        let fields = crate::rewrite::fields(head);
+        let kept = fields.iter().filter(|f| !crate::guard::claims_to_be(f, id));
+        kept.flat_map(|f| f.iter().copied()).collect()
+    }
+
     /// The end of data: a message that is all headers is written now.
     fn end(&mut self, sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
         if !self.passed && !self.bytes.is_empty() {
-            sink.write(&rw.header_section(&self.bytes));
+            sink.write(&self.filtered(&self.bytes, rw));
         }
         self.passed = true;
         self.bytes = Vec::new();
@@ -1045,11 +1099,13 @@ impl Sink {
         }
     }
 
-    /// Queued (or in the maildrop, synced) when `Ok`.
-    fn commit(self, ctx: &Context, env: &mut Envelope) -> io::Result<()> {
+    /// Queued (or in the maildrop, synced) when `Ok`, with `prefix` at the
+    /// top of the content.
+    fn commit(self, ctx: &Context, env: &mut Envelope, prefix: &[u8]) -> io::Result<()> {
         match self {
-            Sink::Spool(i) => i.commit(env),
-            Sink::Maildrop { id, bytes } => {
+            Sink::Spool(i) => i.commit_with(env, prefix),
+            Sink::Maildrop { id, mut bytes } => {
+                bytes.splice(0..0, prefix.iter().copied());
                 let rcpts: Vec<_> = env.rcpts.iter().map(|r| r.addr.clone()).collect();
                 if rcpts.len() > crate::spool::maildrop::MAX_RCPTS {
                     return Err(io::Error::other("too many recipients for the maildrop"));
@@ -1092,6 +1148,7 @@ mod tests {
                 ForwardPath::parse("<c@d.test>").unwrap(),
                 ForwardPath::Postmaster,
             ],
+            spf: None,
         };
         let e = envelope_of(&txn, "00000000000000AB", 1_795_917_257, "192.0.2.1");
         assert_eq!(

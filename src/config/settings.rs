@@ -178,6 +178,15 @@ const SPF_POLICIES: Choice<crate::guard::SpfPolicy> = Choice {
     any_case: false,
 };
 
+const DMARC_POLICIES: Choice<crate::guard::DmarcPolicy> = Choice {
+    names: &[
+        ("none", crate::guard::DmarcPolicy::None),
+        ("tag", crate::guard::DmarcPolicy::Tag),
+        ("honour", crate::guard::DmarcPolicy::Honour),
+    ],
+    any_case: false,
+};
+
 const MAY_BE_ZERO: Time = Time { may_be_zero: true };
 const NOT_ZERO: Time = Time { may_be_zero: false };
 const AT_LEAST_ONE: Count = Count { min: 1 };
@@ -595,6 +604,29 @@ section "Guarding" {
     /// field), reject_fail (tag, and a fail, `-all`, is refused with 550 5.7.23
     /// at RCPT).
     spf_policy: crate::guard::SpfPolicy = "none", SPF_POLICIES, Live;
+
+    /// Verify the DKIM signatures (RFC 6376; up to 5 a message, RSA-SHA256 and
+    /// Ed25519-SHA256) of untrusted clients' mail after DATA, and write the
+    /// results (with SPF's) in one Authentication-Results: field (RFC 8601)
+    /// named by authserv_id; fields with that name that the message already
+    /// had are removed. Needs the `tls` feature (ring).
+    dkim_verify: bool = "no", YesNo, Live;
+
+    /// DMARC (RFC 7489) of untrusted clients' mail, from the From: domain's
+    /// `_dmarc` record and the SPF and DKIM results (checked for it whatever
+    /// spf_policy and dkim_verify say): none (not checked), tag (the result in
+    /// Authentication-Results:), honour (tag; p=reject is refused with 550
+    /// 5.7.1 after DATA, p=quarantine as dmarc_quarantine says).
+    dmarc_policy: crate::guard::DmarcPolicy = "none", DMARC_POLICIES, Live;
+
+    /// What dmarc_policy = honour does with a message that fails a p=quarantine
+    /// policy: `hold` (queued on hold; `satchel queue release ID`), or a header
+    /// field to add, e.g. `X-Spam-Flag: YES`.
+    dmarc_quarantine: crate::guard::Quarantine = "hold", QuarantineAction, Live;
+
+    /// The name of this host's Authentication-Results: fields (RFC 8601 §2.5).
+    /// Empty = hostname.
+    authserv_id: Option<String> = "", Optional(HostName), Live;
 
     /// Connections one client address may open per anvil_rate_time_unit (not
     /// counting relay_networks); beyond it: 421 4.7.0 and close. 0 = no limit.

@@ -422,6 +422,19 @@ impl Kind for DnsblZone {
     }
 }
 
+/// `hold`, or a header field (`Name: value`) to add.
+pub struct QuarantineAction;
+
+impl Kind for QuarantineAction {
+    type Value = crate::guard::Quarantine;
+    fn parse(&self, text: &str) -> Result<Self::Value, String> {
+        crate::guard::Quarantine::parse(text)
+    }
+    fn render(&self, value: &Self::Value) -> String {
+        value.to_string()
+    }
+}
+
 /// A list item: a mail domain, kept in lower case.
 pub struct Domain;
 

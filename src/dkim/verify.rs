@@ -148,6 +148,11 @@ impl Verifier {
             .collect()
     }
 
+    /// The domain of the first From: field, once the header has ended.
+    pub fn from_domain(&self) -> Option<String> {
+        super::from_domain(&fields(&self.head))
+    }
+
     /// The verdict on each signature, in the order of the header.
     pub fn finish(self, dns: &dyn Resolver) -> Vec<Outcome> {
         if self.too_big {

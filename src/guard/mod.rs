@@ -11,8 +11,13 @@
 //! answer lists nobody, a sender domain that cannot be looked up gets 450.
 
 pub mod anvil;
+pub mod dmarc;
 pub mod dnsbl;
+pub mod psl;
 pub mod spf;
+
+mod data;
+pub use data::{claims_to_be, DataVerdict, Verifier};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,7 +35,50 @@ pub struct Guard {
     unknown_sender_domain: bool,
     spf: SpfPolicy,
     hostname: String,
+    dkim_verify: bool,
+    dmarc: DmarcPolicy,
+    quarantine: Quarantine,
+    authserv_id: String,
     dns: Option<Arc<dyn Resolver>>,
+}
+
+/// `dmarc_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcPolicy {
+    None,
+    Tag,
+    Honour,
+}
+
+/// `dmarc_quarantine`: hold the message, or add a header field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quarantine {
+    Hold,
+    Header(String),
+}
+
+impl Quarantine {
+    pub fn parse(text: &str) -> Result<Quarantine, String> {
+        if text == "hold" {
+            return Ok(Quarantine::Hold);
+        }
+        let name_ok = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        match text.split_once(':') {
+            Some((n, v)) if name_ok(n) && v.chars().all(|c| c == ' ' || c.is_ascii_graphic()) => {
+                Ok(Quarantine::Header(format!("{n}:{v}")))
+            }
+            _ => Err("expected hold or a header field such as X-Spam-Flag: YES".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Quarantine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quarantine::Hold => f.write_str("hold"),
+            Quarantine::Header(h) => f.write_str(h),
+        }
+    }
 }
 
 /// `spf_policy`: what SPF (RFC 7208) does with the client's mail.
@@ -44,12 +92,13 @@ pub enum SpfPolicy {
     RejectFail,
 }
 
-/// The verdict of the MAIL stage: a refusal for the recipients, and trace
-/// header fields for the message.
+/// The verdict of the MAIL stage: a refusal for the recipients, trace
+/// header fields for the message, and SPF's result and domain.
 #[derive(Debug, Default)]
 pub struct Verdict {
     pub refusal: Option<Reply>,
     pub trace: String,
+    pub spf: Option<(spf::SpfResult, String)>,
 }
 
 /// What one connection learned about its client (asked once).
@@ -67,6 +116,10 @@ impl Guard {
             unknown_sender_domain: cfg.reject_unknown_sender_domain,
             spf: cfg.spf_policy,
             hostname: cfg.hostname.clone(),
+            dkim_verify: cfg.dkim_verify,
+            dmarc: cfg.dmarc_policy,
+            quarantine: cfg.dmarc_quarantine.clone(),
+            authserv_id: cfg.authserv_id.clone().unwrap_or_else(|| cfg.hostname.clone()),
             dns,
         }
     }
@@ -77,6 +130,8 @@ impl Guard {
             || cfg.reject_unknown_client_hostname
             || cfg.reject_unknown_sender_domain
             || cfg.spf_policy != SpfPolicy::None
+            || cfg.dkim_verify
+            || cfg.dmarc_policy != DmarcPolicy::None
     }
 
     /// The verdict on the transaction that `req` describes: the client's
@@ -92,7 +147,7 @@ impl Guard {
         if client.is_some() {
             return Verdict {
                 refusal: client.clone(),
-                trace: String::new(),
+                ..Verdict::default()
             };
         }
         let refusal = match &req.from {
@@ -105,7 +160,7 @@ impl Guard {
         match refusal {
             Some(r) => Verdict {
                 refusal: Some(r),
-                trace: String::new(),
+                ..Verdict::default()
             },
             None => self.spf_stage(req, dns),
         }
@@ -114,7 +169,8 @@ impl Guard {
     /// SPF of the MAIL FROM identity, or of HELO for the null sender
     /// (RFC 7208 §2.4), as spf_policy says.
     fn spf_stage(&self, req: &MailChecks, dns: &dyn Resolver) -> Verdict {
-        if self.spf == SpfPolicy::None {
+        let for_results = self.dkim_verify || self.dmarc != DmarcPolicy::None;
+        if self.spf == SpfPolicy::None && !for_results {
             return Verdict::default();
         }
         let (sender, identity) = match &req.from {
@@ -133,6 +189,13 @@ impl Guard {
         };
         let v = spf::check_host(&q, &domain, dns);
         log::info!("spf: [{}] {identity} <{sender}>: {}", req.ip, v.result);
+        let result = Some((v.result, domain.clone()));
+        if self.spf == SpfPolicy::None {
+            return Verdict {
+                spf: result,
+                ..Verdict::default()
+            };
+        }
         let refusal =
             (v.result == spf::SpfResult::Fail && self.spf == SpfPolicy::RejectFail).then(|| {
                 let why = match v.detail.as_str() {
@@ -144,6 +207,7 @@ impl Guard {
         Verdict {
             refusal,
             trace: spf::received_spf(&v, &q, identity),
+            spf: result,
         }
     }
 

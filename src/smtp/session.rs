@@ -108,6 +108,9 @@ pub struct Transaction {
     pub from: ReversePath,
     pub params: MailParams,
     pub rcpts: Vec<ForwardPath>,
+    /// SPF's result for the transaction and the domain it was for, when
+    /// the checks evaluated it (for Authentication-Results and DMARC).
+    pub spf: Option<(crate::guard::spf::SpfResult, String)>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -184,6 +187,8 @@ pub struct Session<'p> {
     /// Trace header fields the checks added (Received-SPF), CRLF-ended,
     /// to go above our Received: line (RFC 7208 §9.1).
     trace: String,
+    /// SPF's result, for the transaction.
+    spf: Option<(crate::guard::spf::SpfResult, String)>,
 }
 
 /// An AUTH exchange that ended with a verdict, for the log (never the
@@ -245,6 +250,7 @@ impl<'p> Session<'p> {
             due: None,
             refusal: None,
             trace: String::new(),
+            spf: None,
         }
     }
 
@@ -254,12 +260,19 @@ impl<'p> Session<'p> {
     }
 
     /// Their verdict: a refusal stands for every recipient but postmaster;
-    /// `trace` goes above the Received: line of the message.
-    pub fn checks_done(&mut self, refusal: Option<Reply>, trace: String) {
+    /// `trace` goes above the Received: line of the message; `spf` is kept
+    /// with the transaction.
+    pub fn checks_done(
+        &mut self,
+        refusal: Option<Reply>,
+        trace: String,
+        spf: Option<(crate::guard::spf::SpfResult, String)>,
+    ) {
         if refusal.is_some() {
             self.refusal = refusal;
         }
         self.trace = trace;
+        self.spf = spf;
     }
 
     /// RFC 3207 §4.2: after the handshake the session starts over, with no
@@ -516,6 +529,7 @@ impl<'p> Session<'p> {
         }
         self.refusal = None;
         self.trace.clear();
+        self.spf = None;
         if !self.client.may_relay {
             self.refusal = self.name_refusal(&helo.name, &from);
             self.due = self.client.ip.map(|ip| MailChecks {
@@ -662,6 +676,7 @@ impl<'p> Session<'p> {
                     from,
                     params,
                     rcpts,
+                    spf: self.spf.clone(),
                 };
                 self.state = State::Data(helo, txn.clone());
                 Event::Data(txn)
@@ -909,6 +924,13 @@ impl<'p> Session<'p> {
     }
 
     /// Committing failed: the client must try again later.
+    /// A check after the data refused the message (DMARC p=reject): the
+    /// transaction is over, the client hears why.
+    pub fn data_refused(&mut self, r: Reply) -> Event {
+        self.finish_transaction();
+        self.answer(Event::Reply(r))
+    }
+
     pub fn queue_failed(&mut self) -> Event {
         self.finish_transaction();
         self.answer(ok(
@@ -1101,7 +1123,7 @@ mod tests {
         run(&mut s, "RSET");
         run(&mut s, "MAIL FROM:<a@b.test>");
         assert!(s.take_due_checks().is_some());
-        s.checks_done(None, String::new());
+        s.checks_done(None, String::new(), None);
         assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 250);
         // Trusted clients owe nothing.
         let mut t = checking(true);

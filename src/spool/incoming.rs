@@ -180,7 +180,15 @@ impl Incoming {
 
     /// Makes the message durable and queues it with `env` (steps 2 to 4 of
     /// the crash protocol). Only after `Ok` may the client hear 250.
-    pub fn commit(mut self, env: &mut Envelope) -> io::Result<()> {
+    pub fn commit(self, env: &mut Envelope) -> io::Result<()> {
+        self.commit_with(env, &[])
+    }
+
+    /// `commit`, with `prefix` (header fields known only at the end of
+    /// the data, such as Authentication-Results) made the start of the
+    /// content: written into the room before it, next to the envelope,
+    /// so the content is not copied.
+    pub fn commit_with(mut self, env: &mut Envelope, prefix: &[u8]) -> io::Result<()> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -191,21 +199,23 @@ impl Incoming {
         f.flush()?;
         let file = f.into_inner().map_err(|e| e.into_error())?;
         env.id = self.id.clone();
-        env.size = self.written;
-        let head = queue_head(env, HEAD_ROOM);
-        let file = if head.len() as u64 == HEAD_ROOM {
+        env.size = self.written + prefix.len() as u64;
+        let start = HEAD_ROOM.saturating_sub(prefix.len() as u64);
+        let head = queue_head(env, start);
+        let file = if head.len() as u64 == start && start > 0 {
             // Step 2: the envelope into its room; the length cuts what a
             // recycled file held beyond the new content. In the session's
             // own thread, so that the sessions' syncs overlap (the kernel
             // and the device merge concurrent flushes); fdatasync covers
             // the new size and blocks, the directory entry is the batch's.
             file.write_all_at(&head, 0)?;
+            file.write_all_at(prefix, start)?;
             file.set_len(HEAD_ROOM + self.written)?;
             file.sync_data()?;
             file
         } else {
-            // Too many recipients for the room: a new file, the envelope
-            // first and the content copied after it.
+            // Too many recipients (or too long a prefix) for the room: a
+            // new file, the envelope first and the content copied after it.
             let big = self.spool.dir("tmp").join(format!("{}.big", self.id));
             let content = Content {
                 path: self.path.clone(),
@@ -213,9 +223,8 @@ impl Incoming {
                 len: self.written,
             };
             let head = queue_head(env, 0);
-            let f = self
-                .spool
-                .write_file(&big, &head, &mut content.open()?, self.written)?;
+            let mut whole = io::Read::chain(prefix, content.open()?);
+            let f = self.spool.write_file(&big, &head, &mut whole, env.size)?;
             if let Err(e) = fs::rename(&big, &self.path) {
                 let _ = fs::remove_file(&big);
                 return Err(e);
