@@ -127,6 +127,13 @@ class Sink:
         return None
 
 
+def overridden(defaults, extra):
+    """`defaults` (satchel.conf lines) without the keys `extra` sets, then `extra`."""
+    keys = {l.split("=")[0].strip() for l in extra.splitlines() if "=" in l}
+    kept = [l for l in defaults.splitlines() if l.split("=")[0].strip() not in keys]
+    return "\n".join(kept) + "\n" + extra
+
+
 class Satchel:
     name = "satchel"
 
@@ -139,7 +146,7 @@ class Satchel:
         self.conf = os.path.join(self.dir, "satchel.conf")
         self.log = os.path.join(self.dir, "log")
         with open(self.conf, "w") as f:
-            f.write(
+            f.write(overridden(
                 f"""listen = 127.0.0.1:{self.port}
 hostname = satchel.bench.test
 spool_dir = {self.dir}/spool
@@ -154,8 +161,7 @@ max_connections_per_ip = 100
 delivery_threads = 8
 destination_concurrency_limit = 20
 log_level = {log_level}
-{extra}"""
-            )
+""", extra))
         self.proc = None
 
     def start(self):
@@ -242,11 +248,13 @@ biff = no
         self.pid = None
 
 
-def source(port, sessions, count, size, reuse, to="x@remote.test"):
-    cmd = [f"{SBIN}/smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(size)]
+def source(port, sessions, count, size, reuse, to="x@remote.test", sender="a@bench.test",
+           message_file=None):
+    cmd = [f"{SBIN}/smtp-source", "-s", str(sessions), "-m", str(count)]
+    cmd += ["-F", message_file] if message_file else ["-l", str(size)]
     if reuse:
         cmd.append("-d")
-    cmd += ["-f", "a@bench.test", "-t", to, f"127.0.0.1:{port}"]
+    cmd += ["-f", sender, "-t", to, f"127.0.0.1:{port}"]
     run(cmd, stdout=subprocess.DEVNULL)
 
 
@@ -268,7 +276,8 @@ def load(server, sink, sessions, count, size, reuse, pss_probe=False):
         probe = threading.Thread(target=watch)
         probe.start()
     t0 = time.monotonic()
-    source(server.port, sessions, count, size, reuse, getattr(server, "to", "x@remote.test"))
+    source(server.port, sessions, count, size, reuse, getattr(server, "to", "x@remote.test"),
+           getattr(server, "sender", "a@bench.test"), getattr(server, "message_file", None))
     t1 = time.monotonic()
     t2 = sink.wait_for(base + count, timeout=300)
     if probe:
@@ -599,9 +608,16 @@ def main():
     ap.add_argument("--peers-root", default=None,
                     help="also Exim, OpenSMTPD and chasquid, unpacked under this root")
     ap.add_argument("--dnsmasq", default="/usr/sbin/dnsmasq")
+    ap.add_argument("--guard", action="store_true",
+                    help="only satchel: plain against DNSBL, SPF, DKIM and DMARC checks on")
     a = ap.parse_args()
     if a.dkim:
         dkim_compare(a)
+        return
+    if a.guard:
+        import guardbench
+
+        guardbench.compare(a, sys.modules[__name__])
         return
     if a.peers_root:
         a.peers_root = os.path.abspath(a.peers_root)  # exim_path must be absolute

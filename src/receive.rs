@@ -819,7 +819,9 @@ fn receive_data<R: Read, W: Write>(
         return write_event(ev, out);
     }
     let verifier = held.as_mut().and_then(|h| h.verify.take());
-    let checked = verifier.map(|v| ctx.guard.data_stage(v, &txn.spf)).unwrap_or_default();
+    let checked = verifier
+        .map(|v| ctx.guard.data_stage(v, &txn.spf))
+        .unwrap_or_default();
     if let Some(r) = checked.refusal {
         // The client hears the refusal; nothing is queued.
         let ev = session.data_refused(r);

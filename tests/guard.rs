@@ -314,9 +314,13 @@ fn signed_message(body: &str) -> (Vec<u8>, String) {
     let (pem, record) = satchel::dkim::generate_ed25519().unwrap();
     let dir = common::TempDir::new("guard-dkim");
     std::fs::write(dir.0.join("k.pem"), pem).unwrap();
-    let signer = satchel::dkim::Signer::parse("example.test sel k.pem\n", "k", Some(&dir.0)).unwrap();
+    let signer =
+        satchel::dkim::Signer::parse("example.test sel k.pem\n", "k", Some(&dir.0)).unwrap();
     let msg = format!("From: Alice <alice@example.test>\r\nTo: alice@satchel.test\r\nSubject: signed\r\n\r\n{body}\r\n");
-    let sig = signer.sign(&mut msg.as_bytes(), 1_700_000_000).unwrap().unwrap();
+    let sig = signer
+        .sign(&mut msg.as_bytes(), 1_700_000_000)
+        .unwrap()
+        .unwrap();
     ((sig + &msg).into_bytes(), record)
 }
 
@@ -330,7 +334,11 @@ fn dkim_and_dmarc_results_go_into_one_authentication_results_field() {
     dns.txt("example.test", "v=spf1 ip4:127.0.0.9 -all");
     let s = server(&dns, "dkim_verify = yes\ndmarc_policy = honour\n");
     // Signed, from an address SPF allows; a forged result with our name is dropped.
-    let forged = [&b"Authentication-Results: mx.satchel.test; dkim=pass header.d=bank.test\r\n"[..], &msg].concat();
+    let forged = [
+        &b"Authentication-Results: mx.satchel.test; dkim=pass header.d=bank.test\r\n"[..],
+        &msg,
+    ]
+    .concat();
     let mut c = Client::connect_from(s.addr(), OUTSIDE);
     c.hello();
     let (code, text) = c.mail("alice@example.test", &["alice@satchel.test"], &forged);
@@ -338,23 +346,41 @@ fn dkim_and_dmarc_results_go_into_one_authentication_results_field() {
     let copy = String::from_utf8_lossy(&s.message(&common::queue_id(&text))).into_owned();
     let ar = copy.split("\r\nReceived:").next().unwrap();
     assert!(ar.starts_with("Authentication-Results: mx.satchel.test;\r\n\tspf=pass smtp.mailfrom=example.test;\r\n\tdkim=pass header.d=example.test header.s=sel header.b="), "{copy}");
-    assert!(ar.ends_with("dmarc=pass (p=reject) header.from=example.test"), "{copy}");
-    assert!(!copy.contains("bank.test"), "the forged field is gone: {copy}");
+    assert!(
+        ar.ends_with("dmarc=pass (p=reject) header.from=example.test"),
+        "{copy}"
+    );
+    assert!(
+        !copy.contains("bank.test"),
+        "the forged field is gone: {copy}"
+    );
     assert_eq!(copy.matches("Authentication-Results:").count(), 1);
     // Tampered, and from an address SPF refuses: DMARC fails, p=reject refuses it.
-    let tampered = String::from_utf8(msg.clone()).unwrap().replace("hello", "hellO");
+    let tampered = String::from_utf8(msg.clone())
+        .unwrap()
+        .replace("hello", "hellO");
     let mut c = Client::connect_from(s.addr(), OTHER);
     c.hello();
-    let (code, text) = c.mail("alice@example.test", &["alice@satchel.test"], tampered.as_bytes());
+    let (code, text) = c.mail(
+        "alice@example.test",
+        &["alice@satchel.test"],
+        tampered.as_bytes(),
+    );
     assert_eq!(code, 550, "{text}");
-    assert_eq!(text, "5.7.1 Email rejected per DMARC policy for example.test");
+    assert_eq!(
+        text,
+        "5.7.1 Email rejected per DMARC policy for example.test"
+    );
     // The same, signed but from the wrong address: DKIM alone passes DMARC.
     let mut c = Client::connect_from(s.addr(), OTHER);
     c.hello();
     let (code, text) = c.mail("alice@example.test", &["alice@satchel.test"], &msg);
     assert_eq!(code, 250, "{text}");
     let copy = String::from_utf8_lossy(&s.message(&common::queue_id(&text))).into_owned();
-    assert!(copy.contains("spf=fail smtp.mailfrom=example.test;"), "{copy}");
+    assert!(
+        copy.contains("spf=fail smtp.mailfrom=example.test;"),
+        "{copy}"
+    );
     assert!(copy.contains("dmarc=pass (p=reject)"), "{copy}");
 }
 
@@ -370,9 +396,14 @@ fn dmarc_quarantine_holds_or_tags_as_configured() {
     let (code, text) = c.mail("a@example.test", &["alice@satchel.test"], unsigned);
     assert_eq!(code, 250, "{text}");
     let id = common::queue_id(&text);
-    s.wait_for("the hold", || s.log().contains(&format!("{id}: held (DMARC quarantine)")));
+    s.wait_for("the hold", || {
+        s.log().contains(&format!("{id}: held (DMARC quarantine)"))
+    });
     assert!(s.spool().join("hold").join(&id).exists());
-    let s = server(&dns, "dmarc_policy = honour\ndmarc_quarantine = X-Spam-Flag: YES\n");
+    let s = server(
+        &dns,
+        "dmarc_policy = honour\ndmarc_quarantine = X-Spam-Flag: YES\n",
+    );
     let mut c = Client::connect_from(s.addr(), OUTSIDE);
     c.hello();
     let (code, text) = c.mail("a@example.test", &["alice@satchel.test"], unsigned);

@@ -25,10 +25,41 @@ pub struct Verifier(crate::dkim::verify::Verifier);
 #[cfg(not(feature = "tls"))]
 pub struct Verifier;
 
+/// One signature's result, as Authentication-Results names it.
+struct Signed {
+    result: String,
+    pass: bool,
+    domain: String,
+    selector: String,
+    b: String,
+    why: String,
+}
+
 impl Verifier {
     pub fn feed(&mut self, _data: &[u8]) {
         #[cfg(feature = "tls")]
         self.0.feed(_data);
+    }
+
+    /// The From: domain and the signatures' results; without `ring` no
+    /// signature can be checked, and DMARC is not evaluated.
+    #[cfg(feature = "tls")]
+    fn results(self, dns: &dyn crate::dns::Resolver) -> Option<(Option<String>, Vec<Signed>)> {
+        let from = self.0.from_domain();
+        let signed = self.0.finish(dns).into_iter().map(|o| Signed {
+            result: o.result.to_string(),
+            pass: o.result == crate::dkim::verify::DkimResult::Pass,
+            domain: o.domain,
+            selector: o.selector,
+            b: o.b,
+            why: o.why,
+        });
+        Some((from, signed.collect()))
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn results(self, _dns: &dyn crate::dns::Resolver) -> Option<(Option<String>, Vec<Signed>)> {
+        None
     }
 }
 
@@ -49,13 +80,17 @@ impl Guard {
     }
 
     /// Results and verdict for a message whose data `v` has seen.
-    #[cfg(feature = "tls")]
-    pub fn data_stage(&self, v: Verifier, spf: &Option<(super::spf::SpfResult, String)>) -> DataVerdict {
+    pub fn data_stage(
+        &self,
+        v: Verifier,
+        spf: &Option<(super::spf::SpfResult, String)>,
+    ) -> DataVerdict {
         let Some(dns) = self.dns.as_deref() else {
             return DataVerdict::default();
         };
-        let from = v.0.from_domain();
-        let dkim = v.0.finish(dns);
+        let Some((from, dkim)) = v.results(dns) else {
+            return DataVerdict::default();
+        };
         let mut parts = Vec::new();
         if let Some((result, domain)) = spf {
             parts.push(format!("spf={result} smtp.mailfrom={domain}"));
@@ -80,7 +115,7 @@ impl Guard {
         if let (DmarcPolicy::Tag | DmarcPolicy::Honour, Some(from)) = (self.dmarc, &from) {
             let passed: Vec<String> = dkim
                 .iter()
-                .filter(|o| o.result == crate::dkim::verify::DkimResult::Pass)
+                .filter(|o| o.pass)
                 .map(|o| o.domain.clone())
                 .collect();
             let spf_pass = match spf {
@@ -110,20 +145,22 @@ impl Guard {
         verdict
     }
 
-    #[cfg(not(feature = "tls"))]
-    pub fn data_stage(&self, _v: Verifier, _spf: &Option<(super::spf::SpfResult, String)>) -> DataVerdict {
-        DataVerdict::default()
-    }
-
     /// dmarc_policy = honour: p=reject refuses, p=quarantine holds or tags.
     fn apply_dmarc(&self, d: &dmarc::Verdict, verdict: &mut DataVerdict) {
         if d.result != DmarcResult::Fail || self.dmarc != DmarcPolicy::Honour {
             return;
         }
-        log::info!("dmarc: {} fails its p={} policy", d.from_domain, d.policy.name());
+        log::info!(
+            "dmarc: {} fails its p={} policy",
+            d.from_domain,
+            d.policy.name()
+        );
         match (d.policy, &self.quarantine) {
             (Policy::Reject, _) => {
-                let text = format!("Email rejected per DMARC policy for {}", clean(&d.from_domain));
+                let text = format!(
+                    "Email rejected per DMARC policy for {}",
+                    clean(&d.from_domain)
+                );
                 verdict.refusal = Some(Reply::new(550, Enhanced(5, 7, 1), text));
             }
             (Policy::Quarantine, Quarantine::Hold) => verdict.hold = true,
@@ -135,7 +172,6 @@ impl Guard {
 
 /// A value from the message or the DNS as it may appear in a header
 /// field: printable, no characters that end a property or a comment.
-#[cfg(feature = "tls")]
 fn clean(s: &str) -> String {
     s.chars()
         .map(|c| match c {
@@ -172,9 +208,18 @@ mod tests {
 
     #[test]
     fn forged_results_with_our_name_are_recognized() {
-        assert!(claims_to_be(b"Authentication-Results: mx.test; dkim=pass\r\n", "MX.test"));
-        assert!(claims_to_be(b"authentication-results:mx.test;\r\n\tspf=pass\r\n", "mx.test"));
-        assert!(!claims_to_be(b"Authentication-Results: other.test; dkim=pass\r\n", "mx.test"));
+        assert!(claims_to_be(
+            b"Authentication-Results: mx.test; dkim=pass\r\n",
+            "MX.test"
+        ));
+        assert!(claims_to_be(
+            b"authentication-results:mx.test;\r\n\tspf=pass\r\n",
+            "mx.test"
+        ));
+        assert!(!claims_to_be(
+            b"Authentication-Results: other.test; dkim=pass\r\n",
+            "mx.test"
+        ));
         assert!(!claims_to_be(b"Subject: mx.test\r\n", "mx.test"));
     }
 

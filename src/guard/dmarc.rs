@@ -190,13 +190,19 @@ mod tests {
             if n.contains("broken") {
                 return Err(DnsError::Temporary("SERVFAIL".into()));
             }
-            self.0.get(n).map(|t| vec![t.to_string()]).ok_or(DnsError::NxDomain)
+            self.0
+                .get(n)
+                .map(|t| vec![t.to_string()])
+                .ok_or(DnsError::NxDomain)
         }
     }
 
     fn dns() -> Txt {
         Txt(HashMap::from([
-            ("_dmarc.example.com", "v=DMARC1; p=reject; sp=quarantine; adkim=r; aspf=s"),
+            (
+                "_dmarc.example.com",
+                "v=DMARC1; p=reject; sp=quarantine; adkim=r; aspf=s",
+            ),
             ("_dmarc.strict.test", "v=DMARC1; p=quarantine; adkim=s"),
             ("_dmarc.bogus.test", "p=reject; v=DMARC1"),
         ]))
@@ -204,22 +210,54 @@ mod tests {
 
     fn eval(from: &str, spf: Option<&str>, dkim: &[&str]) -> Verdict {
         let dkim: Vec<String> = dkim.iter().map(|s| s.to_string()).collect();
-        evaluate(&Evidence { from_domain: from, spf_pass: spf, dkim_pass: &dkim }, &dns())
+        evaluate(
+            &Evidence {
+                from_domain: from,
+                spf_pass: spf,
+                dkim_pass: &dkim,
+            },
+            &dns(),
+        )
     }
 
     #[test]
     fn alignment_and_policies() {
         let v = eval("example.com", None, &["mail.example.com"]);
-        assert_eq!((v.result, v.policy), (DmarcResult::Pass, Policy::Reject), "relaxed DKIM");
+        assert_eq!(
+            (v.result, v.policy),
+            (DmarcResult::Pass, Policy::Reject),
+            "relaxed DKIM"
+        );
         let v = eval("example.com", Some("bounce.example.com"), &[]);
-        assert_eq!(v.result, DmarcResult::Fail, "aspf=s: a subdomain is not aligned");
-        assert_eq!(eval("example.com", Some("example.com"), &[]).result, DmarcResult::Pass);
+        assert_eq!(
+            v.result,
+            DmarcResult::Fail,
+            "aspf=s: a subdomain is not aligned"
+        );
+        assert_eq!(
+            eval("example.com", Some("example.com"), &[]).result,
+            DmarcResult::Pass
+        );
         let v = eval("news.example.com", None, &["other.test"]);
-        assert_eq!((v.result, v.policy), (DmarcResult::Fail, Policy::Quarantine), "sp= for a subdomain");
-        assert_eq!(eval("strict.test", None, &["a.strict.test"]).result, DmarcResult::Fail);
+        assert_eq!(
+            (v.result, v.policy),
+            (DmarcResult::Fail, Policy::Quarantine),
+            "sp= for a subdomain"
+        );
+        assert_eq!(
+            eval("strict.test", None, &["a.strict.test"]).result,
+            DmarcResult::Fail
+        );
         assert_eq!(eval("nodmarc.test", None, &[]).result, DmarcResult::None);
-        assert_eq!(eval("bogus.test", None, &[]).result, DmarcResult::None, "v= must come first");
-        assert_eq!(eval("broken.test", None, &[]).result, DmarcResult::TempError);
+        assert_eq!(
+            eval("bogus.test", None, &[]).result,
+            DmarcResult::None,
+            "v= must come first"
+        );
+        assert_eq!(
+            eval("broken.test", None, &[]).result,
+            DmarcResult::TempError
+        );
     }
 
     #[test]

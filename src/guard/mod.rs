@@ -62,7 +62,8 @@ impl Quarantine {
         if text == "hold" {
             return Ok(Quarantine::Hold);
         }
-        let name_ok = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        let name_ok =
+            |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && b != b':');
         match text.split_once(':') {
             Some((n, v)) if name_ok(n) && v.chars().all(|c| c == ' ' || c.is_ascii_graphic()) => {
                 Ok(Quarantine::Header(format!("{n}:{v}")))
@@ -119,7 +120,10 @@ impl Guard {
             dkim_verify: cfg.dkim_verify,
             dmarc: cfg.dmarc_policy,
             quarantine: cfg.dmarc_quarantine.clone(),
-            authserv_id: cfg.authserv_id.clone().unwrap_or_else(|| cfg.hostname.clone()),
+            authserv_id: cfg
+                .authserv_id
+                .clone()
+                .unwrap_or_else(|| cfg.hostname.clone()),
             dns,
         }
     }

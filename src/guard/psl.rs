@@ -23,7 +23,10 @@ fn rules() -> &'static Rules {
             wild: HashSet::new(),
             except: HashSet::new(),
         };
-        for line in LIST.lines().filter(|l| !l.is_empty() && !l.starts_with("//")) {
+        for line in LIST
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        {
             if let Some(s) = line.strip_prefix("*.") {
                 r.wild.insert(s);
             } else if let Some(s) = line.strip_prefix('!') {

@@ -1116,6 +1116,7 @@ mod tests {
         s.checks_done(
             Some(Reply::new(554, Enhanced(5, 7, 1), "listed")),
             String::new(),
+            None,
         );
         assert_eq!(run(&mut s, "RCPT TO:<alice@local.test>"), 554);
         assert_eq!(run(&mut s, "RCPT TO:<postmaster@local.test>"), 250);

@@ -518,7 +518,10 @@ fn a_prefix_known_at_the_end_goes_before_the_content_without_a_copy() {
     let mut env = envelope();
     let ar = b"Authentication-Results: mx.test; dkim=pass\r\n";
     inc.commit_with(&mut env, ar).unwrap();
-    assert_eq!(content(&s, &id), [&ar[..], b"Subject: x\r\n\r\nbody\r\n"].concat());
+    assert_eq!(
+        content(&s, &id),
+        [&ar[..], b"Subject: x\r\n\r\nbody\r\n"].concat()
+    );
     assert_eq!(env.size, (ar.len() + 20) as u64);
     // The same file, the prefix written into the room.
     let file = fs::read(s.dir("queue").join(&id)).unwrap();
@@ -529,6 +532,9 @@ fn a_prefix_known_at_the_end_goes_before_the_content_without_a_copy() {
     inc.write(b"Subject: y\r\n\r\nbody\r\n");
     let long = format!("X-Long: {}\r\n", "a".repeat(3000));
     inc.commit_with(&mut envelope(), long.as_bytes()).unwrap();
-    assert_eq!(content(&s, &id), [long.as_bytes(), b"Subject: y\r\n\r\nbody\r\n"].concat());
+    assert_eq!(
+        content(&s, &id),
+        [long.as_bytes(), b"Subject: y\r\n\r\nbody\r\n"].concat()
+    );
     let _ = fs::remove_dir_all(&d);
 }
