@@ -800,6 +800,13 @@ fn receive_data<R: Read, W: Write>(
         }
         return true;
     };
+    let peer = &peer_name(session.client());
+    // The milters hear of the client and the envelope first: a refusal
+    // then is the answer to DATA.
+    let milter = match start_milters(ctx, session, txn, incoming.id()) {
+        Ok(m) => m,
+        Err(r) => return refuse_data(session, r, peer, out),
+    };
     let arrival = time::unix_now();
     let (go_ahead, received) = session.data_opened(incoming.id(), &time::rfc5322(arrival));
     go_ahead.write_to(out);
@@ -808,34 +815,32 @@ fn receive_data<R: Read, W: Write>(
     }
     out.clear();
     incoming.write(received.as_bytes());
-    let mut held = held_for(session, ctx);
+    let mut held = held_for(session, ctx, milter);
     let streamed = stream_data(reader, out, timer, session, ctx, &mut incoming, &mut held);
     let Some(end) = streamed else {
         return false; // incoming is dropped: nothing is queued
     };
-    let peer = &peer_name(session.client());
     if let Some(ev) = session.data_ended(end) {
         log_reject(peer, "DATA", &ev);
         return write_event(ev, out);
     }
-    let verifier = held.as_mut().and_then(|h| h.verify.take());
-    let checked = verifier
-        .map(|v| ctx.guard.data_stage(v, &txn.spf))
-        .unwrap_or_default();
-    if let Some(r) = checked.refusal {
-        // The client hears the refusal; nothing is queued.
-        let ev = session.data_refused(r);
-        log_reject(peer, "DATA", &ev);
+    let verdict = match end_checks(ctx, held, txn) {
+        Ok(v) => v,
+        Err(r) => return refuse_data(session, r, peer, out),
+    };
+    if verdict.discard {
+        log::info!("{}: discarded by a milter", incoming.id());
+        let ev = session.queued(incoming.id());
         return write_event(ev, out);
     }
     let client = peer.trim_start_matches('[').trim_end_matches(']');
     let mut env = envelope_of(txn, incoming.id(), arrival, client);
     ctx.policy.rewriter.envelope(&mut env);
-    let ev = match incoming.commit(ctx, &mut env, checked.header.as_bytes()) {
+    let ev = match incoming.commit(ctx, &mut env, verdict.header.as_bytes()) {
         Ok(()) => {
             crate::metrics::received();
             log_queued(&env, peer, &txn.helo);
-            queued(ctx, &env.id, checked.hold);
+            queued(ctx, &env.id, verdict.hold);
             session.queued(&env.id)
         }
         Err(e) => {
@@ -848,20 +853,93 @@ fn receive_data<R: Read, W: Write>(
     write_event(ev, out)
 }
 
+/// A message refused after DATA: nothing is queued, the client hears why.
+fn refuse_data(session: &mut Session, r: Reply, peer: &str, out: &mut Vec<u8>) -> bool {
+    let ev = session.data_refused(r);
+    log_reject(peer, "DATA", &ev);
+    write_event(ev, out)
+}
+
+/// What the checks after the data decided.
+struct EndVerdict {
+    header: String,
+    hold: bool,
+    discard: bool,
+}
+
+/// The milters' end of message, then DKIM and DMARC: the header fields to
+/// add and where the message goes, or the refusal.
+fn end_checks(ctx: &Context, held: Option<Held>, txn: &Transaction) -> Result<EndVerdict, Reply> {
+    let (milter, verifier) = match held {
+        Some(h) => (h.milter, h.verify),
+        None => (None, None),
+    };
+    let filtered = milter.map(|m| m.end()).transpose()?.unwrap_or_default();
+    let checked = verifier
+        .map(|v| ctx.guard.data_stage(v, &txn.spf))
+        .unwrap_or_default();
+    if let Some(r) = checked.refusal {
+        return Err(r);
+    }
+    Ok(EndVerdict {
+        header: filtered.headers + &checked.header,
+        hold: checked.hold || filtered.quarantine.is_some(),
+        discard: filtered.discard,
+    })
+}
+
+/// The milters' conversation up to DATA, when there are milters.
+fn start_milters<'c>(
+    ctx: &'c Context,
+    session: &Session,
+    txn: &Transaction,
+    id: &str,
+) -> Result<Option<crate::guard::milter::Run<'c>>, Reply> {
+    let Some(cfg) = &ctx.guard.milters else {
+        return Ok(None);
+    };
+    if session.client().ip.is_none() {
+        return Ok(None); // local submission: Postfix's non_smtpd_milters
+    }
+    let from = match &txn.from {
+        crate::address::ReversePath::Null => String::new(),
+        crate::address::ReversePath::Mailbox(m) => m.to_string(),
+    };
+    let env = crate::guard::milter::Envelope {
+        queue_id: id,
+        client: session.client().ip,
+        helo: &txn.helo,
+        from: &from,
+        rcpts: txn.rcpts.iter().map(|r| r.bare()).collect(),
+        params: Vec::new(),
+        auth: session.authenticated(),
+    };
+    crate::guard::milter::Run::start(cfg, &env).map(Some)
+}
+
 /// What holds the header section back while it arrives: mail this host
 /// vouches for has its addresses rewritten; an untrusted client's, when
 /// DKIM or DMARC results are wanted, is verified and loses forged
-/// Authentication-Results: fields that carry our name.
-fn held_for(session: &Session, ctx: &Context) -> Option<Held> {
+/// Authentication-Results: fields that carry our name; the milters are
+/// given the fields one by one, then the body.
+fn held_for<'c>(
+    session: &Session,
+    ctx: &'c Context,
+    milter: Option<crate::guard::milter::Run<'c>>,
+) -> Option<Held<'c>> {
     let client = session.client();
     let vouched = client.may_relay || client.ip.is_none() || session.authenticated().is_some();
-    if vouched {
-        return Some(Held::default());
+    let verify = if vouched { None } else { ctx.guard.verifier() };
+    if !vouched && verify.is_none() && milter.is_none() {
+        return None;
     }
-    let verify = ctx.guard.verifier()?;
     Some(Held {
-        strip: Some(ctx.guard.authserv_id().to_string()),
-        verify: Some(verify),
+        rewrite: vouched,
+        strip: verify
+            .is_some()
+            .then(|| ctx.guard.authserv_id().to_string()),
+        verify,
+        milter,
         ..Held::default()
     })
 }
@@ -1019,50 +1097,81 @@ fn log_queued(env: &Envelope, peer: &str, helo: &str) {
 /// canonical tables, masquerading); the body passes through as it comes.
 /// A header section over 64 KiB passes as it is.
 #[derive(Default)]
-struct Held {
+struct Held<'c> {
     bytes: Vec<u8>,
     passed: bool,
-    /// Drop Authentication-Results: fields with this authserv-id instead
-    /// of rewriting addresses (an untrusted client's mail).
+    /// Rewrite the addresses (mail this host vouches for).
+    rewrite: bool,
+    /// Drop Authentication-Results: fields with this authserv-id (an
+    /// untrusted client's mail).
     strip: Option<String>,
     /// Sees the data as it came, before anything is dropped.
     verify: Option<crate::guard::Verifier>,
+    /// The milters, fed the header fields as they came, then the body.
+    milter: Option<crate::guard::milter::Run<'c>>,
 }
 
 const MAX_HELD: usize = 64 * 1024;
 
-impl Held {
+impl Held<'_> {
     fn write(&mut self, data: &[u8], sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
         if let Some(v) = &mut self.verify {
             v.feed(data);
         }
         if self.passed {
+            if let Some(m) = &mut self.milter {
+                m.body(data);
+            }
             return sink.write(data);
         }
         let from = self.bytes.len().saturating_sub(3);
         self.bytes.extend_from_slice(data);
-        if self.bytes.starts_with(b"\r\n") {
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes.starts_with(b"\r\n") {
             // No header section at all.
-            sink.write(&self.bytes);
+            self.give_milters(b"", &bytes[2..]);
+            sink.write(&bytes);
             self.passed = true;
-        } else if let Some(i) = self.bytes[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let (head, rest) = self.bytes.split_at(from + i + 2);
+        } else if let Some(i) = bytes[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let (head, rest) = bytes.split_at(from + i + 2);
+            self.give_milters(head, &rest[2..]);
             sink.write(&self.filtered(head, rw));
             sink.write(rest);
             self.passed = true;
-        } else if self.bytes.len() > MAX_HELD {
-            sink.write(&self.bytes);
+        } else if bytes.len() > MAX_HELD {
+            self.give_milters(b"", &bytes);
+            sink.write(&bytes);
             self.passed = true;
+        } else {
+            self.bytes = bytes;
         }
         if self.passed {
             self.bytes = Vec::new();
         }
     }
 
+    /// The header fields as they came, the end of the header, and what
+    /// came of the body with them, to the milters.
+    fn give_milters(&mut self, head: &[u8], body: &[u8]) {
+        let Some(m) = &mut self.milter else {
+            return;
+        };
+        for field in crate::rewrite::fields(head) {
+            m.header(field);
+        }
+        m.end_of_headers();
+        if !body.is_empty() {
+            m.body(body);
+        }
+    }
+
     /// The header section as it goes into the spool.
     fn filtered(&self, head: &[u8], rw: &crate::rewrite::Rewriter) -> Vec<u8> {
-        let Some(id) = &self.strip else {
+        if self.rewrite {
             return rw.header_section(head);
+        }
+        let Some(id) = &self.strip else {
+            return head.to_vec();
         };
         let fields = crate::rewrite::fields(head);
         let kept = fields.iter().filter(|f| !crate::guard::claims_to_be(f, id));
@@ -1072,7 +1181,9 @@ impl Held {
     /// The end of data: a message that is all headers is written now.
     fn end(&mut self, sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
         if !self.passed && !self.bytes.is_empty() {
-            sink.write(&self.filtered(&self.bytes, rw));
+            let head = std::mem::take(&mut self.bytes);
+            self.give_milters(&head, b"");
+            sink.write(&self.filtered(&head, rw));
         }
         self.passed = true;
         self.bytes = Vec::new();

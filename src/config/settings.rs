@@ -187,6 +187,15 @@ const DMARC_POLICIES: Choice<crate::guard::DmarcPolicy> = Choice {
     any_case: false,
 };
 
+const MILTER_ACTIONS: Choice<crate::guard::milter::DefaultAction> = Choice {
+    names: &[
+        ("tempfail", crate::guard::milter::DefaultAction::Tempfail),
+        ("accept", crate::guard::milter::DefaultAction::Accept),
+        ("reject", crate::guard::milter::DefaultAction::Reject),
+    ],
+    any_case: false,
+};
+
 const MAY_BE_ZERO: Time = Time { may_be_zero: true };
 const NOT_ZERO: Time = Time { may_be_zero: false };
 const AT_LEAST_ONE: Count = Count { min: 1 };
@@ -627,6 +636,28 @@ section "Guarding" {
     /// The name of this host's Authentication-Results: fields (RFC 8601 §2.5).
     /// Empty = hostname.
     authserv_id: Option<String> = "", Optional(HostName), Live;
+
+    /// Mail filters (the Sendmail milter protocol, version 6) every message
+    /// received over SMTP goes through before the 250, as Postfix's
+    /// smtpd_milters: `inet:host:port` or `unix:/path`, in order. They see the
+    /// client, HELO, envelope, header and body, and may refuse, tempfail,
+    /// discard or quarantine (hold) the message, or add header fields. Empty =
+    /// none.
+    milters: Vec<crate::guard::milter::Target> = "", List::of(MilterTarget), Live;
+
+    /// What happens to a message when a milter cannot be reached, breaks the
+    /// protocol or runs out of time: tempfail (451 4.7.1), accept (go on
+    /// without it) or reject (550 5.7.1).
+    milter_default_action: crate::guard::milter::DefaultAction = "tempfail", MILTER_ACTIONS, Live;
+
+    /// Time to connect to a milter.
+    milter_connect_timeout: Duration = "30s", NOT_ZERO, Live;
+
+    /// Time a milter has to answer each stage but the body.
+    milter_command_timeout: Duration = "30s", NOT_ZERO, Live;
+
+    /// Time a milter has to answer each body chunk and the end of the message.
+    milter_content_timeout: Duration = "300s", NOT_ZERO, Live;
 
     /// Connections one client address may open per anvil_rate_time_unit (not
     /// counting relay_networks); beyond it: 421 4.7.0 and close. 0 = no limit.

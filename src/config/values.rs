@@ -422,6 +422,19 @@ impl Kind for DnsblZone {
     }
 }
 
+/// A list item: `inet:host:port` or `unix:/path`.
+pub struct MilterTarget;
+
+impl Kind for MilterTarget {
+    type Value = crate::guard::milter::Target;
+    fn parse(&self, text: &str) -> Result<Self::Value, String> {
+        crate::guard::milter::Target::parse(text)
+    }
+    fn render(&self, value: &Self::Value) -> String {
+        value.to_string()
+    }
+}
+
 /// `hold`, or a header field (`Name: value`) to add.
 pub struct QuarantineAction;
 

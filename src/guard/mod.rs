@@ -13,6 +13,7 @@
 pub mod anvil;
 pub mod dmarc;
 pub mod dnsbl;
+pub mod milter;
 pub mod psl;
 pub mod spf;
 
@@ -40,6 +41,8 @@ pub struct Guard {
     quarantine: Quarantine,
     authserv_id: String,
     dns: Option<Arc<dyn Resolver>>,
+    /// The milters, when there are any.
+    pub milters: Option<milter::Config>,
 }
 
 /// `dmarc_policy`.
@@ -125,6 +128,14 @@ impl Guard {
                 .clone()
                 .unwrap_or_else(|| cfg.hostname.clone()),
             dns,
+            milters: (!cfg.milters.is_empty()).then(|| milter::Config {
+                targets: cfg.milters.clone(),
+                default_action: cfg.milter_default_action,
+                connect_timeout: cfg.milter_connect_timeout,
+                command_timeout: cfg.milter_command_timeout,
+                content_timeout: cfg.milter_content_timeout,
+                hostname: cfg.hostname.clone(),
+            }),
         }
     }
 

@@ -1,0 +1,654 @@
+//! Milter client: hands each message received over SMTP to the filters
+//! `milters` names (OpenDKIM, rspamd, ClamAV, ...) over the Sendmail milter
+//! protocol (`proto`), as Postfix's smtpd does, before the 250, so that a
+//! filter's refusal reaches the client. One connection per filter and
+//! message: negotiation, then the client and envelope stages (connect,
+//! HELO, MAIL, RCPT, DATA) when DATA opens, the header fields and body as
+//! they stream in, and end of message, where the filter may add header
+//! fields or quarantine the message. A filter that cannot be reached,
+//! answers out of turn or runs out of time gets `milter_default_action`.
+//!
+//! Not applied: changing or deleting header fields (offered, since
+//! libmilter filters such as OpenDKIM will not start without it, and
+//! logged when asked for), replacing the body, recipient and sender
+//! changes (not offered; a filter that sends them anyway is broken).
+
+pub mod proto;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::smtp::reply::{Enhanced, Reply};
+use proto::Reply as R;
+
+/// Where a filter listens: `inet:host:port` or `unix:/path` (Postfix's
+/// syntax).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Inet(String, u16),
+    Unix(PathBuf),
+}
+
+impl Target {
+    pub fn parse(text: &str) -> Result<Target, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.starts_with('/') {
+                return Ok(Target::Unix(PathBuf::from(path)));
+            }
+        } else if let Some(rest) = text.strip_prefix("inet:") {
+            if let Some((host, port)) = rest.rsplit_once(':') {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if let (false, Ok(port)) = (host.is_empty(), port.parse::<u16>()) {
+                    return Ok(Target::Inet(host.to_string(), port));
+                }
+            }
+        }
+        Err(format!("'{text}' is not inet:host:port or unix:/path"))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Inet(h, p) if h.contains(':') => write!(f, "inet:[{h}]:{p}"),
+            Target::Inet(h, p) => write!(f, "inet:{h}:{p}"),
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `milter_default_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultAction {
+    Tempfail,
+    Accept,
+    Reject,
+}
+
+/// The filters and how long each may take.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub targets: Vec<Target>,
+    pub default_action: DefaultAction,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub content_timeout: Duration,
+    pub hostname: String,
+}
+
+/// What the filters are told of the message before its data.
+pub struct Envelope<'a> {
+    pub queue_id: &'a str,
+    pub client: Option<IpAddr>,
+    pub helo: &'a str,
+    pub from: &'a str,
+    pub rcpts: Vec<String>,
+    pub params: Vec<String>,
+    pub auth: Option<&'a str>,
+}
+
+/// What the filters decided at the end of the message.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Header fields to put at the top of the message, CRLF-ended.
+    pub headers: String,
+    pub quarantine: Option<String>,
+    pub discard: bool,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+            Stream::Unix(s) => s
+                .set_read_timeout(Some(t))
+                .and(s.set_write_timeout(Some(t))),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(b),
+            Stream::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One filter, for one message.
+struct Filter {
+    name: String,
+    conn: Stream,
+    /// The steps it does without (SMFIP_*).
+    steps: u32,
+    /// It accepted the message: nothing more is sent to it.
+    done: bool,
+}
+
+/// Why a filter stopped the message: its reply, or a broken filter.
+enum Stop {
+    Refused(Reply),
+    Discard,
+    Broken(String),
+}
+
+/// One message's conversation with every filter.
+pub struct Run<'c> {
+    cfg: &'c Config,
+    filters: Vec<Filter>,
+    /// The first refusal (or discard); later stages are not sent.
+    stopped: Option<Outcome2>,
+    queue_id: String,
+    replaced_body: usize,
+    outcome: Outcome,
+}
+
+/// How a run ended early: a reply for the client, or a silent discard.
+enum Outcome2 {
+    Reply(Reply),
+    Discard,
+}
+
+impl<'c> Run<'c> {
+    /// Opens every filter and sends the stages before the data; a
+    /// refusal there is the reply to DATA.
+    pub fn start(cfg: &'c Config, env: &Envelope) -> Result<Run<'c>, Reply> {
+        let mut run = Run {
+            cfg,
+            filters: Vec::new(),
+            stopped: None,
+            queue_id: env.queue_id.to_string(),
+            replaced_body: 0,
+            outcome: Outcome::default(),
+        };
+        for t in &cfg.targets {
+            match open(t, cfg) {
+                Ok(f) => run.filters.push(f),
+                Err(e) => run.broken(&t.to_string(), &e)?,
+            }
+        }
+        for i in 0..run.filters.len() {
+            let r = run.filters[i].envelope(env, cfg);
+            run.settle(i, r)?;
+        }
+        Ok(run)
+    }
+
+    /// A broken filter: the default action (Err is the reply to give).
+    fn broken(&mut self, name: &str, why: &str) -> Result<(), Reply> {
+        log::warn!("warning: {}: milter {name}: {why}", self.queue_id);
+        match self.cfg.default_action {
+            DefaultAction::Accept => Ok(()),
+            DefaultAction::Tempfail => Err(Reply::new(
+                451,
+                Enhanced(4, 7, 1),
+                "Service unavailable - try again later",
+            )),
+            DefaultAction::Reject => Err(Reply::new(
+                550,
+                Enhanced(5, 7, 1),
+                "Service unavailable - rejected by policy",
+            )),
+        }
+    }
+
+    /// The result of filter `i`'s stage: a stop ends the run.
+    fn settle(&mut self, i: usize, r: Result<(), Stop>) -> Result<(), Reply> {
+        let name = self.filters[i].name.clone();
+        let stop = match r {
+            Ok(()) => return Ok(()),
+            Err(Stop::Broken(why)) => {
+                self.filters[i].done = true;
+                match self.broken(&name, &why) {
+                    Ok(()) => return Ok(()),
+                    Err(reply) => Outcome2::Reply(reply),
+                }
+            }
+            Err(Stop::Refused(reply)) => {
+                log::info!("{}: milter {name}: {}", self.queue_id, reply.one_line());
+                Outcome2::Reply(reply)
+            }
+            Err(Stop::Discard) => {
+                log::info!("{}: milter {name}: discard", self.queue_id);
+                Outcome2::Discard
+            }
+        };
+        let reply = match &stop {
+            Outcome2::Reply(r) => Some(r.clone()),
+            Outcome2::Discard => None,
+        };
+        self.stopped = Some(stop);
+        match reply {
+            Some(r) => Err(r),
+            None => Ok(()),
+        }
+    }
+
+    fn each(&mut self, f: impl Fn(&mut Filter, &Config) -> Result<(), Stop>) {
+        if self.stopped.is_some() {
+            return;
+        }
+        for i in 0..self.filters.len() {
+            if self.filters[i].done {
+                continue;
+            }
+            let r = f(&mut self.filters[i], self.cfg);
+            if self.settle(i, r).is_err() || self.stopped.is_some() {
+                return;
+            }
+        }
+    }
+
+    /// One header field as received (`Name: value`, folded, CRLF-ended).
+    pub fn header(&mut self, field: &[u8]) {
+        let text = String::from_utf8_lossy(field);
+        let Some((name, value)) = text.split_once(':') else {
+            return;
+        };
+        let value = value.trim_end_matches(['\r', '\n']).replace("\r\n", "\n");
+        self.each(|f, _| f.header(name, &value));
+    }
+
+    pub fn end_of_headers(&mut self) {
+        let id = self.queue_id.clone();
+        self.each(|f, _| f.stage(proto::EOH, &[], proto::NO_EOH, proto::NR_EOH, &id));
+    }
+
+    pub fn body(&mut self, data: &[u8]) {
+        let id = self.queue_id.clone();
+        for chunk in data.chunks(proto::CHUNK) {
+            self.each(|f, cfg| {
+                f.conn.set_timeout(cfg.content_timeout).map_err(io_stop)?;
+                f.stage(proto::BODY, chunk, proto::NO_BODY, proto::NR_BODY, &id)
+            });
+        }
+    }
+
+    /// End of message: the filters' changes, or the refusal to give.
+    pub fn end(mut self) -> Result<Outcome, Reply> {
+        for i in 0..self.filters.len() {
+            if self.stopped.is_some() {
+                break;
+            }
+            if self.filters[i].done {
+                continue;
+            }
+            let r = self.end_of_message(i);
+            self.settle(i, r)?;
+        }
+        for f in &mut self.filters {
+            let _ = proto::write_packet(&mut f.conn, proto::QUIT, &[]);
+        }
+        match self.stopped.take() {
+            Some(Outcome2::Reply(r)) => Err(r),
+            Some(Outcome2::Discard) => Ok(Outcome {
+                discard: true,
+                ..Outcome::default()
+            }),
+            None => Ok(self.outcome),
+        }
+    }
+
+    /// EOM to filter `i` and its changes, up to its final reply.
+    fn end_of_message(&mut self, i: usize) -> Result<(), Stop> {
+        let id = self.queue_id.clone();
+        let f = &mut self.filters[i];
+        send_macros(&mut f.conn, proto::EOM, &[("i", &id)]).map_err(io_stop)?;
+        proto::write_packet(&mut f.conn, proto::EOM, &[]).map_err(io_stop)?;
+        loop {
+            let (cmd, data) = proto::read_packet(&mut self.filters[i].conn).map_err(io_stop)?;
+            let reply = proto::parse_reply(cmd, &data).map_err(Stop::Broken)?;
+            let name = self.filters[i].name.clone();
+            match reply {
+                R::AddHeader(n, v) | R::InsertHeader(_, n, v) => self.add_header(&n, &v)?,
+                R::Quarantine(why) => self.outcome.quarantine = Some(why),
+                R::Progress => {}
+                R::ChangeHeader(..) | R::ReplaceBody(_) => {
+                    self.replaced_body += data.len();
+                    if self.replaced_body > 64 * 1024 * 1024 {
+                        return Err(Stop::Broken("an endless stream of changes".into()));
+                    }
+                    log::warn!(
+                        "warning: {id}: milter {name}: header and body changes are not applied"
+                    );
+                }
+                R::Unsupported(c) => {
+                    return Err(Stop::Broken(format!(
+                        "asked for action '{c}', which was not offered"
+                    )))
+                }
+                other => return verdict(other),
+            }
+        }
+    }
+
+    fn add_header(&mut self, name: &str, value: &str) -> Result<(), Stop> {
+        let ok_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !ok_name || self.outcome.headers.len() > 64 * 1024 {
+            return Err(Stop::Broken(format!(
+                "a bad header field to add: {name:.40}"
+            )));
+        }
+        let value = value.replace("\r\n", "\n").replace('\n', "\r\n");
+        let sep = if value.starts_with([' ', '\t']) {
+            ":"
+        } else {
+            ": "
+        };
+        self.outcome
+            .headers
+            .push_str(&format!("{name}{sep}{value}\r\n"));
+        Ok(())
+    }
+}
+
+fn io_stop(e: io::Error) -> Stop {
+    Stop::Broken(e.to_string())
+}
+
+/// A terminal reply of a stage.
+fn verdict(r: R) -> Result<(), Stop> {
+    match r {
+        R::Continue | R::Accept | R::Skip => Ok(()),
+        R::Reject => Err(Stop::Refused(Reply::new(
+            550,
+            Enhanced(5, 7, 1),
+            "Command rejected",
+        ))),
+        R::Tempfail => Err(Stop::Refused(Reply::new(
+            451,
+            Enhanced(4, 7, 1),
+            "Service unavailable - try again later",
+        ))),
+        R::Discard => Err(Stop::Discard),
+        R::Code(code, text) => Err(Stop::Refused(reply_of(code, &text))),
+        other => Err(Stop::Broken(format!("{other:?} out of turn"))),
+    }
+}
+
+/// A filter's own reply text (`554 5.7.1 why`), printable, one line.
+fn reply_of(code: u16, text: &str) -> Reply {
+    let rest: String = text[3..]
+        .trim_start_matches(['-', ' '])
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(400)
+        .collect();
+    let mut words = rest.splitn(2, ' ');
+    let first = words.next().unwrap_or("");
+    let parts: Vec<u16> = first.split('.').filter_map(|p| p.parse().ok()).collect();
+    match parts.as_slice() {
+        [c, s, d] if *c == code / 100 => {
+            Reply::new(code, Enhanced(*c as u8, *s, *d), words.next().unwrap_or(""))
+        }
+        _ => Reply::plain(code, rest),
+    }
+}
+
+fn send_macros(w: &mut impl Write, stage: u8, pairs: &[(&str, &str)]) -> io::Result<()> {
+    let mut data = vec![stage];
+    for (n, v) in pairs {
+        data.extend(proto::strings(&[*n, *v]));
+    }
+    proto::write_packet(w, proto::MACRO, &data)
+}
+
+/// Connects and negotiates (OPTNEG).
+fn open(t: &Target, cfg: &Config) -> Result<Filter, String> {
+    let conn = match t {
+        Target::Inet(host, port) => {
+            let addr = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or("no address")?;
+            Stream::Tcp(
+                TcpStream::connect_timeout(&addr, cfg.connect_timeout)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        Target::Unix(p) => {
+            Stream::Unix(UnixStream::connect(p).map_err(|e| format!("{}: {e}", p.display()))?)
+        }
+    };
+    let mut f = Filter {
+        name: t.to_string(),
+        conn,
+        steps: 0,
+        done: false,
+    };
+    f.conn
+        .set_timeout(cfg.command_timeout)
+        .map_err(|e| e.to_string())?;
+    // Header changes are offered, as libmilter filters (OpenDKIM) ask for
+    // them to start at all, but not applied yet (logged when asked for).
+    let actions = proto::ADD_HEADERS | proto::CHANGE_HEADERS | proto::QUARANTINE;
+    let offer = [proto::VERSION, actions, proto::STEPS_WE_KNOW];
+    let data: Vec<u8> = offer.iter().flat_map(|w| w.to_be_bytes()).collect();
+    proto::write_packet(&mut f.conn, proto::OPTNEG, &data).map_err(|e| e.to_string())?;
+    let (cmd, data) = proto::read_packet(&mut f.conn).map_err(|e| e.to_string())?;
+    if cmd != proto::OPTNEG {
+        return Err(format!(
+            "answered option negotiation with '{}'",
+            cmd.escape_ascii()
+        ));
+    }
+    let (version, _actions, steps) = proto::parse_negotiation(&data)?;
+    if version < 2 {
+        return Err(format!("protocol version {version}"));
+    }
+    f.steps = steps & proto::STEPS_WE_KNOW;
+    Ok(f)
+}
+
+impl Filter {
+    /// One stage: macros, the command, and (unless the filter said it
+    /// would not) its reply.
+    fn stage(
+        &mut self,
+        cmd: u8,
+        data: &[u8],
+        no: u32,
+        no_reply: u32,
+        id: &str,
+    ) -> Result<(), Stop> {
+        if self.steps & no != 0 {
+            return Ok(());
+        }
+        if matches!(cmd, proto::MAIL | proto::RCPT | proto::DATA | proto::EOH) {
+            send_macros(&mut self.conn, cmd, &[("i", id)]).map_err(io_stop)?;
+        }
+        proto::write_packet(&mut self.conn, cmd, data).map_err(io_stop)?;
+        if self.steps & no_reply != 0 {
+            return Ok(());
+        }
+        loop {
+            let (c, d) = proto::read_packet(&mut self.conn).map_err(io_stop)?;
+            match proto::parse_reply(c, &d).map_err(Stop::Broken)? {
+                R::Progress => continue,
+                R::Accept => {
+                    self.done = true;
+                    return Ok(());
+                }
+                r => return verdict(r),
+            }
+        }
+    }
+
+    fn header(&mut self, name: &str, value: &str) -> Result<(), Stop> {
+        let value = match self.steps & proto::HEADER_LEADING_SPACE {
+            0 => value.strip_prefix(' ').unwrap_or(value),
+            _ => value,
+        };
+        let data = proto::strings(&[name, value]);
+        self.stage(
+            proto::HEADER,
+            &data,
+            proto::NO_HEADERS,
+            proto::NR_HEADER,
+            "",
+        )
+    }
+
+    /// Connect, HELO, MAIL, each RCPT, DATA, with Postfix's macros.
+    fn envelope(&mut self, env: &Envelope, cfg: &Config) -> Result<(), Stop> {
+        let id = env.queue_id;
+        let client = env
+            .client
+            .map(|ip| format!("[{ip}]"))
+            .unwrap_or_else(|| "localhost".into());
+        let addr = env.client.map(|ip| ip.to_string()).unwrap_or_default();
+        let mut connect_macros = vec![
+            ("j", cfg.hostname.as_str()),
+            ("{daemon_name}", "satchel"),
+            ("v", "satchel"),
+            ("_", client.as_str()),
+            ("{client_addr}", addr.as_str()),
+            ("{client_name}", client.as_str()),
+        ];
+        if env.client.is_none() {
+            connect_macros.truncate(3);
+        }
+        send_macros(&mut self.conn, proto::CONNECT, &connect_macros).map_err(io_stop)?;
+        let mut data = proto::strings(&[&client]);
+        match env.client {
+            Some(ip) => {
+                data.push(if ip.is_ipv6() { b'6' } else { b'4' });
+                data.extend_from_slice(&0u16.to_be_bytes());
+                data.extend(proto::strings(&[&addr]));
+            }
+            None => data.push(b'U'),
+        }
+        self.stage(
+            proto::CONNECT,
+            &data,
+            proto::NO_CONNECT,
+            proto::NR_CONNECT,
+            id,
+        )?;
+        if self.done {
+            return Ok(());
+        }
+        self.stage(
+            proto::HELO,
+            &proto::strings(&[env.helo]),
+            proto::NO_HELO,
+            proto::NR_HELO,
+            id,
+        )?;
+        self.envelope_addresses(env, id)
+    }
+
+    fn envelope_addresses(&mut self, env: &Envelope, id: &str) -> Result<(), Stop> {
+        let mut macros = vec![("i", id), ("{mail_addr}", env.from)];
+        if let Some(a) = env.auth {
+            macros.push(("{auth_authen}", a));
+        }
+        if !self.done && self.steps & proto::NO_MAIL == 0 {
+            send_macros(&mut self.conn, proto::MAIL, &macros).map_err(io_stop)?;
+            let from = format!("<{}>", env.from);
+            let mut args: Vec<&str> = vec![&from];
+            args.extend(env.params.iter().map(String::as_str));
+            self.stage(
+                proto::MAIL,
+                &proto::strings(&args),
+                proto::NO_MAIL,
+                proto::NR_MAIL,
+                id,
+            )?;
+        }
+        for rcpt in &env.rcpts {
+            if self.done {
+                break;
+            }
+            let to = format!("<{rcpt}>");
+            self.stage(
+                proto::RCPT,
+                &proto::strings(&[&to]),
+                proto::NO_RCPT,
+                proto::NR_RCPT,
+                id,
+            )?;
+        }
+        if !self.done {
+            self.stage(proto::DATA, &[], proto::NO_DATA, proto::NR_DATA, id)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_as_postfix_writes_them() {
+        assert_eq!(
+            Target::parse("inet:127.0.0.1:11332"),
+            Ok(Target::Inet("127.0.0.1".into(), 11332))
+        );
+        assert_eq!(
+            Target::parse("inet:[::1]:8891"),
+            Ok(Target::Inet("::1".into(), 8891))
+        );
+        assert_eq!(
+            Target::parse("unix:/run/opendkim/opendkim.sock"),
+            Ok(Target::Unix("/run/opendkim/opendkim.sock".into()))
+        );
+        for bad in [
+            "inet:host",
+            "inet::25",
+            "unix:relative",
+            "tcp:1.2.3.4:5",
+            "inet:h:99999",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Target::parse("inet:[::1]:8891").unwrap().to_string(),
+            "inet:[::1]:8891"
+        );
+    }
+
+    #[test]
+    fn filter_replies_become_smtp_replies() {
+        let r = reply_of(554, "554 5.7.1 Gtube pattern");
+        assert_eq!(
+            (r.code, r.one_line()),
+            (554, "5.7.1 Gtube pattern".to_string())
+        );
+        let r = reply_of(451, "451 try later\r\nX");
+        assert_eq!(r.code, 451);
+        assert!(!r.one_line().contains('\r'));
+    }
+}
