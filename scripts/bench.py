@@ -248,6 +248,15 @@ biff = no
         self.pid = None
 
 
+def stop_all(servers):
+    """Stops every server of (server, sink) pairs, whatever one says."""
+    for s, _ in servers:
+        try:
+            s.stop()
+        except Exception as e:  # keep stopping the others
+            print(f"bench: stopping {s.name}: {e}", file=sys.stderr)
+
+
 def source(port, sessions, count, size, reuse, to="x@remote.test", sender="a@bench.test",
            message_file=None):
     cmd = [f"{SBIN}/smtp-source", "-s", str(sessions), "-m", str(count)]
@@ -578,11 +587,8 @@ def peers_compare(a):
         peers_start(a, work, servers)
         report = peers_report(a, servers, *peers_measure(a, work, servers))
     finally:
-        for s, sink in servers:
-            try:
-                s.stop()
-            except Exception as e:  # keep stopping the others
-                print(f"bench: stopping {s.name}: {e}", file=sys.stderr)
+        stop_all(servers)
+        for _, sink in servers:
             sink.proc.terminate()
         dns.stop()
     print(report, end="")
@@ -711,11 +717,7 @@ def main():
                 one_session([f"{SBIN}/sendmail", "-C", pf.etc, "-bs"], env=dict(os.environ, MAIL_CONFIG=pf.etc))
             )
     finally:
-        for s, _ in servers:
-            try:
-                s.stop()
-            except Exception as e:  # keep stopping the others
-                print(f"bench: stopping {s.name}: {e}", file=sys.stderr)
+        stop_all(servers)
 
     # Start-up and `queue list` with a large queue (satchel only).
     qdir = os.path.join(work, "queue100k")

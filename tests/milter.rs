@@ -89,6 +89,13 @@ fn serve(s: &mut TcpStream, mode: Mode, log: &Mutex<Vec<String>>) {
     }
 }
 
+/// One message to alice through a new session: the final reply.
+fn mail_alice(s: &Server, body: &[u8]) -> (u16, String) {
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    c.mail("a@far.test", &["alice@satchel.test"], body)
+}
+
 fn server(milter: SocketAddr, extra: &str) -> Server {
     Server::start(&format!("milters = inet:{milter}\n{extra}"))
 }
@@ -156,13 +163,7 @@ fn a_milter_refusal_reaches_the_client_and_nothing_is_queued() {
 fn a_quarantined_message_is_held() {
     let (addr, _) = fake_milter(Mode::Normal);
     let s = server(addr, "");
-    let mut c = Client::connect(s.addr());
-    c.hello();
-    let (code, text) = c.mail(
-        "a@far.test",
-        &["alice@satchel.test"],
-        b"Subject: q\r\n\r\nquarantine me\r\n",
-    );
+    let (code, text) = mail_alice(&s, b"Subject: q\r\n\r\nquarantine me\r\n");
     assert_eq!(code, 250, "{text}");
     let id = common::queue_id(&text);
     s.wait_for("the hold", || s.spool().join("hold").join(&id).exists());
@@ -172,26 +173,14 @@ fn a_quarantined_message_is_held() {
 fn a_milter_that_hangs_up_gets_the_default_action() {
     let (addr, _) = fake_milter(Mode::HangUp);
     let s = server(addr, "");
-    let mut c = Client::connect(s.addr());
-    c.hello();
-    let (code, text) = c.mail(
-        "a@far.test",
-        &["alice@satchel.test"],
-        b"Subject: x\r\n\r\nbody\r\n",
-    );
+    let (code, text) = mail_alice(&s, b"Subject: x\r\n\r\nbody\r\n");
     assert_eq!(
         (code, text.as_str()),
         (451, "4.7.1 Service unavailable - try again later")
     );
     assert!(s.queued().is_empty());
     let s = server(addr, "milter_default_action = accept\n");
-    let mut c = Client::connect(s.addr());
-    c.hello();
-    let (code, text) = c.mail(
-        "a@far.test",
-        &["alice@satchel.test"],
-        b"Subject: x\r\n\r\nbody\r\n",
-    );
+    let (code, text) = mail_alice(&s, b"Subject: x\r\n\r\nbody\r\n");
     assert_eq!(code, 250, "{text}");
     // Nobody listening at all: the same default.
     let dead = common::free_port();
