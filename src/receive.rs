@@ -828,6 +828,13 @@ fn receive_data<R: Read, W: Write>(
         Ok(v) => v,
         Err(r) => return refuse_data(session, r, peer, out),
     };
+    if let Some(f) = &verdict.filtered {
+        // The filters changed fields or the body: the content is rewritten
+        // (read back whole; only when a filter asks for it).
+        incoming.edit(|c| {
+            crate::guard::milter::edit::apply(c, received.len(), &f.edits, f.body.as_deref())
+        });
+    }
     if verdict.discard {
         log::info!("{}: discarded by a milter", incoming.id());
         let ev = session.queued(incoming.id());
@@ -865,6 +872,8 @@ struct EndVerdict {
     header: String,
     hold: bool,
     discard: bool,
+    /// The filters' changes, when the content must be rewritten for them.
+    filtered: Option<crate::guard::milter::Outcome>,
 }
 
 /// The milters' end of message, then DKIM and DMARC: the header fields to
@@ -881,10 +890,16 @@ fn end_checks(ctx: &Context, held: Option<Held>, txn: &Transaction) -> Result<En
     if let Some(r) = checked.refusal {
         return Err(r);
     }
+    let rewrites = filtered.rewrites();
     Ok(EndVerdict {
-        header: filtered.headers + &checked.header,
+        header: if rewrites {
+            String::new()
+        } else {
+            filtered.prefix()
+        } + &checked.header,
         hold: checked.hold || filtered.quarantine.is_some(),
         discard: filtered.discard,
+        filtered: rewrites.then_some(filtered),
     })
 }
 
@@ -1209,6 +1224,14 @@ impl Sink {
         match self {
             Sink::Spool(i) => i.write(b),
             Sink::Maildrop { bytes, .. } => bytes.extend_from_slice(b),
+        }
+    }
+
+    /// Rewrites the content written so far with `f` (the filters' changes).
+    fn edit(&mut self, f: impl FnOnce(&[u8]) -> Vec<u8>) {
+        match self {
+            Sink::Spool(i) => i.edit(f),
+            Sink::Maildrop { bytes, .. } => *bytes = f(bytes),
         }
     }
 

@@ -20,6 +20,9 @@ enum Mode {
     Normal,
     /// Close the connection after the first body chunk.
     HangUp,
+    /// At the end: tag the subject, delete X-Folded, insert a field at the
+    /// top, replace the body (in two chunks).
+    Rewrite,
 }
 
 fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
@@ -68,6 +71,14 @@ fn serve(s: &mut TcpStream, mode: Mode, log: &Mutex<Vec<String>>) {
                     return;
                 }
                 body.extend_from_slice(&data);
+                send(s, b'c', &[]);
+            }
+            b'E' if mode == Mode::Rewrite => {
+                send(s, b'm', b"\0\0\0\x01Subject\0[SPAM] filtered\0");
+                send(s, b'm', b"\0\0\0\x01X-Folded\0\0");
+                send(s, b'i', b"\0\0\0\0X-First\0inserted\0");
+                send(s, b'b', b"replaced ");
+                send(s, b'b', b"body\r\n");
                 send(s, b'c', &[]);
             }
             b'E' => {
@@ -134,6 +145,25 @@ fn a_milter_sees_each_stage_and_adds_a_header_field() {
         assert!(seen.contains(stage), "no {stage:?} in\n{seen}");
     }
     assert!(seen.contains("{client_addr}|127.0.0.1|"), "{seen}");
+}
+
+#[test]
+fn a_milter_changes_and_deletes_fields_and_replaces_the_body() {
+    let (addr, _) = fake_milter(Mode::Rewrite);
+    let s = server(addr, "");
+    let (code, text) = mail_alice(
+        &s,
+        b"Subject: filtered\r\nX-Folded: one\r\n two\r\nX-Kept: yes\r\n\r\nold body\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let copy = String::from_utf8_lossy(&s.message(&common::queue_id(&text))).into_owned();
+    let (trace, rest) = copy.split_once("\r\n\tfor <alice@satchel.test>; ").unwrap();
+    assert!(trace.starts_with("Received: "), "{copy}");
+    let rest = rest.split_once("\r\n").unwrap().1;
+    assert_eq!(
+        rest,
+        "X-First: inserted\r\nSubject: [SPAM] filtered\r\nX-Kept: yes\r\n\r\nreplaced body\r\n"
+    );
 }
 
 #[test]

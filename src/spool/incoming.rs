@@ -174,6 +174,39 @@ impl Incoming {
         }
     }
 
+    /// Replaces the content written so far with `f` of it (a filter's
+    /// changes): read back whole, written again in place. A failure is
+    /// kept for `commit`, as a write error is.
+    pub fn edit(&mut self, f: impl FnOnce(&[u8]) -> Vec<u8>) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.try_edit(f) {
+            self.error = Some(e);
+        }
+    }
+
+    fn try_edit(&mut self, f: impl FnOnce(&[u8]) -> Vec<u8>) -> io::Result<()> {
+        use std::io::Read;
+        let w = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("already closed"))?;
+        w.flush()?;
+        let file = w.get_mut();
+        let mut old = Vec::with_capacity(self.written as usize);
+        file.seek(SeekFrom::Start(HEAD_ROOM))?;
+        Read::by_ref(file)
+            .take(self.written)
+            .read_to_end(&mut old)?;
+        let new = f(&old);
+        file.seek(SeekFrom::Start(HEAD_ROOM))?;
+        file.write_all(&new)?;
+        file.set_len(HEAD_ROOM + new.len() as u64)?;
+        self.written = new.len() as u64;
+        Ok(())
+    }
+
     pub fn failed(&self) -> bool {
         self.error.is_some()
     }

@@ -4,15 +4,14 @@
 //! filter's refusal reaches the client. One connection per filter and
 //! message: negotiation, then the client and envelope stages (connect,
 //! HELO, MAIL, RCPT, DATA) when DATA opens, the header fields and body as
-//! they stream in, and end of message, where the filter may add header
-//! fields or quarantine the message. A filter that cannot be reached,
-//! answers out of turn or runs out of time gets `milter_default_action`.
-//!
-//! Not applied: changing or deleting header fields (offered, since
-//! libmilter filters such as OpenDKIM will not start without it, and
-//! logged when asked for), replacing the body, recipient and sender
-//! changes (not offered; a filter that sends them anyway is broken).
+//! they stream in, and end of message, where the filter may add, insert,
+//! change or delete header fields, replace the body (`edit`) or
+//! quarantine the message. A filter that cannot be reached, answers out
+//! of turn or runs out of time gets `milter_default_action`. Recipient and
+//! sender changes are not offered; a filter that sends them anyway is
+//! broken.
 
+pub mod edit;
 pub mod proto;
 
 use std::fmt;
@@ -94,11 +93,39 @@ pub struct Envelope<'a> {
 /// What the filters decided at the end of the message.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Header fields to put at the top of the message, CRLF-ended.
-    pub headers: String,
+    /// Their header changes, in order.
+    pub edits: Vec<edit::Edit>,
+    /// A new body, when one replaced it.
+    pub body: Option<Vec<u8>>,
     pub quarantine: Option<String>,
     pub discard: bool,
 }
+
+impl Outcome {
+    /// The content must be rewritten (a field changed or deleted, the body
+    /// replaced); otherwise the new fields go at the top (`prefix`).
+    pub fn rewrites(&self) -> bool {
+        self.body.is_some()
+            || self
+                .edits
+                .iter()
+                .any(|e| matches!(e, edit::Edit::Change(..)))
+    }
+
+    /// The added fields, to go at the top of the message.
+    pub fn prefix(&self) -> String {
+        let fields = self.edits.iter().filter_map(|e| match e {
+            edit::Edit::Add(n, v) | edit::Edit::Insert(_, n, v) => Some(edit::field(n, v)),
+            edit::Edit::Change(..) => None,
+        });
+        fields
+            .map(|f| String::from_utf8_lossy(&f).into_owned())
+            .collect()
+    }
+}
+
+/// A replacement body longer than this makes the filter broken.
+const MAX_NEW_BODY: usize = 32 * 1024 * 1024;
 
 enum Stream {
     Tcp(TcpStream),
@@ -322,20 +349,13 @@ impl<'c> Run<'c> {
         loop {
             let (cmd, data) = proto::read_packet(&mut self.filters[i].conn).map_err(io_stop)?;
             let reply = proto::parse_reply(cmd, &data).map_err(Stop::Broken)?;
-            let name = self.filters[i].name.clone();
             match reply {
-                R::AddHeader(n, v) | R::InsertHeader(_, n, v) => self.add_header(&n, &v)?,
+                R::AddHeader(n, v) => self.edit(edit::Edit::Add(n, v))?,
+                R::InsertHeader(i, n, v) => self.edit(edit::Edit::Insert(i, n, v))?,
+                R::ChangeHeader(i, n, v) => self.edit(edit::Edit::Change(i, n, v))?,
+                R::ReplaceBody(chunk) => self.replace_body(&chunk)?,
                 R::Quarantine(why) => self.outcome.quarantine = Some(why),
                 R::Progress => {}
-                R::ChangeHeader(..) | R::ReplaceBody(_) => {
-                    self.replaced_body += data.len();
-                    if self.replaced_body > 64 * 1024 * 1024 {
-                        return Err(Stop::Broken("an endless stream of changes".into()));
-                    }
-                    log::warn!(
-                        "warning: {id}: milter {name}: header and body changes are not applied"
-                    );
-                }
                 R::Unsupported(c) => {
                     return Err(Stop::Broken(format!(
                         "asked for action '{c}', which was not offered"
@@ -346,22 +366,30 @@ impl<'c> Run<'c> {
         }
     }
 
-    fn add_header(&mut self, name: &str, value: &str) -> Result<(), Stop> {
+    fn edit(&mut self, e: edit::Edit) -> Result<(), Stop> {
+        let (edit::Edit::Add(name, value)
+        | edit::Edit::Insert(_, name, value)
+        | edit::Edit::Change(_, name, value)) = &e;
         let ok_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-        if !ok_name || self.outcome.headers.len() > 64 * 1024 {
+        self.replaced_body += name.len() + value.len();
+        if !ok_name || self.outcome.edits.len() >= 1000 || self.replaced_body > MAX_NEW_BODY {
             return Err(Stop::Broken(format!(
-                "a bad header field to add: {name:.40}"
+                "a bad header change, or too many: {name:.40}"
             )));
         }
-        let value = value.replace("\r\n", "\n").replace('\n', "\r\n");
-        let sep = if value.starts_with([' ', '\t']) {
-            ":"
-        } else {
-            ": "
-        };
+        self.outcome.edits.push(e);
+        Ok(())
+    }
+
+    fn replace_body(&mut self, chunk: &[u8]) -> Result<(), Stop> {
+        self.replaced_body += chunk.len();
+        if self.replaced_body > MAX_NEW_BODY {
+            return Err(Stop::Broken("an endless new body".into()));
+        }
         self.outcome
-            .headers
-            .push_str(&format!("{name}{sep}{value}\r\n"));
+            .body
+            .get_or_insert_with(Vec::new)
+            .extend_from_slice(chunk);
         Ok(())
     }
 }
@@ -450,9 +478,8 @@ fn open(t: &Target, cfg: &Config) -> Result<Filter, String> {
     f.conn
         .set_timeout(cfg.command_timeout)
         .map_err(|e| e.to_string())?;
-    // Header changes are offered, as libmilter filters (OpenDKIM) ask for
-    // them to start at all, but not applied yet (logged when asked for).
-    let actions = proto::ADD_HEADERS | proto::CHANGE_HEADERS | proto::QUARANTINE;
+    let actions =
+        proto::ADD_HEADERS | proto::CHANGE_HEADERS | proto::CHANGE_BODY | proto::QUARANTINE;
     let offer = [proto::VERSION, actions, proto::STEPS_WE_KNOW];
     let data: Vec<u8> = offer.iter().flat_map(|w| w.to_be_bytes()).collect();
     proto::write_packet(&mut f.conn, proto::OPTNEG, &data).map_err(|e| e.to_string())?;
