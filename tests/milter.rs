@@ -23,6 +23,11 @@ enum Mode {
     /// At the end: tag the subject, delete X-Folded, insert a field at the
     /// top, replace the body (in two chunks).
     Rewrite,
+    /// At the end: body replacement chunks without end (bounded here at
+    /// 40 MiB, over satchel's limit).
+    Flood,
+    /// At the end: a packet that claims 2 GiB.
+    Huge,
 }
 
 fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
@@ -72,6 +77,16 @@ fn serve(s: &mut TcpStream, mode: Mode, log: &Mutex<Vec<String>>) {
                 }
                 body.extend_from_slice(&data);
                 send(s, b'c', &[]);
+            }
+            b'E' if mode == Mode::Flood => {
+                let chunk = vec![b'x'; 65535];
+                for _ in 0..640 {
+                    send(s, b'b', &chunk);
+                }
+                send(s, b'c', &[]);
+            }
+            b'E' if mode == Mode::Huge => {
+                let _ = s.write_all(&[0x80, 0, 0, 0, b'b', 1, 2, 3]);
             }
             b'E' if mode == Mode::Rewrite => {
                 send(s, b'm', b"\0\0\0\x01Subject\0[SPAM] filtered\0");
@@ -164,6 +179,25 @@ fn a_milter_changes_and_deletes_fields_and_replaces_the_body() {
         rest,
         "X-First: inserted\r\nSubject: [SPAM] filtered\r\nX-Kept: yes\r\n\r\nreplaced body\r\n"
     );
+}
+
+#[test]
+fn a_milter_that_floods_or_sends_a_huge_packet_gets_the_default_action() {
+    for mode in [Mode::Flood, Mode::Huge] {
+        let (addr, _) = fake_milter(mode);
+        let s = server(addr, "");
+        let (code, text) = mail_alice(&s, b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(
+            (code, text.as_str()),
+            (451, "4.7.1 Service unavailable - try again later")
+        );
+        assert!(s.queued().is_empty());
+        let log = s.log();
+        assert!(
+            log.contains("an endless new body") || log.contains("a packet of 2147483648 octets"),
+            "{log}"
+        );
+    }
 }
 
 #[test]
