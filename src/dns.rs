@@ -4,8 +4,9 @@
 //! repeated over TCP when the UDP answer comes back truncated (RFC 1035
 //! §4.2.1, RFC 7766). Messages are built and parsed with `hickory-proto`; the
 //! parsing is pure (`parse_mx_response`, `parse_addr_response`) so it can be
-//! unit-tested and fuzzed with bytes. It never caches, never recurses on its
-//! own (it asks for recursion, RD, and trusts the server to do it) and holds
+//! unit-tested and fuzzed with bytes. Only the resolver of the receiving
+//! checks caches (`cached`: definitive answers for their TTL); it never
+//! recurses on its own (it asks for recursion, RD, and trusts the server to do it) and holds
 //! no MX policy: sorting by preference, shuffling equal preferences, the
 //! implicit MX and the null MX (RFC 7505) are decided by the caller
 //! (`transport::smtp`). Everything outside this file sees only the `Resolver` trait,
@@ -112,6 +113,58 @@ pub struct DnsResolver {
     servers: Vec<SocketAddr>,
     timeout: Duration,
     attempts: u32,
+    /// Definitive answers kept for their TTL (the checks of received mail
+    /// ask the same names again and again); none for delivery.
+    cache: Option<std::sync::Arc<std::sync::Mutex<Cache>>>,
+}
+
+/// Answers by (name, type), each with the instant it expires.
+#[derive(Debug, Default)]
+struct Cache {
+    answers: std::collections::HashMap<(String, RecordType), (Instant, Message)>,
+}
+
+/// Entries a cache holds at most; when full, the expired go, and if that
+/// is not enough, all of them.
+const CACHE_ENTRIES: usize = 10_000;
+/// The longest an answer is kept, whatever its TTL; negative answers
+/// without an SOA in them are kept this long at most too.
+const CACHE_TTL_MAX: u32 = 3600;
+const CACHE_NEGATIVE_TTL: u32 = 60;
+
+impl Cache {
+    fn get(&mut self, key: &(String, RecordType), now: Instant) -> Option<Message> {
+        match self.answers.get(key) {
+            Some((until, msg)) if *until > now => Some(msg.clone()),
+            Some(_) => {
+                self.answers.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, key: (String, RecordType), msg: &Message, now: Instant) {
+        let ttl = msg
+            .answers
+            .iter()
+            .map(|r| r.ttl)
+            .min()
+            .or_else(|| msg.authorities.iter().map(|r| r.ttl).min())
+            .unwrap_or(CACHE_NEGATIVE_TTL)
+            .min(CACHE_TTL_MAX);
+        if ttl == 0 {
+            return;
+        }
+        if self.answers.len() >= CACHE_ENTRIES {
+            self.answers.retain(|_, (until, _)| *until > now);
+            if self.answers.len() >= CACHE_ENTRIES {
+                self.answers.clear();
+            }
+        }
+        let until = now + Duration::from_secs(u64::from(ttl));
+        self.answers.insert(key, (until, msg.clone()));
+    }
 }
 
 impl DnsResolver {
@@ -122,7 +175,15 @@ impl DnsResolver {
             servers,
             timeout,
             attempts,
+            cache: None,
         }
+    }
+
+    /// The same resolver, keeping definitive answers for their TTL (at
+    /// most an hour; negative ones a minute unless their SOA says less).
+    pub fn cached(mut self) -> DnsResolver {
+        self.cache = Some(Default::default());
+        self
     }
 
     /// Nameservers from /etc/resolv.conf (port 53), with its `timeout:` and
@@ -170,6 +231,26 @@ impl DnsResolver {
     /// to the next server, and a server that gave one is not asked again in
     /// later rounds; time-outs and network errors are retried each round.
     fn lookup(&self, name: &str, rtype: RecordType) -> Result<Message, DnsError> {
+        let Some(cache) = &self.cache else {
+            return self.ask(name, rtype);
+        };
+        let key = (name.to_ascii_lowercase(), rtype);
+        let hit = cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key, Instant::now());
+        if let Some(msg) = hit {
+            return Ok(msg);
+        }
+        let msg = self.ask(name, rtype)?;
+        cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, &msg, Instant::now());
+        Ok(msg)
+    }
+
+    fn ask(&self, name: &str, rtype: RecordType) -> Result<Message, DnsError> {
         let qname = query_name(name)?;
         if self.servers.is_empty() {
             return Err(temporary("no nameservers configured"));
@@ -654,6 +735,19 @@ fn host_text(name: &Name) -> String {
         s.pop();
     }
     s
+}
+
+/// DNS for the checks of received mail: `from_config`'s servers, with a
+/// cache.
+pub fn cached_from_config(cfg: &crate::config::Config) -> Result<Box<dyn Resolver>, String> {
+    let timeout = cfg.dns_timeout;
+    if !cfg.dns_servers.is_empty() {
+        return Ok(Box::new(
+            DnsResolver::new(cfg.dns_servers.clone(), timeout, 2).cached(),
+        ));
+    }
+    let r = DnsResolver::from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))?;
+    Ok(Box::new(r.cached()))
 }
 
 /// DNS: the configured servers, else those of /etc/resolv.conf.

@@ -111,7 +111,7 @@ fn guard_dns(cfg: &Config) -> Option<std::sync::Arc<dyn crate::dns::Resolver>> {
     if !Guard::needs_dns(cfg) {
         return None;
     }
-    match crate::dns::from_config(cfg) {
+    match crate::dns::cached_from_config(cfg) {
         Ok(r) => Some(std::sync::Arc::from(r)),
         Err(e) => {
             log::error!("error: DNS for the client and sender checks: {e}; they are off");

@@ -158,3 +158,37 @@ fn a_dead_first_server_is_skipped_for_the_next() {
     let r = DnsResolver::new(vec![dead.addr, live.addr], Duration::from_millis(200), 1);
     assert_eq!(r.mx("example.org").expect("mx").len(), 1);
 }
+
+#[test]
+fn txt_and_ptr_answers_and_a_cache_that_asks_once() {
+    let dns = TestDns::start();
+    dns.txt("example.test", "v=spf1 -all");
+    dns.ptr(v4(192, 0, 2, 7), "host.example.test");
+    let plain = resolver(&dns);
+    assert_eq!(plain.txt("example.test").unwrap(), ["v=spf1 -all"]);
+    assert_eq!(plain.ptr(v4(192, 0, 2, 7)).unwrap(), ["host.example.test"]);
+    let before = dns.queries();
+    plain.txt("example.test").unwrap();
+    assert_eq!(
+        dns.queries(),
+        before + 1,
+        "the plain resolver asks each time"
+    );
+    let cached = resolver(&dns).cached();
+    let before = dns.queries();
+    for _ in 0..3 {
+        assert_eq!(cached.txt("Example.TEST").unwrap(), ["v=spf1 -all"]);
+        assert_eq!(cached.txt("nowhere.test"), Err(DnsError::NxDomain));
+    }
+    assert_eq!(dns.queries(), before + 2, "one question per name and type");
+    // Temporary failures are not kept.
+    dns.servfail("broken.test", true);
+    let before = dns.queries();
+    for _ in 0..2 {
+        assert!(matches!(
+            cached.txt("broken.test"),
+            Err(DnsError::Temporary(_))
+        ));
+    }
+    assert!(dns.queries() >= before + 2);
+}
