@@ -25,6 +25,8 @@ pub struct LocalPolicy {
     /// `transport_file`: read with the rest of the policy, so a SIGHUP
     /// installs it only when every table is valid.
     pub transports: crate::config::transport::TransportTable,
+    /// `tls_policy_file`: STARTTLS levels per destination domain.
+    pub tls_policy: crate::config::transport::TlsPolicy,
     /// `sender_relay_file`.
     pub sender_relays: crate::config::transport::SenderRelays,
     /// `mailbox_command` is set: final delivery by a command.
@@ -180,6 +182,9 @@ impl LocalPolicy {
         if let Some(f) = &cfg.transport_file {
             p.transports = crate::config::transport::TransportTable::load(f)?;
         }
+        if let Some(f) = &cfg.tls_policy_file {
+            p.tls_policy = crate::config::transport::TlsPolicy::load(f)?;
+        }
         if let Some(f) = &cfg.sender_relay_file {
             p.sender_relays = crate::config::transport::SenderRelays::load(f)?;
         }
@@ -229,6 +234,7 @@ impl LocalPolicy {
             relay_domains: Vec::new(),
             relay_recipients: None,
             transports: Default::default(),
+            tls_policy: Default::default(),
             sender_relays: Default::default(),
             sender_logins: None,
             reject_login_mismatch: false,
@@ -249,12 +255,13 @@ impl LocalPolicy {
         #[cfg(not(feature = "tls"))]
         let keys = 0;
         format!(
-            "aliases {}, virtual_alias_file {}, sender_canonical_file {}, recipient_canonical_file {}, transport_file {}, sender_relay_file {}, relay_recipients_file {}, dkim_keys_file {keys}",
+            "aliases {}, virtual_alias_file {}, sender_canonical_file {}, recipient_canonical_file {}, transport_file {}, tls_policy_file {}, sender_relay_file {}, relay_recipients_file {}, dkim_keys_file {keys}",
             self.aliases.map.len(),
             self.virtual_aliases.len(),
             self.rewriter.sender_canonical.len(),
             self.rewriter.recipient_canonical.len(),
             self.transports.len(),
+            self.tls_policy.len(),
             self.sender_relays.len(),
             self.relay_recipients.as_ref().map_or(0, HashSet::len)
         )

@@ -836,3 +836,107 @@ fn a_smarthost_refusing_our_password_opens_the_breaker_and_a_flush_closes_it() {
     assert!(edge.run(&["queue", "flush"]).status.success());
     smart.wait_for("the three messages", || smart.queued().len() == 3);
 }
+
+/// Per-destination TLS levels towards MX hosts (tls_policy_file): verify
+/// checks the certificate for the MX name, encrypt defers without
+/// STARTTLS, none sends in plaintext to a server that offers TLS, and
+/// dane-only waits.
+#[test]
+fn tls_policy_levels_per_destination() {
+    let dns = common::dns::TestDns::start();
+    let (edge_ip, tls_ip, plain_ip) = ([127, 0, 0, 23], [127, 0, 0, 24], [127, 0, 0, 25]);
+    let port = shared_port(&[edge_ip, tls_ip, plain_ip]);
+    for (domain, mx, ip) in [
+        ("far.test", "mx.far.test", tls_ip),
+        ("old.test", "mx.old.test", tls_ip),
+        ("impostor.test", "mx.impostor.test", tls_ip),
+        ("plain.test", "mx.plain.test", plain_ip),
+        ("dane.test", "mx.dane.test", plain_ip),
+    ] {
+        dns.mx(domain, 10, mx);
+        dns.a(mx, ip.into());
+    }
+    let ca_dir = common::TempDir::new("policy-ca");
+    let ca = make_ca(&ca_dir.0);
+    let receiving = "local_domains = far.test, old.test, impostor.test, plain.test, dane.test\n\
+                     local_users = a\ndefer_delivery = yes\n";
+    let mut tls_mx = Server::prepare_at(tls_ip, port, receiving);
+    let (cert, key) = signed_cert(&tls_mx.dir.0, &ca_dir.0, "mx.far.test");
+    let text = std::fs::read_to_string(&tls_mx.conf).unwrap();
+    std::fs::write(
+        &tls_mx.conf,
+        format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
+    )
+    .unwrap();
+    tls_mx.spawn();
+    let plain_mx = Server::start_at(plain_ip, port, receiving);
+    let policy = common::TempDir::new("policy");
+    let file = policy.0.join("tls_policy");
+    std::fs::write(
+        &file,
+        "far.test verify\nimpostor.test verify\nplain.test encrypt\nold.test none\ndane.test dane-only\n",
+    )
+    .unwrap();
+    let edge = Server::start_at(
+        edge_ip,
+        port,
+        &format!(
+            "hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\ndns_servers = {}\n\
+             relay_port = {port}\ntls_ca_file = {ca}\ntls_policy_file = {}\n",
+            dns.addr,
+            file.display()
+        ),
+    );
+    let mut c = Client::connect(edge.addr());
+    c.hello();
+    for rcpt in [
+        "a@far.test",
+        "a@old.test",
+        "a@impostor.test",
+        "a@plain.test",
+        "a@dane.test",
+    ] {
+        let body = format!("Subject: to {rcpt}\r\n\r\nx\r\n");
+        assert_eq!(c.mail("x@edge.test", &[rcpt], body.as_bytes()).0, 250);
+    }
+    tls_mx.wait_for("two deliveries", || tls_mx.queued().len() == 2);
+    let copies: Vec<String> = tls_mx
+        .queued()
+        .iter()
+        .map(|id| String::from_utf8_lossy(&tls_mx.message(id)).into_owned())
+        .collect();
+    let of = |subject: &str| {
+        copies
+            .iter()
+            .find(|c| c.contains(subject))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        of("to a@far.test").contains("with ESMTPS"),
+        "verify: {copies:?}"
+    );
+    assert!(
+        of("to a@old.test").contains("with ESMTP id"),
+        "none: {copies:?}"
+    );
+    edge.wait_for("three deferrals", || {
+        edge.log().matches("status=deferred").count() >= 3
+    });
+    let log = edge.log();
+    for rcpt in ["a@impostor.test", "a@plain.test", "a@dane.test"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("to=<{rcpt}>")) && l.contains("status=deferred")),
+            "{rcpt}: {log}"
+        );
+    }
+    assert!(
+        log.contains("TLS policy dane-only for dane.test: satchel does not do DANE yet"),
+        "{log}"
+    );
+    assert!(
+        plain_mx.queued().is_empty(),
+        "encrypt and dane-only sent nothing in plaintext"
+    );
+}

@@ -196,6 +196,16 @@ const MILTER_ACTIONS: Choice<crate::guard::milter::DefaultAction> = Choice {
     any_case: false,
 };
 
+const TLS_LEVELS: Choice<crate::config::transport::TlsLevel> = Choice {
+    names: &[
+        ("none", crate::config::transport::TlsLevel::None),
+        ("may", crate::config::transport::TlsLevel::May),
+        ("encrypt", crate::config::transport::TlsLevel::Encrypt),
+        ("verify", crate::config::transport::TlsLevel::Verify),
+    ],
+    any_case: false,
+};
+
 const MAY_BE_ZERO: Time = Time { may_be_zero: true };
 const NOT_ZERO: Time = Time { may_be_zero: false };
 const AT_LEAST_ONE: Count = Count { min: 1 };
@@ -529,6 +539,22 @@ section "TLS and authentication" {
     /// check out against tls_ca_file for the relayhost's name). Towards MX hosts
     /// satchel is always opportunistic (RFC 7435).
     relayhost_tls: RelayTls = "opportunistic", RELAY_TLS, Live;
+
+    /// STARTTLS towards MX hosts (Postfix's smtp_tls_security_level): none, may
+    /// (when offered, any certificate; plaintext otherwise, RFC 7435), encrypt
+    /// (TLS or the mail waits; any certificate), verify (TLS with a certificate
+    /// that verifies for the MX host name against tls_ca_file, or the mail
+    /// waits). Per destination: tls_policy_file. The relayhost and the
+    /// transport table's hosts follow relayhost_tls.
+    smtp_tls_security_level: crate::config::transport::TlsLevel = "may", TLS_LEVELS, Live;
+
+    /// Per-destination TLS levels, as Postfix's smtp_tls_policy_maps: `domain
+    /// level` lines (`.domain` for its subdomains), levels as
+    /// smtp_tls_security_level, and `dane` (treated as may: satchel does not do
+    /// DANE yet, as Postfix without a validating resolver) and `dane-only`
+    /// (the mail waits). A bad line stops the start with FILE:LINE; on SIGHUP
+    /// the old table stays.
+    tls_policy_file: Option<PathBuf> = "", Optional(FilePath), Live;
 
     /// The CA certificates that `relayhost_tls = verify` trusts (a PEM bundle).
     tls_ca_file: PathBuf = "/etc/ssl/certs/ca-certificates.crt", FilePath, Live;

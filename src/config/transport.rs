@@ -327,3 +327,141 @@ mod tests {
         }
     }
 }
+
+/// A TLS security level towards a destination (Postfix's
+/// smtp_tls_security_level and smtp_tls_policy_maps names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsLevel {
+    /// Never STARTTLS.
+    None,
+    /// STARTTLS when offered, any certificate; plaintext otherwise (RFC 7435).
+    May,
+    /// STARTTLS or defer; any certificate.
+    Encrypt,
+    /// STARTTLS or defer, and the certificate must verify for the MX host
+    /// name against tls_ca_file.
+    Verify,
+    /// DANE (RFC 7672) where TLSA records are secure; not supported yet:
+    /// as `may`, as Postfix does without a validating resolver.
+    Dane,
+    /// DANE or nothing; not supported yet: the mail waits.
+    DaneOnly,
+}
+
+impl TlsLevel {
+    pub fn parse(word: &str) -> Option<TlsLevel> {
+        Some(match word {
+            "none" => TlsLevel::None,
+            "may" => TlsLevel::May,
+            "encrypt" => TlsLevel::Encrypt,
+            "verify" | "secure" => TlsLevel::Verify,
+            "dane" => TlsLevel::Dane,
+            "dane-only" => TlsLevel::DaneOnly,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsLevel::None => "none",
+            TlsLevel::May => "may",
+            TlsLevel::Encrypt => "encrypt",
+            TlsLevel::Verify => "verify",
+            TlsLevel::Dane => "dane",
+            TlsLevel::DaneOnly => "dane-only",
+        }
+    }
+}
+
+/// `tls_policy_file`: `domain level` or `.domain level` (its subdomains)
+/// lines, as Postfix's smtp_tls_policy_maps keyed by next-hop domain.
+#[derive(Debug, Clone, Default)]
+pub struct TlsPolicy {
+    entries: HashMap<String, TlsLevel>,
+}
+
+impl TlsPolicy {
+    pub fn load(path: &std::path::Path) -> Result<TlsPolicy, String> {
+        read(path, TlsPolicy::parse)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<TlsPolicy, String> {
+        let entries = key_value_lines(text, file, "domain level", |key, rest| {
+            let name = key.strip_prefix('.').unwrap_or(key);
+            if name.is_empty() || name.contains(['@', '[', ']', '*']) {
+                return Err(format!("'{key}' is not a domain or .domain"));
+            }
+            let mut words = rest.split_whitespace();
+            let level = words.next().and_then(TlsLevel::parse).ok_or_else(|| {
+                format!("'{rest}': the level is none, may, encrypt, verify, dane or dane-only")
+            })?;
+            match words.next() {
+                Some(attr) => Err(format!("'{attr}': attributes are not supported")),
+                None => Ok(level),
+            }
+        })?;
+        Ok(TlsPolicy { entries })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The level for mail to `domain`: its own line, else that of the
+    /// nearest parent with a `.parent` line.
+    pub fn lookup(&self, domain: &str) -> Option<TlsLevel> {
+        let domain = domain.to_ascii_lowercase();
+        if let Some(l) = self.entries.get(&domain) {
+            return Some(*l);
+        }
+        let mut rest = domain.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(l) = self.entries.get(&format!(".{parent}")) {
+                return Some(*l);
+            }
+            rest = parent;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tls_policy_tests {
+    use super::*;
+
+    #[test]
+    fn levels_by_domain_and_parent() {
+        let p = TlsPolicy::parse(
+            "# comment\nbank.test verify\n.gov.test encrypt\nold.test none\ndane.test dane-only\n",
+            "p",
+        )
+        .unwrap();
+        assert_eq!(p.lookup("BANK.test"), Some(TlsLevel::Verify));
+        assert_eq!(
+            p.lookup("mail.bank.test"),
+            None,
+            "bank.test is not .bank.test"
+        );
+        assert_eq!(p.lookup("a.b.gov.test"), Some(TlsLevel::Encrypt));
+        assert_eq!(p.lookup("gov.test"), None);
+        assert_eq!(p.lookup("old.test"), Some(TlsLevel::None));
+        assert_eq!(p.lookup("dane.test"), Some(TlsLevel::DaneOnly));
+        for (bad, why) in [
+            ("x.test maybe\n", "p:1: 'maybe': the level"),
+            (
+                "x.test verify match=nexthop\n",
+                "p:1: 'match=nexthop': attributes",
+            ),
+            ("[1.2.3.4] may\n", "p:1: '[1.2.3.4]' is not a domain"),
+            ("x.test may\nx.test none\n", "p:2: 'x.test' is listed twice"),
+            ("lonely\n", "p:1: expected 'domain level'"),
+        ] {
+            let e = TlsPolicy::parse(bad, "p").unwrap_err();
+            assert!(e.starts_with(why), "{bad:?}: {e}");
+        }
+    }
+}

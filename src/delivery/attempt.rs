@@ -460,6 +460,12 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             }
         }
         Route::Smtp { domain, via, rcpts } => {
+            if let Some(why) = d.tls_refusal(&domain, via.is_empty()) {
+                let states = rcpts
+                    .into_iter()
+                    .map(|i| (i, RcptState::Deferred(why.clone())));
+                return deliver(d, a, Route::Settled(states.collect()));
+            }
             // Before the network, and between domains: what was delivered
             // so far is written down, so that a crash or a stop does not
             // deliver it again.
@@ -470,7 +476,7 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             }
             let (via, via_relayhost) = relay_hosts(&d.cfg, &d.policy, &a.env.from, via);
             let transport = Smtp {
-                cfg: d.relay_config(),
+                cfg: d.relay_config_for(&domain, via.is_empty()),
                 dns: d.resolver.as_ref(),
                 via: &via,
                 credentials: &d.relay_auth,

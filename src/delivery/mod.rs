@@ -36,6 +36,7 @@ mod control;
 pub mod expand;
 mod pipe_plan;
 mod scheduler;
+mod tls_level;
 
 pub use attempt::{deliver_message, next_hop, relay_hosts, route_name, Hop};
 pub use control::{control_path, control_socket, release, request_flush};
@@ -55,6 +56,8 @@ pub struct Deliverer {
     /// Connections in progress per destination domain (kept across reloads).
     pub(super) domains: Arc<Mutex<HashMap<String, usize>>>,
     tls_client: crate::transport::smtp::ClientTls,
+    /// STARTTLS towards MX hosts, per level (`tls_level`).
+    mx_tls: Arc<tls_level::MxTls>,
     pub(super) relay_auth: RelayCredentials,
 }
 
@@ -126,6 +129,7 @@ impl Deliverer {
     ) -> Deliverer {
         Deliverer {
             tls_client: client_tls(&cfg),
+            mx_tls: Arc::new(tls_level::MxTls::new()),
             relay_auth: relay_auth(&cfg),
             cfg,
             spool,
@@ -147,6 +151,7 @@ impl Deliverer {
         crate::transport::breaker::reset();
         Deliverer {
             tls_client: client_tls(&cfg),
+            mx_tls: Arc::new(tls_level::MxTls::new()),
             relay_auth: relay_auth(&cfg),
             cfg,
             spool: self.spool.clone(),
@@ -155,6 +160,23 @@ impl Deliverer {
             wake: self.wake.clone(),
             domains: self.domains.clone(),
         }
+    }
+
+    /// The relay configuration for a route to `domain`: towards its MX
+    /// hosts (no `via` hosts) with that domain's TLS level.
+    pub(super) fn relay_config_for(&self, domain: &str, mx: bool) -> RelayConfig {
+        let mut c = self.relay_config();
+        if mx {
+            let level = tls_level::level(&self.cfg, &self.policy.tls_policy, domain);
+            c.tls = self.mx_tls.client(level, &self.cfg);
+        }
+        c
+    }
+
+    /// Why mail to `domain`'s MX hosts must wait without trying, if so.
+    pub(super) fn tls_refusal(&self, domain: &str, mx: bool) -> Option<crate::status::Status> {
+        let level = tls_level::level(&self.cfg, &self.policy.tls_policy, domain);
+        tls_level::refusal(level, domain).filter(|_| mx)
     }
 
     pub(super) fn relay_config(&self) -> RelayConfig {

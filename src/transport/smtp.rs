@@ -610,13 +610,19 @@ struct Cached {
 }
 
 /// A cached session is only reused by a delivery that would have set it
-/// up the same way.
+/// up the same way: the same address and host name (a certificate is
+/// checked for a name, so a session verified for one MX host never
+/// carries mail for a destination that asked for another), the same TLS
+/// configuration (verifying or not) and the same AUTH user.
 #[derive(Clone, PartialEq, Eq)]
 struct CacheKey {
     addr: SocketAddr,
+    host: String,
     helo: String,
     tls_required: bool,
     tls_offered: bool,
+    /// Which client TLS configuration (its address; 0 for none).
+    tls_config: usize,
     auth_user: Option<String>,
 }
 
@@ -847,11 +853,21 @@ fn attempt(
     let tls_offered = use_tls && cfg.tls.config.is_some();
     #[cfg(not(feature = "tls"))]
     let tls_offered = false;
+    #[cfg(feature = "tls")]
+    let tls_config = cfg
+        .tls
+        .config
+        .as_ref()
+        .map_or(0, |c| std::sync::Arc::as_ptr(c) as usize);
+    #[cfg(not(feature = "tls"))]
+    let tls_config = 0;
     let key = CacheKey {
         addr,
+        host: host.to_ascii_lowercase(),
         helo: cfg.hostname.clone(),
         tls_required: cfg.tls.required,
         tls_offered,
+        tls_config,
         auth_user: cfg.auth.as_ref().map(|(u, _)| u.clone()),
     };
     if let Some((mut c, caps)) = take_cached(&key) {
