@@ -279,19 +279,69 @@ pub(crate) fn fields(head: &[u8]) -> Vec<(String, &[u8])> {
 
 /// The domain of the first address of the first `From:` field.
 pub(crate) fn from_domain(fields: &[(String, &[u8])]) -> Option<String> {
-    let (_, field) = fields.iter().find(|(n, _)| n == "from")?;
-    let text = String::from_utf8_lossy(field);
-    let value = &text[text.find(':')? + 1..];
-    let addr = match (value.find('<'), value.find('>')) {
-        (Some(a), Some(b)) if a < b => &value[a + 1..b],
-        _ => value.split(',').next()?,
-    };
-    let domain = addr.rsplit_once('@')?.1;
-    let domain: String = domain
-        .chars()
-        .take_while(|c| !c.is_whitespace() && !matches!(c, '>' | ',' | '(' | ';'))
-        .collect();
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
+    from_domains(fields).into_iter().next()
+}
+
+/// The domains of every address of every `From:` field, in order, read
+/// as RFC 5322 §3.4 writes addresses: quoted strings and comments are
+/// skipped, an `<angle-addr>` is the address of its mailbox, groups and
+/// lists are split at the commas, colons and semicolons outside them.
+pub(crate) fn from_domains(fields: &[(String, &[u8])]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (_, field) in fields.iter().filter(|(n, _)| n == "from") {
+        let text = String::from_utf8_lossy(field);
+        let Some((_, value)) = text.split_once(':') else {
+            continue;
+        };
+        for mailbox in top_level_parts(value) {
+            let addr = match (mailbox.find('<'), mailbox.rfind('>')) {
+                (Some(a), Some(b)) if a < b => &mailbox[a + 1..b],
+                _ => mailbox.as_str(),
+            };
+            let Some((_, domain)) = addr.rsplit_once('@') else {
+                continue;
+            };
+            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            if !domain.is_empty() && !domain.contains(char::is_whitespace) {
+                out.push(domain);
+            }
+        }
+    }
+    out
+}
+
+/// `value` without its quoted strings and comments, split at the
+/// separators outside angle brackets.
+fn top_level_parts(value: &str) -> Vec<String> {
+    let (mut parts, mut cur) = (Vec::new(), String::new());
+    let (mut quoted, mut escaped, mut depth, mut angle) = (false, false, 0usize, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || depth > 0 => escaped = true,
+            '"' if depth == 0 => quoted = !quoted,
+            _ if quoted => {}
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            '<' => {
+                angle = true;
+                cur.push(c);
+            }
+            '>' => {
+                angle = false;
+                cur.push(c);
+            }
+            ',' | ':' | ';' if !angle => parts.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    parts.retain(|p| p.contains('@'));
+    parts
 }
 
 /// RFC 6376 §3.4.2, relaxed: the name in lower case, unfolded, runs of
@@ -759,6 +809,28 @@ mod tests {
                 assert_eq!(hash(&body), plain(&unstuffed), "{n} {lead:?}");
             }
         }
+    }
+
+    #[test]
+    fn from_addresses_are_read_past_quotes_comments_and_groups() {
+        let d = |h: &[u8]| from_domains(&fields(h));
+        assert_eq!(
+            d(b"From: \"x@evil.example <x@evil.example>\" <ceo@bank.example>\r\n"),
+            ["bank.example"]
+        );
+        assert_eq!(
+            d(b"From: (x@evil.example) ceo@bank.example\r\n"),
+            ["bank.example"]
+        );
+        assert_eq!(
+            d(b"From: a@one.example, \"B, b\" <b@two.example>\r\nFrom: c@three.example\r\n"),
+            ["one.example", "two.example", "three.example"]
+        );
+        assert_eq!(
+            d(b"From: team: a@one.example, b@one.example;\r\n"),
+            ["one.example", "one.example"]
+        );
+        assert!(d(b"From: undisclosed\r\n").is_empty());
     }
 
     #[test]

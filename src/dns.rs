@@ -132,6 +132,18 @@ const CACHE_ENTRIES: usize = 10_000;
 const CACHE_TTL_MAX: u32 = 3600;
 const CACHE_NEGATIVE_TTL: u32 = 60;
 
+/// About how many octets an answer's records hold.
+fn answer_bytes(msg: &Message) -> usize {
+    msg.answers
+        .iter()
+        .chain(msg.authorities.iter())
+        .map(|r| match &r.data {
+            RData::TXT(t) => t.txt_data.iter().map(|s| s.len()).sum::<usize>(),
+            _ => 64,
+        })
+        .sum()
+}
+
 impl Cache {
     fn get(&mut self, key: &(String, RecordType), now: Instant) -> Option<Message> {
         match self.answers.get(key) {
@@ -153,7 +165,9 @@ impl Cache {
             .or_else(|| msg.authorities.iter().map(|r| r.ttl).min())
             .unwrap_or(CACHE_NEGATIVE_TTL)
             .min(CACHE_TTL_MAX);
-        if ttl == 0 {
+        // Memory is bounded by the entry count only if entries are small:
+        // a large answer (a wildcard of big TXT records) is not kept.
+        if ttl == 0 || msg.answers.len() + msg.authorities.len() > 16 || answer_bytes(msg) > 2048 {
             return;
         }
         if self.answers.len() >= CACHE_ENTRIES {

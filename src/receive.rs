@@ -885,7 +885,7 @@ fn end_checks(ctx: &Context, held: Option<Held>, txn: &Transaction) -> Result<En
     };
     let filtered = milter.map(|m| m.end()).transpose()?.unwrap_or_default();
     let checked = verifier
-        .map(|v| ctx.guard.data_stage(v, &txn.spf))
+        .map(|v| ctx.guard.data_stage(v, &txn.spf, txn.from.is_null()))
         .unwrap_or_default();
     if let Some(r) = checked.refusal {
         return Err(r);
@@ -1127,6 +1127,8 @@ struct Held<'c> {
 }
 
 const MAX_HELD: usize = 64 * 1024;
+/// As `dkim::MAX_HEADER`: the verifier gives up at the same size.
+const MAX_STRIPPED: usize = 256 * 1024;
 
 impl Held<'_> {
     fn write(&mut self, data: &[u8], sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
@@ -1149,11 +1151,13 @@ impl Held<'_> {
             self.passed = true;
         } else if let Some(i) = bytes[from..].windows(4).position(|w| w == b"\r\n\r\n") {
             let (head, rest) = bytes.split_at(from + i + 2);
-            self.give_milters(head, &rest[2..]);
-            sink.write(&self.filtered(head, rw));
+            // The milters see the header section as it is kept.
+            let head = self.filtered(head, rw);
+            self.give_milters(&head, &rest[2..]);
+            sink.write(&head);
             sink.write(rest);
             self.passed = true;
-        } else if bytes.len() > MAX_HELD {
+        } else if bytes.len() > self.limit() {
             self.give_milters(b"", &bytes);
             sink.write(&bytes);
             self.passed = true;
@@ -1162,6 +1166,16 @@ impl Held<'_> {
         }
         if self.passed {
             self.bytes = Vec::new();
+        }
+    }
+
+    /// How much header is held: an untrusted client's, to be cleaned of
+    /// forged results, as much as the DKIM verifier keeps (a larger one is
+    /// refused after DATA); otherwise `MAX_HELD`.
+    fn limit(&self) -> usize {
+        match self.strip {
+            Some(_) => MAX_STRIPPED,
+            None => MAX_HELD,
         }
     }
 
@@ -1197,8 +1211,9 @@ impl Held<'_> {
     fn end(&mut self, sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
         if !self.passed && !self.bytes.is_empty() {
             let head = std::mem::take(&mut self.bytes);
+            let head = self.filtered(&head, rw);
             self.give_milters(&head, b"");
-            sink.write(&self.filtered(&head, rw));
+            sink.write(&head);
         }
         self.passed = true;
         self.bytes = Vec::new();

@@ -411,3 +411,48 @@ fn dmarc_quarantine_holds_or_tags_as_configured() {
     let copy = String::from_utf8_lossy(&s.message(&common::queue_id(&text))).into_owned();
     assert!(copy.contains("dkim=none;\r\n\tdmarc=fail (p=quarantine) header.from=example.test\r\nX-Spam-Flag: YES\r\n"), "{copy}");
 }
+
+#[cfg(feature = "tls")]
+#[test]
+fn dmarc_reads_the_real_author_and_results_cannot_be_smuggled_in() {
+    let dns = TestDns::start();
+    dns.txt("_dmarc.example.test", "v=DMARC1; p=reject");
+    dns.txt("evil.test", "v=spf1 ip4:127.0.0.9 -all");
+    let s = server(&dns, "dmarc_policy = honour\n");
+    let send = |from_field: &str, sender: &str| {
+        let mut c = Client::connect_from(s.addr(), OUTSIDE);
+        c.hello();
+        let body = format!("From: {from_field}\r\nSubject: s\r\n\r\nx\r\n");
+        c.mail(sender, &["alice@satchel.test"], body.as_bytes())
+    };
+    // The address inside the quoted display name is not the author.
+    let (code, text) = send(
+        "\"a@evil.test <a@evil.test>\" <boss@example.test>",
+        "a@evil.test",
+    );
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.7.1 Email rejected per DMARC policy for example.test"
+        )
+    );
+    // Authors of two domains: refused with honour.
+    let (code, text) = send("a@evil.test, boss@example.test", "a@evil.test");
+    assert_eq!(
+        (code, text.as_str()),
+        (550, "5.7.1 From: names authors of several domains")
+    );
+    // A HELO name cannot write properties into our field.
+    let mut c = Client::connect_from(s.addr(), OUTSIDE);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO x;dkim=pass;dmarc=pass").0, 250);
+    let (code, text) = c.mail(
+        "",
+        &["alice@satchel.test"],
+        b"From: a@evil.test\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let copy = String::from_utf8_lossy(&s.message(&common::queue_id(&text))).into_owned();
+    assert!(copy.contains("smtp.helo=x?dkim=pass?dmarc=pass;"), "{copy}");
+}

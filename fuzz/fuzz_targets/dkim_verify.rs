@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     for piece in message.chunks(step) {
         v.feed(piece);
     }
-    let _ = v.from_domain();
+    let _ = v.from_domains();
     let results = v.finish(&Key(record));
     assert!(results.len() <= MAX_SIGNATURES);
 });

@@ -460,6 +460,8 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
             }
         }
         Route::Smtp { domain, via, rcpts } => {
+            let (via, via_relayhost) = relay_hosts(&d.cfg, &d.policy, &a.env.from, via);
+            // Only mail for the domain's own MX hosts has its TLS level.
             if let Some(why) = d.tls_refusal(&domain, via.is_empty()) {
                 let states = rcpts
                     .into_iter()
@@ -474,7 +476,6 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
                 a.postponed = true;
                 return;
             }
-            let (via, via_relayhost) = relay_hosts(&d.cfg, &d.policy, &a.env.from, via);
             let transport = Smtp {
                 cfg: d.relay_config_for(&domain, via.is_empty()),
                 dns: d.resolver.as_ref(),

@@ -148,9 +148,14 @@ impl Verifier {
             .collect()
     }
 
-    /// The domain of the first From: field, once the header has ended.
-    pub fn from_domain(&self) -> Option<String> {
-        super::from_domain(&fields(&self.head))
+    /// The domains of the From: addresses, once the header has ended.
+    pub fn from_domains(&self) -> Vec<String> {
+        super::from_domains(&fields(&self.head))
+    }
+
+    /// The header section was too large to keep (nothing was verified).
+    pub fn gave_up(&self) -> bool {
+        self.too_big
     }
 
     /// The verdict on each signature, in the order of the header.

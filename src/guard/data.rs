@@ -25,6 +25,20 @@ pub struct Verifier(crate::dkim::verify::Verifier);
 #[cfg(not(feature = "tls"))]
 pub struct Verifier;
 
+/// What the From: field says for DMARC (RFC 7489 §6.6.1). Only the
+/// verifier (with `ring`) reads it.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+enum Author {
+    /// No From: address at all.
+    Nobody,
+    /// One domain (one address, or several of one domain).
+    One(String),
+    /// Addresses of different domains.
+    Several,
+    /// The header section was too large to read.
+    TooLarge,
+}
+
 /// One signature's result, as Authentication-Results names it.
 struct Signed {
     result: String,
@@ -44,8 +58,15 @@ impl Verifier {
     /// The From: domain and the signatures' results; without `ring` no
     /// signature can be checked, and DMARC is not evaluated.
     #[cfg(feature = "tls")]
-    fn results(self, dns: &dyn crate::dns::Resolver) -> Option<(Option<String>, Vec<Signed>)> {
-        let from = self.0.from_domain();
+    fn results(self, dns: &dyn crate::dns::Resolver) -> Option<(Author, Vec<Signed>)> {
+        let mut domains = self.0.from_domains();
+        domains.dedup();
+        let from = match domains.as_slice() {
+            _ if self.0.gave_up() => Author::TooLarge,
+            [] => Author::Nobody,
+            [one] => Author::One(one.clone()),
+            _ => Author::Several,
+        };
         let signed = self.0.finish(dns).into_iter().map(|o| Signed {
             result: o.result.to_string(),
             pass: o.result == crate::dkim::verify::DkimResult::Pass,
@@ -58,7 +79,7 @@ impl Verifier {
     }
 
     #[cfg(not(feature = "tls"))]
-    fn results(self, _dns: &dyn crate::dns::Resolver) -> Option<(Option<String>, Vec<Signed>)> {
+    fn results(self, _dns: &dyn crate::dns::Resolver) -> Option<(Author, Vec<Signed>)> {
         None
     }
 }
@@ -79,11 +100,13 @@ impl Guard {
         &self.authserv_id
     }
 
-    /// Results and verdict for a message whose data `v` has seen.
+    /// Results and verdict for a message whose data `v` has seen; `helo`:
+    /// the SPF result is for the HELO identity (a null sender).
     pub fn data_stage(
         &self,
         v: Verifier,
         spf: &Option<(super::spf::SpfResult, String)>,
+        helo: bool,
     ) -> DataVerdict {
         let Some(dns) = self.dns.as_deref() else {
             return DataVerdict::default();
@@ -91,50 +114,24 @@ impl Guard {
         let Some((from, dkim)) = v.results(dns) else {
             return DataVerdict::default();
         };
+        let mut verdict = DataVerdict::default();
+        if let Author::TooLarge = from {
+            // Neither verified nor cleaned of forged results: not taken.
+            let text = "Message header section too large to check";
+            verdict.refusal = Some(Reply::new(552, Enhanced(5, 3, 4), text));
+            return verdict;
+        }
         let mut parts = Vec::new();
         if let Some((result, domain)) = spf {
-            parts.push(format!("spf={result} smtp.mailfrom={domain}"));
+            let property = if helo { "smtp.helo" } else { "smtp.mailfrom" };
+            parts.push(format!("spf={result} {property}={}", clean(domain)));
         }
-        for o in &dkim {
-            let why = match o.why.as_str() {
-                "" => String::new(),
-                w => format!(" ({})", clean(w)),
-            };
-            parts.push(format!(
-                "dkim={}{why} header.d={} header.s={} header.b={}",
-                o.result,
-                clean(&o.domain),
-                clean(&o.selector),
-                clean(&o.b)
-            ));
-        }
+        parts.extend(dkim.iter().map(dkim_part));
         if dkim.is_empty() {
             parts.push("dkim=none".into());
         }
-        let mut verdict = DataVerdict::default();
-        if let (DmarcPolicy::Tag | DmarcPolicy::Honour, Some(from)) = (self.dmarc, &from) {
-            let passed: Vec<String> = dkim
-                .iter()
-                .filter(|o| o.pass)
-                .map(|o| o.domain.clone())
-                .collect();
-            let spf_pass = match spf {
-                Some((super::spf::SpfResult::Pass, d)) => Some(d.as_str()),
-                _ => None,
-            };
-            let evidence = dmarc::Evidence {
-                from_domain: from,
-                spf_pass,
-                dkim_pass: &passed,
-            };
-            let d = dmarc::evaluate(&evidence, dns);
-            parts.push(format!(
-                "dmarc={} (p={}) header.from={}",
-                d.result,
-                d.policy.name(),
-                clean(from)
-            ));
-            self.apply_dmarc(&d, &mut verdict);
+        if self.dmarc != DmarcPolicy::None {
+            parts.extend(self.dmarc_stage(&from, &dkim, spf, dns, &mut verdict));
         }
         verdict.header = format!(
             "Authentication-Results: {};\r\n\t{}\r\n{}",
@@ -143,6 +140,50 @@ impl Guard {
             verdict.header
         );
         verdict
+    }
+
+    /// DMARC for the message's author: its Authentication-Results part.
+    fn dmarc_stage(
+        &self,
+        from: &Author,
+        dkim: &[Signed],
+        spf: &Option<(super::spf::SpfResult, String)>,
+        dns: &dyn crate::dns::Resolver,
+        verdict: &mut DataVerdict,
+    ) -> Option<String> {
+        let from = match from {
+            Author::One(d) => d,
+            Author::Nobody | Author::TooLarge => return None,
+            Author::Several => {
+                if self.dmarc == DmarcPolicy::Honour {
+                    let text = "From: names authors of several domains";
+                    verdict.refusal = Some(Reply::new(550, Enhanced(5, 7, 1), text));
+                }
+                return Some("dmarc=permerror (From: names several domains)".into());
+            }
+        };
+        let passed: Vec<String> = dkim
+            .iter()
+            .filter(|o| o.pass)
+            .map(|o| o.domain.clone())
+            .collect();
+        let spf_pass = match spf {
+            Some((super::spf::SpfResult::Pass, d)) => Some(d.as_str()),
+            _ => None,
+        };
+        let evidence = dmarc::Evidence {
+            from_domain: from,
+            spf_pass,
+            dkim_pass: &passed,
+        };
+        let d = dmarc::evaluate(&evidence, dns);
+        self.apply_dmarc(&d, verdict);
+        Some(format!(
+            "dmarc={} (p={}) header.from={}",
+            d.result,
+            d.policy.name(),
+            clean(from)
+        ))
     }
 
     /// dmarc_policy = honour: p=reject refuses, p=quarantine holds or tags.
@@ -170,6 +211,21 @@ impl Guard {
     }
 }
 
+/// One signature's `dkim=` part.
+fn dkim_part(o: &Signed) -> String {
+    let why = match o.why.as_str() {
+        "" => String::new(),
+        w => format!(" ({})", clean(w)),
+    };
+    format!(
+        "dkim={}{why} header.d={} header.s={} header.b={}",
+        o.result,
+        clean(&o.domain),
+        clean(&o.selector),
+        clean(&o.b)
+    )
+}
+
 /// A value from the message or the DNS as it may appear in a header
 /// field: printable, no characters that end a property or a comment.
 fn clean(s: &str) -> String {
@@ -194,12 +250,37 @@ pub fn claims_to_be(field: &[u8], authserv_id: &str) -> bool {
     if !name.trim().eq_ignore_ascii_case("authentication-results") {
         return false;
     }
-    let id = value
-        .trim_start()
-        .split(|c: char| c == ';' || c.is_ascii_whitespace())
-        .next()
-        .unwrap_or("");
+    let id = authserv_id_of(value);
     id.eq_ignore_ascii_case(authserv_id)
+}
+
+/// The authserv-id an Authentication-Results value starts with: comments
+/// and folding white space skipped, a quoted string unquoted (RFC 8601
+/// §2.2: `authserv-id = value`).
+fn authserv_id_of(value: &str) -> String {
+    let mut rest = value.trim_start();
+    while let Some(r) = rest.strip_prefix('(') {
+        let mut depth = 1usize;
+        let end = r.char_indices().find_map(|(i, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            (depth == 0).then_some(i)
+        });
+        rest = match end {
+            Some(i) => r[i + 1..].trim_start(),
+            None => "",
+        };
+    }
+    if let Some(q) = rest.strip_prefix('"') {
+        return q.split('"').next().unwrap_or("").to_string();
+    }
+    rest.split(|c: char| c == ';' || c == '(' || c.is_ascii_whitespace())
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -208,6 +289,18 @@ mod tests {
 
     #[test]
     fn forged_results_with_our_name_are_recognized() {
+        assert!(claims_to_be(
+            b"Authentication-Results: (forged) mx.test; dkim=pass\r\n",
+            "mx.test"
+        ));
+        assert!(claims_to_be(
+            b"Authentication-Results: \"mx.test\"; dkim=pass\r\n",
+            "mx.test"
+        ));
+        assert!(claims_to_be(
+            b"Authentication-Results:\r\n (a (nested)) mx.test;\r\n",
+            "mx.test"
+        ));
         assert!(claims_to_be(
             b"Authentication-Results: mx.test; dkim=pass\r\n",
             "MX.test"

@@ -19,15 +19,30 @@ pub enum Edit {
 }
 
 /// A header field as the spool keeps it: folded with CRLF and a tab or
-/// space, CRLF at the end; the filter's LF line breaks become CRLF.
+/// space, CRLF at the end. A filter's line breaks (LF, CRLF or a lone CR)
+/// only ever fold the value: a line that does not start with a blank gets
+/// a tab, empty lines are dropped, so no value can end the header section
+/// or start a field of its own.
 pub fn field(name: &str, value: &str) -> Vec<u8> {
-    let value = value.replace("\r\n", "\n").replace('\n', "\r\n");
-    let sep = if value.starts_with([' ', '\t']) {
+    let mut out = String::new();
+    for (n, line) in value.split(['\r', '\n']).enumerate() {
+        if n > 0 && line.trim().is_empty() {
+            continue;
+        }
+        if n > 0 {
+            out.push_str("\r\n");
+            if !line.starts_with([' ', '\t']) {
+                out.push('\t');
+            }
+        }
+        out.push_str(line);
+    }
+    let sep = if out.starts_with([' ', '\t']) {
         ":"
     } else {
         ": "
     };
-    format!("{name}{sep}{value}\r\n").into_bytes()
+    format!("{name}{sep}{out}\r\n").into_bytes()
 }
 
 /// `content` with `edits` applied and, if given, its body replaced. The
@@ -144,6 +159,13 @@ mod tests {
             "Received: ours\r\n[SPAM]".replace("[SPAM]", "Subject: [SPAM] hi\r\n\tmore\r\n")
                 + "X-A: 1\r\nX-a: 2\r\n\r\nbody\r\n"
         );
+    }
+
+    #[test]
+    fn a_value_cannot_start_a_field_or_end_the_header() {
+        assert_eq!(field("X", "a\nBcc: x@y"), b"X: a\r\n\tBcc: x@y\r\n");
+        assert_eq!(field("X", "a\n\nbody"), b"X: a\r\n\tbody\r\n");
+        assert_eq!(field("X", "a\rb\r\n\tc"), b"X: a\r\n\tb\r\n\tc\r\n");
     }
 
     #[test]

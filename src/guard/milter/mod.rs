@@ -174,6 +174,8 @@ struct Filter {
     steps: u32,
     /// It accepted the message: nothing more is sent to it.
     done: bool,
+    /// It asked for no more of the body (SMFIS_SKIP).
+    skip_body: bool,
 }
 
 /// Why a filter stopped the message: its reply, or a broken filter.
@@ -302,15 +304,24 @@ impl<'c> Run<'c> {
 
     pub fn end_of_headers(&mut self) {
         let id = self.queue_id.clone();
-        self.each(|f, _| f.stage(proto::EOH, &[], proto::NO_EOH, proto::NR_EOH, &id));
+        self.each(|f, _| {
+            f.stage(
+                proto::EOH,
+                &[],
+                (proto::NO_EOH, proto::NR_EOH),
+                &[("i", &id)],
+            )
+        });
     }
 
     pub fn body(&mut self, data: &[u8]) {
-        let id = self.queue_id.clone();
         for chunk in data.chunks(proto::CHUNK) {
             self.each(|f, cfg| {
+                if f.skip_body {
+                    return Ok(());
+                }
                 f.conn.set_timeout(cfg.content_timeout).map_err(io_stop)?;
-                f.stage(proto::BODY, chunk, proto::NO_BODY, proto::NR_BODY, &id)
+                f.stage(proto::BODY, chunk, (proto::NO_BODY, proto::NR_BODY), &[])
             });
         }
     }
@@ -344,54 +355,93 @@ impl<'c> Run<'c> {
     fn end_of_message(&mut self, i: usize) -> Result<(), Stop> {
         let id = self.queue_id.clone();
         let f = &mut self.filters[i];
+        f.conn
+            .set_timeout(self.cfg.content_timeout)
+            .map_err(io_stop)?;
         send_macros(&mut f.conn, proto::EOM, &[("i", &id)]).map_err(io_stop)?;
         proto::write_packet(&mut f.conn, proto::EOM, &[]).map_err(io_stop)?;
+        // This filter's changes count only once its final reply came: a
+        // filter that breaks off half-way leaves nothing half-applied.
+        let mut mine = Outcome::default();
+        let mut progress = 0;
         loop {
-            let (cmd, data) = proto::read_packet(&mut self.filters[i].conn).map_err(io_stop)?;
-            let reply = proto::parse_reply(cmd, &data).map_err(Stop::Broken)?;
-            match reply {
-                R::AddHeader(n, v) => self.edit(edit::Edit::Add(n, v))?,
-                R::InsertHeader(i, n, v) => self.edit(edit::Edit::Insert(i, n, v))?,
-                R::ChangeHeader(i, n, v) => self.edit(edit::Edit::Change(i, n, v))?,
-                R::ReplaceBody(chunk) => self.replace_body(&chunk)?,
-                R::Quarantine(why) => self.outcome.quarantine = Some(why),
-                R::Progress => {}
+            let (cmd, data) = proto::read_packet(&mut f.conn).map_err(io_stop)?;
+            match proto::parse_reply(cmd, &data).map_err(Stop::Broken)? {
+                R::AddHeader(n, v) => {
+                    edit_once(&mut mine, edit::Edit::Add(n, v), &mut self.replaced_body)?
+                }
+                R::InsertHeader(i, n, v) => edit_once(
+                    &mut mine,
+                    edit::Edit::Insert(i, n, v),
+                    &mut self.replaced_body,
+                )?,
+                R::ChangeHeader(i, n, v) => edit_once(
+                    &mut mine,
+                    edit::Edit::Change(i, n, v),
+                    &mut self.replaced_body,
+                )?,
+                R::ReplaceBody(chunk) => replace_body(&mut mine, &chunk, &mut self.replaced_body)?,
+                R::Quarantine(why) => mine.quarantine = Some(why),
+                R::Progress => progress_once(&mut progress)?,
                 R::Unsupported(c) => {
                     return Err(Stop::Broken(format!(
                         "asked for action '{c}', which was not offered"
                     )))
                 }
-                other => return verdict(other),
+                other => {
+                    verdict(other)?;
+                    self.merge(mine);
+                    return Ok(());
+                }
             }
         }
     }
 
-    fn edit(&mut self, e: edit::Edit) -> Result<(), Stop> {
-        let (edit::Edit::Add(name, value)
-        | edit::Edit::Insert(_, name, value)
-        | edit::Edit::Change(_, name, value)) = &e;
-        let ok_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-        self.replaced_body += name.len() + value.len();
-        if !ok_name || self.outcome.edits.len() >= 1000 || self.replaced_body > MAX_NEW_BODY {
-            return Err(Stop::Broken(format!(
-                "a bad header change, or too many: {name:.40}"
-            )));
+    fn merge(&mut self, mine: Outcome) {
+        self.outcome.edits.extend(mine.edits);
+        if let Some(b) = mine.body {
+            self.outcome.body = Some(b);
         }
-        self.outcome.edits.push(e);
-        Ok(())
+        if mine.quarantine.is_some() {
+            self.outcome.quarantine = mine.quarantine;
+        }
     }
+}
 
-    fn replace_body(&mut self, chunk: &[u8]) -> Result<(), Stop> {
-        self.replaced_body += chunk.len();
-        if self.replaced_body > MAX_NEW_BODY {
-            return Err(Stop::Broken("an endless new body".into()));
-        }
-        self.outcome
-            .body
-            .get_or_insert_with(Vec::new)
-            .extend_from_slice(chunk);
-        Ok(())
+/// SMFIR_PROGRESS replies a filter may send for one stage before it is
+/// taken for one that will never answer.
+const MAX_PROGRESS: u32 = 100;
+
+fn progress_once(n: &mut u32) -> Result<(), Stop> {
+    *n += 1;
+    match *n > MAX_PROGRESS {
+        true => Err(Stop::Broken("progress without end".into())),
+        false => Ok(()),
     }
+}
+
+fn edit_once(o: &mut Outcome, e: edit::Edit, total: &mut usize) -> Result<(), Stop> {
+    let (edit::Edit::Add(name, value)
+    | edit::Edit::Insert(_, name, value)
+    | edit::Edit::Change(_, name, value)) = &e;
+    let ok_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    *total += name.len() + value.len();
+    if !ok_name || o.edits.len() >= 1000 || *total > MAX_NEW_BODY {
+        return Err(Stop::Broken(format!(
+            "a bad header change, or too many: {name:.40}"
+        )));
+    }
+    o.edits.push(e);
+    Ok(())
+}
+
+fn replace_body(o: &mut Outcome, chunk: &[u8], total: &mut usize) -> Result<(), Stop> {
+    *total += chunk.len();
+    if *total > MAX_NEW_BODY {
+        return Err(Stop::Broken("an endless new body".into()));
+    }
+    o.body.get_or_insert_with(Vec::new).extend_from_slice(chunk);
+    Ok(())
 }
 
 fn io_stop(e: io::Error) -> Stop {
@@ -474,6 +524,7 @@ fn open(t: &Target, cfg: &Config) -> Result<Filter, String> {
         conn,
         steps: 0,
         done: false,
+        skip_body: false,
     };
     f.conn
         .set_timeout(cfg.command_timeout)
@@ -501,30 +552,38 @@ fn open(t: &Target, cfg: &Config) -> Result<Filter, String> {
 impl Filter {
     /// One stage: macros, the command, and (unless the filter said it
     /// would not) its reply.
+    /// One stage: its macros (one packet: a later one for the same stage
+    /// would replace it), the command, and (unless the filter said it would
+    /// not) its reply.
     fn stage(
         &mut self,
         cmd: u8,
         data: &[u8],
-        no: u32,
-        no_reply: u32,
-        id: &str,
+        (no, no_reply): (u32, u32),
+        macros: &[(&str, &str)],
     ) -> Result<(), Stop> {
         if self.steps & no != 0 {
             return Ok(());
         }
-        if matches!(cmd, proto::MAIL | proto::RCPT | proto::DATA | proto::EOH) {
-            send_macros(&mut self.conn, cmd, &[("i", id)]).map_err(io_stop)?;
+        if !macros.is_empty() {
+            send_macros(&mut self.conn, cmd, macros).map_err(io_stop)?;
         }
         proto::write_packet(&mut self.conn, cmd, data).map_err(io_stop)?;
         if self.steps & no_reply != 0 {
             return Ok(());
         }
+        let mut progress = 0;
         loop {
             let (c, d) = proto::read_packet(&mut self.conn).map_err(io_stop)?;
             match proto::parse_reply(c, &d).map_err(Stop::Broken)? {
-                R::Progress => continue,
+                R::Progress => progress_once(&mut progress)?,
                 R::Accept => {
                     self.done = true;
+                    return Ok(());
+                }
+                // SMFIS_SKIP: no more body for this filter.
+                R::Skip if cmd == proto::BODY => {
+                    self.skip_body = true;
                     return Ok(());
                 }
                 r => return verdict(r),
@@ -541,9 +600,8 @@ impl Filter {
         self.stage(
             proto::HEADER,
             &data,
-            proto::NO_HEADERS,
-            proto::NR_HEADER,
-            "",
+            (proto::NO_HEADERS, proto::NR_HEADER),
+            &[],
         )
     }
 
@@ -566,7 +624,6 @@ impl Filter {
         if env.client.is_none() {
             connect_macros.truncate(3);
         }
-        send_macros(&mut self.conn, proto::CONNECT, &connect_macros).map_err(io_stop)?;
         let mut data = proto::strings(&[&client]);
         match env.client {
             Some(ip) => {
@@ -576,23 +633,13 @@ impl Filter {
             }
             None => data.push(b'U'),
         }
-        self.stage(
-            proto::CONNECT,
-            &data,
-            proto::NO_CONNECT,
-            proto::NR_CONNECT,
-            id,
-        )?;
+        let steps = (proto::NO_CONNECT, proto::NR_CONNECT);
+        self.stage(proto::CONNECT, &data, steps, &connect_macros)?;
         if self.done {
             return Ok(());
         }
-        self.stage(
-            proto::HELO,
-            &proto::strings(&[env.helo]),
-            proto::NO_HELO,
-            proto::NR_HELO,
-            id,
-        )?;
+        let steps = (proto::NO_HELO, proto::NR_HELO);
+        self.stage(proto::HELO, &proto::strings(&[env.helo]), steps, &[])?;
         self.envelope_addresses(env, id)
     }
 
@@ -601,34 +648,29 @@ impl Filter {
         if let Some(a) = env.auth {
             macros.push(("{auth_authen}", a));
         }
-        if !self.done && self.steps & proto::NO_MAIL == 0 {
-            send_macros(&mut self.conn, proto::MAIL, &macros).map_err(io_stop)?;
+        if !self.done {
             let from = format!("<{}>", env.from);
             let mut args: Vec<&str> = vec![&from];
             args.extend(env.params.iter().map(String::as_str));
-            self.stage(
-                proto::MAIL,
-                &proto::strings(&args),
-                proto::NO_MAIL,
-                proto::NR_MAIL,
-                id,
-            )?;
+            let steps = (proto::NO_MAIL, proto::NR_MAIL);
+            self.stage(proto::MAIL, &proto::strings(&args), steps, &macros)?;
         }
         for rcpt in &env.rcpts {
             if self.done {
                 break;
             }
             let to = format!("<{rcpt}>");
-            self.stage(
-                proto::RCPT,
-                &proto::strings(&[&to]),
-                proto::NO_RCPT,
-                proto::NR_RCPT,
-                id,
-            )?;
+            let macros = [("i", id), ("{rcpt_addr}", rcpt.as_str())];
+            let steps = (proto::NO_RCPT, proto::NR_RCPT);
+            self.stage(proto::RCPT, &proto::strings(&[&to]), steps, &macros)?;
         }
         if !self.done {
-            self.stage(proto::DATA, &[], proto::NO_DATA, proto::NR_DATA, id)?;
+            self.stage(
+                proto::DATA,
+                &[],
+                (proto::NO_DATA, proto::NR_DATA),
+                &[("i", id)],
+            )?;
         }
         Ok(())
     }

@@ -78,7 +78,8 @@ pub const STEPS_WE_KNOW: u32 = NO_CONNECT
     | NR_RCPT
     | NR_DATA
     | NR_EOH
-    | NR_BODY;
+    | NR_BODY
+    | HEADER_LEADING_SPACE;
 
 /// One packet on the wire.
 pub fn packet(cmd: u8, data: &[u8]) -> Vec<u8> {
