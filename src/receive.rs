@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::envelope::{escape, Envelope, RcptState, Recipient};
+use crate::guard::milter::Run;
 use crate::guard::{anvil, ClientFacts, Guard};
 use crate::policy::LocalPolicy;
 use crate::smtp::data::DataDecoder;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::smtp::session::{
-    AuthOutcome, Client, DataEnd, Event, NameChecks, Session, SessionConfig, Transaction,
+    AuthOutcome, Client, DataEnd, Event, MilterStage, NameChecks, Session, SessionConfig,
+    Transaction,
 };
 use crate::spool::Spool;
 use crate::time;
@@ -331,6 +333,7 @@ pub fn run<R: Read, W: Write>(
     }
     let timer = Timer::new(ctl);
     let mut facts = ClientFacts::default();
+    let mut milter = session_milters(ctx, &client);
     let mut first_line = start == Start::Greet;
     loop {
         if reader.buffer().is_empty() {
@@ -353,6 +356,7 @@ pub fn run<R: Read, W: Write>(
         let Some(event) = next_event(&mut reader, &timer, &mut session, ctx, &mut out) else {
             break;
         };
+        let event = milter_stage(&mut session, milter.as_mut(), event, &peer);
         mail_checks(&mut session, ctx, &mut facts);
         match event {
             Event::Reply(r) => r.write_to(&mut out),
@@ -366,15 +370,12 @@ pub fn run<R: Read, W: Write>(
             }
             Event::Data(txn) => {
                 in_data.store(true, Ordering::SeqCst);
-                let keep_going = receive_data(
-                    &mut reader,
-                    &mut output,
-                    &mut out,
-                    &timer,
-                    &mut session,
-                    ctx,
-                    &txn,
-                );
+                let job = DataJob {
+                    txn: &txn,
+                    milter: milter.as_mut(),
+                };
+                let (r, w) = (&mut reader, &mut output);
+                let keep_going = receive_data(r, w, &mut out, &timer, &mut session, ctx, job);
                 in_data.store(false, Ordering::SeqCst);
                 if !keep_going {
                     break;
@@ -385,6 +386,50 @@ pub fn run<R: Read, W: Write>(
     let _ = output.write_all(&out).and_then(|_| output.flush());
     log::info!("disconnect from {peer} commands={}", session.commands());
     Ending::Closed
+}
+
+/// The milters of one SMTP session; local submissions have none
+/// (Postfix's non_smtpd_milters).
+fn session_milters<'c>(ctx: &'c Context, client: &Client) -> Option<Run<'c>> {
+    let cfg = ctx.guard.milters.as_ref()?;
+    client.ip.map(|ip| Run::new(cfg, Some(ip)))
+}
+
+/// The milters' part of the command just answered: MAIL and RCPT may be
+/// taken back by their refusal (the reply then is theirs).
+fn milter_stage(
+    session: &mut Session,
+    milter: Option<&mut Run>,
+    event: Event,
+    peer: &str,
+) -> Event {
+    let stage = session.take_milter_stage();
+    let (Some(m), Some(stage)) = (milter, stage) else {
+        return event;
+    };
+    let (verb, ev) = match stage {
+        MilterStage::Mail { helo, from } => {
+            let mail = crate::guard::milter::Mail {
+                helo: &helo,
+                from: &from,
+                auth: session.authenticated(),
+            };
+            match m.mail(&mail) {
+                Ok(()) => return event,
+                Err(r) => ("MAIL", session.undo_mail(r)),
+            }
+        }
+        MilterStage::Rcpt(to) => match m.rcpt(&to) {
+            Ok(()) => return event,
+            Err(r) => ("RCPT", session.undo_rcpt(&to, r)),
+        },
+        MilterStage::Abort => {
+            m.abort();
+            return event;
+        }
+    };
+    log_reject(peer, verb, &ev);
+    ev
 }
 
 /// The checks that need the network, when the session names them due.
@@ -792,8 +837,9 @@ fn receive_data<R: Read, W: Write>(
     timer: &Timer,
     session: &mut Session,
     ctx: &Context,
-    txn: &Transaction,
+    job: DataJob,
 ) -> bool {
+    let DataJob { txn, mut milter } = job;
     let Some(mut incoming) = open_sink(ctx) else {
         if let Event::Reply(r) | Event::Close(r) = session.data_unavailable() {
             r.write_to(out);
@@ -803,10 +849,11 @@ fn receive_data<R: Read, W: Write>(
     let peer = &peer_name(session.client());
     // The milters hear of the client and the envelope first: a refusal
     // then is the answer to DATA.
-    let milter = match start_milters(ctx, session, txn, incoming.id()) {
-        Ok(m) => m,
-        Err(r) => return refuse_data(session, r, peer, out),
-    };
+    if let Some(m) = milter.as_deref_mut() {
+        if let Err(r) = m.data(incoming.id()) {
+            return refuse_data(session, r, peer, out);
+        }
+    }
     let arrival = time::unix_now();
     let (go_ahead, received) = session.data_opened(incoming.id(), &time::rfc5322(arrival));
     go_ahead.write_to(out);
@@ -867,6 +914,13 @@ fn refuse_data(session: &mut Session, r: Reply, peer: &str, out: &mut Vec<u8>) -
     write_event(ev, out)
 }
 
+/// A transaction's data to receive: the transaction, and the session's
+/// milters (already told of its envelope).
+struct DataJob<'t, 'm, 'c> {
+    txn: &'t Transaction,
+    milter: Option<&'m mut Run<'c>>,
+}
+
 /// What the checks after the data decided.
 struct EndVerdict {
     header: String,
@@ -903,45 +957,16 @@ fn end_checks(ctx: &Context, held: Option<Held>, txn: &Transaction) -> Result<En
     })
 }
 
-/// The milters' conversation up to DATA, when there are milters.
-fn start_milters<'c>(
-    ctx: &'c Context,
-    session: &Session,
-    txn: &Transaction,
-    id: &str,
-) -> Result<Option<crate::guard::milter::Run<'c>>, Reply> {
-    let Some(cfg) = &ctx.guard.milters else {
-        return Ok(None);
-    };
-    if session.client().ip.is_none() {
-        return Ok(None); // local submission: Postfix's non_smtpd_milters
-    }
-    let from = match &txn.from {
-        crate::address::ReversePath::Null => String::new(),
-        crate::address::ReversePath::Mailbox(m) => m.to_string(),
-    };
-    let env = crate::guard::milter::Envelope {
-        queue_id: id,
-        client: session.client().ip,
-        helo: &txn.helo,
-        from: &from,
-        rcpts: txn.rcpts.iter().map(|r| r.bare()).collect(),
-        params: Vec::new(),
-        auth: session.authenticated(),
-    };
-    crate::guard::milter::Run::start(cfg, &env).map(Some)
-}
-
 /// What holds the header section back while it arrives: mail this host
 /// vouches for has its addresses rewritten; an untrusted client's, when
 /// DKIM or DMARC results are wanted, is verified and loses forged
 /// Authentication-Results: fields that carry our name; the milters are
 /// given the fields one by one, then the body.
-fn held_for<'c>(
+fn held_for<'m, 'c>(
     session: &Session,
-    ctx: &'c Context,
-    milter: Option<crate::guard::milter::Run<'c>>,
-) -> Option<Held<'c>> {
+    ctx: &Context,
+    milter: Option<&'m mut Run<'c>>,
+) -> Option<Held<'m, 'c>> {
     let client = session.client();
     let vouched = client.may_relay || client.ip.is_none() || session.authenticated().is_some();
     let verify = if vouched { None } else { ctx.guard.verifier() };
@@ -1112,7 +1137,7 @@ fn log_queued(env: &Envelope, peer: &str, helo: &str) {
 /// canonical tables, masquerading); the body passes through as it comes.
 /// A header section over 64 KiB passes as it is.
 #[derive(Default)]
-struct Held<'c> {
+struct Held<'m, 'c> {
     bytes: Vec<u8>,
     passed: bool,
     /// Rewrite the addresses (mail this host vouches for).
@@ -1123,14 +1148,14 @@ struct Held<'c> {
     /// Sees the data as it came, before anything is dropped.
     verify: Option<crate::guard::Verifier>,
     /// The milters, fed the header fields as they came, then the body.
-    milter: Option<crate::guard::milter::Run<'c>>,
+    milter: Option<&'m mut Run<'c>>,
 }
 
 const MAX_HELD: usize = 64 * 1024;
 /// As `dkim::MAX_HEADER`: the verifier gives up at the same size.
 const MAX_STRIPPED: usize = 256 * 1024;
 
-impl Held<'_> {
+impl Held<'_, '_> {
     fn write(&mut self, data: &[u8], sink: &mut Sink, rw: &crate::rewrite::Rewriter) {
         if let Some(v) = &mut self.verify {
             v.feed(data);

@@ -108,6 +108,8 @@ fn serve(s: &mut TcpStream, mode: Mode, log: &Mutex<Vec<String>>) {
                 send(s, b'h', b"X-Fake-Milter\0seen by the test filter\0");
                 send(s, b'a', &[]);
             }
+            b'M' if text.contains("<spammer@") => send(s, b'y', b"550 5.7.1 not you\0"),
+            b'R' if text.contains("<bob@") => send(s, b'y', b"550 5.1.1 bob is away\0"),
             b'Q' => return,
             b'A' => body.clear(),
             _ => send(s, b'c', &[]),
@@ -134,7 +136,7 @@ fn a_milter_sees_each_stage_and_adds_a_header_field() {
     c.hello();
     let (code, text) = c.mail(
         "a@far.test",
-        &["alice@satchel.test", "bob@satchel.test"],
+        &["alice@satchel.test", "postmaster@satchel.test"],
         b"Subject: filtered\r\nX-Folded: one\r\n two\r\n\r\nhello\r\n",
     );
     assert_eq!(code, 250, "{text}");
@@ -149,7 +151,7 @@ fn a_milter_sees_each_stage_and_adds_a_header_field() {
         "H:client.test|",
         "M:<a@far.test>|",
         "R:<alice@satchel.test>|",
-        "R:<bob@satchel.test>|",
+        "R:<postmaster@satchel.test>|",
         "T:",
         "L:Subject|filtered|",
         "L:X-Folded|one\n two|",
@@ -198,6 +200,32 @@ fn a_milter_that_floods_or_sends_a_huge_packet_gets_the_default_action() {
             "{log}"
         );
     }
+}
+
+#[test]
+fn a_milter_refuses_a_sender_or_one_recipient_at_its_command() {
+    let (addr, seen) = fake_milter(Mode::Normal);
+    let s = server(addr, "");
+    let mut c = Client::connect(s.addr());
+    c.hello();
+    let r = c.cmd("MAIL FROM:<spammer@far.test>");
+    assert_eq!((r.0, r.1.as_str()), (550, "5.7.1 not you"));
+    assert_eq!(c.cmd("MAIL FROM:<a@far.test>").0, 250, "a new transaction");
+    assert_eq!(c.cmd("RCPT TO:<alice@satchel.test>").0, 250);
+    let r = c.cmd("RCPT TO:<bob@satchel.test>");
+    assert_eq!((r.0, r.1.as_str()), (550, "5.1.1 bob is away"));
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+    let (code, text) = c.reply();
+    assert_eq!(code, 250, "{text}");
+    let env = s.envelope(&common::queue_id(&text));
+    assert!(
+        env.contains("<alice@satchel.test>") && !env.contains("<bob@satchel.test>"),
+        "{env}"
+    );
+    // The refused transaction was aborted before the next one began.
+    let seen = seen.lock().unwrap().join("\n");
+    assert!(seen.contains("M:<spammer@far.test>|\nA:\nD:"), "{seen}");
 }
 
 #[test]
@@ -253,9 +281,8 @@ fn a_milter_that_hangs_up_gets_the_default_action() {
     ));
     let mut c = Client::connect(s.addr());
     c.hello();
-    assert_eq!(c.cmd("MAIL FROM:<a@far.test>").0, 250);
-    assert_eq!(c.cmd("RCPT TO:<alice@satchel.test>").0, 250);
-    let (code, text) = c.cmd("DATA");
+    // The filters are opened at the session's first MAIL.
+    let (code, text) = c.cmd("MAIL FROM:<a@far.test>");
     assert_eq!(
         (code, text.as_str()),
         (550, "5.7.1 Service unavailable - rejected by policy")

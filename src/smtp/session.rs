@@ -44,6 +44,20 @@ pub struct NameChecks {
     pub non_fqdn_recipient: bool,
 }
 
+/// What the milters are owed after a command the session accepted: the
+/// connection loop takes it (`take_milter_stage`), asks them, and on a
+/// refusal takes the command back (`undo_mail`, `undo_rcpt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MilterStage {
+    Mail {
+        helo: String,
+        from: String,
+    },
+    Rcpt(String),
+    /// The transaction ended before its data (RSET, HELO, STARTTLS).
+    Abort,
+}
+
 /// The checks of a transaction that need the network (`guard`): after an
 /// untrusted client's MAIL is accepted, the connection loop takes these
 /// (`take_due_checks`), runs them and gives the verdict back
@@ -189,6 +203,8 @@ pub struct Session<'p> {
     trace: String,
     /// SPF's result, for the transaction.
     spf: Option<(crate::guard::spf::SpfResult, String)>,
+    /// The milters' stage, once.
+    milter_due: Option<MilterStage>,
 }
 
 /// An AUTH exchange that ended with a verdict, for the log (never the
@@ -251,7 +267,33 @@ impl<'p> Session<'p> {
             refusal: None,
             trace: String::new(),
             spf: None,
+            milter_due: None,
         }
+    }
+
+    /// The milters' stage after the last command, once.
+    pub fn take_milter_stage(&mut self) -> Option<MilterStage> {
+        self.milter_due.take()
+    }
+
+    /// A milter refused the MAIL just accepted: no transaction after all.
+    pub fn undo_mail(&mut self, r: Reply) -> Event {
+        if let Some(h) = self.helo() {
+            self.state = State::Ready(h);
+        }
+        self.answer(Event::Reply(r))
+    }
+
+    /// A milter refused the recipient `to` just accepted: it is dropped.
+    pub fn undo_rcpt(&mut self, to: &str, r: Reply) -> Event {
+        if let State::Rcpt(h, f, p, mut rcpts) = std::mem::replace(&mut self.state, State::Fresh) {
+            rcpts.retain(|x| x.bare() != to);
+            self.state = match rcpts.is_empty() {
+                true => State::Mail(h, f, p),
+                false => State::Rcpt(h, f, p, rcpts),
+            };
+        }
+        self.answer(Event::Reply(r))
     }
 
     /// The network checks this transaction waits for, once.
@@ -423,6 +465,7 @@ impl<'p> Session<'p> {
             Command::Rcpt(to) => self.rcpt(to),
             Command::Data => self.data(),
             Command::Rset => {
+                self.milter_due = Some(MilterStage::Abort);
                 // §4.1.1.5: RSET aborts the transaction, keeps the HELO.
                 if let Some(h) = self.helo() {
                     self.state = State::Ready(h);
@@ -456,6 +499,7 @@ impl<'p> Session<'p> {
     }
 
     fn hello(&mut self, name: String, extended: bool) -> Event {
+        self.milter_due = Some(MilterStage::Abort);
         // §4.1.4: EHLO/HELO in the middle of a transaction resets it.
         self.state = State::Ready(Helo { name, extended });
         if !extended {
@@ -538,6 +582,14 @@ impl<'p> Session<'p> {
                 from: from.clone(),
             });
         }
+        let sender = match &from {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        self.milter_due = Some(MilterStage::Mail {
+            helo: helo.name.clone(),
+            from: sender,
+        });
         self.state = State::Mail(helo, from, params);
         self.over_limit = 0;
         ok(250, Enhanced(2, 1, 0), "Ok")
@@ -588,6 +640,7 @@ impl<'p> Session<'p> {
             self.uncounted = self.over_limit <= RCPT_OVERSHOOT;
         }
         if verdict.is_positive() && !rcpts.contains(&to) {
+            self.milter_due = Some(MilterStage::Rcpt(to.bare()));
             rcpts.push(to);
         }
         self.state = if rcpts.is_empty() {

@@ -79,14 +79,11 @@ pub struct Config {
     pub hostname: String,
 }
 
-/// What the filters are told of the message before its data.
-pub struct Envelope<'a> {
-    pub queue_id: &'a str,
-    pub client: Option<IpAddr>,
+/// What the filters are told of a transaction at MAIL.
+pub struct Mail<'a> {
+    /// The HELO name (sent once, when the filters are opened).
     pub helo: &'a str,
     pub from: &'a str,
-    pub rcpts: Vec<String>,
-    pub params: Vec<String>,
     pub auth: Option<&'a str>,
 }
 
@@ -176,6 +173,17 @@ struct Filter {
     done: bool,
     /// It asked for no more of the body (SMFIS_SKIP).
     skip_body: bool,
+    /// It broke (the default action was taken): nothing more is sent to
+    /// it in this session.
+    dead: bool,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        for f in self.filters.iter_mut().filter(|f| !f.dead) {
+            let _ = proto::write_packet(&mut f.conn, proto::QUIT, &[]);
+        }
+    }
 }
 
 /// Why a filter stopped the message: its reply, or a broken filter.
@@ -188,8 +196,14 @@ enum Stop {
 /// One message's conversation with every filter.
 pub struct Run<'c> {
     cfg: &'c Config,
+    client: Option<IpAddr>,
     filters: Vec<Filter>,
-    /// The first refusal (or discard); later stages are not sent.
+    /// The filters were opened (at the session's first MAIL).
+    opened: bool,
+    /// A transaction is under way with them (ABORT ends it early).
+    in_message: bool,
+    /// The first refusal (or discard) of this message; later stages are
+    /// not sent.
     stopped: Option<Outcome2>,
     queue_id: String,
     replaced_body: usize,
@@ -203,28 +217,126 @@ enum Outcome2 {
 }
 
 impl<'c> Run<'c> {
-    /// Opens every filter and sends the stages before the data; a
-    /// refusal there is the reply to DATA.
-    pub fn start(cfg: &'c Config, env: &Envelope) -> Result<Run<'c>, Reply> {
-        let mut run = Run {
+    /// The filters of one SMTP session with `client`; nothing is sent
+    /// until the first MAIL.
+    pub fn new(cfg: &'c Config, client: Option<IpAddr>) -> Run<'c> {
+        Run {
             cfg,
+            client,
             filters: Vec::new(),
+            opened: false,
+            in_message: false,
             stopped: None,
-            queue_id: env.queue_id.to_string(),
+            queue_id: "NOQUEUE".into(),
             replaced_body: 0,
             outcome: Outcome::default(),
-        };
-        for t in &cfg.targets {
-            match open(t, cfg) {
-                Ok(f) => run.filters.push(f),
-                Err(e) => run.broken(&t.to_string(), &e)?,
+        }
+    }
+
+    /// MAIL accepted by the session: the filters (opened, and told of the
+    /// client and HELO, the first time) hear it; Err is the reply to give
+    /// instead of 250.
+    pub fn mail(&mut self, m: &Mail) -> Result<(), Reply> {
+        self.abort();
+        self.stopped = None;
+        self.outcome = Outcome::default();
+        self.replaced_body = 0;
+        self.queue_id = "NOQUEUE".into();
+        if !self.opened {
+            self.opened = true;
+            self.open_all(m.helo)?;
+        }
+        self.in_message = true;
+        for f in &mut self.filters {
+            f.done = false;
+            f.skip_body = false;
+        }
+        let from = format!("<{}>", m.from);
+        let mut macros = vec![("{mail_addr}", m.from)];
+        if let Some(a) = m.auth {
+            macros.push(("{auth_authen}", a));
+        }
+        let data = proto::strings(&[&from]);
+        for i in 0..self.filters.len() {
+            if self.filters[i].live() {
+                let r = self.filters[i].stage(
+                    proto::MAIL,
+                    &data,
+                    (proto::NO_MAIL, proto::NR_MAIL),
+                    &macros,
+                );
+                self.settle(i, r)?;
             }
         }
-        for i in 0..run.filters.len() {
-            let r = run.filters[i].envelope(env, cfg);
-            run.settle(i, r)?;
+        Ok(())
+    }
+
+    /// Opens every filter, negotiates, and sends CONNECT and HELO.
+    fn open_all(&mut self, helo: &str) -> Result<(), Reply> {
+        for t in &self.cfg.targets {
+            match open(t, self.cfg) {
+                Ok(f) => self.filters.push(f),
+                Err(e) => self.broken(&t.to_string(), &e)?,
+            }
         }
-        Ok(run)
+        for i in 0..self.filters.len() {
+            let r = self.filters[i].connect(self.client, helo, self.cfg);
+            self.settle(i, r)?;
+        }
+        Ok(())
+    }
+
+    /// RCPT accepted by the session: Err refuses this recipient alone.
+    pub fn rcpt(&mut self, to: &str) -> Result<(), Reply> {
+        if self.stopped.is_some() {
+            return Ok(());
+        }
+        let rcpt = format!("<{to}>");
+        let data = proto::strings(&[&rcpt]);
+        for i in 0..self.filters.len() {
+            if !self.filters[i].live() {
+                continue;
+            }
+            let steps = (proto::NO_RCPT, proto::NR_RCPT);
+            match self.filters[i].stage(proto::RCPT, &data, steps, &[("{rcpt_addr}", to)]) {
+                Ok(()) => {}
+                Err(Stop::Refused(reply)) => return Err(reply),
+                other => self.settle(i, other)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// DATA, with the message's queue ID; Err is the answer to DATA.
+    pub fn data(&mut self, queue_id: &str) -> Result<(), Reply> {
+        self.queue_id = queue_id.to_string();
+        if let Some(Outcome2::Reply(r)) = &self.stopped {
+            return Err(r.clone());
+        }
+        for i in 0..self.filters.len() {
+            if self.stopped.is_some() {
+                break;
+            }
+            if self.filters[i].live() {
+                let steps = (proto::NO_DATA, proto::NR_DATA);
+                let r = self.filters[i].stage(proto::DATA, &[], steps, &[("i", queue_id)]);
+                self.settle(i, r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A transaction that ends before its end of message (RSET, a new
+    /// MAIL or HELO, a refusal): the filters forget it (SMFIC_ABORT).
+    pub fn abort(&mut self) {
+        if !std::mem::take(&mut self.in_message) {
+            return;
+        }
+        for f in self.filters.iter_mut().filter(|f| !f.dead) {
+            if proto::write_packet(&mut f.conn, proto::ABORT, &[]).is_err() {
+                f.dead = true;
+            }
+        }
     }
 
     /// A broken filter: the default action (Err is the reply to give).
@@ -251,7 +363,7 @@ impl<'c> Run<'c> {
         let stop = match r {
             Ok(()) => return Ok(()),
             Err(Stop::Broken(why)) => {
-                self.filters[i].done = true;
+                self.filters[i].dead = true;
                 match self.broken(&name, &why) {
                     Ok(()) => return Ok(()),
                     Err(reply) => Outcome2::Reply(reply),
@@ -282,7 +394,7 @@ impl<'c> Run<'c> {
             return;
         }
         for i in 0..self.filters.len() {
-            if self.filters[i].done {
+            if !self.filters[i].live() {
                 continue;
             }
             let r = f(&mut self.filters[i], self.cfg);
@@ -327,27 +439,37 @@ impl<'c> Run<'c> {
     }
 
     /// End of message: the filters' changes, or the refusal to give.
-    pub fn end(mut self) -> Result<Outcome, Reply> {
+    pub fn end(&mut self) -> Result<Outcome, Reply> {
         for i in 0..self.filters.len() {
             if self.stopped.is_some() {
                 break;
             }
-            if self.filters[i].done {
+            if !self.filters[i].live() {
                 continue;
             }
             let r = self.end_of_message(i);
-            self.settle(i, r)?;
-        }
-        for f in &mut self.filters {
-            let _ = proto::write_packet(&mut f.conn, proto::QUIT, &[]);
+            if let Err(reply) = self.settle(i, r) {
+                self.abort();
+                return Err(reply);
+            }
         }
         match self.stopped.take() {
-            Some(Outcome2::Reply(r)) => Err(r),
-            Some(Outcome2::Discard) => Ok(Outcome {
-                discard: true,
-                ..Outcome::default()
-            }),
-            None => Ok(self.outcome),
+            // Refused before the end: the filters still wait for it.
+            Some(Outcome2::Reply(r)) => {
+                self.abort();
+                Err(r)
+            }
+            Some(Outcome2::Discard) => {
+                self.abort();
+                Ok(Outcome {
+                    discard: true,
+                    ..Outcome::default()
+                })
+            }
+            None => {
+                self.in_message = false;
+                Ok(std::mem::take(&mut self.outcome))
+            }
         }
     }
 
@@ -525,6 +647,7 @@ fn open(t: &Target, cfg: &Config) -> Result<Filter, String> {
         steps: 0,
         done: false,
         skip_body: false,
+        dead: false,
     };
     f.conn
         .set_timeout(cfg.command_timeout)
@@ -605,15 +728,18 @@ impl Filter {
         )
     }
 
-    /// Connect, HELO, MAIL, each RCPT, DATA, with Postfix's macros.
-    fn envelope(&mut self, env: &Envelope, cfg: &Config) -> Result<(), Stop> {
-        let id = env.queue_id;
-        let client = env
-            .client
+    /// Still in this message's conversation.
+    fn live(&self) -> bool {
+        !self.done && !self.dead
+    }
+
+    /// CONNECT and HELO, with Postfix's connect macros.
+    fn connect(&mut self, ip: Option<IpAddr>, helo: &str, cfg: &Config) -> Result<(), Stop> {
+        let client = ip
             .map(|ip| format!("[{ip}]"))
             .unwrap_or_else(|| "localhost".into());
-        let addr = env.client.map(|ip| ip.to_string()).unwrap_or_default();
-        let mut connect_macros = vec![
+        let addr = ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let mut macros = vec![
             ("j", cfg.hostname.as_str()),
             ("{daemon_name}", "satchel"),
             ("v", "satchel"),
@@ -621,11 +747,11 @@ impl Filter {
             ("{client_addr}", addr.as_str()),
             ("{client_name}", client.as_str()),
         ];
-        if env.client.is_none() {
-            connect_macros.truncate(3);
+        if ip.is_none() {
+            macros.truncate(3);
         }
         let mut data = proto::strings(&[&client]);
-        match env.client {
+        match ip {
             Some(ip) => {
                 data.push(if ip.is_ipv6() { b'6' } else { b'4' });
                 data.extend_from_slice(&0u16.to_be_bytes());
@@ -633,46 +759,21 @@ impl Filter {
             }
             None => data.push(b'U'),
         }
-        let steps = (proto::NO_CONNECT, proto::NR_CONNECT);
-        self.stage(proto::CONNECT, &data, steps, &connect_macros)?;
+        self.stage(
+            proto::CONNECT,
+            &data,
+            (proto::NO_CONNECT, proto::NR_CONNECT),
+            &macros,
+        )?;
         if self.done {
             return Ok(());
         }
-        let steps = (proto::NO_HELO, proto::NR_HELO);
-        self.stage(proto::HELO, &proto::strings(&[env.helo]), steps, &[])?;
-        self.envelope_addresses(env, id)
-    }
-
-    fn envelope_addresses(&mut self, env: &Envelope, id: &str) -> Result<(), Stop> {
-        let mut macros = vec![("i", id), ("{mail_addr}", env.from)];
-        if let Some(a) = env.auth {
-            macros.push(("{auth_authen}", a));
-        }
-        if !self.done {
-            let from = format!("<{}>", env.from);
-            let mut args: Vec<&str> = vec![&from];
-            args.extend(env.params.iter().map(String::as_str));
-            let steps = (proto::NO_MAIL, proto::NR_MAIL);
-            self.stage(proto::MAIL, &proto::strings(&args), steps, &macros)?;
-        }
-        for rcpt in &env.rcpts {
-            if self.done {
-                break;
-            }
-            let to = format!("<{rcpt}>");
-            let macros = [("i", id), ("{rcpt_addr}", rcpt.as_str())];
-            let steps = (proto::NO_RCPT, proto::NR_RCPT);
-            self.stage(proto::RCPT, &proto::strings(&[&to]), steps, &macros)?;
-        }
-        if !self.done {
-            self.stage(
-                proto::DATA,
-                &[],
-                (proto::NO_DATA, proto::NR_DATA),
-                &[("i", id)],
-            )?;
-        }
-        Ok(())
+        self.stage(
+            proto::HELO,
+            &proto::strings(&[helo]),
+            (proto::NO_HELO, proto::NR_HELO),
+            &[],
+        )
     }
 }
 
