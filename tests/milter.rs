@@ -124,6 +124,16 @@ fn mail_alice(s: &Server, body: &[u8]) -> (u16, String) {
     c.mail("a@far.test", &["alice@satchel.test"], body)
 }
 
+/// A message meets the default action `tempfail`: 451, nothing queued.
+fn tempfailed(s: &Server) {
+    let (code, text) = mail_alice(s, b"Subject: x\r\n\r\nbody\r\n");
+    assert_eq!(
+        (code, text.as_str()),
+        (451, "4.7.1 Service unavailable - try again later")
+    );
+    assert!(s.queued().is_empty());
+}
+
 fn server(milter: SocketAddr, extra: &str) -> Server {
     Server::start(&format!("milters = inet:{milter}\n{extra}"))
 }
@@ -188,12 +198,7 @@ fn a_milter_that_floods_or_sends_a_huge_packet_gets_the_default_action() {
     for mode in [Mode::Flood, Mode::Huge] {
         let (addr, _) = fake_milter(mode);
         let s = server(addr, "");
-        let (code, text) = mail_alice(&s, b"Subject: x\r\n\r\nbody\r\n");
-        assert_eq!(
-            (code, text.as_str()),
-            (451, "4.7.1 Service unavailable - try again later")
-        );
-        assert!(s.queued().is_empty());
+        tempfailed(&s);
         let log = s.log();
         assert!(
             log.contains("an endless new body") || log.contains("a packet of 2147483648 octets"),
@@ -265,12 +270,7 @@ fn a_quarantined_message_is_held() {
 fn a_milter_that_hangs_up_gets_the_default_action() {
     let (addr, _) = fake_milter(Mode::HangUp);
     let s = server(addr, "");
-    let (code, text) = mail_alice(&s, b"Subject: x\r\n\r\nbody\r\n");
-    assert_eq!(
-        (code, text.as_str()),
-        (451, "4.7.1 Service unavailable - try again later")
-    );
-    assert!(s.queued().is_empty());
+    tempfailed(&s);
     let s = server(addr, "milter_default_action = accept\n");
     let (code, text) = mail_alice(&s, b"Subject: x\r\n\r\nbody\r\n");
     assert_eq!(code, 250, "{text}");
