@@ -1,9 +1,12 @@
 //! Builds delivery status notifications (RFC 3464, carried in RFC 6522's
 //! `multipart/report`): a plain-text explanation, a
 //! `message/delivery-status` part, and the original headers as
-//! `text/rfc822-headers`. Used for bounces (`Action: failed`) and delay
-//! warnings (`Action: delayed`). Pure: bytes in, bytes out; queueing the
-//! result (from the null reverse-path `<>`) is `delivery`'s job.
+//! `text/rfc822-headers` (or the whole message, as `message/rfc822`, for
+//! RET=FULL). Used for bounces (`Action: failed`), delay warnings
+//! (`Action: delayed`) and the success notices RFC 3461 lets a sender ask
+//! for (`delivered`, `relayed`, `expanded`). Pure: bytes in, bytes out;
+//! queueing the result (from the null reverse-path `<>`) is `delivery`'s
+//! job.
 
 use crate::status::Status;
 use crate::time;
@@ -21,15 +24,42 @@ pub struct Report {
     pub status: Status,
     /// The host that gave the reply, when one did.
     pub remote_mta: Option<String>,
+    /// What became of it (RFC 3464 §2.3.3).
+    pub action: Action,
+    /// The sender's ORCPT, decoded (`rfc822;a@b.example`, RFC 3464 §2.3.1).
+    pub original: Option<String>,
 }
 
+/// RFC 3464 §2.3.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Failed,
     Delayed,
+    Delivered,
+    Relayed,
+    Expanded,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+            Action::Expanded => "expanded",
+        }
+    }
+
+    /// A success notice (asked for with NOTIFY=SUCCESS).
+    pub fn is_success(self) -> bool {
+        !matches!(self, Action::Failed | Action::Delayed)
+    }
 }
 
 pub struct Notice<'a> {
+    /// The kind of notice (any success action: a success notice); each
+    /// report has its own action.
     pub action: Action,
     pub hostname: &'a str,
     pub queue_id: &'a str,
@@ -38,8 +68,12 @@ pub struct Notice<'a> {
     pub arrival: u64,
     pub now: u64,
     pub reports: &'a [Report],
-    /// The original message (only its header section is returned).
+    /// The original message: its header section is returned, or all of
+    /// it when `full`.
     pub original: &'a [u8],
+    pub full: bool,
+    /// The sender's ENVID, decoded (RFC 3464 §2.2.1).
+    pub envid: Option<&'a str>,
 }
 
 /// The header section of a message: up to and including the empty line.
@@ -84,7 +118,10 @@ fn unique() -> String {
 
 /// The notice as a message: header, then the three parts of RFC 3464.
 pub fn build(n: &Notice) -> Vec<u8> {
-    let returned = header_section(n.original);
+    let returned = match n.full {
+        true => n.original,
+        false => header_section(n.original),
+    };
     let boundary = boundary_for(n, returned);
     // Text that is not ASCII (a remote's reply, an SMTPUTF8 address, the
     // returned headers) is labelled 8bit, and the report and headers parts
@@ -106,9 +143,18 @@ pub fn build(n: &Notice) -> Vec<u8> {
         if eight_bit { "global-" } else { "" }
     ));
     m.push_str(&delivery_status(n));
+    let (what, kind) = match (n.full, eight_bit) {
+        (true, true) => ("Message", "message/global"),
+        (true, false) => ("Message", "message/rfc822"),
+        (false, true) => ("Message Headers", "message/global-headers"),
+        (false, false) => ("Message Headers", "text/rfc822-headers"),
+    };
+    let whose = match n.action {
+        Action::Failed => "Undelivered ",
+        _ => "",
+    };
     m.push_str(&format!(
-        "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: {}\r\n{cte}\r\n",
-        if eight_bit { "message/global-headers" } else { "text/rfc822-headers" }
+        "--{boundary}\r\nContent-Description: {whose}{what}\r\nContent-Type: {kind}\r\n{cte}\r\n"
     ));
     let mut out = m.into_bytes();
     out.extend_from_slice(returned);
@@ -140,6 +186,7 @@ fn header(n: &Notice, boundary: &str) -> String {
     let subject = match n.action {
         Action::Failed => "Undelivered Mail Returned to Sender",
         Action::Delayed => "Delayed Mail (still being retried)",
+        _ => "Successful Mail Delivery Report",
     };
     let message_id = format!("<{}.{}.{}@{}>", n.queue_id, n.now, unique(), n.hostname);
     let mut m = String::new();
@@ -166,6 +213,7 @@ fn explanation(n: &Notice) -> String {
     let intro = match n.action {
         Action::Failed => "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. The reasons are below.\r\n",
         Action::Delayed => "This is a warning only: your message has not yet been delivered\r\nto the recipients below. Delivery will be retried; you do not\r\nneed to send it again.\r\n",
+        _ => "You asked to be told when your message arrived. It has, for the\r\nrecipients below: \"delivered\" means it is in their mailbox;\r\n\"relayed\" that it went on to a host that sends no such notices,\r\nso you will hear more only if that host cannot deliver it;\r\n\"expanded\" that it went on to the members of a list or alias.\r\n",
     };
     let mut m = format!(
         "This is the mail system at host {}.\r\n\r\n{intro}\r\n",
@@ -173,8 +221,12 @@ fn explanation(n: &Notice) -> String {
     );
     for r in n.reports {
         m.push_str(&format!(
-            "<{}>: {}\r\n",
+            "<{}>: {}{}\r\n",
             clean(&r.recipient),
+            match n.action.is_success() {
+                true => format!("{}: ", r.action.word()),
+                false => String::new(),
+            },
             clean(&r.status.to_string())
         ));
     }
@@ -184,24 +236,28 @@ fn explanation(n: &Notice) -> String {
 
 /// The second part: the per-message and per-recipient fields (RFC 3464 §2.2, §2.3).
 fn delivery_status(n: &Notice) -> String {
-    let mut m = format!("Reporting-MTA: dns; {}\r\n", n.hostname);
+    let mut m = String::new();
+    if let Some(envid) = n.envid {
+        m.push_str(&format!("Original-Envelope-Id: {}\r\n", clean(envid)));
+    }
+    m.push_str(&format!("Reporting-MTA: dns; {}\r\n", n.hostname));
     m.push_str(&format!("X-Satchel-Queue-ID: {}\r\n", n.queue_id));
     m.push_str(&format!("Arrival-Date: {}\r\n", time::rfc5322(n.arrival)));
-    let action = match n.action {
-        Action::Failed => "failed",
-        Action::Delayed => "delayed",
-    };
     for r in n.reports {
         let kind = if r.recipient.is_ascii() {
             "rfc822"
         } else {
             "utf-8"
         };
+        m.push_str("\r\n");
+        if let Some(o) = &r.original {
+            m.push_str(&format!("Original-Recipient: {}\r\n", clean(o)));
+        }
         m.push_str(&format!(
-            "\r\nFinal-Recipient: {kind}; {}\r\n",
+            "Final-Recipient: {kind}; {}\r\n",
             clean(&r.recipient)
         ));
-        m.push_str(&format!("Action: {action}\r\n"));
+        m.push_str(&format!("Action: {}\r\n", r.action.word()));
         m.push_str(&format!("Status: {}\r\n", r.status.enhanced));
         if let Some(mta) = &r.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
@@ -236,6 +292,8 @@ mod tests {
             now: 60,
             reports,
             original,
+            full: false,
+            envid: None,
         }))
         .unwrap()
     }
@@ -246,6 +304,8 @@ mod tests {
             recipient: "bob@remote.test".into(),
             status: Status::parse("550 5.1.1 <bob@remote.test>: User unknown", 5),
             remote_mta: Some("mx.remote.test".into()),
+            action: Action::Failed,
+            original: None,
         }];
         let original = b"Subject: hello\r\nFrom: a@b\r\n\r\nsecret body\r\n";
         let s = failed_notice(&reports, original);
@@ -263,6 +323,44 @@ mod tests {
     }
 
     #[test]
+    fn success_notice_with_envelope_id_original_recipient_and_full_return() {
+        let reports = vec![
+            Report {
+                recipient: "bob@remote.test".into(),
+                status: Status::parse("250 2.0.0 Ok: queued as 1", 2),
+                remote_mta: Some("mx.remote.test".into()),
+                action: Action::Relayed,
+                original: Some("rfc822;Bob@remote.test".into()),
+            },
+            Report {
+                recipient: "carol@local.test".into(),
+                status: Status::parse("250 2.0.0 delivered to maildir", 2),
+                remote_mta: None,
+                action: Action::Delivered,
+                original: None,
+            },
+        ];
+        let s = String::from_utf8(build(&Notice {
+            action: Action::Delivered,
+            hostname: "mx.local.test",
+            queue_id: "ABC",
+            to: "a@b",
+            arrival: 0,
+            now: 60,
+            reports: &reports,
+            original: b"Subject: hi\r\n\r\nthe body\r\n",
+            full: true,
+            envid: Some("QQ314"),
+        }))
+        .unwrap();
+        assert!(s.contains("Subject: Successful Mail Delivery Report\r\n"));
+        assert!(s.contains("delivery-status\r\n\r\nOriginal-Envelope-Id: QQ314\r\nReporting-MTA: dns; mx.local.test\r\n"));
+        assert!(s.contains("\r\n\r\nOriginal-Recipient: rfc822;Bob@remote.test\r\nFinal-Recipient: rfc822; bob@remote.test\r\nAction: relayed\r\nStatus: 2.0.0\r\n"));
+        assert!(s.contains("Final-Recipient: rfc822; carol@local.test\r\nAction: delivered\r\n"));
+        assert!(s.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi\r\n\r\nthe body\r\n"));
+    }
+
+    #[test]
     fn text_that_is_not_ascii_is_labelled_and_lines_stay_short() {
         let reports = vec![Report {
             recipient: "j\u{f6}rg@remote.test".into(),
@@ -271,6 +369,8 @@ mod tests {
                 5,
             ),
             remote_mta: Some("mx.remote.test".into()),
+            action: Action::Failed,
+            original: None,
         }];
         let s = failed_notice(&reports, b"Subject: hello\r\n\r\n");
         assert!(s.contains(
@@ -302,6 +402,8 @@ mod tests {
                 now: 60,
                 reports: &[],
                 original: b"Subject: hi\r\n\r\n",
+                full: false,
+                envid: None,
             }))
             .unwrap()
         };

@@ -38,6 +38,7 @@
 use std::fmt;
 
 use crate::address::{ForwardPath, ReversePath};
+use crate::dsn::{Notify, RcptDsn, Ret};
 use crate::status::Status;
 
 pub const VERSION: u32 = 2;
@@ -98,6 +99,9 @@ pub struct Recipient {
     /// An alias (or `.forward`) target that is no address: a command or a
     /// file, on behalf of `addr` (written with the key `pipe` or `file`).
     pub via: Option<Via>,
+    /// What the sender asked to hear about it (RFC 3461), written as a
+    /// `dsn` line after it when anything was asked.
+    pub dsn: RcptDsn,
 }
 
 /// A delivery target that is not an address.
@@ -165,6 +169,10 @@ pub struct Envelope {
     /// first remote delivery, sent ahead of the content by every later
     /// one; empty when not signed.
     pub dkim: String,
+    /// RFC 3461 §4.3: what a failure notice returns, if the sender said.
+    pub ret: Option<Ret>,
+    /// RFC 3461 §4.4: the sender's envelope ID (xtext), if given.
+    pub envid: Option<String>,
     pub rcpts: Vec<Recipient>,
 }
 
@@ -295,6 +303,8 @@ impl Envelope {
             next_attempt: 0,
             warned: false,
             dkim: String::new(),
+            ret: None,
+            envid: None,
             rcpts: rcpts
                 .into_iter()
                 .map(|addr| Recipient {
@@ -302,6 +312,7 @@ impl Envelope {
                     state: RcptState::Pending,
                     expanded: false,
                     via: None,
+                    dsn: RcptDsn::default(),
                 })
                 .collect(),
         }
@@ -339,6 +350,12 @@ impl Envelope {
         if !self.dkim.is_empty() {
             kv("dkim", &escape(&self.dkim));
         }
+        if let Some(ret) = self.ret {
+            kv("ret", ret.keyword());
+        }
+        if let Some(envid) = &self.envid {
+            kv("envid", &escape(envid));
+        }
         for r in &self.rcpts {
             let mut v = format!("{} {}", r.state.keyword(), r.addr);
             let key = match &r.via {
@@ -360,6 +377,9 @@ impl Envelope {
                 v.push_str(&escape(&st.to_string()));
             }
             kv(key, &v);
+            if let Some(line) = dsn_line(&r.dsn) {
+                kv("dsn", &line);
+            }
         }
         match data {
             Data::Here(n) => kv("data", &n.to_string()),
@@ -386,6 +406,8 @@ impl Envelope {
             next_attempt: 0,
             warned: false,
             dkim: String::new(),
+            ret: None,
+            envid: None,
             rcpts: Vec::new(),
         };
         let mut version = 0;
@@ -464,12 +486,43 @@ impl Envelope {
             "next-attempt" => self.next_attempt = number(value)?,
             "warned" => self.warned = value == "yes",
             "dkim" => self.dkim = unescape(value)?,
+            "ret" => self.ret = Some(Ret::parse(value).ok_or("bad ret")?),
+            "envid" => self.envid = Some(unescape(value)?),
+            "dsn" => {
+                let last = self.rcpts.last_mut().ok_or("dsn before any rcpt")?;
+                last.dsn = parse_dsn_line(value)?;
+            }
             "rcpt" | "expanded" => self.rcpts.push(recipient(value, key == "expanded")?),
             "pipe" | "file" | "fpipe" | "ffile" => self.rcpts.push(recipient_via(value, key)?),
             _ => return Err("unknown key".into()),
         }
         Ok(())
     }
+}
+
+/// `NOTIFY [ORCPT]` (`-` for a NOTIFY not given); `None` when the
+/// sender asked nothing.
+fn dsn_line(d: &RcptDsn) -> Option<String> {
+    if d == &RcptDsn::default() {
+        return None;
+    }
+    let notify = d.notify.value().unwrap_or_else(|| "-".into());
+    Some(match &d.orcpt {
+        Some(o) => format!("{notify} {}", escape(o)),
+        None => notify,
+    })
+}
+
+fn parse_dsn_line(v: &str) -> Result<RcptDsn, String> {
+    let (notify, orcpt) = match split_at_byte(v, b' ') {
+        Some((n, o)) => (n, Some(unescape(o)?)),
+        None => (v, None),
+    };
+    let notify = match notify {
+        "-" => Notify::default(),
+        n => Notify::parse(n).ok_or("bad dsn notify")?,
+    };
+    Ok(RcptDsn { notify, orcpt })
 }
 
 fn number(v: &str) -> Result<u64, String> {
@@ -508,6 +561,7 @@ fn recipient(value: &str, expanded: bool) -> Result<Recipient, String> {
         state,
         expanded,
         via: None,
+        dsn: RcptDsn::default(),
     })
 }
 
@@ -561,24 +615,32 @@ mod tests {
             next_attempt: 1_795_917_557,
             warned: true,
             dkim: String::new(),
+            ret: Some(Ret::Hdrs),
+            envid: Some("QQ+2B314".into()),
             rcpts: vec![
                 Recipient {
                     addr: ForwardPath::parse("<c@example.net>").unwrap(),
                     state: RcptState::Pending,
                     expanded: false,
                     via: None,
+                    dsn: RcptDsn::default(),
                 },
                 Recipient {
                     addr: ForwardPath::parse("<\"odd > name\"@example.net>").unwrap(),
                     state: RcptState::Failed(Status::parse("550 5.1.1 User unknown", 5)),
                     expanded: true,
                     via: None,
+                    dsn: RcptDsn {
+                        notify: Notify::parse("SUCCESS,FAILURE").unwrap(),
+                        orcpt: Some("rfc822;odd+20name@example.net".into()),
+                    },
                 },
                 Recipient {
                     addr: ForwardPath::Postmaster,
                     state: RcptState::Sent(Status::parse("250 ok", 2)),
                     expanded: false,
                     via: None,
+                    dsn: RcptDsn::default(),
                 },
                 Recipient {
                     addr: ForwardPath::parse("<\"odd > name\"@example.net>").unwrap(),
@@ -590,18 +652,27 @@ mod tests {
                     via: Some(Via::Command(
                         "procmail -a \"$EXTENSION\" > /x\tand a tab".into(),
                     )),
+                    dsn: RcptDsn::default(),
                 },
                 Recipient {
                     addr: ForwardPath::parse("<list@example.net>").unwrap(),
                     state: RcptState::Pending,
                     expanded: true,
                     via: Some(Via::File("/var/mail/list archive".into())),
+                    dsn: RcptDsn {
+                        notify: Notify::parse("NEVER").unwrap(),
+                        orcpt: None,
+                    },
                 },
                 Recipient {
                     addr: ForwardPath::parse("<bob@example.net>").unwrap(),
                     state: RcptState::Pending,
                     expanded: true,
                     via: Some(Via::ForwardCommand("procmail".into())),
+                    dsn: RcptDsn {
+                        notify: Notify::default(),
+                        orcpt: Some("utf-8;j\u{f6}rg@example.net".into()),
+                    },
                 },
             ],
         }

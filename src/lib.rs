@@ -15,6 +15,7 @@ pub mod delivery;
 #[cfg(feature = "tls")]
 pub mod dkim;
 pub mod dns;
+pub mod dsn;
 pub mod envelope;
 pub mod guard;
 pub mod handoff;

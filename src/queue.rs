@@ -612,6 +612,8 @@ mod tests {
                 next_attempt: 1_795_990_000 + i / 100,
                 warned: false,
                 dkim: String::new(),
+                ret: None,
+                envid: None,
                 rcpts: vec![Recipient {
                     addr: ForwardPath::parse(&format!("<r{i}@example.net>")).unwrap(),
                     state: if i % 3 == 0 {
@@ -621,6 +623,7 @@ mod tests {
                     },
                     expanded: false,
                     via: None,
+                    dsn: Default::default(),
                 }],
             };
             let text = env.to_text(crate::envelope::Data::Here(1000));

@@ -1107,14 +1107,17 @@ pub fn envelope_of(txn: &Transaction, id: &str, arrival: u64, client: &str) -> E
         next_attempt: 0,
         warned: false,
         dkim: String::new(),
+        ret: txn.params.ret,
+        envid: txn.params.envid.clone(),
         rcpts: txn
             .rcpts
             .iter()
-            .map(|r| Recipient {
-                addr: r.clone(),
+            .map(|(addr, dsn)| Recipient {
+                addr: addr.clone(),
                 state: RcptState::Pending,
                 expanded: false,
                 via: None,
+                dsn: dsn.clone(),
             })
             .collect(),
     }
@@ -1321,8 +1324,11 @@ mod tests {
             from: ReversePath::parse("<a@b.test>").unwrap(),
             params: Default::default(),
             rcpts: vec![
-                ForwardPath::parse("<c@d.test>").unwrap(),
-                ForwardPath::Postmaster,
+                (
+                    ForwardPath::parse("<c@d.test>").unwrap(),
+                    Default::default(),
+                ),
+                (ForwardPath::Postmaster, Default::default()),
             ],
             spf: None,
         };

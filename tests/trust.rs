@@ -433,11 +433,14 @@ fn the_client_never_sends_a_bare_cr_or_lf() {
         next_attempt: 0,
         warned: false,
         dkim: String::new(),
+        ret: None,
+        envid: None,
         rcpts: vec![Recipient {
             addr: ForwardPath::parse("<x@remote.test>").unwrap(),
             state: RcptState::Pending,
             expanded: false,
             via: None,
+            dsn: Default::default(),
         }],
     };
     spool

@@ -472,6 +472,11 @@ section "Delivering" {
     /// message has waited this long; 0 = never.
     delay_warning_time: Duration = "0s", MAY_BE_ZERO, Live;
 
+    /// The largest message a non-delivery notice returns whole, when its sender
+    /// asked for that (RFC 3461 RET=FULL); a larger one gets its header
+    /// section back only, as for everyone else (Postfix's bounce_size_limit).
+    bounce_size_limit: u64 = "50000", Size { min: 0 }, Live;
+
     /// Simultaneous deliveries to one destination domain.
     destination_concurrency_limit: usize = "10", AT_LEAST_ONE, Live;
 

@@ -55,6 +55,11 @@ struct Attempt {
     /// Recipients whose expansion was deferred (a broken `.forward`): not
     /// delivered anywhere in this attempt.
     held: Vec<ForwardPath>,
+    /// Success notices owed (RFC 3461 NOTIFY=SUCCESS): recipients sent in
+    /// this attempt and what they are told, and aliases expanded to several
+    /// targets.
+    successes: Vec<(usize, Action)>,
+    expanded: Vec<Report>,
 }
 
 /// Where a group of recipients goes.
@@ -163,6 +168,8 @@ fn claim_and_triage(d: &Deliverer, id: &str) -> Result<Attempt, Option<u64>> {
         remote_mta: HashMap::new(),
         postponed: false,
         held: Vec::new(),
+        successes: Vec::new(),
+        expanded: Vec::new(),
     })
 }
 
@@ -171,7 +178,7 @@ fn claim_and_triage(d: &Deliverer, id: &str) -> Result<Attempt, Option<u64>> {
 /// the end of the attempt, so a crash before that expands it, fails it
 /// and reports it again.
 fn expand(d: &Deliverer, a: &mut Attempt) -> Result<(), Option<u64>> {
-    if !expand_aliases(d, &mut a.env, &mut a.held) {
+    if !expand_aliases(d, &mut a.env, &mut a.held, &mut a.expanded) {
         return Ok(());
     }
     let mut snap = a.env.clone();
@@ -193,8 +200,14 @@ fn expand(d: &Deliverer, a: &mut Attempt) -> Result<(), Option<u64>> {
 
 /// Replaces every open recipient that is a virtual alias, or an alias of
 /// a local domain, by what it stands for (marked `expanded`, so it is
-/// never expanded again). True if changed.
-fn expand_aliases(d: &Deliverer, env: &mut Envelope, held: &mut Vec<ForwardPath>) -> bool {
+/// never expanded again). True if changed. An alias of several targets
+/// that asked for success notices gets an `expanded` one (in `notices`).
+fn expand_aliases(
+    d: &Deliverer,
+    env: &mut Envelope,
+    held: &mut Vec<ForwardPath>,
+    notices: &mut Vec<Report>,
+) -> bool {
     let mut changed = false;
     let mut out: Vec<Recipient> = Vec::with_capacity(env.rcpts.len());
     for r in std::mem::take(&mut env.rcpts) {
@@ -209,6 +222,13 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope, held: &mut Vec<ForwardPath>
         changed = true;
         match expansion {
             Ok(targets) => {
+                let dsn = inherited(&r, targets.len());
+                if r.dsn.notify.success() && targets.len() > 1 {
+                    let ok = Status::bare(Enhanced(2, 0, 0), "alias expanded");
+                    let mut report = report(&r, None, Action::Expanded);
+                    report.status = ok;
+                    notices.push(report);
+                }
                 for t in targets {
                     if !out
                         .iter()
@@ -223,6 +243,7 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope, held: &mut Vec<ForwardPath>
                             addr: t.addr,
                             expanded: true,
                             via: t.via,
+                            dsn: dsn.clone(),
                         });
                     }
                 }
@@ -245,6 +266,24 @@ fn expand_aliases(d: &Deliverer, env: &mut Envelope, held: &mut Vec<ForwardPath>
     }
     env.rcpts = out;
     changed
+}
+
+/// What the targets of alias `r` (`n` of them) are asked for: its NOTIFY
+/// (without SUCCESS for a list, RFC 3461 §6.2.7.3: the list's
+/// `expanded` notice answers it), and its ORCPT, else its own address.
+fn inherited(r: &Recipient, n: usize) -> crate::dsn::RcptDsn {
+    crate::dsn::RcptDsn {
+        notify: match n > 1 && r.dsn.notify.success() {
+            true => r.dsn.notify.without_success(),
+            false => r.dsn.notify,
+        },
+        orcpt: Some(
+            r.dsn
+                .orcpt
+                .clone()
+                .unwrap_or_else(|| crate::dsn::orcpt_for(&r.addr.bare())),
+        ),
+    }
 }
 
 /// Pending, or failed for a command or file that aliases may not name
@@ -641,6 +680,11 @@ fn run(a: &mut Attempt, t: &dyn Transport, rcpts: &[usize], next_hop: &str) {
         if let Some(mta) = &result.remote_mta {
             a.remote_mta.insert(i, mta.clone());
         }
+        if let (Some(act), RcptState::Sent(_)) = (result.success_notice, &state) {
+            if a.env.rcpts[i].dsn.notify.success() {
+                a.successes.push((i, act));
+            }
+        }
         log_outcome(&a.env, &a.env.rcpts[i].addr, &result.relay, &state, a.now);
         a.env.rcpts[i].state = state;
     }
@@ -662,8 +706,40 @@ fn expire(d: &Deliverer, a: &mut Attempt) {
 }
 
 /// A bounce for what failed in this attempt; a delay warning once
-/// (Postfix's delay_warning_time).
+/// (Postfix's delay_warning_time); the success notices asked for. Each
+/// only for recipients whose NOTIFY wants it (RFC 3461 §4.1).
 fn notices(d: &Deliverer, a: &mut Attempt) {
+    failure_notice(d, a);
+    let env = &mut a.env;
+    let dwt = d.cfg.delay_warning_time.as_secs();
+    if dwt > 0 && !env.warned && a.now.saturating_sub(env.created) >= dwt {
+        let deferred: Vec<usize> = (0..env.rcpts.len())
+            .filter(|&i| matches!(env.rcpts[i].state, RcptState::Deferred(_)))
+            .collect();
+        let wanted: Vec<Report> = (deferred.iter())
+            .filter(|&&i| env.rcpts[i].dsn.notify.delay())
+            .map(|&i| report(&env.rcpts[i], a.remote_mta.get(&i), Action::Delayed))
+            .collect();
+        let sent =
+            |w: &[Report]| w.is_empty() || notify(d, env, Action::Delayed, w, &a.content).is_ok();
+        if !deferred.is_empty() && sent(&wanted) {
+            env.warned = true;
+        }
+    }
+    let mut done: Vec<Report> = std::mem::take(&mut a.expanded);
+    for &(i, act) in &a.successes {
+        done.push(report(&a.env.rcpts[i], a.remote_mta.get(&i), act));
+    }
+    if !done.is_empty() {
+        if let Err(e) = notify(d, &a.env, Action::Delivered, &done, &a.content) {
+            log::warn!("warning: {}: cannot queue the success notice: {e}", a.id);
+        }
+    }
+}
+
+/// The bounce for recipients that failed in this attempt; if it cannot
+/// be queued they stay open, to be tried (and reported) again.
+fn failure_notice(d: &Deliverer, a: &mut Attempt) {
     let env = &mut a.env;
     let newly_failed: Vec<usize> = (0..env.rcpts.len())
         .filter(|&i| {
@@ -671,37 +747,33 @@ fn notices(d: &Deliverer, a: &mut Attempt) {
                 && !a.failed_before.contains(&env.rcpts[i].addr)
         })
         .collect();
-    if !newly_failed.is_empty() {
-        let sent = notify(
-            d,
-            env,
-            &newly_failed,
-            &a.remote_mta,
-            Action::Failed,
-            &a.content,
+    let (owed, unwanted): (Vec<usize>, Vec<usize>) = newly_failed
+        .into_iter()
+        .partition(|&i| env.rcpts[i].dsn.notify.failure());
+    for i in unwanted {
+        log::info!(
+            "{}: to=<{}>: no non-delivery notice (NOTIFY={})",
+            env.id,
+            env.rcpts[i].addr.bare(),
+            env.rcpts[i].dsn.notify.value().unwrap_or_default()
         );
-        if let Err(e) = sent {
-            // Kept open: they are tried (and bounced) again later.
-            log::warn!(
-                "warning: {}: cannot queue the bounce: {e}; will retry",
-                a.id
-            );
-            for &i in &newly_failed {
-                if let RcptState::Failed(t) = &env.rcpts[i].state {
-                    env.rcpts[i].state = RcptState::Deferred(t.clone());
-                }
-            }
-        }
     }
-    let dwt = d.cfg.delay_warning_time.as_secs();
-    if dwt > 0 && !env.warned && a.now.saturating_sub(env.created) >= dwt {
-        let delayed: Vec<usize> = (0..env.rcpts.len())
-            .filter(|&i| matches!(env.rcpts[i].state, RcptState::Deferred(_)))
-            .collect();
-        if !delayed.is_empty()
-            && notify(d, env, &delayed, &a.remote_mta, Action::Delayed, &a.content).is_ok()
-        {
-            env.warned = true;
+    if owed.is_empty() {
+        return;
+    }
+    let reports: Vec<Report> = owed
+        .iter()
+        .map(|&i| report(&env.rcpts[i], a.remote_mta.get(&i), Action::Failed))
+        .collect();
+    if let Err(e) = notify(d, env, Action::Failed, &reports, &a.content) {
+        log::warn!(
+            "warning: {}: cannot queue the bounce: {e}; will retry",
+            a.id
+        );
+        for &i in &owed {
+            if let RcptState::Failed(t) = &env.rcpts[i].state {
+                env.rcpts[i].state = RcptState::Deferred(t.clone());
+            }
         }
     }
 }
@@ -803,29 +875,35 @@ fn requeue(d: &Deliverer, id: &str, next: u64) -> Option<u64> {
     }
 }
 
-/// Queues a bounce or delay warning to the reverse-path. A message from
-/// `<>` gets none (RFC 5321 §4.5.5: a bounce is never bounced); like
-/// Postfix's default, such double bounces are logged and dropped.
+/// Queues a bounce, delay warning or success notice to the
+/// reverse-path. A message from `<>` gets none (RFC 5321 §4.5.5: a
+/// bounce is never bounced); like Postfix's default, such double bounces
+/// are logged and dropped.
 fn notify(
     d: &Deliverer,
     env: &Envelope,
-    idx: &[usize],
-    mta: &HashMap<usize, String>,
     action: Action,
+    reports: &[Report],
     msg: &Content,
 ) -> io::Result<()> {
     let ReversePath::Mailbox(sender) = &env.from else {
         log::info!("{}: undeliverable mail from <> (a bounce): not returned; discarded as Postfix does with double bounces", env.id);
         return Ok(());
     };
+    // RFC 3461 §4.3: the whole message only to a sender who asked, for a
+    // failure, and within bounce_size_limit; else its header section.
+    let full = action == Action::Failed
+        && env.ret == Some(crate::dsn::Ret::Full)
+        && msg.len <= d.cfg.bounce_size_limit;
+    let limit = if full { msg.len } else { 64 * 1024 };
     let mut original = Vec::new();
-    msg.open()?.take(64 * 1024).read_to_end(&mut original)?;
-    let reports: Vec<Report> = idx
-        .iter()
-        .map(|&i| report(&env.rcpts[i], mta.get(&i)))
-        .collect();
+    msg.open()?.take(limit).read_to_end(&mut original)?;
     let now = unix_now();
     let to = sender.to_string();
+    let envid = env
+        .envid
+        .as_deref()
+        .map(|e| crate::dsn::decode_xtext(e).unwrap_or_else(|| e.to_string()));
     let bytes = bounce::build(&Notice {
         action,
         hostname: &d.cfg.hostname,
@@ -833,8 +911,10 @@ fn notify(
         to: &to,
         arrival: env.created,
         now,
-        reports: &reports,
+        reports,
         original: &original,
+        full,
+        envid: envid.as_deref(),
     });
     let mut benv = Envelope::local(
         ReversePath::Null,
@@ -847,7 +927,8 @@ fn notify(
     let bid = d.spool.queue_bytes(&bytes, &mut benv)?;
     let kind = match action {
         Action::Failed => "non-delivery",
-        _ => "delay",
+        Action::Delayed => "delay",
+        _ => "delivery status",
     };
     log::info!("{}: sender {kind} notification: {bid}", env.id);
     d.wake.send(Event::Queued(bid));
@@ -855,7 +936,7 @@ fn notify(
 }
 
 /// One recipient's block of a DSN.
-fn report(r: &Recipient, mta: Option<&String>) -> Report {
+fn report(r: &Recipient, mta: Option<&String>, action: Action) -> Report {
     Report {
         recipient: r.addr.bare(),
         status: r
@@ -864,5 +945,7 @@ fn report(r: &Recipient, mta: Option<&String>) -> Report {
             .cloned()
             .unwrap_or_else(|| Status::bare(Enhanced(4, 0, 0), "not tried yet")),
         remote_mta: mta.cloned(),
+        action,
+        original: r.dsn.orcpt.as_deref().map(crate::dsn::orcpt_field),
     }
 }

@@ -78,6 +78,8 @@ pub struct Capabilities {
     pub size: Option<u64>,
     /// RFC 4954 mechanisms offered, upper case.
     pub auth: Vec<String>,
+    /// RFC 3461: DSN parameters are passed on.
+    pub dsn: bool,
 }
 
 impl Capabilities {
@@ -94,6 +96,7 @@ impl Capabilities {
                 "8BITMIME" => c.eight_bit_mime = true,
                 "SMTPUTF8" => c.smtputf8 = true,
                 "STARTTLS" => c.starttls = true,
+                "DSN" => c.dsn = true,
                 "SIZE" => c.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => c.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
@@ -226,6 +229,11 @@ pub struct MailFacts<'a> {
     /// LMTP (RFC 2033 §4.2): after the final dot, one reply for each
     /// accepted recipient, in the order of the RCPT commands.
     pub lmtp: bool,
+    /// RFC 3461 parameters, sent when the server offers DSN: for MAIL
+    /// (` RET=… ENVID=…`) and for each RCPT (` NOTIFY=… ORCPT=…`; empty,
+    /// or one per recipient).
+    pub mail_dsn: &'a str,
+    pub rcpt_dsn: &'a [String],
 }
 
 /// What the caller does next.
@@ -287,8 +295,17 @@ impl MailTransaction {
         let mut t = MailTransaction {
             pipelining: caps.pipelining,
             lmtp: m.lmtp,
-            mail_line: mail_command(m.from, m.size, m.eight_bit, m.smtputf8, caps),
-            rcpt_lines: m.rcpts.iter().map(|r| format!("RCPT TO:<{r}>")).collect(),
+            mail_line: mail_command(m.from, m.size, m.eight_bit, m.smtputf8, caps)
+                + if caps.dsn { m.mail_dsn } else { "" },
+            rcpt_lines: m
+                .rcpts
+                .iter()
+                .enumerate()
+                .map(|(i, r)| match m.rcpt_dsn.get(i).filter(|_| caps.dsn) {
+                    Some(p) => format!("RCPT TO:<{r}>{p}"),
+                    None => format!("RCPT TO:<{r}>"),
+                })
+                .collect(),
             expect: VecDeque::new(),
             mail_refused: None,
             outcomes: vec![None; m.rcpts.len()],
@@ -598,6 +615,8 @@ mod tests {
             smtputf8: false,
             needs_smtputf8: false,
             lmtp: false,
+            mail_dsn: "",
+            rcpt_dsn: &[],
         }
     }
 
@@ -703,6 +722,32 @@ mod tests {
             panic!()
         };
         assert_eq!(words(&o), ["deferred 451 4.3.0 try later"]);
+    }
+
+    #[test]
+    fn dsn_parameters_go_only_to_a_server_that_offers_dsn() {
+        let rcpts = ["x@d.test", "y@d.test"].map(String::from);
+        let rcpt_dsn = [" NOTIFY=SUCCESS".to_string(), String::new()];
+        let f = MailFacts {
+            mail_dsn: " RET=HDRS ENVID=e1",
+            rcpt_dsn: &rcpt_dsn,
+            ..facts(&rcpts)
+        };
+        let mut caps = Capabilities {
+            pipelining: true,
+            ..Default::default()
+        };
+        let (_, step) = MailTransaction::start(&f, &caps, false);
+        assert_eq!(
+            sent(&step),
+            "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@d.test>\r\nRCPT TO:<y@d.test>\r\nDATA\r\n"
+        );
+        caps.dsn = true;
+        let (_, step) = MailTransaction::start(&f, &caps, false);
+        assert_eq!(
+            sent(&step),
+            "MAIL FROM:<a@b.test> RET=HDRS ENVID=e1\r\nRCPT TO:<x@d.test> NOTIFY=SUCCESS\r\nRCPT TO:<y@d.test>\r\nDATA\r\n"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::reply::{Enhanced, Reply};
 use crate::address::{AddressError, ForwardPath, ReversePath};
+use crate::dsn::{is_xtext, Notify, RcptDsn, Ret};
 
 /// RFC 1652 / RFC 6152 body types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,6 +21,10 @@ pub struct MailParams {
     pub body: BodyType,
     /// RFC 6531.
     pub smtputf8: bool,
+    /// RFC 3461 §4.3, §4.4.
+    pub ret: Option<Ret>,
+    /// ENVID as received (xtext).
+    pub envid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +32,7 @@ pub enum Command {
     Helo(String),
     Ehlo(String),
     Mail(ReversePath, MailParams),
-    Rcpt(ForwardPath),
+    Rcpt(ForwardPath, RcptDsn),
     Data,
     Rset,
     Noop,
@@ -158,6 +163,17 @@ fn parse_mail(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
             // value is only a claim, and satchel does not pass it on.
             ("AUTH", Some(v)) if is_xtext(v) => {}
             ("AUTH", _) => return Err(Reply::new(501, Enhanced(5, 5, 4), "Bad AUTH parameter")),
+            // RFC 3461 §4.3, §4.4: each at most once.
+            ("RET", Some(v)) if p.ret.is_none() => {
+                p.ret = Some(Ret::parse(v).ok_or_else(|| bad_param("RET"))?)
+            }
+            ("ENVID", Some(v)) if p.envid.is_none() => {
+                if !is_xtext(v) || v.len() > crate::dsn::MAX_ENVID {
+                    return Err(bad_param("ENVID"));
+                }
+                p.envid = Some(v.to_string());
+            }
+            ("RET" | "ENVID", _) => return Err(bad_param(key)),
             _ => {
                 return Err(Reply::new(
                     555,
@@ -173,27 +189,10 @@ fn parse_mail(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
     Ok(Command::Mail(from, p))
 }
 
-/// RFC 3461 §4: xtext is "!" to "~" except "+" and "=", or "+" and two
-/// upper-case hex digits.
-fn is_xtext(v: &str) -> bool {
-    let b = v.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => {
-                let hex =
-                    |c: Option<&u8>| c.is_some_and(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F'));
-                if !(hex(b.get(i + 1)) && hex(b.get(i + 2))) {
-                    return false;
-                }
-                i += 3;
-            }
-            b'=' => return false,
-            b'!'..=b'~' => i += 1,
-            _ => return false,
-        }
-    }
-    !b.is_empty()
+/// 501 for a DSN parameter given twice or with a bad value (RFC 3461 §4).
+fn bad_param(key: &str) -> Reply {
+    let key = key.to_ascii_uppercase();
+    Reply::new(501, Enhanced(5, 5, 4), format!("Bad {key} parameter"))
 }
 
 /// `"RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path ) [SP Rcpt-parameters]`
@@ -213,22 +212,45 @@ fn parse_rcpt(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
     let rest = strip_keyword(arg, "TO:")
         .ok_or_else(|| Reply::new(501, Enhanced(5, 5, 4), "Syntax: RCPT TO:<address>"))?;
     let (path, params) = split_path(rest);
-    if let Some(p) = params.split(' ').find(|s| !s.is_empty()) {
-        let key = p.split('=').next().unwrap_or(p);
-        return Err(Reply::new(
-            555,
-            Enhanced(5, 5, 4),
-            format!(
-                "Unsupported option: {}",
-                key.chars().take(64).collect::<String>()
-            ),
-        ));
-    }
+    let dsn = rcpt_params(params)?;
     let qualified = qualify(path, origin);
     let path = qualified.as_deref().unwrap_or(path);
     let to =
         ForwardPath::parse(path).map_err(|e| address_reply(e, Enhanced(5, 1, 3), "Recipient"))?;
-    Ok(Command::Rcpt(to))
+    Ok(Command::Rcpt(to, dsn))
+}
+
+/// RCPT's parameters: NOTIFY and ORCPT (RFC 3461 §4.1, §4.2), each at
+/// most once; anything else is unknown (555).
+fn rcpt_params(params: &str) -> Result<RcptDsn, Reply> {
+    let mut dsn = RcptDsn::default();
+    for param in params.split(' ').filter(|s| !s.is_empty()) {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        match key.to_ascii_uppercase().as_str() {
+            "NOTIFY" if !dsn.notify.is_given() => {
+                dsn.notify = Notify::parse(value).ok_or_else(|| bad_param(key))?
+            }
+            "ORCPT"
+                if dsn.orcpt.is_none()
+                    && value.len() <= crate::dsn::MAX_ORCPT
+                    && crate::dsn::valid_orcpt(value) =>
+            {
+                dsn.orcpt = Some(value.to_string())
+            }
+            "NOTIFY" | "ORCPT" => return Err(bad_param(key)),
+            _ => {
+                return Err(Reply::new(
+                    555,
+                    Enhanced(5, 5, 4),
+                    format!(
+                        "Unsupported option: {}",
+                        key.chars().take(64).collect::<String>()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(dsn)
 }
 
 /// Case-insensitive `FROM:`/`TO:`, then optional spaces (Postfix tolerates
@@ -332,9 +354,40 @@ mod tests {
             MailParams {
                 size: Some(1000),
                 body: BodyType::EightBitMime,
-                smtputf8: true
+                smtputf8: true,
+                ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn dsn_parameters_of_mail_and_rcpt() {
+        // RFC 3461 §4.1-4.4.
+        let c = ok("MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ+2B314");
+        let Command::Mail(_, p) = c else { panic!() };
+        assert_eq!(p.ret, Some(Ret::Hdrs));
+        assert_eq!(p.envid.as_deref(), Some("QQ+2B314"));
+        let c = ok("RCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c+40d.example");
+        let Command::Rcpt(_, dsn) = c else { panic!() };
+        assert!(dsn.notify.success() && dsn.notify.failure() && !dsn.notify.delay());
+        assert_eq!(dsn.orcpt.as_deref(), Some("rfc822;c+40d.example"));
+        let long = format!("MAIL FROM:<a@b> ENVID={}", "x".repeat(101));
+        for bad in [
+            "MAIL FROM:<a@b> RET=ALL",
+            "MAIL FROM:<a@b> RET=FULL RET=HDRS",
+            "MAIL FROM:<a@b> ENVID=a+4",
+            "MAIL FROM:<a@b> ENVID=a=b",
+            "MAIL FROM:<a@b> ENVID",
+            long.as_str(),
+            "RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS",
+            "RCPT TO:<a@b> NOTIFY=",
+            "RCPT TO:<a@b> NOTIFY=SUCCESS NOTIFY=FAILURE",
+            "RCPT TO:<a@b> ORCPT=a@b",
+            "RCPT TO:<a@b> ORCPT=rfc822;a+ZZb",
+            "RCPT TO:<a@b> ORCPT=rfc822;",
+        ] {
+            assert_eq!(code(bad.as_bytes()), 501, "{bad}");
+        }
     }
 
     #[test]
@@ -344,14 +397,14 @@ mod tests {
         assert!(parse(b"RCPT TO:<root>").is_err());
         let q = |l: &str| parse_qualifying(l.as_bytes(), Some("example.test"));
         assert!(
-            matches!(q("RCPT TO:<root>"), Ok(Command::Rcpt(ForwardPath::Mailbox(m))) if m.to_string() == "root@example.test")
+            matches!(q("RCPT TO:<root>"), Ok(Command::Rcpt(ForwardPath::Mailbox(m), _)) if m.to_string() == "root@example.test")
         );
         assert!(
             matches!(q("MAIL FROM:<cron>"), Ok(Command::Mail(ReversePath::Mailbox(m), _)) if m.to_string() == "cron@example.test")
         );
         assert!(matches!(
             q("RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt(ForwardPath::Postmaster))
+            Ok(Command::Rcpt(ForwardPath::Postmaster, _))
         ));
         assert!(matches!(
             q("MAIL FROM:<>"),
@@ -384,7 +437,7 @@ mod tests {
     #[test]
     fn unknown_mail_parameter_is_555() {
         assert_eq!(code(b"MAIL FROM:<a@b> FOO=1"), 555);
-        assert_eq!(code(b"RCPT TO:<a@b> NOTIFY=NEVER"), 555);
+        assert_eq!(code(b"RCPT TO:<a@b> FOO=NEVER"), 555);
         assert_eq!(code(b"MAIL FROM:<a@b> SIZE=abc"), 501);
         assert_eq!(code(b"MAIL FROM:<a@b> BODY=9BIT"), 501);
     }
@@ -392,7 +445,7 @@ mod tests {
     #[test]
     fn quoted_local_part_with_space_and_angle() {
         let c = ok(r#"RCPT TO:<"a >b"@c.example>"#);
-        let Command::Rcpt(ForwardPath::Mailbox(Mailbox { local, .. })) = c else {
+        let Command::Rcpt(ForwardPath::Mailbox(Mailbox { local, .. }), _) = c else {
             panic!()
         };
         assert_eq!(local, r#""a >b""#);

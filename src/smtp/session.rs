@@ -11,6 +11,7 @@ use super::command::{self, Command, MailParams};
 use super::data::Defect;
 use super::reply::{Enhanced, Reply};
 use crate::address::{ForwardPath, Mailbox, ReversePath};
+use crate::dsn::RcptDsn;
 
 /// What the session needs to know of the configuration.
 #[derive(Debug, Clone)]
@@ -121,7 +122,8 @@ pub struct Transaction {
     pub protocol: &'static str,
     pub from: ReversePath,
     pub params: MailParams,
-    pub rcpts: Vec<ForwardPath>,
+    /// The accepted recipients, each with its DSN request (RFC 3461).
+    pub rcpts: Vec<(ForwardPath, RcptDsn)>,
     /// SPF's result for the transaction and the domain it was for, when
     /// the checks evaluated it (for Authentication-Results and DMARC).
     pub spf: Option<(crate::guard::spf::SpfResult, String)>,
@@ -157,7 +159,7 @@ enum State {
     /// After MAIL.
     Mail(Helo, ReversePath, MailParams),
     /// After at least one accepted RCPT.
-    Rcpt(Helo, ReversePath, MailParams, Vec<ForwardPath>),
+    Rcpt(Helo, ReversePath, MailParams, Vec<(ForwardPath, RcptDsn)>),
     /// DATA accepted by us; the connection loop owns the data phase.
     Data(Helo, Transaction),
 }
@@ -287,7 +289,7 @@ impl<'p> Session<'p> {
     /// A milter refused the recipient `to` just accepted: it is dropped.
     pub fn undo_rcpt(&mut self, to: &str, r: Reply) -> Event {
         if let State::Rcpt(h, f, p, mut rcpts) = std::mem::replace(&mut self.state, State::Fresh) {
-            rcpts.retain(|x| x.bare() != to);
+            rcpts.retain(|(x, _)| x.bare() != to);
             self.state = match rcpts.is_empty() {
                 true => State::Mail(h, f, p),
                 false => State::Rcpt(h, f, p, rcpts),
@@ -462,7 +464,7 @@ impl<'p> Session<'p> {
             Command::Helo(name) => self.hello(name, false),
             Command::Ehlo(name) => self.hello(name, true),
             Command::Mail(from, params) => self.mail(from, params),
-            Command::Rcpt(to) => self.rcpt(to),
+            Command::Rcpt(to, dsn) => self.rcpt(to, dsn),
             Command::Data => self.data(),
             Command::Rset => {
                 self.milter_due = Some(MilterStage::Abort);
@@ -512,6 +514,7 @@ impl<'p> Session<'p> {
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
+            "DSN".into(),
         ];
         let mut lines = lines;
         if self.cfg.tls_available && !self.tls_active {
@@ -621,7 +624,7 @@ impl<'p> Session<'p> {
         }
     }
 
-    fn rcpt(&mut self, to: ForwardPath) -> Event {
+    fn rcpt(&mut self, to: ForwardPath, dsn: RcptDsn) -> Event {
         let (helo, from, params, mut rcpts) = match std::mem::replace(&mut self.state, State::Fresh)
         {
             State::Mail(h, f, p) => (h, f, p, Vec::new()),
@@ -639,9 +642,9 @@ impl<'p> Session<'p> {
             self.over_limit += 1;
             self.uncounted = self.over_limit <= RCPT_OVERSHOOT;
         }
-        if verdict.is_positive() && !rcpts.contains(&to) {
+        if verdict.is_positive() && !rcpts.iter().any(|(r, _)| *r == to) {
             self.milter_due = Some(MilterStage::Rcpt(to.bare()));
-            rcpts.push(to);
+            rcpts.push((to, dsn));
         }
         self.state = if rcpts.is_empty() {
             State::Mail(helo, from, params)
@@ -1023,7 +1026,7 @@ impl<'p> Session<'p> {
             self.cfg.hostname, txn.protocol
         );
         // Like Postfix, name the recipient only when there is exactly one.
-        if let [ForwardPath::Mailbox(m)] = txn.rcpts.as_slice() {
+        if let [(ForwardPath::Mailbox(m), _)] = txn.rcpts.as_slice() {
             h.push_str(&format!("\r\n\tfor <{m}>"));
         }
         h.push_str(&format!("; {date}\r\n"));

@@ -30,11 +30,14 @@ fn envelope() -> Envelope {
         next_attempt: 0,
         warned: false,
         dkim: String::new(),
+        ret: None,
+        envid: None,
         rcpts: vec![Recipient {
             addr: ForwardPath::parse("<c@d.test>").unwrap(),
             state: RcptState::Pending,
             expanded: false,
             via: None,
+            dsn: Default::default(),
         }],
     }
 }
@@ -139,6 +142,7 @@ fn an_envelope_too_big_for_its_room_gets_a_file_of_its_own_size() {
             state: RcptState::Pending,
             expanded: false,
             via: None,
+            dsn: Default::default(),
         });
     }
     let mut inc = s.create().unwrap();

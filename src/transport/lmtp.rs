@@ -155,6 +155,7 @@ impl Transport for Lmtp<'_> {
             states,
             relay: self.target.to_string(),
             remote_mta: None,
+            success_notice: Some(crate::bounce::Action::Delivered),
         }
     }
 }
@@ -237,6 +238,8 @@ impl Lmtp<'_> {
             smtputf8: env.smtputf8 && caps.smtputf8,
             needs_smtputf8: false,
             lmtp: true,
+            mail_dsn: "",
+            rcpt_dsn: &[],
         };
         let (mut t, mut step) = MailTransaction::start(&facts, caps, reused);
         // Before the content goes, a reused session that fails is stale.

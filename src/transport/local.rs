@@ -365,6 +365,7 @@ impl Transport for Local<'_> {
             states,
             relay: "local".into(),
             remote_mta: None,
+            success_notice: Some(crate::bounce::Action::Delivered),
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct Delivery {
     pub relay: String,
     /// The remote host's name for a DSN's Remote-MTA field, if one answered.
     pub remote_mta: Option<String>,
+    /// What a recipient that asked for success notices (RFC 3461
+    /// NOTIFY=SUCCESS) is told once sent: `delivered` here, `relayed` to a
+    /// hop that does not speak DSN, nothing when the hop took the request.
+    pub success_notice: Option<crate::bounce::Action>,
 }
 
 pub trait Transport {

@@ -57,6 +57,7 @@ impl Transport for Pipe<'_> {
             states,
             relay: self.relay.into(),
             remote_mta: None,
+            success_notice: Some(crate::bounce::Action::Delivered),
         }
     }
 }

@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::{Batch, Delivery, Transport};
+use crate::bounce::Action;
 use crate::dns::{DnsError, Mx, Resolver};
 use crate::envelope::RcptState;
 use crate::smtp::client::{
@@ -39,6 +40,9 @@ pub struct DomainResult {
     pub relay: Option<String>,
     /// The host name, for the DSN's Remote-MTA field.
     pub remote_mta: Option<String>,
+    /// The host that answered offers DSN (RFC 3461): the requests went
+    /// on with the message, and notices are its business now.
+    pub dsn: bool,
 }
 
 /// `relayhost = [host]:port` (no MX look-up) or `host:port` (MX look-up of
@@ -138,6 +142,9 @@ pub struct Message<'a> {
     pub size: u64,
     pub eight_bit: bool,
     pub smtputf8: bool,
+    /// RFC 3461 parameters for MAIL and for each recipient (see `MailFacts`).
+    pub mail_dsn: &'a str,
+    pub rcpt_dsn: &'a [String],
 }
 
 /// A host to try, with the addresses known for it.
@@ -276,6 +283,7 @@ pub fn deliver(
         outcomes: vec![o; rcpts.len()],
         relay: None,
         remote_mta: None,
+        dsn: false,
     };
     let hops = match route(domain, cfg, dns) {
         Ok(h) => h,
@@ -302,11 +310,12 @@ pub fn deliver(
             let addr = SocketAddr::new(ip, port);
             let relay = format!("{}[{}]:{}", hop.name, ip, port);
             match transaction(&hop.name, addr, rcpts, msg, cfg) {
-                Ok(outcomes) => {
+                Ok((outcomes, dsn)) => {
                     return DomainResult {
                         outcomes,
                         relay: Some(relay),
                         remote_mta: Some(hop.name.clone()),
+                        dsn,
                     }
                 }
                 // RFC 5321 §5.1, as Postfix: mail that would come back
@@ -462,6 +471,7 @@ impl Transport for Smtp<'_> {
             .map(|&i| env.rcpts[i].addr.bare())
             .collect();
         let from = env.from.to_string();
+        let (mail_dsn, rcpt_dsn) = crate::dsn::params(env, batch.rcpts);
         let m = Message {
             from: &from,
             head: env.dkim.as_bytes(),
@@ -469,6 +479,8 @@ impl Transport for Smtp<'_> {
             size: env.size + env.dkim.len() as u64,
             eight_bit: env.body == "8BITMIME",
             smtputf8: env.smtputf8,
+            mail_dsn: &mail_dsn,
+            rcpt_dsn: &rcpt_dsn,
         };
         // For domain literals the "domain" is the address itself.
         let target = batch
@@ -491,6 +503,8 @@ impl Transport for Smtp<'_> {
             states,
             relay: r.relay.unwrap_or_else(|| "none".into()),
             remote_mta: r.remote_mta,
+            // RFC 3461 §6.2.6.2: a hop without DSN ends our part in it.
+            success_notice: (!r.dsn).then_some(Action::Relayed),
         }
     }
 }
@@ -509,6 +523,7 @@ impl Smtp<'_> {
                     outcomes: vec![Outcome::Deferred(paused); rcpts.len()],
                     relay: None,
                     remote_mta: None,
+                    dsn: false,
                 };
             }
             // Each host gets its own credentials, never another's.
@@ -815,7 +830,7 @@ fn transaction(
     rcpts: &[String],
     msg: &Message,
     cfg: &RelayConfig,
-) -> Result<Vec<Outcome>, HostError> {
+) -> Result<(Vec<Outcome>, bool), HostError> {
     match attempt(host, addr, rcpts, msg, cfg, true) {
         // Opportunistic TLS: a server that offers STARTTLS but cannot
         // complete a handshake with us (old protocol versions, no common
@@ -838,7 +853,7 @@ fn transaction(
 }
 
 /// `transaction`, with STARTTLS when `use_tls` and the configuration has
-/// it.
+/// it. The outcomes, and whether the server offered DSN.
 fn attempt(
     host: &str,
     addr: SocketAddr,
@@ -846,7 +861,7 @@ fn attempt(
     msg: &Message,
     cfg: &RelayConfig,
     use_tls: bool,
-) -> Result<Vec<Outcome>, HostError> {
+) -> Result<(Vec<Outcome>, bool), HostError> {
     #[cfg(not(feature = "tls"))]
     let _ = use_tls;
     #[cfg(feature = "tls")]
@@ -876,8 +891,9 @@ fn attempt(
         // with PIPELINING it goes in the same group as MAIL (RFC 2920 §3.1).
         match dialogue(&mut c, rcpts, msg, &caps, true) {
             Ok(outcomes) => {
+                let dsn = caps.dsn;
                 release(c, key, caps, &outcomes);
-                return Ok(outcomes);
+                return Ok((outcomes, dsn));
             }
             // Gone, or broke off: a new connection tries once more, as the
             // next host would.
@@ -898,8 +914,9 @@ fn attempt(
     }
     match dialogue(&mut c, rcpts, msg, &caps, false) {
         Ok(outcomes) => {
+            let dsn = caps.dsn;
             release(c, key, caps, &outcomes);
-            Ok(outcomes)
+            Ok((outcomes, dsn))
         }
         Err(e) => {
             let _ = c.send(b"QUIT\r\n");
@@ -1122,6 +1139,8 @@ fn dialogue(
             && !caps.smtputf8
             && needs_smtputf8(msg.from, rcpts, msg.content),
         lmtp: false,
+        mail_dsn: msg.mail_dsn,
+        rcpt_dsn: msg.rcpt_dsn,
     };
     let (mut t, mut step) = MailTransaction::start(&facts, caps, rset);
     loop {

@@ -15,6 +15,8 @@ pub struct Received {
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: Vec<u8>,
+    /// The MAIL and RCPT commands as sent (with their parameters).
+    pub commands: Vec<String>,
 }
 
 /// The reply to `RCPT TO:<rcpt>` on connection number `conn` (from 0).
@@ -42,6 +44,8 @@ pub enum Fault {
     /// Offers STARTTLS, says 220 to it, then answers the client's TLS
     /// handshake with bytes that are not TLS (an old or broken server).
     BrokenTls,
+    /// No fault: offers DSN (RFC 3461), as Postfix does.
+    OffersDsn,
 }
 
 pub type Faults = dyn Fn(usize) -> Fault + Send + Sync;
@@ -135,6 +139,7 @@ fn session(
         from: String::new(),
         rcpts: Vec::new(),
         data: Vec::new(),
+        commands: Vec::new(),
     };
     loop {
         let mut line = String::new();
@@ -155,6 +160,8 @@ fn session(
             let _ = std::io::Read::read(&mut r, &mut hello);
             w.write_all(b"this is no TLS server hello\r\n")?;
             return Ok(());
+        } else if upper.starts_with("EHLO") && fault == Fault::OffersDsn {
+            "250-fake.test\r\n250-8BITMIME\r\n250-DSN\r\n250 SIZE 100000000".to_string()
         } else if upper.starts_with("EHLO") {
             "250-fake.test\r\n250-8BITMIME\r\n250 SIZE 100000000".to_string()
         } else if upper.starts_with("HELO") {
@@ -164,10 +171,13 @@ fn session(
                 from: cmd[10..].split(' ').next().unwrap_or("").to_string(),
                 rcpts: Vec::new(),
                 data: Vec::new(),
+                commands: vec![cmd.clone()],
             };
             "250 2.1.0 ok".into()
         } else if upper.starts_with("RCPT TO:") {
-            let rcpt = cmd[8..]
+            cur.commands.push(cmd.clone());
+            let path = cmd[8..].split(' ').next().unwrap_or("");
+            let rcpt = path
                 .trim_start_matches('<')
                 .trim_end_matches('>')
                 .to_string();
