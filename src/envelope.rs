@@ -13,6 +13,8 @@
 //! the content stays where it was, in a file of its own: `data msg N` says
 //! it is in `msg/<id>` from offset N. Version 1 envelopes, from before
 //! queue files, have no `data`: their content is all of `msg/<id>`.
+//! A `dsn` line belongs to the recipient above it: what its sender asked
+//! to hear (RFC 3461: NOTIFY, `-` when not said, then ORCPT if given).
 //!
 //! ```text
 //! version 2
@@ -27,7 +29,10 @@
 //! from <a@example.org>
 //! attempts 0
 //! next-attempt 1795917257
+//! ret HDRS
+//! envid QQ+2B314
 //! rcpt pending <c@example.net>
+//! dsn SUCCESS,FAILURE rfc822;C+40example.net
 //! rcpt failed <e@example.net> 550 5.1.1 User unknown
 //! data 2048
 //! end
