@@ -507,7 +507,7 @@ impl Envelope {
 
 /// `NOTIFY [ORCPT]` (`-` for a NOTIFY not given); `None` when the
 /// sender asked nothing.
-fn dsn_line(d: &RcptDsn) -> Option<String> {
+pub(crate) fn dsn_line(d: &RcptDsn) -> Option<String> {
     if d == &RcptDsn::default() {
         return None;
     }
@@ -518,7 +518,7 @@ fn dsn_line(d: &RcptDsn) -> Option<String> {
     })
 }
 
-fn parse_dsn_line(v: &str) -> Result<RcptDsn, String> {
+pub(crate) fn parse_dsn_line(v: &str) -> Result<RcptDsn, String> {
     let (notify, orcpt) = match split_at_byte(v, b' ') {
         Some((n, o)) => (n, Some(unescape(o)?)),
         None => (v, None),

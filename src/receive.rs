@@ -1285,12 +1285,11 @@ impl Sink {
             Sink::Spool(i) => i.commit_with(env, prefix),
             Sink::Maildrop { id, mut bytes } => {
                 bytes.splice(0..0, prefix.iter().copied());
-                let rcpts: Vec<_> = env.rcpts.iter().map(|r| r.addr.clone()).collect();
-                if rcpts.len() > crate::spool::maildrop::MAX_RCPTS {
+                if env.rcpts.len() > crate::spool::maildrop::MAX_RCPTS {
                     return Err(io::Error::other("too many recipients for the maildrop"));
                 }
                 env.size = bytes.len() as u64;
-                crate::spool::maildrop::submit_as(ctx.spool.root(), &id, &env.from, &rcpts, &bytes)
+                crate::spool::maildrop::submit_as(ctx.spool.root(), &id, env, &bytes)
             }
         }
     }

@@ -52,6 +52,11 @@ pub struct Options {
     pub config: Option<String>,
     pub recipients: Vec<String>,
     pub warnings: Vec<String>,
+    /// RFC 3461 requests: -N (for every recipient), -R, -V (as given;
+    /// xtext-encoded when queued).
+    pub notify: crate::dsn::Notify,
+    pub ret: Option<crate::dsn::Ret>,
+    pub envid: Option<String>,
 }
 
 pub const USAGE: &str = "usage: sendmail [options] [recipient ...]
@@ -67,10 +72,13 @@ pub const USAGE: &str = "usage: sendmail [options] [recipient ...]
   -bi, -I       check the aliases file (as newaliases)
   -q            deliver the queue now (asks a running server to flush)
   -bV, --version  the version
+  -N dsn        delivery notices wanted: never, or a list of success, failure,
+                delay (RFC 3461; the default: failure and delay)
+  -R ret        full or hdrs: what a non-delivery notice returns
+  -V envid      an envelope ID for the notices
 Accepted without effect, as Postfix and sendmail accept them: -B type, -G, -U,
 -n, -m, -c, -x, -A c|m, -e x, -h hops, -L tag, -O option=value, -o x [value],
--p protocol, -d x. Warned about (delivery status notifications are not
-supported yet): -N dsn, -R ret, -V envid, -X logfile.
+-p protocol, -d x. Warned about: -X logfile.
 Also installed as mailq (list the queue) and newaliases (check the aliases).";
 
 /// Option letters that take a value, attached (`-fuser`) or in the next
@@ -89,6 +97,9 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
         config: None,
         recipients: Vec::new(),
         warnings: Vec::new(),
+        notify: Default::default(),
+        ret: None,
+        envid: None,
     };
     let mut i = 0;
     while i < args.len() {
@@ -177,10 +188,13 @@ fn value_option(o: &mut Options, flag: char, v: String) -> Result<(), String> {
         // Body type, gateway/submission mode, error mode, hop count, log
         // tag, protocol, debugging, sendmail.cf options: no effect.
         'o' | 'B' | 'A' | 'e' | 'h' | 'L' | 'p' | 'd' | 'O' => {}
-        // Asked for and not done: said, so the caller is not misled.
-        'N' | 'R' | 'V' => o.warnings.push(format!(
-            "-{flag} {v} ignored: delivery status notifications are not supported"
-        )),
+        'N' => {
+            o.notify = crate::dsn::Notify::parse(&v)
+                .ok_or(format!("bad -N {v}: never, or success, failure, delay"))?
+        }
+        'R' => o.ret = Some(crate::dsn::Ret::parse(&v).ok_or(format!("bad -R {v}: full or hdrs"))?),
+        'V' if crate::dsn::xtext(&v).len() <= crate::dsn::MAX_ENVID => o.envid = Some(v),
+        'V' => return Err("-V: an envelope ID is at most 100 characters".into()),
         _ => o.warnings.push(format!("-{flag} {v} ignored")),
     }
     Ok(())
@@ -523,8 +537,25 @@ mod tests {
         assert!(o.warnings.is_empty(), "{:?}", o.warnings);
         assert_eq!(o.recipients, vec!["bob"]);
         assert_eq!(o.mode, Mode::Deliver);
-        let o = parse_args(&args(&["-N", "success", "bob"])).unwrap();
-        assert_eq!(o.warnings.len(), 1, "DSN asked for and not done");
+        let o = parse_args(&args(&[
+            "-N",
+            "success,delay",
+            "-R",
+            "hdrs",
+            "-V",
+            "a b",
+            "bob",
+        ]))
+        .unwrap();
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        assert!(o.notify.success() && o.notify.delay() && !o.notify.failure());
+        assert_eq!(
+            (o.ret, o.envid.as_deref()),
+            (Some(crate::dsn::Ret::Hdrs), Some("a b"))
+        );
+        for bad in [&["-N", "always", "bob"][..], &["-R", "all", "bob"]] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+        }
         assert_eq!(parse_args(&args(&["--help"])).unwrap().mode, Mode::Help);
         assert_eq!(parse_args(&args(&["-bV"])).unwrap().mode, Mode::Version);
         assert_eq!(parse_args(&args(&["-I"])).unwrap().mode, Mode::CheckAliases);
@@ -785,8 +816,13 @@ pub mod submit {
             header_recipients: Vec::new(),
         };
         check_limits(cfg, &rcpts, &unknown, prepared.message.len(), inc.is_none())?;
+        let mut env = Envelope::local(from, rcpts, &user, now, &prepared.message);
+        (env.ret, env.envid) = (o.ret, o.envid.as_deref().map(crate::dsn::xtext));
+        for r in env.rcpts.iter_mut() {
+            r.dsn.notify = o.notify;
+        }
         let Some(mut inc) = inc else {
-            return crate::spool::maildrop::submit(spool.root(), &from, &rcpts, &prepared.message)
+            return crate::spool::maildrop::submit(spool.root(), &env, &prepared.message)
                 .map(|name| (format!("maildrop/{name}"), unknown))
                 .map_err(|e| (EX_TEMPFAIL, format!("cannot write to the maildrop: {e}")));
         };
@@ -798,7 +834,6 @@ pub mod submit {
         );
         inc.write(received.as_bytes());
         inc.write(&prepared.message);
-        let mut env = Envelope::local(from, rcpts, &user, now, &prepared.message);
         inc.commit(&mut env)
             .map_err(|e| (EX_TEMPFAIL, format!("cannot queue: {e}")))?;
         log::info!(

@@ -94,13 +94,21 @@ fn sendmail_takes_the_values_of_its_options_instead_of_mailing_them() {
     assert_eq!(text(&out.stderr), "", "no warning on every cron run");
     h.s.wait_for("alice's copy", || h.s.maildir("alice").len() == 1);
     assert!(h.s.maildir("bob").is_empty());
-    // Asked for and not done yet: said once, and the mail still goes.
-    let out = h.sendmail(&["-N", "success", "bob"], b"Subject: dsn\n\nx\n");
+    // Delivery notices (RFC 3461): bob's copy, and a success notice for
+    // the sender, with the envelope ID given.
+    let out = h.sendmail(
+        &["-f", "alice", "-N", "success", "-V", "cron 7", "bob"],
+        b"Subject: dsn\n\nx\n",
+    );
     assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stderr), "");
+    h.s.wait_for("bob's copy", || h.s.maildir("bob").len() == 1);
+    h.s.wait_for("the notice to alice", || h.s.maildir("alice").len() == 2);
+    let notice = std::fs::read_to_string(&h.s.maildir("alice")[1]).unwrap();
     assert!(
-        text(&out.stderr).contains("-N success ignored"),
-        "{}",
-        text(&out.stderr)
+        notice.contains("Original-Envelope-Id: cron 7\n")
+            && notice.contains("Action: delivered\n"),
+        "{notice}"
     );
 }
 

@@ -166,8 +166,10 @@ fn mailq_counts_what_waits_in_the_maildrop() {
     fs::create_dir_all(s.spool()).unwrap();
     satchel::spool::maildrop::prepare(&s.spool()).unwrap();
     let from = satchel::address::ReversePath::parse("<a@b.test>").unwrap();
-    let to = [satchel::address::ForwardPath::parse("<c@d.test>").unwrap()];
-    satchel::spool::maildrop::submit(&s.spool(), &from, &to, b"Subject: x\r\n\r\nx\r\n").unwrap();
+    let to = vec![satchel::address::ForwardPath::parse("<c@d.test>").unwrap()];
+    let msg = b"Subject: x\r\n\r\nx\r\n";
+    let env = satchel::envelope::Envelope::local(from, to, "", 0, msg);
+    satchel::spool::maildrop::submit(&s.spool(), &env, msg).unwrap();
     let out = s.run(&["queue", "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

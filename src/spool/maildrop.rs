@@ -22,7 +22,9 @@
 //!   make it read nothing they could not read themselves.
 //!
 //! File format: `satchel-maildrop 1`, `from <a@b>`, one `rcpt <c@d>` per
-//! recipient, `end`, then the message (CRLF lines).
+//! recipient (each may be followed by a `dsn` line, as in the envelope),
+//! `ret` and `envid` when the sender asked for them (RFC 3461), `end`,
+//! then the message (CRLF lines).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -30,7 +32,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::address::{ForwardPath, ReversePath};
-use crate::envelope::Envelope;
+use crate::dsn::Ret;
+use crate::envelope::{self, Envelope};
 use crate::spool::Spool;
 use crate::time;
 
@@ -65,36 +68,41 @@ pub fn new_name() -> String {
     format!("{}.{}.{rnd}", now.as_micros(), std::process::id())
 }
 
-/// Writes one submission (as the submitting user); returns its name.
-pub fn submit(
-    spool_root: &Path,
-    from: &ReversePath,
-    rcpts: &[ForwardPath],
-    message: &[u8],
-) -> io::Result<String> {
+/// Writes one submission (as the submitting user) of the sender,
+/// recipients and DSN requests of `env`; returns its name.
+pub fn submit(spool_root: &Path, env: &Envelope, message: &[u8]) -> io::Result<String> {
     let name = new_name();
-    submit_as(spool_root, &name, from, rcpts, message)?;
+    submit_as(spool_root, &name, env, message)?;
     Ok(name)
 }
 
+/// The head of a maildrop file for `env`.
+fn head(env: &Envelope) -> String {
+    let mut head = format!("{MAGIC}\nfrom {}\n", env.from);
+    for r in &env.rcpts {
+        head.push_str(&format!("rcpt {}\n", r.addr));
+        if let Some(line) = envelope::dsn_line(&r.dsn) {
+            head.push_str(&format!("dsn {line}\n"));
+        }
+    }
+    if let Some(ret) = env.ret {
+        head.push_str(&format!("ret {}\n", ret.keyword()));
+    }
+    if let Some(envid) = &env.envid {
+        head.push_str(&format!("envid {envid}\n"));
+    }
+    head.push_str("end\n");
+    head
+}
+
 /// `submit` under a name from `new_name`.
-pub fn submit_as(
-    spool_root: &Path,
-    name: &str,
-    from: &ReversePath,
-    rcpts: &[ForwardPath],
-    message: &[u8],
-) -> io::Result<()> {
+pub fn submit_as(spool_root: &Path, name: &str, env: &Envelope, message: &[u8]) -> io::Result<()> {
     let d = dir(spool_root);
     // Written under a dot name, which pickup passes over, and renamed once
     // whole and synced: pickup never sees a file still being written.
     let path = d.join(name);
     let part = d.join(format!(".{name}"));
-    let mut head = format!("{MAGIC}\nfrom {from}\n");
-    for r in rcpts {
-        head.push_str(&format!("rcpt {r}\n"));
-    }
-    head.push_str("end\n");
+    let head = head(env);
     let result = (|| {
         // 0644: the pickup runs as the service user, not as the submitter.
         let mut f = OpenOptions::new()
@@ -124,11 +132,15 @@ pub fn submit_as(
 /// How old an unfinished submission is before pickup removes it.
 const STALE_PART: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// Parses a maildrop file: envelope and the offset where the message starts.
-pub fn parse(bytes: &[u8]) -> Result<(ReversePath, Vec<ForwardPath>, usize), String> {
+/// Parses a maildrop file: the envelope of a local message (helo and
+/// time still to set) and the offset where the message starts. Nothing in
+/// it is trusted: DSN values are checked as a server checks them.
+pub fn parse(bytes: &[u8]) -> Result<(Envelope, usize), String> {
     let mut pos = 0;
     let mut from = None;
     let mut rcpts = Vec::new();
+    let mut dsn = Vec::new();
+    let (mut ret, mut envid) = (None, None);
     let mut first = true;
     loop {
         let end = bytes[pos..]
@@ -154,7 +166,20 @@ pub fn parse(bytes: &[u8]) -> Result<(ReversePath, Vec<ForwardPath>, usize), Str
                 from = Some(ReversePath::parse(v).map_err(|e| format!("bad sender: {e}"))?)
             }
             Some(("rcpt", v)) => {
-                rcpts.push(ForwardPath::parse(v).map_err(|e| format!("bad recipient: {e}"))?)
+                rcpts.push(ForwardPath::parse(v).map_err(|e| format!("bad recipient: {e}"))?);
+                dsn.push(Default::default());
+            }
+            Some(("dsn", v)) => {
+                let d = envelope::parse_dsn_line(v)?;
+                let fine = d
+                    .orcpt
+                    .as_deref()
+                    .is_none_or(|o| o.len() <= crate::dsn::MAX_ORCPT && crate::dsn::valid_orcpt(o));
+                *dsn.last_mut().filter(|_| fine).ok_or("bad dsn line")? = d;
+            }
+            Some(("ret", v)) => ret = Some(Ret::parse(v).ok_or("bad ret")?),
+            Some(("envid", v)) if crate::dsn::is_xtext(v) && v.len() <= crate::dsn::MAX_ENVID => {
+                envid = Some(v.to_string())
             }
             _ => {
                 return Err(format!(
@@ -171,7 +196,12 @@ pub fn parse(bytes: &[u8]) -> Result<(ReversePath, Vec<ForwardPath>, usize), Str
     if rcpts.is_empty() {
         return Err("no recipients".into());
     }
-    Ok((from, rcpts, pos))
+    let mut env = Envelope::local(from, rcpts, "", 0, &bytes[pos..]);
+    for (r, d) in env.rcpts.iter_mut().zip(dsn) {
+        r.dsn = d;
+    }
+    (env.ret, env.envid) = (ret, envid);
+    Ok((env, pos))
 }
 
 /// Moves every finished maildrop file into the queue. Returns the IDs queued.
@@ -263,7 +293,7 @@ fn pickup_one(
         .take(size_limit.saturating_add(64 * 1024))
         .read_to_end(&mut bytes)
         .map_err(|e| Retry(e.to_string()))?;
-    let (from, rcpts, start) = parse(&bytes).map_err(Bad)?;
+    let (mut env, start) = parse(&bytes).map_err(Bad)?;
     let uid = meta.uid();
     let now = time::unix_now();
     let mut inc = spool.create().map_err(|e| Retry(e.to_string()))?;
@@ -277,7 +307,7 @@ fn pickup_one(
         .as_bytes(),
     );
     inc.write(&bytes[start..]);
-    let mut env = Envelope::local(from, rcpts, &format!("uid{uid}"), now, &bytes[start..]);
+    (env.helo, env.created) = (format!("uid{uid}"), now);
     inc.commit(&mut env).map_err(|e| Retry(e.to_string()))?;
     log::info!(
         "{id}: uid={uid} from={}, size={}, nrcpt={} (picked up from maildrop)",
@@ -298,8 +328,10 @@ mod tests {
         let spool = Spool::open(root).unwrap();
         prepare(root).unwrap();
         let from = ReversePath::parse("<a@b.test>").unwrap();
-        let to = [ForwardPath::parse("<c@d.test>").unwrap()];
-        let name = submit(root, &from, &to, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let to = vec![ForwardPath::parse("<c@d.test>").unwrap()];
+        let msg = b"Subject: x\r\n\r\nbody\r\n";
+        let env = Envelope::local(from, to, "", 0, msg);
+        let name = submit(root, &env, msg).unwrap();
         (spool, name)
     }
 
@@ -353,10 +385,30 @@ mod tests {
     #[test]
     fn maildrop_files_parse_strictly() {
         let f = b"satchel-maildrop 1\nfrom <a@b.test>\nrcpt <c@d.test>\nend\nSubject: x\r\n\r\nbody\r\n";
-        let (from, rcpts, start) = parse(f).unwrap();
-        assert_eq!(from.to_string(), "<a@b.test>");
-        assert_eq!(rcpts.len(), 1);
+        let (env, start) = parse(f).unwrap();
+        assert_eq!(env.from.to_string(), "<a@b.test>");
+        assert_eq!(env.rcpts.len(), 1);
         assert_eq!(&f[start..], b"Subject: x\r\n\r\nbody\r\n");
+        // DSN requests (sendmail -N, -R, -V), checked as a server would.
+        let f = b"satchel-maildrop 1\nfrom <a@b.test>\nrcpt <c@d.test>\ndsn SUCCESS rfc822;C+40d.test\nrcpt <e@d.test>\nret HDRS\nenvid x+2B1\nend\n";
+        let (env, _) = parse(f).unwrap();
+        assert!(env.rcpts[0].dsn.notify.success() && !env.rcpts[1].dsn.notify.success());
+        assert_eq!(env.rcpts[0].dsn.orcpt.as_deref(), Some("rfc822;C+40d.test"));
+        assert_eq!(
+            (env.ret, env.envid.as_deref()),
+            (Some(Ret::Hdrs), Some("x+2B1"))
+        );
+        assert_eq!(head(&env).as_bytes(), f, "written as read");
+        for bad in [
+            "dsn SUCCESS\nrcpt <c@d>",
+            "rcpt <c@d>\ndsn SUCCESS rfc822;a+4",
+            "rcpt <c@d>\ndsn ALWAYS",
+            "rcpt <c@d>\nenvid a=b",
+            "rcpt <c@d>\nret ALL",
+        ] {
+            let f = format!("satchel-maildrop 1\nfrom <a@b>\n{bad}\nend\n");
+            assert!(parse(f.as_bytes()).is_err(), "{bad}");
+        }
         assert!(parse(b"satchel-maildrop 2\nend\n").is_err());
         assert!(
             parse(b"satchel-maildrop 1\nfrom <a@b>\nend\n").is_err(),
