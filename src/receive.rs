@@ -22,6 +22,7 @@ use crate::envelope::{escape, Envelope, RcptState, Recipient};
 use crate::guard::milter::Run;
 use crate::guard::{anvil, ClientFacts, Guard};
 use crate::policy::LocalPolicy;
+use crate::smtp::command::{self, Chunk, Command};
 use crate::smtp::data::DataDecoder;
 use crate::smtp::reply::{Enhanced, Reply};
 use crate::smtp::session::{
@@ -367,6 +368,12 @@ pub fn run<R: Read, W: Write>(
             Event::StartTls(r) => {
                 r.write_to(&mut out);
                 return to_tls(&reader, &mut output, &out, &peer);
+            }
+            Event::Discard(r, n) => {
+                if !skip_chunk(&mut reader, &timer, ctx, n) {
+                    break;
+                }
+                r.write_to(&mut out);
             }
             Event::Data(txn) => {
                 in_data.store(true, Ordering::SeqCst);
@@ -816,7 +823,7 @@ fn log_auth(peer: &str, o: &AuthOutcome, failures: usize) {
 }
 
 fn log_reject(peer: &str, verb: &str, ev: &Event) {
-    if let Event::Reply(r) | Event::Close(r) = ev {
+    if let Event::Reply(r) | Event::Close(r) | Event::Discard(r, _) = ev {
         if r.code >= 400 {
             crate::metrics::rejected(r);
             log::info!(
@@ -856,14 +863,34 @@ fn receive_data<R: Read, W: Write>(
     }
     let arrival = time::unix_now();
     let (go_ahead, received) = session.data_opened(incoming.id(), &time::rfc5322(arrival));
-    go_ahead.write_to(out);
+    // BDAT's chunk follows its command: no go-ahead (RFC 3030 §2).
+    if txn.chunk.is_none() {
+        go_ahead.write_to(out);
+    }
     if output.write_all(out).and_then(|_| output.flush()).is_err() {
         return false;
     }
     out.clear();
     incoming.write(received.as_bytes());
     let mut held = held_for(session, ctx, milter);
-    let streamed = stream_data(reader, out, timer, session, ctx, &mut incoming, &mut held);
+    let streamed = match txn.chunk {
+        None => stream_data(reader, out, timer, session, ctx, &mut incoming, &mut held),
+        Some(first) => {
+            let mut job = ChunkJob {
+                reader,
+                output,
+                out,
+                timer,
+                session,
+                ctx,
+            };
+            match stream_chunks(&mut job, first, &mut incoming, &mut held) {
+                Chunked::End(end) => Some(end),
+                Chunked::Command(verb) => return chunks_abandoned(job, verb, held),
+                Chunked::Gone => None,
+            }
+        }
+    };
     let Some(end) = streamed else {
         return false; // incoming is dropped: nothing is queued
     };
@@ -1086,6 +1113,211 @@ fn stream_data<R: Read>(
     }
 }
 
+/// What a BDAT transaction (RFC 3030) reads and writes with.
+struct ChunkJob<'a, 't, 'p, R: Read, W: Write> {
+    reader: &'a mut BufReader<R>,
+    output: &'a mut W,
+    out: &'a mut Vec<u8>,
+    timer: &'a Timer<'t>,
+    session: &'a mut Session<'p>,
+    ctx: &'a Context,
+}
+
+/// How the chunks of a BDAT transaction ended.
+enum Chunked {
+    /// With the LAST chunk.
+    End(DataEnd),
+    /// With RSET or QUIT (the verb) between chunks: nothing is queued.
+    Command(&'static str),
+    /// Time-out (the reply is in `out`) or the client went away.
+    Gone,
+}
+
+/// Reads the chunks of a BDAT transaction, from `first`, through the
+/// decoder into `sink` (RFC 3030 §2: `250` for each chunk but the last,
+/// whose reply is the message's). Between chunks only BDAT, NOOP, RSET and
+/// QUIT are taken; anything else gets 503 and the transaction goes on.
+fn stream_chunks<R: Read, W: Write>(
+    job: &mut ChunkJob<'_, '_, '_, R, W>,
+    first: Chunk,
+    sink: &mut Sink,
+    held: &mut Option<Held>,
+) -> Chunked {
+    let mut decoder = DataDecoder::chunked(job.ctx.cfg.message_size_limit);
+    let mut chunk = first;
+    loop {
+        if !read_chunk(job, chunk.size, &mut decoder, sink, held) {
+            return Chunked::Gone;
+        }
+        if chunk.last {
+            let mut content = Vec::new();
+            decoder.finish(&mut content);
+            write_held(held, &content, sink, job.ctx);
+            if let Some(h) = held {
+                h.end(sink, &job.ctx.policy.rewriter);
+            }
+            return Chunked::End(DataEnd {
+                defect: decoder.defect(),
+                received_headers: decoder.received_headers(),
+            });
+        }
+        let text = format!("Ok: {} octets", chunk.size);
+        Reply::new(250, Enhanced(2, 0, 0), text).write_to(job.out);
+        chunk = match next_chunk(job) {
+            Ok(c) => c,
+            Err(ending) => return ending,
+        };
+    }
+}
+
+/// The command after a chunk: the next BDAT, or how the transaction ends.
+fn next_chunk<R: Read, W: Write>(job: &mut ChunkJob<'_, '_, '_, R, W>) -> Result<Chunk, Chunked> {
+    loop {
+        if job.reader.buffer().is_empty() {
+            let sent = job
+                .output
+                .write_all(job.out)
+                .and_then(|_| job.output.flush());
+            job.out.clear();
+            sent.map_err(|_| Chunked::Gone)?;
+        }
+        let line = read_line(
+            job.reader,
+            MAX_COMMAND_LINE,
+            job.timer,
+            job.ctx.cfg.command_timeout,
+        );
+        let line = match line {
+            Ok(Line::Ok(l)) => l,
+            Ok(Line::TooLong) => {
+                Reply::new(500, Enhanced(5, 5, 2), "Error: line too long").write_to(job.out);
+                continue;
+            }
+            Ok(Line::BareLf) => {
+                job.session.bare_lf().write_to(job.out);
+                return Err(Chunked::Gone);
+            }
+            Ok(Line::Eof) => return Err(Chunked::Gone),
+            Err(e) => {
+                if is_timeout(&e) {
+                    job.session.timeout_reply().write_to(job.out);
+                }
+                return Err(Chunked::Gone);
+            }
+        };
+        match command::parse(&line) {
+            Ok(Command::Bdat(c)) if c.size <= job.ctx.cfg.message_size_limit => return Ok(c),
+            Ok(Command::Bdat(_)) => {
+                let text = "Error: message file too big; closing";
+                Reply::new(552, Enhanced(5, 3, 4), text).write_to(job.out);
+                return Err(Chunked::Gone);
+            }
+            Ok(Command::Rset) => return Err(Chunked::Command("RSET")),
+            Ok(Command::Quit) => return Err(Chunked::Command("QUIT")),
+            Ok(Command::Noop) => Reply::new(250, Enhanced(2, 0, 0), "Ok").write_to(job.out),
+            // A BDAT whose size cannot be read: the stream is lost.
+            Err(r) if verb_of(&line) == "BDAT" => {
+                r.write_to(job.out);
+                return Err(Chunked::Gone);
+            }
+            _ => {
+                let text = "Error: BDAT transaction in progress: send BDAT, RSET or QUIT";
+                Reply::new(503, Enhanced(5, 5, 1), text).write_to(job.out)
+            }
+        }
+    }
+}
+
+/// One chunk of `size` octets through the decoder; false when the client
+/// timed out (the reply is in `out`) or went away. Each read within
+/// data_timeout (§4.5.3.2.5).
+fn read_chunk<R: Read, W: Write>(
+    job: &mut ChunkJob<'_, '_, '_, R, W>,
+    size: u64,
+    decoder: &mut DataDecoder,
+    sink: &mut Sink,
+    held: &mut Option<Held>,
+) -> bool {
+    let mut left = size;
+    let mut content = Vec::with_capacity(16 * 1024 + 64);
+    while left > 0 {
+        let buf = match fill(job.reader, job.timer, job.ctx.cfg.data_timeout) {
+            Ok(b) if !b.is_empty() => b,
+            Ok(_) => {
+                log::info!("{}: lost connection during BDAT", sink.id());
+                return false;
+            }
+            Err(e) => {
+                if is_timeout(&e) {
+                    log::info!("{}: timeout during BDAT", sink.id());
+                    job.session.timeout_reply().write_to(job.out);
+                }
+                return false;
+            }
+        };
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        decoder.feed(&buf[..n], &mut content);
+        job.reader.consume(n);
+        left -= n as u64;
+        write_held(held, &content, sink, job.ctx);
+        content.clear();
+    }
+    true
+}
+
+/// The next bytes from the client, waiting at most `limit` for them.
+fn fill<'r, R: Read>(
+    reader: &'r mut BufReader<R>,
+    timer: &Timer,
+    limit: Duration,
+) -> io::Result<&'r [u8]> {
+    if reader.buffer().is_empty() {
+        timer.arm(limit)?;
+    }
+    reader.fill_buf()
+}
+
+/// Content to the sink, through what holds the header back if anything does.
+fn write_held(held: &mut Option<Held>, content: &[u8], sink: &mut Sink, ctx: &Context) {
+    if content.is_empty() {
+        return;
+    }
+    match held {
+        Some(h) => h.write(content, sink, &ctx.policy.rewriter),
+        None => sink.write(content),
+    }
+}
+
+/// RSET or QUIT between chunks: nothing is queued (the sink is dropped),
+/// the milters hear ABORT, the session answers the command.
+fn chunks_abandoned<R: Read, W: Write>(
+    job: ChunkJob<'_, '_, '_, R, W>,
+    verb: &str,
+    held: Option<Held>,
+) -> bool {
+    if let Some(m) = held.and_then(|h| h.milter) {
+        m.abort();
+    }
+    let ev = job.session.command(verb.as_bytes());
+    let _ = job.session.take_milter_stage();
+    write_event(ev, job.out)
+}
+
+/// A refused BDAT's chunk, read and dropped (RFC 3030 §2); false when the
+/// client timed out or went away.
+fn skip_chunk<R: Read>(reader: &mut BufReader<R>, timer: &Timer, ctx: &Context, size: u64) -> bool {
+    let mut left = size;
+    while left > 0 {
+        let n = match fill(reader, timer, ctx.cfg.data_timeout) {
+            Ok(b) if !b.is_empty() => b.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+            _ => return false,
+        };
+        reader.consume(n);
+        left -= n as u64;
+    }
+    true
+}
+
 /// The envelope of a message received in transaction `txn`: a pure
 /// function of what the session agreed to (RFC 5321 §4.1.4: the
 /// reverse-path and forward-paths of one transaction).
@@ -1305,7 +1537,7 @@ fn write_event(ev: Event, out: &mut Vec<u8>) -> bool {
             r.write_to(out);
             false
         }
-        Event::Data(_) | Event::StartTls(_) => true,
+        Event::Data(_) | Event::StartTls(_) | Event::Discard(..) => true,
     }
 }
 
@@ -1330,6 +1562,7 @@ mod tests {
                 (ForwardPath::Postmaster, Default::default()),
             ],
             spf: None,
+            chunk: None,
         };
         let e = envelope_of(&txn, "00000000000000AB", 1_795_917_257, "192.0.2.1");
         assert_eq!(

@@ -106,8 +106,7 @@ fn sendmail_takes_the_values_of_its_options_instead_of_mailing_them() {
     h.s.wait_for("the notice to alice", || h.s.maildir("alice").len() == 2);
     let notice = std::fs::read_to_string(&h.s.maildir("alice")[1]).unwrap();
     assert!(
-        notice.contains("Original-Envelope-Id: cron 7\n")
-            && notice.contains("Action: delivered\n"),
+        notice.contains("Original-Envelope-Id: cron 7\n") && notice.contains("Action: delivered\n"),
         "{notice}"
     );
 }

@@ -80,6 +80,8 @@ pub struct Capabilities {
     pub auth: Vec<String>,
     /// RFC 3461: DSN parameters are passed on.
     pub dsn: bool,
+    /// RFC 3030: the content goes in BDAT chunks.
+    pub chunking: bool,
 }
 
 impl Capabilities {
@@ -97,6 +99,7 @@ impl Capabilities {
                 "SMTPUTF8" => c.smtputf8 = true,
                 "STARTTLS" => c.starttls = true,
                 "DSN" => c.dsn = true,
+                "CHUNKING" => c.chunking = true,
                 "SIZE" => c.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => c.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
@@ -130,13 +133,15 @@ pub fn mail_command(
 
 /// Encodes message content for DATA: doubles a leading dot (§4.5.2) and
 /// turns any bare CR or bare LF into CRLF. `finish` adds the final CRLF
-/// if needed and the terminating `.` line.
+/// if needed and the terminating `.` line. For BDAT (`chunked`, RFC
+/// 3030) the same but for the dots: none doubled, no final `.` line.
 #[derive(Debug)]
 pub struct DataEncoder {
     at_bol: bool,
     pending_cr: bool,
     /// Octets sent on the current line.
     col: usize,
+    chunked: bool,
 }
 
 /// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
@@ -151,11 +156,19 @@ impl Default for DataEncoder {
             at_bol: true,
             pending_cr: false,
             col: 0,
+            chunked: false,
         }
     }
 }
 
 impl DataEncoder {
+    pub fn chunked() -> DataEncoder {
+        DataEncoder {
+            chunked: true,
+            ..DataEncoder::default()
+        }
+    }
+
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         for &c in input {
             if self.pending_cr {
@@ -180,7 +193,7 @@ impl DataEncoder {
                         self.col = 1;
                         self.at_bol = false;
                     }
-                    if self.at_bol && c == b'.' {
+                    if self.at_bol && c == b'.' && !self.chunked {
                         out.push(b'.');
                         self.col += 1;
                     }
@@ -200,8 +213,11 @@ impl DataEncoder {
         }
         if !self.at_bol {
             out.extend_from_slice(b"\r\n");
+            self.at_bol = true;
         }
-        out.extend_from_slice(b".\r\n");
+        if !self.chunked {
+            out.extend_from_slice(b".\r\n");
+        }
     }
 }
 
@@ -243,8 +259,9 @@ pub enum Step {
     Send(Vec<u8>),
     /// Read the next reply of a pipelined group and hand it to `reply`.
     Read,
-    /// Send the message content and its final dot, then read the reply
-    /// (within twice the command time-out: RFC 5321 §4.5.3.2.6).
+    /// Send the message content and its final dot (or, when `chunking`,
+    /// as BDAT chunks), then read the reply (within twice the command
+    /// time-out: RFC 5321 §4.5.3.2.6).
     SendContent,
     /// Over: one outcome per recipient, in order.
     Done(Vec<Outcome>),
@@ -276,6 +293,8 @@ enum Expect {
 pub struct MailTransaction {
     pipelining: bool,
     lmtp: bool,
+    /// RFC 3030: BDAT instead of DATA (never for LMTP here).
+    chunking: bool,
     mail_line: String,
     rcpt_lines: Vec<String>,
     expect: VecDeque<Expect>,
@@ -295,6 +314,7 @@ impl MailTransaction {
         let mut t = MailTransaction {
             pipelining: caps.pipelining,
             lmtp: m.lmtp,
+            chunking: caps.chunking && !m.lmtp,
             mail_line: mail_command(m.from, m.size, m.eight_bit, m.smtputf8, caps)
                 + if caps.dsn { m.mail_dsn } else { "" },
             rcpt_lines: m
@@ -330,8 +350,10 @@ impl MailTransaction {
                 batch.extend(line(l));
                 t.expect.push_back(Expect::Rcpt(i));
             }
-            batch.extend(line("DATA"));
-            t.expect.push_back(Expect::Data);
+            if !t.chunking {
+                batch.extend(line("DATA"));
+                t.expect.push_back(Expect::Data);
+            }
             Step::Send(batch)
         };
         (t, step)
@@ -415,6 +437,10 @@ impl MailTransaction {
                 _ => Some(verdict(r)),
             };
         }
+        let last = i + 1 == self.rcpt_lines.len();
+        if self.chunking && last {
+            return self.chunks_next();
+        }
         if self.pipelining {
             return Step::Read;
         }
@@ -427,6 +453,21 @@ impl MailTransaction {
         }
         self.expect.push_back(Expect::Data);
         Step::Send(line("DATA"))
+    }
+
+    /// RFC 3030: after the last RCPT reply, the content goes in chunks,
+    /// when MAIL and a recipient were taken.
+    fn chunks_next(&mut self) -> Step {
+        if self.mail_refused.is_some() || self.accepted() == 0 {
+            return self.close_with(&["RSET"]);
+        }
+        self.expect.push_back(Expect::Final);
+        Step::SendContent
+    }
+
+    /// The content goes as BDAT chunks (see `Step::SendContent`).
+    pub fn chunking(&self) -> bool {
+        self.chunking
     }
 
     fn on_data(&mut self, r: &Reply) -> Step {
@@ -722,6 +763,51 @@ mod tests {
             panic!()
         };
         assert_eq!(words(&o), ["deferred 451 4.3.0 try later"]);
+    }
+
+    #[test]
+    fn with_chunking_no_data_command_is_sent_and_the_content_follows_the_rcpts() {
+        let rcpts = ["x@d.test", "y@d.test"].map(String::from);
+        for pipelining in [true, false] {
+            let caps = Capabilities {
+                pipelining,
+                chunking: true,
+                ..Default::default()
+            };
+            let (mut t, step) = MailTransaction::start(&facts(&rcpts), &caps, false);
+            assert!(t.chunking() && !sent(&step).contains("DATA"));
+            if !pipelining {
+                assert_eq!(
+                    t.reply(&wire("250 ok\r\n")),
+                    Step::Send(line("RCPT TO:<x@d.test>"))
+                );
+                t.reply(&wire("550 no\r\n"));
+            } else {
+                assert_eq!(t.reply(&wire("250 ok\r\n")), Step::Read);
+                assert_eq!(t.reply(&wire("550 no\r\n")), Step::Read);
+            }
+            assert_eq!(t.reply(&wire("250 ok\r\n")), Step::SendContent);
+            let Step::Done(o) = t.reply(&wire("250 2.0.0 queued\r\n")) else {
+                panic!()
+            };
+            assert_eq!(words(&o), ["failed 550 no", "sent 250 2.0.0 queued"]);
+        }
+        // Nobody taken: no content, an RSET.
+        let caps = Capabilities {
+            pipelining: true,
+            chunking: true,
+            ..Default::default()
+        };
+        let (mut t, _) = MailTransaction::start(&facts(&rcpts), &caps, false);
+        t.reply(&wire("250 ok\r\n"));
+        t.reply(&wire("550 no\r\n"));
+        assert_eq!(t.reply(&wire("550 no\r\n")), Step::Send(line("RSET")));
+        // BDAT content: dots as they are, CR LF made, no final dot.
+        let mut enc = DataEncoder::chunked();
+        let mut out = Vec::new();
+        enc.encode(b".a\nb", &mut out);
+        enc.finish(&mut out);
+        assert_eq!(out, b".a\r\nb\r\n");
     }
 
     #[test]

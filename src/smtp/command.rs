@@ -27,6 +27,13 @@ pub struct MailParams {
     pub envid: Option<String>,
 }
 
+/// RFC 3030: one BDAT command, the size of the chunk that follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    pub size: u64,
+    pub last: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Helo(String),
@@ -34,6 +41,7 @@ pub enum Command {
     Mail(ReversePath, MailParams),
     Rcpt(ForwardPath, RcptDsn),
     Data,
+    Bdat(Chunk),
     Rset,
     Noop,
     Quit,
@@ -105,6 +113,7 @@ pub fn parse_qualifying(line: &[u8], origin: Option<&str>) -> Result<Command, Re
         "MAIL" => parse_mail(arg, origin),
         "RCPT" => parse_rcpt(arg, origin),
         "DATA" => no_arg(Command::Data),
+        "BDAT" => parse_bdat(arg),
         "RSET" => no_arg(Command::Rset),
         "QUIT" => no_arg(Command::Quit),
         "STARTTLS" => no_arg(Command::StartTls),
@@ -187,6 +196,28 @@ fn parse_mail(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
         }
     }
     Ok(Command::Mail(from, p))
+}
+
+/// RFC 3030 §3: `"BDAT" SP chunk-size [SP "LAST"]`, chunk-size
+/// `1*DIGIT` (at most 20: a u64).
+fn parse_bdat(arg: &str) -> Result<Command, Reply> {
+    let (size, rest) = arg.split_once(' ').unwrap_or((arg, ""));
+    let last = match rest {
+        "" => false,
+        r if r.eq_ignore_ascii_case("LAST") => true,
+        _ => return Err(bdat_syntax()),
+    };
+    let digits = !size.is_empty() && size.len() <= 20 && size.bytes().all(|b| b.is_ascii_digit());
+    let size = size
+        .parse::<u64>()
+        .ok()
+        .filter(|_| digits)
+        .ok_or_else(bdat_syntax)?;
+    Ok(Command::Bdat(Chunk { size, last }))
+}
+
+fn bdat_syntax() -> Reply {
+    Reply::new(501, Enhanced(5, 5, 4), "Syntax: BDAT size [LAST]")
 }
 
 /// 501 for a DSN parameter given twice or with a bad value (RFC 3461 §4).

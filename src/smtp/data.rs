@@ -10,6 +10,11 @@
 //! (§6.3). Once the message is known to be refused, no more output is
 //! produced, so memory and disk stay flat whatever the client sends.
 //!
+//! For BDAT (RFC 3030) the same decoder runs `chunked`: the chunks'
+//! sizes say where the message ends, so there is no dot-stuffing and no
+//! end-of-data line, but the content keeps every other rule (CR LF only,
+//! line and size limits): what is queued is the same either way.
+//!
 //! No I/O: bytes in, bytes out.
 
 /// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF.
@@ -52,9 +57,30 @@ pub struct DataDecoder {
     prefix_len: usize,
     received: usize,
     lines: u64,
+    /// BDAT: no dot-stuffing, no end-of-data line.
+    chunked: bool,
 }
 
 impl DataDecoder {
+    /// The decoder for BDAT chunks (see the module's text); `finish` after
+    /// the last one.
+    pub fn chunked(max_size: u64) -> DataDecoder {
+        DataDecoder {
+            chunked: true,
+            ..DataDecoder::new(max_size)
+        }
+    }
+
+    /// The end of the last chunk: a last line without its CR LF gets one
+    /// (as a DATA message always has); a CR alone at the very end is bare.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.state {
+            State::Mid => self.end_line(out),
+            State::Cr => self.flag(Defect::BareNewline),
+            State::Bol | State::Dot | State::DotCr => {}
+        }
+    }
+
     pub fn new(max_size: u64) -> DataDecoder {
         DataDecoder {
             state: State::Bol,
@@ -67,6 +93,7 @@ impl DataDecoder {
             prefix_len: 0,
             received: 0,
             lines: 0,
+            chunked: false,
         }
     }
 
@@ -190,7 +217,7 @@ impl DataDecoder {
             self.line_len += 1;
         }
         match c {
-            b'.' if !after_dot => self.state = State::Dot,
+            b'.' if !after_dot && !self.chunked => self.state = State::Dot,
             b'\r' if after_dot => self.state = State::DotCr,
             b'\r' => self.state = State::Cr,
             b'\n' => {
@@ -225,6 +252,28 @@ impl DataDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_keep_dots_and_the_crlf_rules() {
+        let mut d = DataDecoder::chunked(1000);
+        let mut out = Vec::new();
+        // A chunk boundary anywhere, even between CR and LF.
+        for part in [&b"Subject: a\r"[..], b"\n\r\n.\r\n..x\r\n", b"last line"] {
+            assert_eq!(d.feed(part, &mut out), (part.len(), false));
+        }
+        d.finish(&mut out);
+        assert_eq!(out, b"Subject: a\r\n\r\n.\r\n..x\r\nlast line\r\n");
+        assert_eq!(d.defect(), None);
+        for bad in [&b"a\nb"[..], b"a\rb", b"a\r"] {
+            let mut d = DataDecoder::chunked(1000);
+            d.feed(bad, &mut out);
+            d.finish(&mut out);
+            assert_eq!(d.defect(), Some(Defect::BareNewline), "{bad:?}");
+        }
+        let mut d = DataDecoder::chunked(10);
+        d.feed(b"0123456789\r\n", &mut out);
+        assert_eq!(d.defect(), Some(Defect::TooBig));
+    }
 
     /// Feeds `input` in pieces of `chunk` bytes; returns content, bytes
     /// consumed and whether the end was found.

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use super::command::{self, Command, MailParams};
+use super::command::{self, Chunk, Command, MailParams};
 use super::data::Defect;
 use super::reply::{Enhanced, Reply};
 use crate::address::{ForwardPath, Mailbox, ReversePath};
@@ -127,6 +127,8 @@ pub struct Transaction {
     /// SPF's result for the transaction and the domain it was for, when
     /// the checks evaluated it (for Authentication-Results and DMARC).
     pub spf: Option<(crate::guard::spf::SpfResult, String)>,
+    /// Sent with BDAT (RFC 3030): its first chunk; `None` for DATA.
+    pub chunk: Option<Chunk>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -141,6 +143,9 @@ pub enum Event {
     /// RFC 3207: send the 220, then start the TLS handshake; the session
     /// starts over (a new `Session` with `after_tls`).
     StartTls(Reply),
+    /// A refused BDAT (RFC 3030 §2): read and drop the chunk of this many
+    /// octets that follows it, then send the reply.
+    Discard(Reply, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +239,13 @@ enum AuthStep {
 pub struct DataEnd {
     pub defect: Option<Defect>,
     pub received_headers: usize,
+}
+
+/// The line is a BDAT command (whatever its arguments).
+fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"BDAT")
+        && matches!(line.get(4), None | Some(b' '))
 }
 
 /// A domain in fully-qualified form (a dot inside) or an address literal.
@@ -407,6 +419,10 @@ impl<'p> Session<'p> {
             Event::Reply(r) if r.code >= 400 && !std::mem::take(&mut self.uncounted) => {
                 self.error(r)
             }
+            Event::Discard(r, n) => match self.error(r) {
+                Event::Reply(r) => Event::Discard(r, n),
+                closing => closing,
+            },
             other => other,
         }
     }
@@ -442,6 +458,9 @@ impl<'p> Session<'p> {
         let origin = self.client.may_relay.then_some(self.cfg.myorigin.as_str());
         let ev = match command::parse_qualifying(line, origin) {
             Ok(cmd) => self.dispatch(cmd),
+            // A BDAT whose size cannot be read: where its chunk ends is
+            // unknown, so nothing after it can be read as a command.
+            Err(r) if is_bdat(line) => Event::Close(r),
             Err(r) => Event::Reply(r),
         };
         self.answer(ev)
@@ -465,7 +484,8 @@ impl<'p> Session<'p> {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Mail(from, params) => self.mail(from, params),
             Command::Rcpt(to, dsn) => self.rcpt(to, dsn),
-            Command::Data => self.data(),
+            Command::Data => self.data(None),
+            Command::Bdat(c) => self.bdat(c),
             Command::Rset => {
                 self.milter_due = Some(MilterStage::Abort);
                 // §4.1.1.5: RSET aborts the transaction, keeps the HELO.
@@ -515,6 +535,7 @@ impl<'p> Session<'p> {
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
             "DSN".into(),
+            "CHUNKING".into(),
         ];
         let mut lines = lines;
         if self.cfg.tls_available && !self.tls_active {
@@ -709,7 +730,26 @@ impl<'p> Session<'p> {
         }
     }
 
-    fn data(&mut self) -> Event {
+    /// RFC 3030: BDAT opens the data phase like DATA (the connection loop
+    /// reads the chunks); anywhere else its chunk is read and dropped. A
+    /// chunk over the size limit ends the session: 552, and nothing of
+    /// it is read.
+    fn bdat(&mut self, c: Chunk) -> Event {
+        if c.size > self.cfg.message_size_limit {
+            self.state = match self.helo() {
+                Some(h) => State::Ready(h),
+                None => State::Fresh,
+            };
+            let text = "Error: message file too big; closing";
+            return Event::Close(Reply::new(552, Enhanced(5, 3, 4), text));
+        }
+        match self.data(Some(c)) {
+            Event::Reply(r) => Event::Discard(r, c.size),
+            ev => ev,
+        }
+    }
+
+    fn data(&mut self, chunk: Option<Chunk>) -> Event {
         match std::mem::replace(&mut self.state, State::Fresh) {
             State::Rcpt(helo, from, params, rcpts) => {
                 // RFC 3848 and RFC 6531 §3.7.3 "with" keywords.
@@ -733,6 +773,7 @@ impl<'p> Session<'p> {
                     params,
                     rcpts,
                     spf: self.spf.clone(),
+                    chunk,
                 };
                 self.state = State::Data(helo, txn.clone());
                 Event::Data(txn)
@@ -1090,7 +1131,7 @@ mod tests {
 
     fn code(ev: &Event) -> u16 {
         match ev {
-            Event::Reply(r) | Event::Close(r) | Event::StartTls(r) => r.code,
+            Event::Reply(r) | Event::Close(r) | Event::StartTls(r) | Event::Discard(r, _) => r.code,
             Event::Data(_) => 0,
         }
     }

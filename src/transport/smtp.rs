@@ -1152,6 +1152,7 @@ fn dialogue(
                 Err(e) => return t.lost(&e.to_string()).ok_or(e),
             },
             Step::Read => read_reply(c, &mut t, c.timeout)?,
+            Step::SendContent if t.chunking() => chunked(c, &mut t, msg)?,
             Step::SendContent => {
                 send_content(c, msg.head, msg.content)?;
                 // RFC 5321 §4.5.3.2.6: ten minutes for the final reply.
@@ -1186,6 +1187,72 @@ fn needs_smtputf8(from: &str, rcpts: &[String], content: &crate::spool::Content)
             .read_to_end(&mut head)
     });
     read.is_err() || !crate::bounce::header_section(&head).is_ascii()
+}
+
+/// RFC 3030: the content as BDAT chunks, all sent before any reply is
+/// read (the server reads on while its replies wait), then a reply for
+/// each: the first that is not 250 (the server refused the message there)
+/// or else the last chunk's is the message's.
+fn chunked(c: &mut Conn, t: &mut MailTransaction, msg: &Message) -> Result<Step, HostError> {
+    let before_last = send_chunks(c, msg.head, msg.content)?;
+    let mut refusal = None;
+    for _ in 0..before_last {
+        match c.reply(c.timeout) {
+            Ok(r) if r.code == 250 || refusal.is_some() => {}
+            Ok(r) => refusal = Some(r),
+            Err(e) => return t.lost(&e.to_string()).map(Step::Done).ok_or(e),
+        }
+    }
+    let last = match c.reply(c.timeout * 2) {
+        Ok(r) => r,
+        Err(e) if refusal.is_none() => return t.lost(&e.to_string()).map(Step::Done).ok_or(e),
+        Err(_) => Reply::new(451, Enhanced(4, 4, 2), "no reply to the last chunk"),
+    };
+    Ok(t.reply(&refusal.unwrap_or(last)))
+}
+
+/// Sends the content in BDAT chunks of about 64 KiB, the last one with
+/// LAST (RFC 3030 §2); returns how many came before it.
+fn send_chunks(
+    c: &mut Conn,
+    head: &[u8],
+    content: &crate::spool::Content,
+) -> Result<usize, HostError> {
+    let spool = |e: io::Error| HostError::Spool(format!("cannot read the queued message: {e}"));
+    let mut f = content.open().map_err(spool)?;
+    let mut enc = DataEncoder::chunked();
+    let size = usize::try_from(content.len).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; size.clamp(512, 64 * 1024)];
+    let mut chunk = Vec::with_capacity(buf.len() + buf.len() / 8 + head.len() + 8);
+    enc.encode(head, &mut chunk);
+    let mut sent = 0;
+    loop {
+        let n = f.read(&mut buf).map_err(spool)?;
+        if n == 0 {
+            break;
+        }
+        enc.encode(&buf[..n], &mut chunk);
+        if chunk.len() >= 64 * 1024 {
+            send_chunk(c, &chunk, false)?;
+            chunk.clear();
+            sent += 1;
+        }
+    }
+    enc.finish(&mut chunk);
+    send_chunk(c, &chunk, true)?;
+    Ok(sent)
+}
+
+fn send_chunk(c: &mut Conn, chunk: &[u8], last: bool) -> Result<(), HostError> {
+    let verb = format!(
+        "BDAT {}{}\r\n",
+        chunk.len(),
+        if last { " LAST" } else { "" }
+    );
+    let mut bytes = Vec::with_capacity(verb.len() + chunk.len());
+    bytes.extend_from_slice(verb.as_bytes());
+    bytes.extend_from_slice(chunk);
+    c.send(&bytes)
 }
 
 fn send_content(

@@ -46,6 +46,8 @@ pub enum Fault {
     BrokenTls,
     /// No fault: offers DSN (RFC 3461), as Postfix does.
     OffersDsn,
+    /// No fault: offers CHUNKING (RFC 3030) and takes BDAT.
+    OffersChunking,
 }
 
 pub type Faults = dyn Fn(usize) -> Fault + Send + Sync;
@@ -160,6 +162,24 @@ fn session(
             let _ = std::io::Read::read(&mut r, &mut hello);
             w.write_all(b"this is no TLS server hello\r\n")?;
             return Ok(());
+        } else if upper.starts_with("EHLO") && fault == Fault::OffersChunking {
+            "250-fake.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME".to_string()
+        } else if upper.starts_with("BDAT ") && fault == Fault::OffersChunking {
+            let mut words = upper[5..].split(' ');
+            let size: usize = words
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("BDAT size");
+            let mut chunk = vec![0u8; size];
+            std::io::Read::read_exact(&mut r, &mut chunk)?;
+            cur.commands.push(cmd.clone());
+            cur.data.extend_from_slice(&chunk);
+            if words.next() == Some("LAST") {
+                got.lock().expect("lock").push(cur.clone());
+                "250 2.0.0 queued on fake".into()
+            } else {
+                format!("250 2.0.0 {size} octets")
+            }
         } else if upper.starts_with("EHLO") && fault == Fault::OffersDsn {
             "250-fake.test\r\n250-8BITMIME\r\n250-DSN\r\n250 SIZE 100000000".to_string()
         } else if upper.starts_with("EHLO") {
