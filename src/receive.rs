@@ -369,12 +369,8 @@ pub fn run<R: Read, W: Write>(
                 r.write_to(&mut out);
                 return to_tls(&reader, &mut output, &out, &peer);
             }
-            Event::Discard(r, n) => {
-                if !skip_chunk(&mut reader, &timer, ctx, n) {
-                    break;
-                }
-                r.write_to(&mut out);
-            }
+            Event::Discard(r, n) if skip_chunk(&mut reader, &timer, ctx, n) => r.write_to(&mut out),
+            Event::Discard(..) => break,
             Event::Data(txn) => {
                 in_data.store(true, Ordering::SeqCst);
                 let job = DataJob {
@@ -863,36 +859,23 @@ fn receive_data<R: Read, W: Write>(
     }
     let arrival = time::unix_now();
     let (go_ahead, received) = session.data_opened(incoming.id(), &time::rfc5322(arrival));
-    // BDAT's chunk follows its command: no go-ahead (RFC 3030 §2).
-    if txn.chunk.is_none() {
-        go_ahead.write_to(out);
-    }
-    if output.write_all(out).and_then(|_| output.flush()).is_err() {
+    if !send_go_ahead(output, out, go_ahead, txn.chunk.is_some()) {
         return false;
     }
-    out.clear();
     incoming.write(received.as_bytes());
     let mut held = held_for(session, ctx, milter);
-    let streamed = match txn.chunk {
-        None => stream_data(reader, out, timer, session, ctx, &mut incoming, &mut held),
-        Some(first) => {
-            let mut job = ChunkJob {
-                reader,
-                output,
-                out,
-                timer,
-                session,
-                ctx,
-            };
-            match stream_chunks(&mut job, first, &mut incoming, &mut held) {
-                Chunked::End(end) => Some(end),
-                Chunked::Command(verb) => return chunks_abandoned(job, verb, held),
-                Chunked::Gone => None,
-            }
-        }
+    let mut job = Stream {
+        reader,
+        output,
+        out,
+        timer,
+        session,
+        ctx,
     };
-    let Some(end) = streamed else {
-        return false; // incoming is dropped: nothing is queued
+    let end = match stream_message(&mut job, txn.chunk, &mut incoming, &mut held) {
+        Chunked::End(end) => end,
+        Chunked::Command(verb) => return chunks_abandoned(job, verb, held),
+        Chunked::Gone => return false, // incoming is dropped: nothing is queued
     };
     if let Some(ev) = session.data_ended(end) {
         log_reject(peer, "DATA", &ev);
@@ -914,10 +897,24 @@ fn receive_data<R: Read, W: Write>(
         let ev = session.queued(incoming.id());
         return write_event(ev, out);
     }
+    let ev = commit(ctx, session, txn, incoming, (arrival, peer), &verdict);
+    write_event(ev, out)
+}
+
+/// The message into the spool (or the maildrop), with what the checks
+/// add on top: the reply to its end of data.
+fn commit(
+    ctx: &Context,
+    session: &mut Session,
+    txn: &Transaction,
+    incoming: Sink,
+    (arrival, peer): (u64, &str),
+    verdict: &EndVerdict,
+) -> Event {
     let client = peer.trim_start_matches('[').trim_end_matches(']');
     let mut env = envelope_of(txn, incoming.id(), arrival, client);
     ctx.policy.rewriter.envelope(&mut env);
-    let ev = match incoming.commit(ctx, &mut env, verdict.header.as_bytes()) {
+    match incoming.commit(ctx, &mut env, verdict.header.as_bytes()) {
         Ok(()) => {
             crate::metrics::received();
             log_queued(&env, peer, &txn.helo);
@@ -930,8 +927,7 @@ fn receive_data<R: Read, W: Write>(
             log_reject(peer, "DATA", &ev);
             ev
         }
-    };
-    write_event(ev, out)
+    }
 }
 
 /// A message refused after DATA: nothing is queued, the client hears why.
@@ -1113,8 +1109,36 @@ fn stream_data<R: Read>(
     }
 }
 
-/// What a BDAT transaction (RFC 3030) reads and writes with.
-struct ChunkJob<'a, 't, 'p, R: Read, W: Write> {
+/// DATA's 354, sent at once (none for BDAT, whose chunk follows its
+/// command: RFC 3030 §2); false when the client is gone.
+fn send_go_ahead<W: Write>(output: &mut W, out: &mut Vec<u8>, r: Reply, chunked: bool) -> bool {
+    if !chunked {
+        r.write_to(out);
+    }
+    let sent = output.write_all(out).and_then(|_| output.flush()).is_ok();
+    out.clear();
+    sent
+}
+
+/// The content, after DATA or in BDAT chunks from `chunk`.
+fn stream_message<R: Read, W: Write>(
+    job: &mut Stream<'_, '_, '_, R, W>,
+    chunk: Option<Chunk>,
+    sink: &mut Sink,
+    held: &mut Option<Held>,
+) -> Chunked {
+    let Some(first) = chunk else {
+        let (r, o, t) = (&mut *job.reader, &mut *job.out, job.timer);
+        return match stream_data(r, o, t, job.session, job.ctx, sink, held) {
+            Some(end) => Chunked::End(end),
+            None => Chunked::Gone,
+        };
+    };
+    stream_chunks(job, first, sink, held)
+}
+
+/// What the data phase reads and writes with.
+struct Stream<'a, 't, 'p, R: Read, W: Write> {
     reader: &'a mut BufReader<R>,
     output: &'a mut W,
     out: &'a mut Vec<u8>,
@@ -1123,9 +1147,9 @@ struct ChunkJob<'a, 't, 'p, R: Read, W: Write> {
     ctx: &'a Context,
 }
 
-/// How the chunks of a BDAT transaction ended.
+/// How the data phase ended (BDAT's chunks, or DATA's lines).
 enum Chunked {
-    /// With the LAST chunk.
+    /// With the LAST chunk (or the end-of-data line).
     End(DataEnd),
     /// With RSET or QUIT (the verb) between chunks: nothing is queued.
     Command(&'static str),
@@ -1138,7 +1162,7 @@ enum Chunked {
 /// whose reply is the message's). Between chunks only BDAT, NOOP, RSET and
 /// QUIT are taken; anything else gets 503 and the transaction goes on.
 fn stream_chunks<R: Read, W: Write>(
-    job: &mut ChunkJob<'_, '_, '_, R, W>,
+    job: &mut Stream<'_, '_, '_, R, W>,
     first: Chunk,
     sink: &mut Sink,
     held: &mut Option<Held>,
@@ -1171,7 +1195,7 @@ fn stream_chunks<R: Read, W: Write>(
 }
 
 /// The command after a chunk: the next BDAT, or how the transaction ends.
-fn next_chunk<R: Read, W: Write>(job: &mut ChunkJob<'_, '_, '_, R, W>) -> Result<Chunk, Chunked> {
+fn next_chunk<R: Read, W: Write>(job: &mut Stream<'_, '_, '_, R, W>) -> Result<Chunk, Chunked> {
     loop {
         if job.reader.buffer().is_empty() {
             let sent = job
@@ -1232,7 +1256,7 @@ fn next_chunk<R: Read, W: Write>(job: &mut ChunkJob<'_, '_, '_, R, W>) -> Result
 /// timed out (the reply is in `out`) or went away. Each read within
 /// data_timeout (§4.5.3.2.5).
 fn read_chunk<R: Read, W: Write>(
-    job: &mut ChunkJob<'_, '_, '_, R, W>,
+    job: &mut Stream<'_, '_, '_, R, W>,
     size: u64,
     decoder: &mut DataDecoder,
     sink: &mut Sink,
@@ -1291,7 +1315,7 @@ fn write_held(held: &mut Option<Held>, content: &[u8], sink: &mut Sink, ctx: &Co
 /// RSET or QUIT between chunks: nothing is queued (the sink is dropped),
 /// the milters hear ABORT, the session answers the command.
 fn chunks_abandoned<R: Read, W: Write>(
-    job: ChunkJob<'_, '_, '_, R, W>,
+    job: Stream<'_, '_, '_, R, W>,
     verb: &str,
     held: Option<Held>,
 ) -> bool {

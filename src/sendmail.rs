@@ -85,6 +85,16 @@ Also installed as mailq (list the queue) and newaliases (check the aliases).";
 /// argument (`-f user`), as sendmail's and Postfix's getopt strings say.
 const TAKES_VALUE: &str = "ABCFLNORVXbdefhoprq";
 
+impl Options {
+    /// -N, -R and -V into the envelope (RFC 3461; the ID as xtext).
+    fn ask_for_notices(&self, env: &mut crate::envelope::Envelope) {
+        (env.ret, env.envid) = (self.ret, self.envid.as_deref().map(crate::dsn::xtext));
+        for r in env.rcpts.iter_mut() {
+            r.dsn.notify = self.notify;
+        }
+    }
+}
+
 /// Parses sendmail-style arguments (without argv[0]).
 pub fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -817,10 +827,7 @@ pub mod submit {
         };
         check_limits(cfg, &rcpts, &unknown, prepared.message.len(), inc.is_none())?;
         let mut env = Envelope::local(from, rcpts, &user, now, &prepared.message);
-        (env.ret, env.envid) = (o.ret, o.envid.as_deref().map(crate::dsn::xtext));
-        for r in env.rcpts.iter_mut() {
-            r.dsn.notify = o.notify;
-        }
+        o.ask_for_notices(&mut env);
         let Some(mut inc) = inc else {
             return crate::spool::maildrop::submit(spool.root(), &env, &prepared.message)
                 .map(|name| (format!("maildrop/{name}"), unknown))
