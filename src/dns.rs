@@ -75,6 +75,25 @@ fn temporary(why: impl Into<String>) -> DnsError {
 }
 
 /// What delivery needs of DNS; tests and the relay code depend on this trait only.
+/// A TLSA record (RFC 6698 §2.1): certificate usage, selector, matching
+/// type and the certificate association data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tlsa {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
+}
+
+/// An answer, and whether the validating resolver vouched for it: the AD
+/// bit (RFC 4035 §3.2.3; RFC 6840 §5.8: only from a resolver trusted to
+/// validate, which is how `dns_servers` are taken).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secured<T> {
+    pub value: T,
+    pub secure: bool,
+}
+
 pub trait Resolver: Send + Sync {
     /// MX records of `domain`. Ok(empty vec) when the name exists but has no
     /// MX records (NODATA). Err(NxDomain) when it does not exist.
@@ -104,6 +123,30 @@ pub trait Resolver: Send + Sync {
     fn ptr(&self, _ip: IpAddr) -> Result<Vec<String>, DnsError> {
         Err(temporary("this resolver does not look up PTR records"))
     }
+
+    /// `mx`, and whether DNSSEC vouches for the answer (for DANE).
+    fn mx_secured(&self, domain: &str) -> Result<Secured<Vec<Mx>>, DnsError> {
+        let value = self.mx(domain)?;
+        Ok(Secured {
+            value,
+            secure: false,
+        })
+    }
+
+    /// `addresses`, secure when every answer that gave them was.
+    fn addresses_secured(&self, host: &str) -> Result<Secured<Vec<IpAddr>>, DnsError> {
+        let value = self.addresses(host)?;
+        Ok(Secured {
+            value,
+            secure: false,
+        })
+    }
+
+    /// The TLSA records of `name` (`_25._tcp.<host>`); none for NXDOMAIN
+    /// and NODATA, secure when DNSSEC vouches for that too.
+    fn tlsa(&self, _name: &str) -> Result<Secured<Vec<Tlsa>>, DnsError> {
+        Err(temporary("this resolver does not look up TLSA records"))
+    }
 }
 
 /// A stub resolver over blocking sockets: asks `servers` in turn, for
@@ -116,6 +159,9 @@ pub struct DnsResolver {
     /// Definitive answers kept for their TTL (the checks of received mail
     /// ask the same names again and again); none for delivery.
     cache: Option<std::sync::Arc<std::sync::Mutex<Cache>>>,
+    /// Every query asks for DNSSEC records (the DO bit; TLSA queries
+    /// always do): `smtp_dns_support_level = dnssec`.
+    dnssec: bool,
 }
 
 /// Answers by (name, type), each with the instant it expires.
@@ -190,7 +236,17 @@ impl DnsResolver {
             timeout,
             attempts,
             cache: None,
+            dnssec: false,
         }
+    }
+
+    /// The same resolver, asking with the DO bit set (RFC 3225) on every
+    /// query. Every query has the AD bit set (RFC 6840 §5.7), so that a
+    /// validating resolver says which answers DNSSEC vouches for
+    /// (`Resolver::mx_secured` and the others) either way.
+    pub fn with_dnssec(mut self) -> DnsResolver {
+        self.dnssec = true;
+        self
     }
 
     /// The same resolver, keeping definitive answers for their TTL (at
@@ -304,11 +360,13 @@ impl DnsResolver {
         let mut edns = true;
         loop {
             let id = random_id();
-            let query = encode_query(id, qname, rtype, edns)?;
+            // RFC 7672 §2.2: TLSA records are asked for with DO.
+            let dnssec = self.dnssec || rtype == RecordType::TLSA;
+            let query = encode_query(id, qname, rtype, edns, dnssec)?;
             let mut msg = udp_exchange(server, &query, id, qname, rtype, self.timeout)?;
             if msg.metadata.truncation {
                 let id = random_id();
-                let query = encode_query(id, qname, rtype, edns)?;
+                let query = encode_query(id, qname, rtype, edns, dnssec)?;
                 msg = tcp_exchange(server, &query, id, qname, rtype, self.timeout)?;
             }
             // RFC 6891 §7: a server that does not know EDNS answers FORMERR
@@ -360,6 +418,56 @@ impl Resolver for DnsResolver {
         let name = Name::from(ip).to_ascii();
         ptr_from_message(&self.lookup(&name, RecordType::PTR)?)
     }
+
+    fn mx_secured(&self, domain: &str) -> Result<Secured<Vec<Mx>>, DnsError> {
+        let msg = self.lookup(domain, RecordType::MX)?;
+        Ok(Secured {
+            value: mx_from_message(&msg)?,
+            secure: msg.metadata.authentic_data,
+        })
+    }
+
+    fn addresses_secured(&self, host: &str) -> Result<Secured<Vec<IpAddr>>, DnsError> {
+        let mut secure = true;
+        let mut get = |rtype| {
+            let m = self.lookup(host, rtype)?;
+            secure &= m.metadata.authentic_data;
+            addrs_from_message(&m)
+        };
+        let v4 = get(RecordType::A);
+        let v6 = get(RecordType::AAAA);
+        let value = combine_addresses(v4, v6)?;
+        Ok(Secured { value, secure })
+    }
+
+    fn tlsa(&self, name: &str) -> Result<Secured<Vec<Tlsa>>, DnsError> {
+        let msg = self.lookup(name, RecordType::TLSA)?;
+        let secure = msg.metadata.authentic_data;
+        let value = match tlsa_from_message(&msg) {
+            Err(DnsError::NxDomain) => Vec::new(),
+            other => other?,
+        };
+        Ok(Secured { value, secure })
+    }
+}
+
+fn tlsa_from_message(msg: &Message) -> Result<Vec<Tlsa>, DnsError> {
+    let owner = answer_owner(msg, RecordType::TLSA)?;
+    let records = msg
+        .answers
+        .iter()
+        .filter(|r| r.name == owner)
+        .filter_map(|r| match &r.data {
+            RData::TLSA(t) => Some(Tlsa {
+                usage: u8::from(t.cert_usage),
+                selector: u8::from(t.selector),
+                matching: u8::from(t.matching),
+                data: t.cert_data.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok(records)
 }
 
 /// A then AAAA: any address wins; then a temporary failure (we cannot say
@@ -428,13 +536,16 @@ fn encode_query(
     qname: &Name,
     rtype: RecordType,
     with_edns: bool,
+    dnssec: bool,
 ) -> Result<Vec<u8>, String> {
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
+    msg.metadata.authentic_data = true;
     msg.add_query(Query::query(qname.clone(), rtype));
     if with_edns {
         let mut edns = Edns::new();
         edns.set_max_payload(EDNS_UDP_PAYLOAD);
+        edns.set_dnssec_ok(dnssec);
         msg.set_edns(edns);
     }
     msg.to_vec()
@@ -765,17 +876,18 @@ pub fn cached_from_config(cfg: &crate::config::Config) -> Result<Box<dyn Resolve
 }
 
 /// DNS: the configured servers, else those of /etc/resolv.conf.
+/// With `smtp_dns_support_level = dnssec`, every query asks for DNSSEC.
 pub fn from_config(cfg: &crate::config::Config) -> Result<Box<dyn Resolver>, String> {
+    let dnssec = cfg.smtp_dns_support_level == crate::config::transport::DnsSupport::Dnssec;
+    let with = |r: DnsResolver| -> Box<dyn Resolver> {
+        Box::new(if dnssec { r.with_dnssec() } else { r })
+    };
     let timeout = cfg.dns_timeout;
     if !cfg.dns_servers.is_empty() {
-        return Ok(Box::new(DnsResolver::new(
-            cfg.dns_servers.clone(),
-            timeout,
-            2,
-        )));
+        return Ok(with(DnsResolver::new(cfg.dns_servers.clone(), timeout, 2)));
     }
     match DnsResolver::from_resolv_conf(std::path::Path::new("/etc/resolv.conf")) {
-        Ok(r) => Ok(Box::new(r)),
+        Ok(r) => Ok(with(r)),
         // With a smarthost by IP address no DNS is needed at all.
         Err(e)
             if !cfg.relayhost.is_empty()
@@ -1061,7 +1173,8 @@ mod tests {
 
     #[test]
     fn query_asks_for_recursion_once() {
-        let q = encode_query(42, &name("example.org."), RecordType::MX, true).expect("encode");
+        let q =
+            encode_query(42, &name("example.org."), RecordType::MX, true, false).expect("encode");
         let m = Message::from_vec(&q).expect("decode");
         assert_eq!(m.metadata.id, 42);
         assert!(m.metadata.recursion_desired);

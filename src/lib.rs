@@ -11,6 +11,8 @@ pub mod address;
 pub mod aliases;
 pub mod bounce;
 pub mod config;
+#[cfg(feature = "tls")]
+pub mod dane;
 pub mod delivery;
 #[cfg(feature = "tls")]
 pub mod dkim;

@@ -5,6 +5,7 @@
 mod common;
 
 use common::fake::{FakeSmtp, Fault};
+use common::pki::{make_ca, signed_cert};
 use common::{free_port, shared_port, Client, Server};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -505,87 +506,6 @@ fn satchel_authenticates_to_its_smarthost() {
     );
 }
 
-fn openssl_in(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A test CA in `dir` (ca.pem, ca.key).
-fn make_ca(dir: &Path) -> String {
-    openssl_in(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Satchel Test CA",
-        ],
-    );
-    dir.join("ca.pem").display().to_string()
-}
-
-/// A certificate for `name` in `dir`, signed by the CA in `ca_dir`.
-fn signed_cert(dir: &Path, ca_dir: &Path, name: &str) -> (String, String) {
-    openssl_in(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    std::fs::write(dir.join("ext"), format!("subjectAltName=DNS:{name}\n")).unwrap();
-    let (ca, key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
-    openssl_in(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            ca.to_str().unwrap(),
-            "-CAkey",
-            key.to_str().unwrap(),
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-        ],
-    );
-    (
-        dir.join("srv.pem").display().to_string(),
-        dir.join("srv.key").display().to_string(),
-    )
-}
-
 #[test]
 fn relayhost_tls_verify_checks_the_certificate_and_the_name() {
     let dns = common::dns::TestDns::start();
@@ -932,7 +852,7 @@ fn tls_policy_levels_per_destination() {
         );
     }
     assert!(
-        log.contains("TLS policy dane-only for dane.test: satchel does not do DANE yet"),
+        log.contains("the MX records are not DNSSEC-validated (TLS policy dane-only)"),
         "{log}"
     );
     assert!(

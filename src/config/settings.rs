@@ -202,6 +202,16 @@ const TLS_LEVELS: Choice<crate::config::transport::TlsLevel> = Choice {
         ("may", crate::config::transport::TlsLevel::May),
         ("encrypt", crate::config::transport::TlsLevel::Encrypt),
         ("verify", crate::config::transport::TlsLevel::Verify),
+        ("dane", crate::config::transport::TlsLevel::Dane),
+        ("dane-only", crate::config::transport::TlsLevel::DaneOnly),
+    ],
+    any_case: false,
+};
+
+const DNS_SUPPORT: Choice<crate::config::transport::DnsSupport> = Choice {
+    names: &[
+        ("enabled", crate::config::transport::DnsSupport::Enabled),
+        ("dnssec", crate::config::transport::DnsSupport::Dnssec),
     ],
     any_case: false,
 };
@@ -549,16 +559,23 @@ section "TLS and authentication" {
     /// (when offered, any certificate; plaintext otherwise, RFC 7435), encrypt
     /// (TLS or the mail waits; any certificate), verify (TLS with a certificate
     /// that verifies for the MX host name against tls_ca_file, or the mail
-    /// waits). Per destination: tls_policy_file. The relayhost and the
-    /// transport table's hosts follow relayhost_tls.
+    /// waits), dane (RFC 7672: where DNSSEC-signed TLSA records of an MX host
+    /// exist, TLS that they verify, or the mail waits; may elsewhere), dane-only
+    /// (DANE or the mail waits). DANE needs a validating resolver in
+    /// dns_servers (or resolv.conf): its AD bit is trusted, as Postfix does. Per
+    /// destination: tls_policy_file. The relayhost and the transport table's
+    /// hosts follow relayhost_tls.
     smtp_tls_security_level: crate::config::transport::TlsLevel = "may", TLS_LEVELS, Live;
+
+    /// DNS for delivery (Postfix's smtp_dns_support_level): enabled, or dnssec
+    /// (every look-up asks for DNSSEC records, and MX hosts at level may get
+    /// dane: opportunistic DANE).
+    smtp_dns_support_level: crate::config::transport::DnsSupport = "enabled", DNS_SUPPORT, Live;
 
     /// Per-destination TLS levels, as Postfix's smtp_tls_policy_maps: `domain
     /// level` lines (`.domain` for its subdomains), levels as
-    /// smtp_tls_security_level, and `dane` (treated as may: satchel does not do
-    /// DANE yet, as Postfix without a validating resolver) and `dane-only`
-    /// (the mail waits). A bad line stops the start with FILE:LINE; on SIGHUP
-    /// the old table stays.
+    /// smtp_tls_security_level (dane and dane-only included). A bad line stops the
+    /// start with FILE:LINE; on SIGHUP the old table stays.
     tls_policy_file: Option<PathBuf> = "", Optional(FilePath), Live;
 
     /// The CA certificates that `relayhost_tls = verify` trusts (a PEM bundle).

@@ -341,11 +341,19 @@ pub enum TlsLevel {
     /// STARTTLS or defer, and the certificate must verify for the MX host
     /// name against tls_ca_file.
     Verify,
-    /// DANE (RFC 7672) where TLSA records are secure; not supported yet:
-    /// as `may`, as Postfix does without a validating resolver.
+    /// DANE (RFC 7672) where an MX host's TLSA records are DNSSEC-signed:
+    /// TLS they verify, or defer; `may` for hosts without them.
     Dane,
-    /// DANE or nothing; not supported yet: the mail waits.
+    /// DANE or defer.
     DaneOnly,
+}
+
+/// Postfix's smtp_dns_support_level (the values satchel has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsSupport {
+    Enabled,
+    /// DNSSEC records asked for on every look-up; `may` becomes `dane`.
+    Dnssec,
 }
 
 impl TlsLevel {

@@ -500,13 +500,6 @@ fn deliver(d: &Deliverer, a: &mut Attempt, route: Route) {
         }
         Route::Smtp { domain, via, rcpts } => {
             let (via, via_relayhost) = relay_hosts(&d.cfg, &d.policy, &a.env.from, via);
-            // Only mail for the domain's own MX hosts has its TLS level.
-            if let Some(why) = d.tls_refusal(&domain, via.is_empty()) {
-                let states = rcpts
-                    .into_iter()
-                    .map(|i| (i, RcptState::Deferred(why.clone())));
-                return deliver(d, a, Route::Settled(states.collect()));
-            }
             // Before the network, and between domains: what was delivered
             // so far is written down, so that a crash or a stop does not
             // deliver it again.

@@ -169,14 +169,9 @@ impl Deliverer {
         if mx {
             let level = tls_level::level(&self.cfg, &self.policy.tls_policy, domain);
             c.tls = self.mx_tls.client(level, &self.cfg);
+            c.dane = tls_level::dane_of(level);
         }
         c
-    }
-
-    /// Why mail to `domain`'s MX hosts must wait without trying, if so.
-    pub(super) fn tls_refusal(&self, domain: &str, mx: bool) -> Option<crate::status::Status> {
-        let level = tls_level::level(&self.cfg, &self.policy.tls_policy, domain);
-        tls_level::refusal(level, domain).filter(|_| mx)
     }
 
     pub(super) fn relay_config(&self) -> RelayConfig {
@@ -189,6 +184,7 @@ impl Deliverer {
             bind: (self.cfg.smtp_bind_address, self.cfg.smtp_bind_address6),
             command_timeout: self.cfg.relay_timeout,
             tls: self.tls_client.clone(),
+            dane: Default::default(),
             relay_domains: self.cfg.relay_domains.clone(),
             auth: None,
         }
@@ -207,28 +203,25 @@ fn client_tls(cfg: &Config) -> crate::transport::smtp::ClientTls {
     };
     let built = match mode {
         RelayTls::None => {
-            return crate::transport::smtp::ClientTls {
-                config: None,
-                required: false,
-            }
+            return crate::transport::smtp::ClientTls::default();
         }
         RelayTls::Opportunistic | RelayTls::Required => crate::tls::client_opportunistic(),
         RelayTls::Verify => crate::tls::client_verifying(&cfg.tls_ca_file),
     };
     let required = matches!(mode, RelayTls::Required | RelayTls::Verify);
-    match built {
-        Ok(c) => crate::transport::smtp::ClientTls {
-            config: Some(c),
-            required,
-        },
-        Err(e) => {
-            log::warn!("warning: TLS client setup: {e}");
-            // Never fall back to less than was asked for.
-            crate::transport::smtp::ClientTls {
-                config: None,
-                required,
-            }
-        }
+    let trust = match mode {
+        RelayTls::Verify => crate::transport::smtp::Trust::Verified,
+        _ => crate::transport::smtp::Trust::Untrusted,
+    };
+    let config = built
+        .map_err(|e| log::warn!("warning: TLS client setup: {e}"))
+        .ok();
+    // Never fall back to less than was asked for: without a config,
+    // `required` keeps the mail waiting.
+    crate::transport::smtp::ClientTls {
+        config,
+        required,
+        trust,
     }
 }
 
@@ -239,7 +232,10 @@ fn client_tls(cfg: &Config) -> crate::transport::smtp::ClientTls {
             cfg.relayhost_tls,
             crate::config::RelayTls::Required | crate::config::RelayTls::Verify
         );
-    crate::transport::smtp::ClientTls { required }
+    crate::transport::smtp::ClientTls {
+        required,
+        trust: Default::default(),
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

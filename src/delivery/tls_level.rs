@@ -3,17 +3,15 @@
 //! smtp_tls_policy_maps and smtp_tls_security_level). The relayhost and
 //! the transport table's hosts keep `relayhost_tls`.
 //!
-//! DANE is not done yet: `dane` is `may`, as Postfix treats it without a
-//! validating resolver; `dane-only` keeps the mail waiting, never sends it
-//! with less.
+//! `dane` and `dane-only` start from `may`; each MX host's TLSA records
+//! then decide (`transport::dane`). With `smtp_dns_support_level =
+//! dnssec`, `may` is `dane` (opportunistic DANE, as Postfix's).
 
 use std::sync::OnceLock;
 
 use crate::config::transport::TlsLevel;
 use crate::config::Config;
-use crate::smtp::reply::Enhanced;
-use crate::status::Status;
-use crate::transport::smtp::ClientTls;
+use crate::transport::smtp::{ClientTls, Dane, Trust};
 
 /// The client configurations of the levels, built once per settings (the
 /// verifying one on first use: it reads tls_ca_file).
@@ -30,6 +28,7 @@ impl MxTls {
             Ok(c) => ClientTls {
                 config: Some(c),
                 required: false,
+                trust: Trust::Untrusted,
             },
             Err(e) => {
                 log::warn!("warning: TLS client setup: {e}");
@@ -47,12 +46,13 @@ impl MxTls {
         MxTls::default()
     }
 
-    /// The client TLS for `level` (dane-only is refused before: `refusal`).
+    /// The client TLS for `level` (for the DANE levels, where a host has
+    /// no TLSA records; `dane_of` says which).
     pub fn client(&self, level: TlsLevel, cfg: &Config) -> ClientTls {
         match level {
             TlsLevel::None => ClientTls::default(),
-            TlsLevel::May | TlsLevel::Dane => self.may.clone(),
-            TlsLevel::Encrypt | TlsLevel::DaneOnly => {
+            TlsLevel::May | TlsLevel::Dane | TlsLevel::DaneOnly => self.may.clone(),
+            TlsLevel::Encrypt => {
                 let mut c = self.may.clone();
                 c.required = true;
                 c
@@ -68,6 +68,7 @@ fn verifying(cfg: &Config) -> ClientTls {
         Ok(c) => ClientTls {
             config: Some(c),
             required: true,
+            trust: Trust::Verified,
         },
         Err(e) => {
             // Never less than was asked for: without the CAs, nothing goes.
@@ -75,6 +76,7 @@ fn verifying(cfg: &Config) -> ClientTls {
             ClientTls {
                 config: None,
                 required: true,
+                trust: Trust::Verified,
             }
         }
     }
@@ -82,21 +84,27 @@ fn verifying(cfg: &Config) -> ClientTls {
 
 #[cfg(not(feature = "tls"))]
 fn verifying(_cfg: &Config) -> ClientTls {
-    ClientTls { required: true }
+    ClientTls {
+        required: true,
+        trust: Trust::Verified,
+    }
 }
 
 /// The level for mail to `domain`'s MX hosts.
 pub fn level(cfg: &Config, policy: &crate::config::transport::TlsPolicy, domain: &str) -> TlsLevel {
-    policy.lookup(domain).unwrap_or(cfg.smtp_tls_security_level)
+    let level = policy.lookup(domain).unwrap_or(cfg.smtp_tls_security_level);
+    let dnssec = cfg.smtp_dns_support_level == crate::config::transport::DnsSupport::Dnssec;
+    match level {
+        TlsLevel::May if dnssec => TlsLevel::Dane,
+        other => other,
+    }
 }
 
-/// The deferral for a level satchel cannot meet yet (dane-only).
-pub fn refusal(level: TlsLevel, domain: &str) -> Option<Status> {
-    (level == TlsLevel::DaneOnly).then(|| {
-        Status::new(
-            451,
-            Enhanced(4, 7, 5),
-            format!("TLS policy dane-only for {domain}: satchel does not do DANE yet"),
-        )
-    })
+/// DANE at `level`.
+pub fn dane_of(level: TlsLevel) -> Dane {
+    match level {
+        TlsLevel::Dane => Dane::May,
+        TlsLevel::DaneOnly => Dane::Only,
+        _ => Dane::Off,
+    }
 }

@@ -10,6 +10,7 @@ use crate::envelope::{Envelope, RcptState};
 use crate::spool::Content;
 
 pub mod breaker;
+pub mod dane;
 pub mod lmtp;
 pub mod local;
 pub mod pipe;

@@ -115,6 +115,9 @@ pub struct RelayConfig {
     pub command_timeout: Duration,
     /// STARTTLS towards MX hosts (always opportunistic) and the relayhost.
     pub tls: ClientTls,
+    /// DANE for MX hosts (the `tls` of a host with TLSA records is made
+    /// from them).
+    pub dane: Dane,
     /// User and password for AUTH towards the relayhost (never sent
     /// without TLS).
     pub auth: Option<(String, String)>,
@@ -131,6 +134,42 @@ pub struct ClientTls {
     pub config: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Defer rather than send in plaintext.
     pub required: bool,
+    /// What `config` checks of the server, for the log.
+    pub trust: Trust,
+}
+
+/// What a TLS session's configuration checked of the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Trust {
+    /// Any certificate (opportunistic TLS, RFC 7435).
+    #[default]
+    Untrusted,
+    /// The chain to tls_ca_file and the host's name.
+    Verified,
+    /// A DNSSEC-signed TLSA record of the host (RFC 7672).
+    Dane,
+}
+
+impl Trust {
+    #[cfg(feature = "tls")]
+    fn label(self) -> &'static str {
+        match self {
+            Trust::Untrusted => "Untrusted TLS",
+            Trust::Verified => "Verified TLS (tls_ca_file)",
+            Trust::Dane => "Verified TLS (DANE)",
+        }
+    }
+}
+
+/// DANE towards MX hosts (RFC 7672), as the destination's TLS level says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dane {
+    #[default]
+    Off,
+    /// Where the host's TLSA records are secure (`dane`).
+    May,
+    /// Or the mail waits (`dane-only`).
+    Only,
 }
 
 /// The message to send.
@@ -209,25 +248,36 @@ pub fn order_mx(domain: &str, mut mxs: Vec<Mx>, myhostname: &str) -> Result<Vec<
         .collect())
 }
 
-/// The hosts to try for `domain`, or outcomes that end the attempt now.
-fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<Vec<Hop>, Outcome> {
+/// The hosts to try for `domain` and whether DNSSEC vouched for them (only
+/// asked for DANE), or outcomes that end the attempt now.
+fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<(Vec<Hop>, bool), Outcome> {
     let (name, mx_lookup) = match &cfg.relayhost {
         Some(r) => (r.host.as_str(), r.mx_lookup),
         None => (domain, true),
     };
     if let Ok(ip) = name.parse::<IpAddr>() {
-        return Ok(vec![Hop {
+        let hop = Hop {
             name: ip.to_string(),
             addresses: vec![ip],
-        }]);
+        };
+        return Ok((vec![hop], false));
     }
     if !mx_lookup {
-        return Ok(vec![Hop {
+        let hop = Hop {
             name: name.to_string(),
             addresses: Vec::new(),
-        }]);
+        };
+        return Ok((vec![hop], false));
     }
-    let found = match dns.mx(name) {
+    let mut secure = false;
+    let looked_up = match cfg.dane {
+        Dane::Off => dns.mx(name),
+        _ => dns.mx_secured(name).map(|s| {
+            secure = s.secure;
+            s.value
+        }),
+    };
+    let found = match looked_up {
         Ok(mxs) => order_mx(name, mxs, &cfg.hostname).map_err(Outcome::Failed),
         Err(DnsError::NxDomain) => Err(Outcome::Failed(Status::new(
             550,
@@ -267,7 +317,7 @@ fn route(domain: &str, cfg: &RelayConfig, dns: &dyn Resolver) -> Result<Vec<Hop>
                 format!("relayhost {name}: {} {}", why.enhanced, why.text),
             )))
         }
-        other => other,
+        other => other.map(|hops| (hops, secure)),
     }
 }
 
@@ -285,15 +335,26 @@ pub fn deliver(
         remote_mta: None,
         dsn: false,
     };
-    let hops = match route(domain, cfg, dns) {
+    let (hops, mx_secure) = match route(domain, cfg, dns) {
         Ok(h) => h,
         Err(o) => return all(o),
     };
+    let base = cfg;
     let port = cfg.relayhost.as_ref().map_or(cfg.port, |r| r.port);
     let mut last_error = Status::new(451, Enhanced(4, 4, 1), "no address to deliver to");
     let mut permanent_dns_failures = 0;
     let mut tried = 0;
     for hop in &hops {
+        // RFC 7672: the host's TLSA records, when its level asks for DANE.
+        let with_dane = match super::dane::for_hop(hop, mx_secure, base, dns) {
+            Ok(c) => c,
+            Err(why) => {
+                log::info!("{}: {}; trying the next host", hop.name, why.text);
+                last_error = why;
+                continue;
+            }
+        };
+        let cfg = with_dane.as_ref().unwrap_or(base);
         let addrs = match hop_addresses(hop, dns) {
             Ok(a) => a,
             Err((why, permanent)) => {
@@ -328,20 +389,26 @@ pub fn deliver(
             }
         }
     }
-    // §5.1: the implicit MX has no address at all: the domain cannot receive mail.
-    if tried == 0
-        && permanent_dns_failures == hops.len()
-        && cfg.relayhost.is_none()
-        && hops.len() == 1
-        && hops[0].name == domain
-    {
-        return all(Outcome::Failed(Status::new(
+    let no_address = tried == 0 && permanent_dns_failures == hops.len();
+    all(no_host_left(domain, &hops, no_address, cfg).unwrap_or(Outcome::Deferred(last_error)))
+}
+
+/// §5.1: the implicit MX has no address at all: the domain cannot receive
+/// mail (`None`: the mail waits for a later try).
+fn no_host_left(
+    domain: &str,
+    hops: &[Hop],
+    no_address: bool,
+    cfg: &RelayConfig,
+) -> Option<Outcome> {
+    let implicit = cfg.relayhost.is_none() && hops.len() == 1 && hops[0].name == domain;
+    (no_address && implicit).then(|| {
+        Outcome::Failed(Status::new(
             550,
             Enhanced(5, 1, 2),
             format!("<{domain}>: Host or domain name not found"),
-        )));
-    }
-    all(Outcome::Deferred(last_error))
+        ))
+    })
 }
 
 /// The addresses of a hop: given (glue is not used, see `route`) or
@@ -1052,7 +1119,8 @@ fn start_tls(
         return Ok(caps);
     }
     let what = c.start_tls(tls, host)?;
-    log::info!("{host}[{}]: TLS established: {what}", addr.ip());
+    let trust = cfg.tls.trust.label();
+    log::info!("{host}[{}]: TLS established: {what}; {trust}", addr.ip());
     let ehlo = c.command(&format!("EHLO {}", cfg.hostname))?;
     if ehlo.code != 250 {
         return Err(refused("EHLO after STARTTLS", &ehlo));
@@ -1322,6 +1390,7 @@ mod tests {
             bind: (None, None),
             command_timeout: Duration::from_secs(1),
             tls: ClientTls::default(),
+            dane: Dane::Off,
             auth: None,
             relay_domains: vec!["relayed.test".into()],
         }

@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
+use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Default)]
@@ -27,6 +28,10 @@ struct Zone {
     /// Answers any query with an OPT record FORMERR, as a server from
     /// before EDNS would.
     no_edns: bool,
+    /// Sets AD, as a validating resolver does for signed data, on answers
+    /// to queries that ask for it (AD or DO), but for the `insecure` names.
+    validating: bool,
+    insecure: HashSet<String>,
 }
 
 struct Shared {
@@ -107,6 +112,30 @@ impl TestDns {
     pub fn ptr(&self, ip: std::net::IpAddr, host: &str) {
         let rev = Name::from(ip).to_ascii();
         self.add(&rev, RData::PTR(PTR(fqdn(host))));
+    }
+
+    /// A TLSA record (RFC 6698): usage, selector, matching type, data.
+    #[allow(dead_code)]
+    pub fn tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) {
+        let t = TLSA::new(
+            CertUsage::from(usage),
+            Selector::from(selector),
+            Matching::from(matching),
+            data.to_vec(),
+        );
+        self.add(name, RData::TLSA(t));
+    }
+
+    /// Answer as a validating resolver: AD on everything but `insecure`
+    /// names (when the query asks with AD or DO).
+    #[allow(dead_code)]
+    pub fn validating(&self, on: bool) {
+        self.zone().validating = on;
+    }
+
+    #[allow(dead_code)]
+    pub fn insecure(&self, name: &str) {
+        self.zone().insecure.insert(key(name));
     }
 
     /// Answer SERVFAIL for this name.
@@ -227,6 +256,9 @@ fn answer(shared: &Shared, bytes: &[u8], udp: bool) -> Option<Vec<u8>> {
     let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.authoritative = true;
+    let asks =
+        req.metadata.authentic_data || req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+    resp.metadata.authentic_data = zone.validating && asks && !zone.insecure.contains(&name);
     resp.add_query(question.clone());
     if zone.no_edns && req.edns.is_some() {
         resp.metadata.response_code = ResponseCode::FormErr;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub mod dns;
 pub mod fake;
+pub mod pki;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_satchel");
 
