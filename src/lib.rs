@@ -23,6 +23,7 @@ pub mod guard;
 pub mod handoff;
 pub mod logging;
 pub mod metrics;
+pub mod mta_sts;
 pub mod notify;
 pub mod os;
 pub mod policy;

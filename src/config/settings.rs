@@ -572,6 +572,17 @@ section "TLS and authentication" {
     /// dane: opportunistic DANE).
     smtp_dns_support_level: crate::config::transport::DnsSupport = "enabled", DNS_SUPPORT, Live;
 
+    /// MTA-STS (RFC 8461): for a destination domain with an `_mta-sts` TXT record,
+    /// its policy is fetched over HTTPS (certificate checked against tls_ca_file),
+    /// kept in the spool for its max_age, and followed: mode enforce sends only to
+    /// the MX hosts it lists, over TLS verified for their names, or the mail waits;
+    /// testing logs what enforce would refuse. DANE wins where an MX host has
+    /// usable TLSA records; tls_policy_file levels other than may win too.
+    mta_sts: bool = "yes", YesNo, Live;
+
+    /// The HTTPS port of MTA-STS policy hosts: 443 (another only for tests).
+    mta_sts_port: u16 = "443", Port, Live;
+
     /// Per-destination TLS levels, as Postfix's smtp_tls_policy_maps: `domain
     /// level` lines (`.domain` for its subdomains), levels as
     /// smtp_tls_security_level (dane and dane-only included). A bad line stops the

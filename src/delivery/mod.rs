@@ -23,6 +23,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::address::ForwardPath;
+use crate::config::transport::TlsLevel;
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::envelope::{Envelope, RcptState};
@@ -30,13 +31,14 @@ use crate::handoff::Handoff;
 use crate::policy::LocalPolicy;
 use crate::spool::Spool;
 use crate::transport::smtp::{RelayConfig, RelayCredentials};
+use crate::transport::sts::StsConfig;
 
 mod attempt;
 mod control;
 pub mod expand;
 mod pipe_plan;
 mod scheduler;
-mod tls_level;
+pub(crate) mod tls_level;
 
 pub use attempt::{deliver_message, next_hop, relay_hosts, route_name, Hop};
 pub use control::{control_path, control_socket, release, request_flush};
@@ -58,6 +60,8 @@ pub struct Deliverer {
     tls_client: crate::transport::smtp::ClientTls,
     /// STARTTLS towards MX hosts, per level (`tls_level`).
     mx_tls: Arc<tls_level::MxTls>,
+    /// MTA-STS policies (`mta_sts = yes`, with TLS).
+    mta_sts: Option<Arc<dyn crate::mta_sts::Source>>,
     pub(super) relay_auth: RelayCredentials,
 }
 
@@ -130,6 +134,7 @@ impl Deliverer {
         Deliverer {
             tls_client: client_tls(&cfg),
             mx_tls: Arc::new(tls_level::MxTls::new()),
+            mta_sts: mta_sts(&cfg, &spool, &resolver),
             relay_auth: relay_auth(&cfg),
             cfg,
             spool,
@@ -152,6 +157,7 @@ impl Deliverer {
         Deliverer {
             tls_client: client_tls(&cfg),
             mx_tls: Arc::new(tls_level::MxTls::new()),
+            mta_sts: mta_sts(&cfg, &self.spool, &resolver),
             relay_auth: relay_auth(&cfg),
             cfg,
             spool: self.spool.clone(),
@@ -170,6 +176,17 @@ impl Deliverer {
             let level = tls_level::level(&self.cfg, &self.policy.tls_policy, domain);
             c.tls = self.mx_tls.client(level, &self.cfg);
             c.dane = tls_level::dane_of(level);
+            // MTA-STS where the level leaves it room (may, dane).
+            let room = matches!(level, TlsLevel::May | TlsLevel::Dane);
+            c.sts = self
+                .mta_sts
+                .clone()
+                .filter(|_| room)
+                .map(|source| StsConfig {
+                    source,
+                    verify: self.mx_tls.clone(),
+                    ca_file: self.cfg.tls_ca_file.clone(),
+                });
         }
         c
     }
@@ -185,10 +202,40 @@ impl Deliverer {
             command_timeout: self.cfg.relay_timeout,
             tls: self.tls_client.clone(),
             dane: Default::default(),
+            sts: None,
             relay_domains: self.cfg.relay_domains.clone(),
             auth: None,
         }
     }
+}
+
+/// MTA-STS for delivery when `mta_sts` is on (it needs HTTPS: the tls
+/// feature).
+#[cfg(feature = "tls")]
+fn mta_sts(
+    cfg: &Config,
+    spool: &Spool,
+    dns: &Arc<dyn Resolver>,
+) -> Option<Arc<dyn crate::mta_sts::Source>> {
+    cfg.mta_sts.then(|| {
+        let m = crate::mta_sts::MtaSts::new(
+            spool.clone(),
+            dns.clone(),
+            &cfg.tls_ca_file,
+            cfg.mta_sts_port,
+            cfg.connect_timeout,
+        );
+        Arc::new(m) as Arc<dyn crate::mta_sts::Source>
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn mta_sts(
+    _cfg: &Config,
+    _spool: &Spool,
+    _dns: &Arc<dyn Resolver>,
+) -> Option<Arc<dyn crate::mta_sts::Source>> {
+    None
 }
 
 /// STARTTLS as a client: opportunistic towards MX hosts (RFC 7435);

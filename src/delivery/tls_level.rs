@@ -57,14 +57,21 @@ impl MxTls {
                 c.required = true;
                 c
             }
-            TlsLevel::Verify => self.verify.get_or_init(|| verifying(cfg)).clone(),
+            TlsLevel::Verify => self.verified(&cfg.tls_ca_file),
         }
     }
 }
 
+impl MxTls {
+    /// TLS verified against `ca_file` (read at the first use).
+    pub fn verified(&self, ca_file: &std::path::Path) -> ClientTls {
+        self.verify.get_or_init(|| verifying(ca_file)).clone()
+    }
+}
+
 #[cfg(feature = "tls")]
-fn verifying(cfg: &Config) -> ClientTls {
-    match crate::tls::client_verifying(&cfg.tls_ca_file) {
+fn verifying(ca_file: &std::path::Path) -> ClientTls {
+    match crate::tls::client_verifying(ca_file) {
         Ok(c) => ClientTls {
             config: Some(c),
             required: true,
@@ -83,7 +90,7 @@ fn verifying(cfg: &Config) -> ClientTls {
 }
 
 #[cfg(not(feature = "tls"))]
-fn verifying(_cfg: &Config) -> ClientTls {
+fn verifying(_ca_file: &std::path::Path) -> ClientTls {
     ClientTls {
         required: true,
         trust: Trust::Verified,

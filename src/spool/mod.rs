@@ -90,6 +90,7 @@ use crate::envelope::Envelope;
 
 mod incoming;
 pub mod maildrop;
+mod policies;
 mod queuefile;
 mod recover;
 mod recycle;

@@ -15,6 +15,7 @@ pub mod lmtp;
 pub mod local;
 pub mod pipe;
 pub mod smtp;
+pub mod sts;
 
 /// A message and the recipients of it that one transport is to deliver.
 pub struct Batch<'a> {

@@ -118,6 +118,8 @@ pub struct RelayConfig {
     /// DANE for MX hosts (the `tls` of a host with TLSA records is made
     /// from them).
     pub dane: Dane,
+    /// MTA-STS for MX hosts (RFC 8461), when it is on for the destination.
+    pub sts: Option<super::sts::StsConfig>,
     /// User and password for AUTH towards the relayhost (never sent
     /// without TLS).
     pub auth: Option<(String, String)>,
@@ -339,22 +341,27 @@ pub fn deliver(
         Ok(h) => h,
         Err(o) => return all(o),
     };
+    let sts = super::sts::policy_for(domain, cfg);
+    let hops = match super::sts::listed(domain, hops, sts.as_deref()) {
+        Ok(h) => h,
+        Err(why) => return all(Outcome::Deferred(why)),
+    };
     let base = cfg;
     let port = cfg.relayhost.as_ref().map_or(cfg.port, |r| r.port);
     let mut last_error = Status::new(451, Enhanced(4, 4, 1), "no address to deliver to");
     let mut permanent_dns_failures = 0;
     let mut tried = 0;
     for hop in &hops {
-        // RFC 7672: the host's TLSA records, when its level asks for DANE.
-        let with_dane = match super::dane::for_hop(hop, mx_secure, base, dns) {
-            Ok(c) => c,
+        // RFC 7672: the host's TLSA records first, then MTA-STS.
+        let with = match super::dane::for_hop(hop, mx_secure, base, dns) {
+            Ok(c) => c.or_else(|| super::sts::verified(sts.as_deref(), base)),
             Err(why) => {
-                log::info!("{}: {}; trying the next host", hop.name, why.text);
+                log::info!("{}: {}", hop.name, why.text);
                 last_error = why;
                 continue;
             }
         };
-        let cfg = with_dane.as_ref().unwrap_or(base);
+        let cfg = with.as_ref().unwrap_or(base);
         let addrs = match hop_addresses(hop, dns) {
             Ok(a) => a,
             Err((why, permanent)) => {
@@ -1391,6 +1398,7 @@ mod tests {
             command_timeout: Duration::from_secs(1),
             tls: ClientTls::default(),
             dane: Dane::Off,
+            sts: None,
             auth: None,
             relay_domains: vec!["relayed.test".into()],
         }
