@@ -178,6 +178,9 @@ pub struct Envelope {
     pub ret: Option<Ret>,
     /// RFC 3461 §4.4: the sender's envelope ID (xtext), if given.
     pub envid: Option<String>,
+    /// RFC 8689: relayed only over verified TLS to hosts that offer
+    /// REQUIRETLS (`requiretls yes`).
+    pub requiretls: bool,
     pub rcpts: Vec<Recipient>,
 }
 
@@ -310,6 +313,7 @@ impl Envelope {
             dkim: String::new(),
             ret: None,
             envid: None,
+            requiretls: false,
             rcpts: rcpts
                 .into_iter()
                 .map(|addr| Recipient {
@@ -360,6 +364,9 @@ impl Envelope {
         }
         if let Some(envid) = &self.envid {
             kv("envid", &escape(envid));
+        }
+        if self.requiretls {
+            kv("requiretls", "yes");
         }
         for r in &self.rcpts {
             let mut v = format!("{} {}", r.state.keyword(), r.addr);
@@ -413,6 +420,7 @@ impl Envelope {
             dkim: String::new(),
             ret: None,
             envid: None,
+            requiretls: false,
             rcpts: Vec::new(),
         };
         let mut version = 0;
@@ -493,6 +501,7 @@ impl Envelope {
             "dkim" => self.dkim = unescape(value)?,
             "ret" => self.ret = Some(Ret::parse(value).ok_or("bad ret")?),
             "envid" => self.envid = Some(unescape(value)?),
+            "requiretls" => self.requiretls = value == "yes",
             "dsn" => {
                 let last = self.rcpts.last_mut().ok_or("dsn before any rcpt")?;
                 last.dsn = parse_dsn_line(value)?;
@@ -622,6 +631,7 @@ mod tests {
             dkim: String::new(),
             ret: Some(Ret::Hdrs),
             envid: Some("QQ+2B314".into()),
+            requiretls: true,
             rcpts: vec![
                 Recipient {
                     addr: ForwardPath::parse("<c@example.net>").unwrap(),

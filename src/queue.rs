@@ -614,6 +614,7 @@ mod tests {
                 dkim: String::new(),
                 ret: None,
                 envid: None,
+                requiretls: false,
                 rcpts: vec![Recipient {
                     addr: ForwardPath::parse(&format!("<r{i}@example.net>")).unwrap(),
                     state: if i % 3 == 0 {

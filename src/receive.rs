@@ -1365,6 +1365,7 @@ pub fn envelope_of(txn: &Transaction, id: &str, arrival: u64, client: &str) -> E
         dkim: String::new(),
         ret: txn.params.ret,
         envid: txn.params.envid.clone(),
+        requiretls: txn.params.requiretls,
         rcpts: txn
             .rcpts
             .iter()

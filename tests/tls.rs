@@ -860,3 +860,86 @@ fn tls_policy_levels_per_destination() {
         "encrypt and dane-only sent nothing in plaintext"
     );
 }
+
+/// A satchel on `ip:port` that clients may STARTTLS into (a self-signed
+/// certificate), relaying to `relay` (`relayhost = ...` and its lines).
+fn requiretls_edge(ip: [u8; 4], port: u16, relay: &str) -> Server {
+    let mut s = Server::prepare_at(
+        ip,
+        port,
+        &format!(
+            "hostname = edge.test\nrelay_networks = 127.0.0.0/8\ndefer_delivery = no\n{relay}"
+        ),
+    );
+    let (cert, key) = make_cert(&s.dir.0, "edge.test");
+    let text = std::fs::read_to_string(&s.conf).unwrap();
+    std::fs::write(
+        &s.conf,
+        format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
+    )
+    .unwrap();
+    s.spawn();
+    s
+}
+
+/// MAIL FROM REQUIRETLS from alice through STARTTLS (Python's smtplib);
+/// prints what the server offered before and after STARTTLS.
+const REQUIRETLS_CLIENT: &str = "import smtplib,ssl,sys\n\
+     s=smtplib.SMTP(sys.argv[1].split(':')[0],int(sys.argv[1].split(':')[1]))\n\
+     s.ehlo(); print('before', s.has_extn('requiretls'))\n\
+     print('plain', s.docmd('MAIL FROM:<alice@satchel.test> REQUIRETLS')[0]); s.rset()\n\
+     ctx=ssl.create_default_context(); ctx.check_hostname=False; ctx.verify_mode=ssl.CERT_NONE\n\
+     s.starttls(context=ctx); s.ehlo(); print('after', s.has_extn('requiretls'))\n\
+     s.sendmail('alice@satchel.test',['x@far.test'],b'Subject: tls only\\r\\n\\r\\nsecret\\r\\n',['REQUIRETLS']); s.quit()";
+
+#[test]
+fn requiretls_mail_goes_only_over_verified_tls_to_hosts_that_offer_it() {
+    let dns = common::dns::TestDns::start();
+    let (a_ip, b_ip, c_ip) = ([127, 0, 0, 40], [127, 0, 0, 41], [127, 0, 0, 42]);
+    let port = shared_port(&[a_ip, b_ip, c_ip]);
+    dns.a("smart.test", b_ip.into());
+    let ca_dir = common::TempDir::new("rtls-ca");
+    let ca = make_ca(&ca_dir.0);
+    let mut b = Server::prepare_at(
+        b_ip,
+        port,
+        "hostname = smart.test\nrelay_networks = 127.0.0.0/8\n",
+    );
+    let (cert, key) = signed_cert(&b.dir.0, &ca_dir.0, "smart.test");
+    let text = std::fs::read_to_string(&b.conf).unwrap();
+    std::fs::write(
+        &b.conf,
+        format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
+    )
+    .unwrap();
+    b.spawn();
+    let relay = |tls: &str| {
+        format!(
+            "dns_servers = {}\nrelayhost = [smart.test]:{port}\nrelayhost_tls = {tls}\ntls_ca_file = {ca}\n",
+            dns.addr
+        )
+    };
+    // Verified TLS to a host that offers REQUIRETLS: relayed, with it.
+    let a = requiretls_edge(a_ip, port, &relay("verify"));
+    let run = |s: &Server| {
+        let o = Command::new("python3")
+            .args(["-c", REQUIRETLS_CLIENT, &s.addr().to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(run(&a), "before False\nplain 530\nafter True\n");
+    a.wait_for("the copy at smart.test", || b.queued().len() == 1);
+    let env = b.envelope(&b.queued()[0]);
+    assert!(env.contains("\nrequiretls yes\n"), "{env}");
+    // Opportunistic TLS is not enough: bounced with 5.7.30, the notice
+    // itself REQUIRETLS mail.
+    let c = requiretls_edge(c_ip, port, &relay("opportunistic"));
+    run(&c);
+    c.wait_for("the bounce", || c.maildir("alice").len() == 1);
+    let bounce = std::fs::read_to_string(&c.maildir("alice")[0]).unwrap();
+    assert!(bounce.contains("Status: 5.7.30"), "{bounce}");
+    assert!(!bounce.contains("secret"), "no content in the notice");
+    assert_eq!(b.queued().len(), 1, "nothing went without verified TLS");
+}

@@ -435,6 +435,7 @@ fn the_client_never_sends_a_bare_cr_or_lf() {
         dkim: String::new(),
         ret: None,
         envid: None,
+        requiretls: false,
         rcpts: vec![Recipient {
             addr: ForwardPath::parse("<x@remote.test>").unwrap(),
             state: RcptState::Pending,

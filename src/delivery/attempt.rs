@@ -885,8 +885,11 @@ fn notify(
     };
     // RFC 3461 §4.3: the whole message only to a sender who asked, for a
     // failure, and within bounce_size_limit; else its header section.
+    // RFC 8689 §5: a REQUIRETLS message's content stays in TLS; its
+    // notice returns the header section, and is REQUIRETLS mail itself.
     let full = action == Action::Failed
         && env.ret == Some(crate::dsn::Ret::Full)
+        && !env.requiretls
         && msg.len <= d.cfg.bounce_size_limit;
     let limit = if full { msg.len } else { 64 * 1024 };
     let mut original = Vec::new();
@@ -917,6 +920,7 @@ fn notify(
         &bytes,
     );
     benv.smtputf8 |= env.smtputf8;
+    benv.requiretls = env.requiretls;
     let bid = d.spool.queue_bytes(&bytes, &mut benv)?;
     let kind = match action {
         Action::Failed => "non-delivery",

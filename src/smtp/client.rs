@@ -82,6 +82,8 @@ pub struct Capabilities {
     pub dsn: bool,
     /// RFC 3030: the content goes in BDAT chunks.
     pub chunking: bool,
+    /// RFC 8689.
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -100,6 +102,7 @@ impl Capabilities {
                 "STARTTLS" => c.starttls = true,
                 "DSN" => c.dsn = true,
                 "CHUNKING" => c.chunking = true,
+                "REQUIRETLS" => c.requiretls = true,
                 "SIZE" => c.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => c.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
@@ -250,6 +253,9 @@ pub struct MailFacts<'a> {
     /// or one per recipient).
     pub mail_dsn: &'a str,
     pub rcpt_dsn: &'a [String],
+    /// RFC 8689: MAIL carries REQUIRETLS, and a server that does not offer
+    /// it does not get the message.
+    pub requiretls: bool,
 }
 
 /// What the caller does next.
@@ -316,7 +322,8 @@ impl MailTransaction {
             lmtp: m.lmtp,
             chunking: caps.chunking && !m.lmtp,
             mail_line: mail_command(m.from, m.size, m.eight_bit, m.smtputf8, caps)
-                + if caps.dsn { m.mail_dsn } else { "" },
+                + if caps.dsn { m.mail_dsn } else { "" }
+                + if m.requiretls { " REQUIRETLS" } else { "" },
             rcpt_lines: m
                 .rcpts
                 .iter()
@@ -586,6 +593,14 @@ fn refused_before_sending(m: &MailFacts, caps: &Capabilities) -> Option<Outcome>
             ),
         )));
     }
+    // RFC 8689 §4.2.1: REQUIRETLS mail only to a server that offers it.
+    if m.requiretls && !caps.requiretls {
+        return Some(Outcome::Failed(Status::new(
+            550,
+            Enhanced(5, 7, 30),
+            "REQUIRETLS support required: the server does not offer it",
+        )));
+    }
     // RFC 6531 §3.2: mail that needs SMTPUTF8 cannot go to a server
     // without it; mail flagged SMTPUTF8 that is all ASCII goes as any
     // other (as in Postfix).
@@ -658,6 +673,7 @@ mod tests {
             lmtp: false,
             mail_dsn: "",
             rcpt_dsn: &[],
+            requiretls: false,
         }
     }
 

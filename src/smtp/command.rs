@@ -25,6 +25,8 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// ENVID as received (xtext).
     pub envid: Option<String>,
+    /// RFC 8689.
+    pub requiretls: bool,
 }
 
 /// RFC 3030: one BDAT command, the size of the chunk that follows it.
@@ -183,6 +185,7 @@ fn parse_mail(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
                 p.envid = Some(v.to_string());
             }
             ("RET" | "ENVID", _) => return Err(bad_param(key)),
+            ("REQUIRETLS", None) => p.requiretls = true,
             _ => {
                 return Err(Reply::new(
                     555,

@@ -541,6 +541,9 @@ impl<'p> Session<'p> {
         if self.cfg.tls_available && !self.tls_active {
             lines.push("STARTTLS".into());
         }
+        if self.tls_active {
+            lines.push("REQUIRETLS".into());
+        }
         if self.auth_offered() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
@@ -586,6 +589,10 @@ impl<'p> Session<'p> {
                 Enhanced(5, 3, 4),
                 "Message size exceeds fixed maximum message size",
             );
+        }
+        // RFC 8689 §4.1: REQUIRETLS is offered, and taken, inside TLS only.
+        if params.requiretls && !self.tls_active {
+            return ok(530, Enhanced(5, 7, 10), "REQUIRETLS needs a TLS session");
         }
         // RFC 6531 §3.4: non-ASCII addresses need the SMTPUTF8 parameter.
         if !params.smtputf8 && !from.is_ascii() {

@@ -32,6 +32,7 @@ fn envelope() -> Envelope {
         dkim: String::new(),
         ret: None,
         envid: None,
+        requiretls: false,
         rcpts: vec![Recipient {
             addr: ForwardPath::parse("<c@d.test>").unwrap(),
             state: RcptState::Pending,

@@ -52,9 +52,16 @@ fn refusal(outcomes: &[Outcome]) -> Option<&Status> {
         {
             Some(s)
         }
-        Outcome::Failed(s) if s.enhanced.0 == 5 && s.enhanced.1 == 7 => Some(s),
+        Outcome::Failed(s) if host_refused(s) => Some(s),
         _ => None,
     })
+}
+
+/// A 5.7.x refusal of us by the host (a policy, our credentials), not
+/// 5.7.30: REQUIRETLS mail that cannot go (RFC 8689), the message's own
+/// fault, which bounces.
+fn host_refused(s: &Status) -> bool {
+    s.enhanced.0 == 5 && s.enhanced.1 == 7 && s.enhanced.2 != 30
 }
 
 /// Looks at what `host` answered: its refusals become deferrals (the mail
@@ -71,7 +78,7 @@ pub fn record(host: &str, outcomes: &mut [Outcome], limit: u32) {
     };
     for o in outcomes.iter_mut() {
         if let Outcome::Failed(s) = o {
-            if s.enhanced.0 == 5 && (s.enhanced.1 == 7 || s.code == Some(535)) {
+            if host_refused(s) || s.code == Some(535) {
                 *o = Outcome::Deferred(Status::new(
                     451,
                     Enhanced(4, 7, 0),

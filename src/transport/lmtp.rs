@@ -240,6 +240,7 @@ impl Lmtp<'_> {
             lmtp: true,
             mail_dsn: "",
             rcpt_dsn: &[],
+            requiretls: false,
         };
         let (mut t, mut step) = MailTransaction::start(&facts, caps, reused);
         // Before the content goes, a reused session that fails is stale.

@@ -186,6 +186,8 @@ pub struct Message<'a> {
     /// RFC 3461 parameters for MAIL and for each recipient (see `MailFacts`).
     pub mail_dsn: &'a str,
     pub rcpt_dsn: &'a [String],
+    /// RFC 8689: only over verified TLS, to hosts that offer REQUIRETLS.
+    pub requiretls: bool,
 }
 
 /// A host to try, with the addresses known for it.
@@ -353,8 +355,8 @@ pub fn deliver(
     let mut tried = 0;
     for hop in &hops {
         // RFC 7672: the host's TLSA records first, then MTA-STS.
-        let with = match super::dane::for_hop(hop, mx_secure, base, dns) {
-            Ok(c) => c.or_else(|| super::sts::verified(sts.as_deref(), base)),
+        let with = match hop_config(hop, mx_secure, sts.as_deref(), base, dns, msg) {
+            Ok(c) => c,
             Err(why) => {
                 log::info!("{}: {}", hop.name, why.text);
                 last_error = why;
@@ -397,7 +399,45 @@ pub fn deliver(
         }
     }
     let no_address = tried == 0 && permanent_dns_failures == hops.len();
-    all(no_host_left(domain, &hops, no_address, cfg).unwrap_or(Outcome::Deferred(last_error)))
+    let left = no_host_left(domain, &hops, no_address, cfg);
+    all(left.unwrap_or_else(|| deferred_or_failed(last_error)))
+}
+
+/// The TLS for one host: DANE where its TLSA records say so, else what an
+/// MTA-STS policy in enforce mode asks; `Err` skips the host, as it does
+/// when REQUIRETLS mail would go without verified TLS (RFC 8689 §4.2.1).
+fn hop_config(
+    hop: &Hop,
+    mx_secure: bool,
+    sts: Option<&crate::mta_sts::Policy>,
+    base: &RelayConfig,
+    dns: &dyn Resolver,
+    msg: &Message,
+) -> Result<Option<RelayConfig>, Status> {
+    let c = super::dane::for_hop(hop, mx_secure, base, dns)?
+        .or_else(|| super::sts::verified(sts, base));
+    let trust = c.as_ref().unwrap_or(base).tls.trust;
+    if msg.requiretls && trust == Trust::Untrusted {
+        return Err(Status::new(
+            550,
+            Enhanced(5, 7, 30),
+            format!(
+                "REQUIRETLS: no verified TLS to {} (no DANE, MTA-STS or verify)",
+                hop.name
+            ),
+        ));
+    }
+    Ok(c)
+}
+
+/// The last reason when every host was tried: the mail waits, but for
+/// REQUIRETLS mail that no host could take with verified TLS, which
+/// bounces (5.7.30).
+fn deferred_or_failed(last: Status) -> Outcome {
+    match last.enhanced == Enhanced(5, 7, 30) {
+        true => Outcome::Failed(last),
+        false => Outcome::Deferred(last),
+    }
 }
 
 /// §5.1: the implicit MX has no address at all: the domain cannot receive
@@ -555,6 +595,7 @@ impl Transport for Smtp<'_> {
             smtputf8: env.smtputf8,
             mail_dsn: &mail_dsn,
             rcpt_dsn: &rcpt_dsn,
+            requiretls: env.requiretls,
         };
         // For domain literals the "domain" is the address itself.
         let target = batch
@@ -1216,6 +1257,7 @@ fn dialogue(
         lmtp: false,
         mail_dsn: msg.mail_dsn,
         rcpt_dsn: msg.rcpt_dsn,
+        requiretls: msg.requiretls,
     };
     let (mut t, mut step) = MailTransaction::start(&facts, caps, rset);
     loop {
