@@ -4,7 +4,9 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use satchel::address::Mailbox;
-use satchel::smtp::session::{Client, DataEnd, Event, Policy, RcptClass, Session, SessionConfig};
+use satchel::smtp::session::{
+    Client, DataEnd, Event, NameChecks, Policy, RcptClass, Session, SessionConfig,
+};
 
 struct Local;
 impl Policy for Local {
@@ -37,6 +39,12 @@ fuzz_target!(|input: &[u8]| {
         tls_available: input.first().is_some_and(|b| b & 2 == 2),
         auth_available: true,
         auth_over_plaintext: input.first().is_some_and(|b| b & 4 == 4),
+        name_checks: NameChecks {
+            invalid_helo: input.first().is_some_and(|b| b & 16 == 16),
+            non_fqdn_helo: input.first().is_some_and(|b| b & 32 == 32),
+            non_fqdn_sender: input.first().is_some_and(|b| b & 64 == 64),
+            non_fqdn_recipient: input.first().is_some_and(|b| b & 128 == 128),
+        },
     };
     let auth_required = input.first().is_some_and(|b| b & 8 == 8);
     let mut s = Session::new(
@@ -70,6 +78,8 @@ fuzz_target!(|input: &[u8]| {
             Event::Reply(r) | Event::Close(r) | Event::StartTls(r) => {
                 assert!((200..600).contains(&r.code))
             }
+            // A refused BDAT: its chunk is skipped, an error said.
+            Event::Discard(r, _) => assert!((400..600).contains(&r.code)),
         }
     }
 });
