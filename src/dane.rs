@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -102,12 +102,19 @@ fn tlv(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
 pub struct DaneVerifier {
     records: Vec<Tlsa>,
     provider: Arc<CryptoProvider>,
+    /// Handshake signatures, as every verifier of ours checks them.
+    signatures: crate::tls::AcceptAny,
 }
 
 impl DaneVerifier {
     /// `records`: the usable ones (at least one).
     pub fn new(records: Vec<Tlsa>, provider: Arc<CryptoProvider>) -> DaneVerifier {
-        DaneVerifier { records, provider }
+        let signatures = crate::tls::AcceptAny(provider.clone());
+        DaneVerifier {
+            records,
+            provider,
+            signatures,
+        }
     }
 
     /// DANE-TA(2): `anchor`, matched by a record, is where the chain to the
@@ -167,12 +174,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -181,18 +183,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

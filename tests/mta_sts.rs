@@ -10,7 +10,7 @@ mod common;
 
 use common::dns::TestDns;
 use common::pki::{make_ca, signed_for};
-use common::{shared_port, Client, Server};
+use common::{shared_port, Server};
 use std::process::{Child, Command};
 
 /// An HTTPS server on `ip:port` answering GET with the file of `dir`
@@ -92,12 +92,7 @@ fn policies_are_fetched_kept_and_followed() {
         &format!("local_domains = {}\nlocal_users = a\n", domains.join(", ")),
     );
     let (cert, key) = signed_for(&mx.dir.0, &ca_dir.0, &["mx.good.test"]);
-    let text = std::fs::read_to_string(&mx.conf).unwrap();
-    std::fs::write(
-        &mx.conf,
-        format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
-    )
-    .unwrap();
+    mx.add_conf(&format!("tls_cert = {cert}\ntls_key = {key}\n"));
     mx.spawn();
     dns.a("mx.good.test", mx_ip.into());
     dns.a("mx.other.test", mx_ip.into());
@@ -170,27 +165,14 @@ fn policies_are_fetched_kept_and_followed() {
     )
     .unwrap();
     edge.spawn();
-    let mut c = Client::connect(edge.addr());
-    c.hello();
-    for d in domains {
-        let body = format!("Subject: to {d}\r\n\r\nx\r\n");
-        assert_eq!(
-            c.mail("x@edge.test", &[&format!("a@{d}")], body.as_bytes())
-                .0,
-            250
-        );
-    }
+    let rcpts: Vec<String> = domains.iter().map(|d| format!("a@{d}")).collect();
+    edge.send_each("x@edge.test", &rcpts);
     edge.wait_for("five delivered", || mx.queued().len() == 5);
     edge.wait_for("three deferred", || {
         edge.log().matches("status=deferred").count() >= 3
     });
     let log = edge.log();
-    let line = |d: &str| {
-        log.lines()
-            .filter(|l| l.contains(&format!("to=<a@{d}>")))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let line = |d: &str| edge.log_for(&format!("a@{d}"));
     for d in [
         "enforce.test",
         "testing.test",

@@ -872,12 +872,7 @@ fn requiretls_edge(ip: [u8; 4], port: u16, relay: &str) -> Server {
         ),
     );
     let (cert, key) = make_cert(&s.dir.0, "edge.test");
-    let text = std::fs::read_to_string(&s.conf).unwrap();
-    std::fs::write(
-        &s.conf,
-        format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
-    )
-    .unwrap();
+    s.add_conf(&format!("tls_cert = {cert}\ntls_key = {key}\n"));
     s.spawn();
     s
 }
@@ -906,12 +901,7 @@ fn requiretls_mail_goes_only_over_verified_tls_to_hosts_that_offer_it() {
         "hostname = smart.test\nrelay_networks = 127.0.0.0/8\n",
     );
     let (cert, key) = signed_cert(&b.dir.0, &ca_dir.0, "smart.test");
-    let text = std::fs::read_to_string(&b.conf).unwrap();
-    std::fs::write(
-        &b.conf,
-        format!("{text}tls_cert = {cert}\ntls_key = {key}\n"),
-    )
-    .unwrap();
+    b.add_conf(&format!("tls_cert = {cert}\ntls_key = {key}\n"));
     b.spawn();
     let relay = |tls: &str| {
         format!(

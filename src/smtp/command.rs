@@ -186,16 +186,7 @@ fn parse_mail(arg: &str, origin: Option<&str>) -> Result<Command, Reply> {
             }
             ("RET" | "ENVID", _) => return Err(bad_param(key)),
             ("REQUIRETLS", None) => p.requiretls = true,
-            _ => {
-                return Err(Reply::new(
-                    555,
-                    Enhanced(5, 5, 4),
-                    format!(
-                        "Unsupported option: {}",
-                        key.chars().take(64).collect::<String>()
-                    ),
-                ))
-            }
+            _ => return Err(unsupported(key)),
         }
     }
     Ok(Command::Mail(from, p))
@@ -221,6 +212,12 @@ fn parse_bdat(arg: &str) -> Result<Command, Reply> {
 
 fn bdat_syntax() -> Reply {
     Reply::new(501, Enhanced(5, 5, 4), "Syntax: BDAT size [LAST]")
+}
+
+/// 555 for a MAIL or RCPT parameter satchel does not know (RFC 5321 §4.1.1.11).
+fn unsupported(key: &str) -> Reply {
+    let key: String = key.chars().take(64).collect();
+    Reply::new(555, Enhanced(5, 5, 4), format!("Unsupported option: {key}"))
 }
 
 /// 501 for a DSN parameter given twice or with a bad value (RFC 3461 §4).
@@ -272,16 +269,7 @@ fn rcpt_params(params: &str) -> Result<RcptDsn, Reply> {
                 dsn.orcpt = Some(value.to_string())
             }
             "NOTIFY" | "ORCPT" => return Err(bad_param(key)),
-            _ => {
-                return Err(Reply::new(
-                    555,
-                    Enhanced(5, 5, 4),
-                    format!(
-                        "Unsupported option: {}",
-                        key.chars().take(64).collect::<String>()
-                    ),
-                ))
-            }
+            _ => return Err(unsupported(key)),
         }
     }
     Ok(dsn)

@@ -198,6 +198,33 @@ impl Server {
         fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
     }
 
+    /// The log lines about recipient `rcpt` (`to=<rcpt>`), joined.
+    pub fn log_for(&self, rcpt: &str) -> String {
+        let to = format!("to=<{rcpt}>");
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&to)).collect();
+        lines.join("\n")
+    }
+
+    /// Adds `lines` to the configuration (before `spawn`).
+    pub fn add_conf(&self, lines: &str) {
+        let text = fs::read_to_string(&self.conf).expect("read config");
+        fs::write(&self.conf, format!("{text}{lines}")).expect("write config");
+    }
+
+    /// One message from `from` to each of `rcpts` in turn, with its own
+    /// subject (`to RCPT`), over one session; every one must get 250.
+    pub fn send_each(&self, from: &str, rcpts: &[String]) {
+        let mut c = Client::connect(self.addr());
+        c.hello();
+        for r in rcpts {
+            let body = format!("Subject: to {r}\r\n\r\nx\r\n");
+            let (code, text) = c.mail(from, &[r.as_str()], body.as_bytes());
+            assert_eq!(code, 250, "{r}: {text}");
+        }
+        c.cmd("QUIT");
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
