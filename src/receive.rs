@@ -1196,7 +1196,14 @@ fn stream_chunks<R: Read, W: Write>(
 
 /// The command after a chunk: the next BDAT, or how the transaction ends.
 fn next_chunk<R: Read, W: Write>(job: &mut Stream<'_, '_, '_, R, W>) -> Result<Chunk, Chunked> {
+    // Lines that are not BDAT, RSET or QUIT, each an error: at most
+    // max_errors, as in the rest of the session.
+    let mut strays = 0;
     loop {
+        if strays > job.ctx.cfg.max_errors {
+            Reply::new(421, Enhanced(4, 7, 0), "Error: too many errors").write_to(job.out);
+            return Err(Chunked::Gone);
+        }
         if job.reader.buffer().is_empty() {
             let sent = job
                 .output
@@ -1214,6 +1221,7 @@ fn next_chunk<R: Read, W: Write>(job: &mut Stream<'_, '_, '_, R, W>) -> Result<C
         let line = match line {
             Ok(Line::Ok(l)) => l,
             Ok(Line::TooLong) => {
+                strays += 1;
                 Reply::new(500, Enhanced(5, 5, 2), "Error: line too long").write_to(job.out);
                 continue;
             }
@@ -1238,13 +1246,17 @@ fn next_chunk<R: Read, W: Write>(job: &mut Stream<'_, '_, '_, R, W>) -> Result<C
             }
             Ok(Command::Rset) => return Err(Chunked::Command("RSET")),
             Ok(Command::Quit) => return Err(Chunked::Command("QUIT")),
-            Ok(Command::Noop) => Reply::new(250, Enhanced(2, 0, 0), "Ok").write_to(job.out),
+            Ok(Command::Noop) => {
+                strays += 1;
+                Reply::new(250, Enhanced(2, 0, 0), "Ok").write_to(job.out)
+            }
             // A BDAT whose size cannot be read: the stream is lost.
             Err(r) if verb_of(&line) == "BDAT" => {
                 r.write_to(job.out);
                 return Err(Chunked::Gone);
             }
             _ => {
+                strays += 1;
                 let text = "Error: BDAT transaction in progress: send BDAT, RSET or QUIT";
                 Reply::new(503, Enhanced(5, 5, 1), text).write_to(job.out)
             }

@@ -229,3 +229,19 @@ fn mail_to_a_hop_that_offers_chunking_goes_in_bdat_chunks() {
             >= 2
     );
 }
+
+/// Between chunks, commands that are not BDAT, RSET or QUIT are errors:
+/// `max_errors` of them end the session, as anywhere else.
+#[test]
+fn junk_between_chunks_counts_towards_max_errors() {
+    let s = Server::start("max_errors = 3\n");
+    let mut c = ready(&s);
+    chunk(&mut c, &BODY[..20], false);
+    assert_eq!(c.reply().0, 250);
+    for _ in 0..4 {
+        assert_eq!(c.cmd("VRFY alice").0, 503);
+    }
+    assert_eq!(c.cmd("NOOP").0, 421);
+    assert!(c.rest().is_empty(), "closed");
+    assert!(s.queued().is_empty());
+}
